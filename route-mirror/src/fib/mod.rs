@@ -1,0 +1,5 @@
+//! The forwarding information base: an LPM trie per (family, table).
+
+pub mod trie;
+
+pub use trie::{Bits, Trie};

@@ -1,0 +1,367 @@
+//! The route model, keyed the way the kernel keys routes.
+//!
+//! IPv4: (table, dst/len, tos, priority). IPv6: (table, dst/len, src/len, priority).
+//! Everything else about a route lives in [`RouteAttrs`], which is interned
+//! (see [`crate::intern`]) because a full table shares a few thousand distinct sets.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+
+/// Address family of a route, address or FIB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Family {
+    #[serde(rename = "inet")]
+    V4,
+    #[serde(rename = "inet6")]
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// `AF_INET` / `AF_INET6`.
+    pub fn af(self) -> u8 {
+        match self {
+            Family::V4 => libc::AF_INET as u8,
+            Family::V6 => libc::AF_INET6 as u8,
+        }
+    }
+
+    pub fn from_af(af: u8) -> Option<Family> {
+        match af as i32 {
+            libc::AF_INET => Some(Family::V4),
+            libc::AF_INET6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn of_net(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+
+    /// The `/0` prefix of this family.
+    pub fn default_net(self) -> IpNet {
+        match self {
+            Family::V4 => IpNet::V4(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap()),
+            Family::V6 => IpNet::V6(Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 0).unwrap()),
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Family::V4 => 4,
+            Family::V6 => 6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "inet",
+            Family::V6 => "inet6",
+        })
+    }
+}
+
+/// Well-known routing table ids (`/etc/iproute2/rt_tables`).
+pub mod table {
+    pub const UNSPEC: u32 = 0;
+    pub const DEFAULT: u32 = 253;
+    pub const MAIN: u32 = 254;
+    pub const LOCAL: u32 = 255;
+
+    pub fn name(id: u32) -> Option<&'static str> {
+        Some(match id {
+            DEFAULT => "default",
+            MAIN => "main",
+            LOCAL => "local",
+            _ => return None,
+        })
+    }
+
+    /// Accepts a number or one of the built-in names.
+    pub fn parse(s: &str) -> Option<u32> {
+        match s {
+            "default" => Some(DEFAULT),
+            "main" => Some(MAIN),
+            "local" => Some(LOCAL),
+            _ => s.parse().ok(),
+        }
+    }
+}
+
+/// `RTN_*` route types. Unknown values are kept as their number.
+pub mod rtn {
+    pub const UNSPEC: u8 = 0;
+    pub const UNICAST: u8 = 1;
+    pub const LOCAL: u8 = 2;
+    pub const BROADCAST: u8 = 3;
+    pub const ANYCAST: u8 = 4;
+    pub const MULTICAST: u8 = 5;
+    pub const BLACKHOLE: u8 = 6;
+    pub const UNREACHABLE: u8 = 7;
+    pub const PROHIBIT: u8 = 8;
+    pub const THROW: u8 = 9;
+    pub const NAT: u8 = 10;
+    pub const XRESOLVE: u8 = 11;
+    pub const MAX_KNOWN: u8 = XRESOLVE;
+
+    pub fn name(t: u8) -> Option<&'static str> {
+        Some(match t {
+            UNSPEC => "none",
+            UNICAST => "unicast",
+            LOCAL => "local",
+            BROADCAST => "broadcast",
+            ANYCAST => "anycast",
+            MULTICAST => "multicast",
+            BLACKHOLE => "blackhole",
+            UNREACHABLE => "unreachable",
+            PROHIBIT => "prohibit",
+            THROW => "throw",
+            NAT => "nat",
+            XRESOLVE => "xresolve",
+            _ => return None,
+        })
+    }
+}
+
+/// `RTPROT_*` route protocols (`/etc/iproute2/rt_protos`).
+pub mod rtprot {
+    pub const KERNEL: u8 = 2;
+    pub const BOOT: u8 = 3;
+    pub const STATIC: u8 = 4;
+
+    pub fn name(p: u8) -> Option<&'static str> {
+        Some(match p {
+            0 => "unspec",
+            1 => "redirect",
+            2 => "kernel",
+            3 => "boot",
+            4 => "static",
+            8 => "gated",
+            9 => "ra",
+            10 => "mrt",
+            11 => "zebra",
+            12 => "bird",
+            13 => "dnrouted",
+            14 => "xorp",
+            15 => "ntk",
+            16 => "dhcp",
+            17 => "mrouted",
+            18 => "keepalived",
+            42 => "babel",
+            99 => "openr",
+            186 => "bgp",
+            187 => "isis",
+            188 => "ospf",
+            189 => "rip",
+            192 => "eigrp",
+            _ => return None,
+        })
+    }
+}
+
+/// `RT_SCOPE_*`.
+pub mod scope {
+    pub const UNIVERSE: u8 = 0;
+    pub const SITE: u8 = 200;
+    pub const LINK: u8 = 253;
+    pub const HOST: u8 = 254;
+    pub const NOWHERE: u8 = 255;
+
+    pub fn name(s: u8) -> Option<&'static str> {
+        Some(match s {
+            UNIVERSE => "global",
+            SITE => "site",
+            LINK => "link",
+            HOST => "host",
+            NOWHERE => "nowhere",
+            _ => return None,
+        })
+    }
+}
+
+/// `RTNH_F_*` next-hop flags.
+pub mod rtnh {
+    pub const DEAD: u8 = 1;
+    pub const PERVASIVE: u8 = 2;
+    pub const ONLINK: u8 = 4;
+    pub const OFFLOAD: u8 = 8;
+    pub const LINKDOWN: u8 = 16;
+    pub const UNRESOLVED: u8 = 32;
+    pub const TRAP: u8 = 64;
+    /// Flags that describe the route as configured. DEAD/LINKDOWN/OFFLOAD/TRAP follow
+    /// link and hardware state and can change without a route notification, so the
+    /// mirror derives them instead of storing them.
+    pub const STABLE: u8 = PERVASIVE | ONLINK;
+}
+
+/// The part of a route that identifies it within one table and family,
+/// besides its destination prefix (which the FIB trie keys on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SubKey {
+    /// Metric (`RTA_PRIORITY`); lower is preferred.
+    pub priority: u32,
+    /// IPv4 TOS; always 0 for IPv6.
+    pub tos: u8,
+    /// IPv6 source prefix (`RTA_SRC`, source-specific routing); `None` otherwise.
+    pub src: Option<IpNet>,
+}
+
+/// Everything that identifies one kernel route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteKey {
+    pub table: u32,
+    pub dst: IpNet,
+    #[serde(flatten)]
+    pub sub: SubKey,
+}
+
+impl RouteKey {
+    pub fn family(&self) -> Family {
+        Family::of_net(&self.dst)
+    }
+}
+
+/// One next hop of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NextHop {
+    pub gateway: Option<IpAddr>,
+    /// Output interface; 0 when the route has none (e.g. blackhole).
+    pub ifindex: u32,
+    /// ECMP weight, 1..=256 (kernel `rtnh_hops + 1`).
+    pub weight: u16,
+    /// `RTNH_F_*`, masked to [`rtnh::STABLE`].
+    pub flags: u8,
+}
+
+/// Attributes of a route other than its key. Interned: many routes share one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteAttrs {
+    /// `RTPROT_*`.
+    pub protocol: u8,
+    /// `RTN_*`.
+    pub kind: u8,
+    /// `RT_SCOPE_*`.
+    pub scope: u8,
+    /// `rtm_flags` masked to stable bits (see [`rtnh::STABLE`]).
+    pub flags: u32,
+    /// Preferred source address (`RTA_PREFSRC`).
+    pub prefsrc: Option<IpAddr>,
+    /// Nexthop object id (`RTA_NH_ID`); resolved through the mirror's nexthop table.
+    pub nh_id: Option<u32>,
+    /// Inline next hops (`RTA_GATEWAY`/`RTA_OIF` or `RTA_MULTIPATH`). With a nexthop
+    /// object and `nexthop_compat_mode=1` the kernel repeats them here too.
+    pub nexthops: Box<[NextHop]>,
+    /// IPv6 router preference (`RTA_PREF`), if present.
+    pub pref: Option<u8>,
+    /// Route MTU from `RTA_METRICS`, if set.
+    pub mtu: Option<u32>,
+}
+
+impl RouteAttrs {
+    pub fn kind_name(&self) -> String {
+        rtn::name(self.kind).map_or_else(|| self.kind.to_string(), str::to_string)
+    }
+    pub fn protocol_name(&self) -> String {
+        rtprot::name(self.protocol).map_or_else(|| self.protocol.to_string(), str::to_string)
+    }
+    pub fn scope_name(&self) -> String {
+        scope::name(self.scope).map_or_else(|| self.scope.to_string(), str::to_string)
+    }
+}
+
+/// A full route as decoded from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub key: RouteKey,
+    pub attrs: Arc<RouteAttrs>,
+}
+
+/// A nexthop object (`RTM_NEWNEXTHOP`), referenced by routes through `RTA_NH_ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NexthopObject {
+    pub id: u32,
+    /// `None` for groups and blackholes created with family unspec.
+    pub family: Option<Family>,
+    pub protocol: u8,
+    pub kind: NexthopKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NexthopKind {
+    /// A single next hop: gateway and/or device.
+    Single { gateway: Option<IpAddr>, ifindex: u32, flags: u8 },
+    Blackhole,
+    /// A group of other nexthop objects (ECMP or resilient).
+    Group { members: Vec<GroupMember>, resilient: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub id: u32,
+    /// 1..=65536 as the kernel reports it (weight - 1 on the wire).
+    pub weight: u32,
+}
+
+/// A network interface as far as routing cares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub ifindex: u32,
+    pub name: String,
+    /// `IFF_*` flags.
+    pub flags: u32,
+    pub mtu: u32,
+}
+
+impl Link {
+    pub fn is_up(&self) -> bool {
+        self.flags & libc::IFF_UP as u32 != 0
+    }
+    /// Carrier present (`IFF_LOWER_UP`).
+    pub fn has_carrier(&self) -> bool {
+        self.flags & 0x10000 != 0
+    }
+}
+
+/// An interface address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Address {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+    pub scope: u8,
+}
+
+/// One decoded kernel change or dump entry, as every source delivers it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// `RTM_NEWROUTE`. `replace` is `NLM_F_REPLACE`; without it a new route with the same
+    /// key as an existing one still replaces it in the mirror (the kernel refuses true
+    /// duplicates, and a dump entry is always the current state).
+    NewRoute { route: Route, replace: bool },
+    DelRoute { key: RouteKey },
+    /// A route whose every next hop is dead: as good as deleted (see DEVELOPERS.md).
+    DeadRoute { key: RouteKey },
+    NewLink(Link),
+    DelLink { ifindex: u32 },
+    NewAddr(Address),
+    DelAddr(Address),
+    NewNexthop(NexthopObject),
+    DelNexthop { id: u32 },
+}
