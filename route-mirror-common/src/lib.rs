@@ -12,5 +12,12 @@ pub mod groups {
     pub const IPV6_ROUTE: u32 = 11;
     pub const NEXTHOP: u32 = 32;
     /// All groups the mirror needs, in subscription order.
-    pub const ALL: [u32; 6] = [LINK, IPV4_IFADDR, IPV4_ROUTE, IPV6_IFADDR, IPV6_ROUTE, NEXTHOP];
+    pub const ALL: [u32; 6] = [
+        LINK,
+        IPV4_IFADDR,
+        IPV4_ROUTE,
+        IPV6_IFADDR,
+        IPV6_ROUTE,
+        NEXTHOP,
+    ];
 }

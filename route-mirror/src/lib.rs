@@ -1,8 +1,17 @@
 //! route-mirror: an exact, always-current userspace copy of the kernel routing tables.
 //!
-//! Data path, top-down: [`netlink`] (sources: multicast events and dumps, one socket)
-//! → [`netlink::decode`] → [`mirror`] (apply changes, [`reconcile`] mark-and-sweep)
-//! → [`fib`] (an LPM trie per family and table) → [`ctl`] (queries, stats, diff).
+//! Data path, top-down: [`netlink`] (source: multicast events and dumps on one socket)
+//! → [`netlink::decode`] → [`mirror`] (apply events; [`reconcile`] mark-and-sweep on
+//! dumps) → [`fib`] (an LPM trie per family and table) → [`ctl`] (queries, stats) and
+//! [`diff`] (the correctness oracle).
 
+pub mod ctl;
+pub mod daemon;
+pub mod diff;
 pub mod fib;
+pub mod intern;
+pub mod mirror;
 pub mod model;
+pub mod netlink;
+pub mod netns;
+pub mod reconcile;

@@ -221,6 +221,18 @@ pub struct SubKey {
     pub tos: u8,
     /// IPv6 source prefix (`RTA_SRC`, source-specific routing); `None` otherwise.
     pub src: Option<IpNet>,
+    /// IPv6 only: the next hop of a route the kernel keeps apart from others with the
+    /// same dst and metric (device routes, RA routes, nexthop-object routes). ECMP
+    /// gateway routes merge into one multipath route and have `None`.
+    pub hop: Option<HopId>,
+}
+
+/// Identity of an IPv6 route's next hop where it is part of the route's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum HopId {
+    Dev(u32),
+    Gateway(IpAddr, u32),
+    Object(u32),
 }
 
 /// Everything that identifies one kernel route.
@@ -306,10 +318,17 @@ pub struct NexthopObject {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NexthopKind {
     /// A single next hop: gateway and/or device.
-    Single { gateway: Option<IpAddr>, ifindex: u32, flags: u8 },
+    Single {
+        gateway: Option<IpAddr>,
+        ifindex: u32,
+        flags: u8,
+    },
     Blackhole,
     /// A group of other nexthop objects (ECMP or resilient).
-    Group { members: Vec<GroupMember>, resilient: bool },
+    Group {
+        members: Vec<GroupMember>,
+        resilient: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -354,14 +373,28 @@ pub enum Change {
     /// `RTM_NEWROUTE`. `replace` is `NLM_F_REPLACE`; without it a new route with the same
     /// key as an existing one still replaces it in the mirror (the kernel refuses true
     /// duplicates, and a dump entry is always the current state).
-    NewRoute { route: Route, replace: bool },
-    DelRoute { key: RouteKey },
+    NewRoute {
+        route: Route,
+        replace: bool,
+    },
+    /// `RTM_DELROUTE`. `hops` are the next hops the message names: IPv6 deletes one
+    /// sibling of a multipath route this way, so only those hops go.
+    DelRoute {
+        key: RouteKey,
+        hops: Box<[NextHop]>,
+    },
     /// A route whose every next hop is dead: as good as deleted (see DEVELOPERS.md).
-    DeadRoute { key: RouteKey },
+    DeadRoute {
+        key: RouteKey,
+    },
     NewLink(Link),
-    DelLink { ifindex: u32 },
+    DelLink {
+        ifindex: u32,
+    },
     NewAddr(Address),
     DelAddr(Address),
     NewNexthop(NexthopObject),
-    DelNexthop { id: u32 },
+    DelNexthop {
+        id: u32,
+    },
 }

@@ -1,5 +1,425 @@
 //! The forwarding information base: an LPM trie per (family, table).
+//!
+//! Each trie node holds every route of one destination prefix (several metrics, TOS
+//! values or IPv6 source prefixes), sorted by [`SubKey`] so the preferred one is first.
 
 pub mod trie;
 
-pub use trie::{Bits, Trie};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use smallvec::SmallVec;
+
+pub use trie::{Bits, Trie, Trie4, Trie6};
+
+use crate::model::{rtn, table, Family, RouteAttrs, RouteKey, SubKey};
+
+/// One route in the FIB: its sub-key, interned attributes and the scan stamp used by
+/// the mark-and-sweep prune ([`crate::reconcile`]).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub sub: SubKey,
+    pub attrs: Arc<RouteAttrs>,
+    pub stamp: u32,
+}
+
+/// The routes of one prefix, sorted by sub-key (lowest metric first).
+pub type Entries = SmallVec<[Entry; 1]>;
+
+enum Prefixes {
+    V4(Trie4<Entries>),
+    V6(Trie6<Entries>),
+}
+
+fn v4_bits(n: &Ipv4Net) -> (u32, u8) {
+    (u32::from(n.network()), n.prefix_len())
+}
+fn v6_bits(n: &Ipv6Net) -> (u128, u8) {
+    (u128::from(n.network()), n.prefix_len())
+}
+fn v4_net(k: u32, len: u8) -> IpNet {
+    IpNet::V4(Ipv4Net::new(k.into(), len).expect("trie keeps len <= 32"))
+}
+fn v6_net(k: u128, len: u8) -> IpNet {
+    IpNet::V6(Ipv6Net::new(k.into(), len).expect("trie keeps len <= 128"))
+}
+
+/// The routes of one (family, table).
+pub struct RouteTable {
+    family: Family,
+    prefixes: Prefixes,
+    routes: usize,
+}
+
+/// What a lookup in one table found.
+#[derive(Debug, Clone)]
+pub enum TableLookup<'a> {
+    /// The route the kernel would use from this table.
+    Route(IpNet, &'a Entry),
+    /// A `throw` route matched: the kernel continues with the next table.
+    Throw,
+    /// Nothing matched.
+    None,
+}
+
+impl RouteTable {
+    pub fn new(family: Family) -> RouteTable {
+        let prefixes = match family {
+            Family::V4 => Prefixes::V4(Trie::new()),
+            Family::V6 => Prefixes::V6(Trie::new()),
+        };
+        RouteTable {
+            family,
+            prefixes,
+            routes: 0,
+        }
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Number of routes (not prefixes).
+    pub fn len(&self) -> usize {
+        self.routes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes == 0
+    }
+
+    pub fn prefixes(&self) -> usize {
+        match &self.prefixes {
+            Prefixes::V4(t) => t.len(),
+            Prefixes::V6(t) => t.len(),
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        let (trie, spilled) = match &self.prefixes {
+            Prefixes::V4(t) => (
+                t.heap_bytes(),
+                t.iter()
+                    .filter(|(_, _, e)| e.spilled())
+                    .map(|(_, _, e)| e.capacity())
+                    .sum::<usize>(),
+            ),
+            Prefixes::V6(t) => (
+                t.heap_bytes(),
+                t.iter()
+                    .filter(|(_, _, e)| e.spilled())
+                    .map(|(_, _, e)| e.capacity())
+                    .sum::<usize>(),
+            ),
+        };
+        trie + spilled * std::mem::size_of::<Entry>()
+    }
+
+    pub fn get(&self, dst: &IpNet) -> Option<&Entries> {
+        match (&self.prefixes, dst) {
+            (Prefixes::V4(t), IpNet::V4(n)) => {
+                let (k, l) = v4_bits(n);
+                t.get(k, l)
+            }
+            (Prefixes::V6(t), IpNet::V6(n)) => {
+                let (k, l) = v6_bits(n);
+                t.get(k, l)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn get_entry(&self, dst: &IpNet, sub: &SubKey) -> Option<&Entry> {
+        self.get(dst)?.iter().find(|e| e.sub == *sub)
+    }
+
+    /// Inserts or replaces the route `dst`+`sub`. Returns the previous entry.
+    pub fn upsert(&mut self, dst: &IpNet, entry: Entry) -> Option<Entry> {
+        let entries = match (&mut self.prefixes, dst) {
+            (Prefixes::V4(t), IpNet::V4(n)) => {
+                let (k, l) = v4_bits(n);
+                t.get_or_insert_with(k, l, Entries::new)
+            }
+            (Prefixes::V6(t), IpNet::V6(n)) => {
+                let (k, l) = v6_bits(n);
+                t.get_or_insert_with(k, l, Entries::new)
+            }
+            _ => return None,
+        };
+        match entries.binary_search_by(|e| e.sub.cmp(&entry.sub)) {
+            Ok(i) => Some(std::mem::replace(&mut entries[i], entry)),
+            Err(i) => {
+                entries.insert(i, entry);
+                self.routes += 1;
+                None
+            }
+        }
+    }
+
+    /// Mutable access to one route (to restamp it without touching its attributes).
+    pub fn get_entry_mut(&mut self, dst: &IpNet, sub: &SubKey) -> Option<&mut Entry> {
+        let entries = match (&mut self.prefixes, dst) {
+            (Prefixes::V4(t), IpNet::V4(n)) => {
+                let (k, l) = v4_bits(n);
+                t.get_mut(k, l)
+            }
+            (Prefixes::V6(t), IpNet::V6(n)) => {
+                let (k, l) = v6_bits(n);
+                t.get_mut(k, l)
+            }
+            _ => None,
+        }?;
+        entries.iter_mut().find(|e| e.sub == *sub)
+    }
+
+    pub fn remove(&mut self, dst: &IpNet, sub: &SubKey) -> Option<Entry> {
+        fn take<K: Bits>(t: &mut Trie<K, Entries>, k: K, l: u8, sub: &SubKey) -> Option<Entry> {
+            let entries = t.get_mut(k, l)?;
+            let i = entries.iter().position(|e| e.sub == *sub)?;
+            let e = entries.remove(i);
+            if entries.is_empty() {
+                t.remove(k, l);
+            }
+            Some(e)
+        }
+        let removed = match (&mut self.prefixes, dst) {
+            (Prefixes::V4(t), IpNet::V4(n)) => {
+                let (k, l) = v4_bits(n);
+                take(t, k, l, sub)
+            }
+            (Prefixes::V6(t), IpNet::V6(n)) => {
+                let (k, l) = v6_bits(n);
+                take(t, k, l, sub)
+            }
+            _ => None,
+        };
+        if removed.is_some() {
+            self.routes -= 1;
+        }
+        removed
+    }
+
+    /// Keeps the routes for which `f` returns true; O(n) over the table.
+    pub fn retain(&mut self, mut f: impl FnMut(&IpNet, &mut Entry) -> bool) -> usize {
+        let mut removed = 0;
+        let mut keep_prefix = |net: IpNet, entries: &mut Entries| {
+            let before = entries.len();
+            entries.retain(|e| f(&net, e));
+            removed += before - entries.len();
+            !entries.is_empty()
+        };
+        match &mut self.prefixes {
+            Prefixes::V4(t) => t.retain(|k, l, e| keep_prefix(v4_net(k, l), e)),
+            Prefixes::V6(t) => t.retain(|k, l, e| keep_prefix(v6_net(k, l), e)),
+        }
+        self.routes -= removed;
+        removed
+    }
+
+    /// Every route, in (prefix address, prefix length, sub-key) order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
+        match &self.prefixes {
+            Prefixes::V4(t) => Box::new(
+                t.iter()
+                    .flat_map(|(k, l, es)| es.iter().map(move |e| (v4_net(k, l), e))),
+            ),
+            Prefixes::V6(t) => Box::new(
+                t.iter()
+                    .flat_map(|(k, l, es)| es.iter().map(move |e| (v6_net(k, l), e))),
+            ),
+        }
+    }
+
+    /// Routes whose prefix lies inside `net` (including `net` itself).
+    pub fn iter_within(&self, net: &IpNet) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
+        match (&self.prefixes, net) {
+            (Prefixes::V4(t), IpNet::V4(n)) => {
+                let (k, l) = v4_bits(n);
+                Box::new(
+                    t.iter_within(k, l)
+                        .flat_map(|(k, l, es)| es.iter().map(move |e| (v4_net(k, l), e))),
+                )
+            }
+            (Prefixes::V6(t), IpNet::V6(n)) => {
+                let (k, l) = v6_bits(n);
+                Box::new(
+                    t.iter_within(k, l)
+                        .flat_map(|(k, l, es)| es.iter().map(move |e| (v6_net(k, l), e))),
+                )
+            }
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// The route the kernel's `fib_table_lookup` would return for `addr` with `tos`:
+    /// the longest matching prefix that has a route for this TOS, lowest metric first.
+    pub fn lookup(&self, addr: IpAddr, tos: u8) -> TableLookup<'_> {
+        fn pick(es: &Entries, tos: u8) -> Option<&Entry> {
+            es.iter().find(|e| e.sub.tos == 0 || e.sub.tos == tos)
+        }
+        let found = match (&self.prefixes, addr) {
+            (Prefixes::V4(t), IpAddr::V4(a)) => t
+                .matches(u32::from(a))
+                .find_map(|(k, l, es)| pick(es, tos).map(|e| (v4_net(k, l), e))),
+            (Prefixes::V6(t), IpAddr::V6(a)) => t
+                .matches(u128::from(a))
+                .find_map(|(k, l, es)| pick(es, 0).map(|e| (v6_net(k, l), e))),
+            _ => None,
+        };
+        match found {
+            Some((_, e)) if e.attrs.kind == rtn::THROW => TableLookup::Throw,
+            Some((net, e)) => TableLookup::Route(net, e),
+            None => TableLookup::None,
+        }
+    }
+}
+
+/// All tables of both families.
+#[derive(Default)]
+pub struct Fib {
+    tables: BTreeMap<(Family, u32), RouteTable>,
+}
+
+/// The tables the kernel's default policy rules consult, in order
+/// (`ip rule`: 0 local, 32766 main, 32767 default).
+pub const DEFAULT_RULE_TABLES: [u32; 3] = [table::LOCAL, table::MAIN, table::DEFAULT];
+
+impl Fib {
+    pub fn table(&self, family: Family, id: u32) -> Option<&RouteTable> {
+        self.tables.get(&(family, id))
+    }
+
+    pub fn table_mut(&mut self, family: Family, id: u32) -> &mut RouteTable {
+        self.tables
+            .entry((family, id))
+            .or_insert_with(|| RouteTable::new(family))
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = ((Family, u32), &RouteTable)> {
+        self.tables.iter().map(|(k, t)| (*k, t))
+    }
+
+    pub fn tables_mut(&mut self) -> impl Iterator<Item = ((Family, u32), &mut RouteTable)> {
+        self.tables.iter_mut().map(|(k, t)| (*k, t))
+    }
+
+    /// Drops tables that became empty (the kernel forgets them too).
+    pub fn drop_empty(&mut self) {
+        self.tables.retain(|_, t| !t.is_empty());
+    }
+
+    pub fn get(&self, key: &RouteKey) -> Option<&Entry> {
+        self.table(key.family(), key.table)?
+            .get_entry(&key.dst, &key.sub)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tables.values().map(RouteTable::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Longest-prefix match through `tables` in order, as the kernel's policy routing
+    /// does with the default rules: a `throw` route moves on to the next table.
+    pub fn lookup(&self, addr: IpAddr, tables: &[u32], tos: u8) -> Option<(u32, IpNet, &Entry)> {
+        let family = Family::of(&addr);
+        for &id in tables {
+            if let Some(t) = self.table(family, id) {
+                match t.lookup(addr, tos) {
+                    TableLookup::Route(net, e) => return Some((id, net, e)),
+                    TableLookup::Throw | TableLookup::None => continue,
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NextHop;
+
+    fn entry(priority: u32, kind: u8, stamp: u32) -> Entry {
+        Entry {
+            sub: SubKey {
+                priority,
+                tos: 0,
+                src: None,
+                hop: None,
+            },
+            attrs: Arc::new(RouteAttrs {
+                protocol: 4,
+                kind,
+                scope: 0,
+                flags: 0,
+                prefsrc: None,
+                nh_id: None,
+                nexthops: vec![NextHop {
+                    gateway: None,
+                    ifindex: 2,
+                    weight: 1,
+                    flags: 0,
+                }]
+                .into(),
+                pref: None,
+                mtu: None,
+            }),
+            stamp,
+        }
+    }
+
+    #[test]
+    fn lowest_metric_wins_and_removal_falls_back() {
+        let mut t = RouteTable::new(Family::V4);
+        let net: IpNet = "10.0.0.0/8".parse().unwrap();
+        t.upsert(&net, entry(20, rtn::UNICAST, 0));
+        t.upsert(&net, entry(10, rtn::UNICAST, 0));
+        t.upsert(&"10.1.0.0/16".parse().unwrap(), entry(5, rtn::BLACKHOLE, 0));
+        assert_eq!(t.len(), 3);
+        let TableLookup::Route(n, e) = t.lookup("10.2.3.4".parse().unwrap(), 0) else {
+            panic!()
+        };
+        assert_eq!((n, e.sub.priority), (net, 10));
+        let TableLookup::Route(_, e) = t.lookup("10.1.3.4".parse().unwrap(), 0) else {
+            panic!()
+        };
+        assert_eq!(e.attrs.kind, rtn::BLACKHOLE);
+        t.remove(
+            &net,
+            &SubKey {
+                priority: 10,
+                tos: 0,
+                src: None,
+                hop: None,
+            },
+        );
+        let TableLookup::Route(_, e) = t.lookup("10.2.3.4".parse().unwrap(), 0) else {
+            panic!()
+        };
+        assert_eq!(e.sub.priority, 20);
+        assert_eq!(t.retain(|_, e| e.sub.priority != 20), 1);
+        assert_eq!(t.len(), 1);
+        assert!(matches!(
+            t.lookup("10.2.3.4".parse().unwrap(), 0),
+            TableLookup::None
+        ));
+    }
+
+    #[test]
+    fn throw_continues_to_next_table() {
+        let mut fib = Fib::default();
+        fib.table_mut(Family::V4, 254)
+            .upsert(&"10.0.0.0/8".parse().unwrap(), entry(0, rtn::THROW, 0));
+        fib.table_mut(Family::V4, 253)
+            .upsert(&"0.0.0.0/0".parse().unwrap(), entry(0, rtn::UNICAST, 0));
+        let (t, net, _) = fib
+            .lookup("10.1.1.1".parse().unwrap(), &DEFAULT_RULE_TABLES, 0)
+            .unwrap();
+        assert_eq!((t, net.prefix_len()), (253, 0));
+    }
+}

@@ -1,0 +1,53 @@
+//! Control-socket messages.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Family;
+
+/// Longest request line the server reads; anything longer is refused.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// The route the kernel would use for `addr`: in `table`, or through the default
+    /// rules' tables (local, main, default) when `None`.
+    Lookup {
+        addr: IpAddr,
+        table: Option<u32>,
+        #[serde(default)]
+        tos: u8,
+    },
+    /// Routes, in `ip route` order. `table: None` means all tables.
+    Show {
+        prefix: Option<IpNet>,
+        table: Option<u32>,
+        family: Option<Family>,
+    },
+    Stats,
+    /// Dump the kernel now and compare it with the mirror (after a barrier).
+    Diff,
+    /// A prune pass now; with `wait`, the reply carries its report.
+    Scan {
+        wait: bool,
+        family: Option<Family>,
+        table: Option<u32>,
+    },
+    /// Test knob: discard the next `count` event messages.
+    DropEvents {
+        count: u64,
+    },
+    /// Wait until the mirror has applied everything queued so far.
+    Sync,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Item(serde_json::Value),
+    Ok(serde_json::Value),
+    Error(String),
+}

@@ -1,0 +1,250 @@
+//! What queries return: routes resolved for people (device names, type and protocol
+//! names, nexthop objects expanded), as JSON and as `ip route`-like text.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::fib::Entry;
+use crate::mirror::Mirror;
+use crate::model::{rtn, rtnh, scope, table, Family, NextHop, RouteAttrs};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HopView {
+    pub gateway: Option<IpAddr>,
+    pub dev: Option<String>,
+    pub ifindex: u32,
+    pub weight: u16,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub family: Family,
+    pub prefix: IpNet,
+    pub table: u32,
+    pub metric: u32,
+    #[serde(default)]
+    pub tos: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<IpNet>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub protocol: String,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefsrc: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nhid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pref: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
+    pub nexthops: Vec<HopView>,
+}
+
+fn flag_names(f: u8) -> Vec<String> {
+    let mut v = Vec::new();
+    if f & rtnh::ONLINK != 0 {
+        v.push("onlink".to_string());
+    }
+    if f & rtnh::PERVASIVE != 0 {
+        v.push("pervasive".to_string());
+    }
+    v
+}
+
+pub fn hop_view(m: &Mirror, h: &NextHop) -> HopView {
+    HopView {
+        gateway: h.gateway,
+        dev: (h.ifindex != 0).then(|| {
+            m.link_name(h.ifindex)
+                .map_or_else(|| format!("if{}", h.ifindex), str::to_string)
+        }),
+        ifindex: h.ifindex,
+        weight: h.weight,
+        flags: flag_names(h.flags),
+    }
+}
+
+/// A route as queries show it, with its nexthop object resolved through the mirror.
+pub fn route_view(m: &Mirror, table: u32, prefix: IpNet, e: &Entry) -> RouteView {
+    let a: &RouteAttrs = &e.attrs;
+    RouteView {
+        family: Family::of_net(&prefix),
+        prefix,
+        table,
+        metric: e.sub.priority,
+        tos: e.sub.tos,
+        from: e.sub.src,
+        kind: a.kind_name(),
+        protocol: a.protocol_name(),
+        scope: a.scope_name(),
+        prefsrc: a.prefsrc,
+        nhid: a.nh_id,
+        mtu: a.mtu,
+        pref: a.pref.map(|p| match p {
+            0 => "medium".to_string(),
+            1 => "high".to_string(),
+            3 => "low".to_string(),
+            n => n.to_string(),
+        }),
+        flags: flag_names(a.flags as u8),
+        nexthops: m.effective_hops(a).iter().map(|h| hop_view(m, h)).collect(),
+    }
+}
+
+fn table_name(t: u32) -> String {
+    table::name(t).map_or_else(|| t.to_string(), str::to_string)
+}
+
+/// One route in `ip route show` style. `with_table` adds `table T` (as `ip route show
+/// table all` does for tables other than main).
+pub fn format_route(r: &RouteView, with_table: bool) -> String {
+    let mut s = String::new();
+    if r.kind != "unicast" {
+        let _ = write!(s, "{} ", r.kind);
+    }
+    if r.prefix.prefix_len() == 0 {
+        s.push_str("default");
+    } else if (r.family == Family::V4 && r.prefix.prefix_len() == 32)
+        || r.prefix.prefix_len() == 128
+    {
+        let _ = write!(s, "{}", r.prefix.addr());
+    } else {
+        let _ = write!(s, "{}", r.prefix);
+    }
+    if let Some(from) = r.from {
+        let _ = write!(s, " from {from}");
+    }
+    if r.tos != 0 {
+        let _ = write!(s, " tos 0x{:x}", r.tos);
+    }
+    if let Some(id) = r.nhid {
+        let _ = write!(s, " nhid {id}");
+    }
+    if r.nexthops.len() == 1 {
+        let h = &r.nexthops[0];
+        if let Some(gw) = h.gateway {
+            let _ = write!(s, " via {gw}");
+        }
+        if let Some(dev) = &h.dev {
+            let _ = write!(s, " dev {dev}");
+        }
+    }
+    if with_table && r.table != table::MAIN {
+        let _ = write!(s, " table {}", table_name(r.table));
+    }
+    if r.protocol != "boot" {
+        let _ = write!(s, " proto {}", r.protocol);
+    }
+    let default_scope = match r.kind.as_str() {
+        "local" | "nat" => scope::name(scope::HOST),
+        "broadcast" | "multicast" | "anycast" => scope::name(scope::LINK),
+        _ => scope::name(scope::UNIVERSE),
+    };
+    if Some(r.scope.as_str()) != default_scope {
+        let _ = write!(s, " scope {}", r.scope);
+    }
+    if let Some(src) = r.prefsrc {
+        let _ = write!(s, " src {src}");
+    }
+    if r.metric != 0 {
+        let _ = write!(s, " metric {}", r.metric);
+    }
+    if let Some(mtu) = r.mtu {
+        let _ = write!(s, " mtu {mtu}");
+    }
+    if let Some(p) = &r.pref {
+        let _ = write!(s, " pref {p}");
+    }
+    for f in &r.flags {
+        let _ = write!(s, " {f}");
+    }
+    if r.nexthops.len() == 1 {
+        for f in &r.nexthops[0].flags {
+            let _ = write!(s, " {f}");
+        }
+    }
+    if r.nexthops.len() > 1 {
+        for h in &r.nexthops {
+            s.push_str(" \n\tnexthop");
+            if let Some(gw) = h.gateway {
+                let _ = write!(s, " via {gw}");
+            }
+            if let Some(dev) = &h.dev {
+                let _ = write!(s, " dev {dev}");
+            }
+            let _ = write!(s, " weight {}", h.weight);
+            for f in &h.flags {
+                let _ = write!(s, " {f}");
+            }
+        }
+    }
+    s
+}
+
+/// `rtn` name check used by the CLI to accept `show type blackhole` style filters later.
+pub fn is_known_type(name: &str) -> bool {
+    (0..=rtn::MAX_KNOWN).any(|t| rtn::name(t) == Some(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(kind: &str, prefix: &str, hops: Vec<HopView>) -> RouteView {
+        RouteView {
+            family: Family::V4,
+            prefix: prefix.parse().unwrap(),
+            table: 100,
+            metric: 20,
+            tos: 0,
+            from: None,
+            kind: kind.into(),
+            protocol: "boot".into(),
+            scope: "global".into(),
+            prefsrc: None,
+            nhid: None,
+            mtu: None,
+            pref: None,
+            flags: vec![],
+            nexthops: hops,
+        }
+    }
+
+    fn hop(gw: &str, dev: &str, w: u16) -> HopView {
+        HopView {
+            gateway: Some(gw.parse().unwrap()),
+            dev: Some(dev.into()),
+            ifindex: 3,
+            weight: w,
+            flags: vec![],
+        }
+    }
+
+    #[test]
+    fn formats_like_ip_route() {
+        assert_eq!(
+            format_route(
+                &view("unicast", "1.0.0.0/24", vec![hop("198.18.1.2", "veth1", 1)]),
+                true
+            ),
+            "1.0.0.0/24 via 198.18.1.2 dev veth1 table 100 metric 20"
+        );
+        assert_eq!(
+            format_route(&view("blackhole", "0.0.0.0/0", vec![]), false),
+            "blackhole default metric 20"
+        );
+        assert_eq!(
+            format_route(&view("unicast", "10.0.0.0/8", vec![hop("198.18.1.2", "veth1", 1), hop("198.18.2.2", "veth2", 3)]), false),
+            "10.0.0.0/8 metric 20 \n\tnexthop via 198.18.1.2 dev veth1 weight 1 \n\tnexthop via 198.18.2.2 dev veth2 weight 3"
+        );
+        assert!(is_known_type("prohibit"));
+    }
+}

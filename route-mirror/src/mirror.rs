@@ -1,0 +1,575 @@
+//! The mirrored state of one network namespace: routes (in the [`Fib`]), links,
+//! addresses and nexthop objects, and the rules for applying changes to it.
+//!
+//! Two entry points change it: [`Mirror::apply`] for events, [`Mirror::mark`] +
+//! [`Mirror::prune`] for dumps (see [`crate::reconcile`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::fib::{Entry, Fib};
+use crate::intern::Interner;
+use crate::model::{
+    Address, Change, Family, Link, NextHop, NexthopKind, NexthopObject, Route, RouteAttrs, RouteKey,
+};
+use crate::netlink::msg::DumpKind;
+use crate::reconcile::{ActiveScan, ScanReason, ScanScope, Verdict};
+
+/// A mirrored object with the generation that last confirmed it.
+#[derive(Debug, Clone)]
+pub struct Stamped<T> {
+    pub value: T,
+    pub stamp: u32,
+}
+
+/// Counts of what the event path applied.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ApplyCounters {
+    pub route_adds: u64,
+    pub route_updates: u64,
+    pub route_deletes: u64,
+    /// Deletes of routes the mirror did not have (harmless; e.g. after an inferred removal).
+    pub route_deletes_unknown: u64,
+    /// Routes reported with every next hop dead: treated as deleted.
+    pub dead_routes: u64,
+    pub link_events: u64,
+    pub addr_events: u64,
+    pub nexthop_events: u64,
+    /// IPv4 routes removed because their device went down or away, their source address
+    /// went away or their nexthop object was deleted (the kernel says nothing of these).
+    pub inferred_removals: u64,
+}
+
+/// A scan an event asks for (to confirm an inference).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUp {
+    pub reason: ScanReason,
+    pub scope: ScanScope,
+}
+
+#[derive(Default)]
+pub struct Mirror {
+    pub fib: Fib,
+    pub links: HashMap<u32, Stamped<Link>>,
+    pub addrs: HashMap<Address, u32>,
+    pub nexthops: HashMap<u32, Stamped<NexthopObject>>,
+    interner: Interner,
+    generation: u32,
+    pub counters: ApplyCounters,
+}
+
+impl Mirror {
+    pub fn new() -> Mirror {
+        Mirror {
+            generation: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Distinct attribute sets shared by all routes.
+    pub fn attr_sets(&self) -> usize {
+        self.interner.len()
+    }
+
+    pub fn link_name(&self, ifindex: u32) -> Option<&str> {
+        self.links.get(&ifindex).map(|l| l.value.name.as_str())
+    }
+
+    pub fn ifindex_by_name(&self, name: &str) -> Option<u32> {
+        self.links
+            .values()
+            .find(|l| l.value.name == name)
+            .map(|l| l.value.ifindex)
+    }
+
+    /// The next hops a route forwards through: its nexthop object's if it has one.
+    pub fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop> {
+        let Some(nh) = attrs.nh_id.and_then(|id| self.nexthops.get(&id)) else {
+            return attrs.nexthops.to_vec();
+        };
+        match &nh.value.kind {
+            NexthopKind::Single {
+                gateway,
+                ifindex,
+                flags,
+            } => vec![NextHop {
+                gateway: *gateway,
+                ifindex: *ifindex,
+                weight: 1,
+                flags: *flags,
+            }],
+            NexthopKind::Blackhole => Vec::new(),
+            NexthopKind::Group { members, .. } => members
+                .iter()
+                .filter_map(|m| match &self.nexthops.get(&m.id)?.value.kind {
+                    NexthopKind::Single {
+                        gateway,
+                        ifindex,
+                        flags,
+                    } => Some(NextHop {
+                        gateway: *gateway,
+                        ifindex: *ifindex,
+                        weight: m.weight.min(u16::MAX as u32) as u16,
+                        flags: *flags,
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    fn entry(&mut self, route: Route, stamp: u32) -> (RouteKey, Entry) {
+        let attrs = self.interner.intern(route.attrs);
+        (
+            route.key,
+            Entry {
+                sub: route.key.sub,
+                attrs,
+                stamp,
+            },
+        )
+    }
+
+    /// Applies one event. Returns the scan it calls for, if any.
+    pub fn apply(&mut self, change: Change) -> Option<FollowUp> {
+        let gen = self.generation;
+        match change {
+            Change::NewRoute { route, .. } => {
+                let (key, entry) = self.entry(route, gen);
+                match self
+                    .fib
+                    .table_mut(key.family(), key.table)
+                    .upsert(&key.dst, entry)
+                {
+                    None => self.counters.route_adds += 1,
+                    Some(_) => self.counters.route_updates += 1,
+                }
+                None
+            }
+            Change::DelRoute { key, hops } => {
+                self.delete_route(&key, &hops);
+                None
+            }
+            Change::DeadRoute { key } => {
+                self.counters.dead_routes += 1;
+                self.fib
+                    .table_mut(key.family(), key.table)
+                    .remove(&key.dst, &key.sub);
+                None
+            }
+            Change::NewLink(link) => {
+                self.counters.link_events += 1;
+                let ifindex = link.ifindex;
+                let up = link.is_up();
+                let was_up = self.links.get(&ifindex).map(|l| l.value.is_up());
+                self.links.insert(
+                    ifindex,
+                    Stamped {
+                        value: link,
+                        stamp: gen,
+                    },
+                );
+                match (was_up, up) {
+                    // Down (or first seen down): the kernel flushes IPv4 routes through it
+                    // without a word. Remove them now, confirm with a dump.
+                    (Some(true) | None, false) => {
+                        self.remove_v4_via_dev(ifindex);
+                        Some(link_followup())
+                    }
+                    // Up again: IPv4 multipath hops through it revive silently.
+                    (Some(false), true) => Some(link_followup()),
+                    _ => None,
+                }
+            }
+            Change::DelLink { ifindex } => {
+                self.counters.link_events += 1;
+                self.links.remove(&ifindex);
+                self.addrs.retain(|a, _| a.ifindex != ifindex);
+                self.remove_v4_via_dev(ifindex);
+                Some(link_followup())
+            }
+            Change::NewAddr(a) => {
+                self.counters.addr_events += 1;
+                self.addrs.insert(a, gen);
+                None
+            }
+            Change::DelAddr(a) => {
+                self.counters.addr_events += 1;
+                self.addrs.remove(&a);
+                if let IpAddr::V4(_) = a.addr {
+                    let gone = self.remove_v4_where(|attrs, _| attrs.prefsrc == Some(a.addr));
+                    self.counters.inferred_removals += gone as u64;
+                    return Some(FollowUp {
+                        reason: ScanReason::AddrRemoved,
+                        scope: ScanScope::routes(Family::V4),
+                    });
+                }
+                None
+            }
+            Change::NewNexthop(nh) => {
+                self.counters.nexthop_events += 1;
+                self.nexthops.insert(
+                    nh.id,
+                    Stamped {
+                        value: nh,
+                        stamp: gen,
+                    },
+                );
+                None
+            }
+            Change::DelNexthop { id } => {
+                self.counters.nexthop_events += 1;
+                self.nexthops.remove(&id);
+                let mut gone = 0;
+                for (_, t) in self.fib.tables_mut() {
+                    gone += t.retain(|_, e| e.attrs.nh_id != Some(id));
+                }
+                self.counters.inferred_removals += gone as u64;
+                Some(FollowUp {
+                    reason: ScanReason::NexthopRemoved,
+                    scope: ScanScope {
+                        families: Family::ALL.to_vec(),
+                        ..ScanScope::routes(Family::V4)
+                    },
+                })
+            }
+        }
+    }
+
+    fn delete_route(&mut self, key: &RouteKey, hops: &[NextHop]) {
+        let table = self.fib.table_mut(key.family(), key.table);
+        // IPv6 removes one sibling of a multipath route at a time: keep the others.
+        if key.family() == Family::V6 && !hops.is_empty() {
+            if let Some(e) = table.get_entry(&key.dst, &key.sub) {
+                let same =
+                    |a: &NextHop, b: &NextHop| a.gateway == b.gateway && a.ifindex == b.ifindex;
+                let left: Box<[NextHop]> = e
+                    .attrs
+                    .nexthops
+                    .iter()
+                    .filter(|h| !hops.iter().any(|d| same(h, d)))
+                    .cloned()
+                    .collect();
+                if !left.is_empty() && left.len() < e.attrs.nexthops.len() {
+                    let mut attrs = (*e.attrs).clone();
+                    attrs.nexthops = left;
+                    let stamp = e.stamp;
+                    let attrs = self.interner.intern(Arc::new(attrs));
+                    if let Some(e) = self
+                        .fib
+                        .table_mut(key.family(), key.table)
+                        .get_entry_mut(&key.dst, &key.sub)
+                    {
+                        e.attrs = attrs;
+                        e.stamp = stamp;
+                    }
+                    self.counters.route_updates += 1;
+                    return;
+                }
+            }
+        }
+        match self
+            .fib
+            .table_mut(key.family(), key.table)
+            .remove(&key.dst, &key.sub)
+        {
+            Some(_) => self.counters.route_deletes += 1,
+            None => self.counters.route_deletes_unknown += 1,
+        }
+    }
+
+    /// Removes IPv4 routes (all tables, every metric) whose every next hop uses `ifindex`.
+    fn remove_v4_via_dev(&mut self, ifindex: u32) {
+        let gone = self.remove_v4_where(|attrs, m| {
+            let hops = m.effective_hops(attrs);
+            !hops.is_empty() && hops.iter().all(|h| h.ifindex == ifindex)
+        });
+        self.counters.inferred_removals += gone as u64;
+    }
+
+    fn remove_v4_where(&mut self, pred: impl Fn(&RouteAttrs, &Mirror) -> bool) -> usize {
+        // Decide per distinct attribute set first: a few thousand checks, not a million.
+        let mut doomed: HashMap<*const RouteAttrs, bool> = HashMap::new();
+        let tables: Vec<u32> = self
+            .fib
+            .tables()
+            .filter(|((f, _), _)| *f == Family::V4)
+            .map(|((_, t), _)| t)
+            .collect();
+        for &t in &tables {
+            if let Some(table) = self.fib.table(Family::V4, t) {
+                for (_, e) in table.iter() {
+                    doomed
+                        .entry(Arc::as_ptr(&e.attrs))
+                        .or_insert_with(|| pred(&e.attrs, self));
+                }
+            }
+        }
+        if !doomed.values().any(|d| *d) {
+            return 0;
+        }
+        let mut gone = 0;
+        for t in tables {
+            gone += self
+                .fib
+                .table_mut(Family::V4, t)
+                .retain(|_, e| !doomed.get(&Arc::as_ptr(&e.attrs)).copied().unwrap_or(false));
+        }
+        gone
+    }
+
+    /// Starts a scan: a new generation that dump entries and later events will carry.
+    pub fn begin_scan(&mut self) -> u32 {
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.generation
+    }
+
+    /// Applies one dump entry during `scan`, recording its verdict.
+    pub fn mark(&mut self, change: Change, scan: &mut ActiveScan) {
+        let gen = scan.generation;
+        match change {
+            Change::NewRoute { route, .. } => {
+                scan.routes_dumped += 1;
+                let (key, entry) = self.entry(route, gen);
+                let table = self.fib.table_mut(key.family(), key.table);
+                let verdict = match table.upsert(&key.dst, entry.clone()) {
+                    None => Verdict::Created,
+                    Some(old) if Arc::ptr_eq(&old.attrs, &entry.attrs) => Verdict::Seen,
+                    Some(_) => Verdict::Updated,
+                };
+                scan.verdicts.count(verdict);
+            }
+            // Dead routes are as good as gone: leave them unmarked for the prune.
+            Change::DeadRoute { .. } => scan.routes_dumped += 1,
+            Change::DelRoute { .. } => {}
+            Change::NewLink(link) => {
+                let v = match self.links.get(&link.ifindex) {
+                    None => Verdict::Created,
+                    Some(l) if l.value == link => Verdict::Seen,
+                    Some(_) => Verdict::Updated,
+                };
+                scan.object_verdicts.count(v);
+                self.links.insert(
+                    link.ifindex,
+                    Stamped {
+                        value: link,
+                        stamp: gen,
+                    },
+                );
+            }
+            Change::NewAddr(a) => {
+                let v = if self.addrs.contains_key(&a) {
+                    Verdict::Seen
+                } else {
+                    Verdict::Created
+                };
+                scan.object_verdicts.count(v);
+                self.addrs.insert(a, gen);
+            }
+            Change::NewNexthop(nh) => {
+                let v = match self.nexthops.get(&nh.id) {
+                    None => Verdict::Created,
+                    Some(n) if n.value == nh => Verdict::Seen,
+                    Some(_) => Verdict::Updated,
+                };
+                scan.object_verdicts.count(v);
+                self.nexthops.insert(
+                    nh.id,
+                    Stamped {
+                        value: nh,
+                        stamp: gen,
+                    },
+                );
+            }
+            Change::DelLink { .. } | Change::DelAddr(_) | Change::DelNexthop { .. } => {}
+        }
+    }
+
+    /// Deletes what the scan's completed dumps did not mark.
+    pub fn prune(&mut self, scan: &mut ActiveScan) {
+        let gen = scan.generation;
+        let mut deleted = 0u64;
+        for ((family, id), t) in self.fib.tables_mut() {
+            if scan.scope.covers_route(family, id)
+                && scan.dumped(DumpKind::Routes(family, scan.scope.table))
+            {
+                deleted += t.retain(|_, e| e.stamp == gen) as u64;
+            }
+        }
+        self.fib.drop_empty();
+        scan.verdicts.deleted += deleted;
+        let mut objects = 0usize;
+        if scan.dumped(DumpKind::Links) {
+            let before = self.links.len();
+            self.links.retain(|_, l| l.stamp == gen);
+            objects += before - self.links.len();
+        }
+        for f in Family::ALL {
+            if scan.dumped(DumpKind::Addrs(f)) {
+                let before = self.addrs.len();
+                self.addrs
+                    .retain(|a, stamp| Family::of(&a.addr) != f || *stamp == gen);
+                objects += before - self.addrs.len();
+            }
+        }
+        if scan.dumped(DumpKind::Nexthops) {
+            let before = self.nexthops.len();
+            self.nexthops.retain(|_, n| n.stamp == gen);
+            objects += before - self.nexthops.len();
+        }
+        scan.object_verdicts.deleted += objects as u64;
+        self.interner.collect();
+    }
+}
+
+fn link_followup() -> FollowUp {
+    FollowUp {
+        reason: ScanReason::LinkChange,
+        scope: ScanScope::routes(Family::V4),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SubKey;
+
+    fn route(dst: &str, metric: u32, ifindex: u32) -> Route {
+        Route {
+            key: RouteKey {
+                table: 254,
+                dst: dst.parse().unwrap(),
+                sub: SubKey {
+                    priority: metric,
+                    tos: 0,
+                    src: None,
+                    hop: None,
+                },
+            },
+            attrs: Arc::new(RouteAttrs {
+                protocol: 4,
+                kind: 1,
+                scope: 0,
+                flags: 0,
+                prefsrc: None,
+                nh_id: None,
+                nexthops: vec![NextHop {
+                    gateway: None,
+                    ifindex,
+                    weight: 1,
+                    flags: 0,
+                }]
+                .into(),
+                pref: None,
+                mtu: None,
+            }),
+        }
+    }
+
+    fn new(r: Route) -> Change {
+        Change::NewRoute {
+            route: r,
+            replace: false,
+        }
+    }
+
+    #[test]
+    fn scan_verdicts_and_prune() {
+        let mut m = Mirror::new();
+        m.apply(new(route("10.0.0.0/8", 0, 2)));
+        m.apply(new(route("10.1.0.0/16", 0, 2))); // will be missing from the dump
+        m.apply(new(route("10.2.0.0/16", 0, 2))); // will differ in the dump
+        let gen = m.begin_scan();
+        let mut scan = ActiveScan::new(ScanReason::Manual, ScanScope::routes(Family::V4), gen);
+        m.mark(new(route("10.0.0.0/8", 0, 2)), &mut scan);
+        m.mark(new(route("10.2.0.0/16", 0, 3)), &mut scan);
+        m.mark(new(route("10.3.0.0/16", 0, 2)), &mut scan);
+        // An event during the scan is newer than the dump: it must survive the prune.
+        m.apply(new(route("10.4.0.0/16", 0, 2)));
+        m.prune(&mut scan);
+        assert_eq!(
+            (
+                scan.verdicts.seen,
+                scan.verdicts.updated,
+                scan.verdicts.created,
+                scan.verdicts.deleted
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(m.fib.len(), 4);
+        assert!(m.fib.get(&route("10.1.0.0/16", 0, 2).key).is_none());
+        assert!(m.fib.get(&route("10.4.0.0/16", 0, 2).key).is_some());
+    }
+
+    #[test]
+    fn failed_dump_prunes_nothing() {
+        let mut m = Mirror::new();
+        m.apply(new(route("10.0.0.0/8", 0, 2)));
+        let gen = m.begin_scan();
+        let mut scan = ActiveScan::new(ScanReason::Manual, ScanScope::routes(Family::V4), gen);
+        scan.failed.push(DumpKind::Routes(Family::V4, None));
+        m.prune(&mut scan);
+        assert_eq!(m.fib.len(), 1);
+    }
+
+    #[test]
+    fn link_down_removes_v4_routes_through_it_in_all_tables() {
+        let mut m = Mirror::new();
+        let link = |flags| Link {
+            ifindex: 3,
+            name: "veth1".into(),
+            flags,
+            mtu: 1500,
+        };
+        m.apply(Change::NewLink(link(libc::IFF_UP as u32)));
+        m.apply(new(route("10.0.0.0/8", 0, 3)));
+        let mut r = route("10.0.0.0/8", 5, 3);
+        r.key.table = 100;
+        m.apply(new(r));
+        m.apply(new(route("10.9.0.0/16", 0, 4)));
+        let f = m.apply(Change::NewLink(link(0)));
+        assert_eq!(f.unwrap().reason, ScanReason::LinkChange);
+        assert_eq!(m.fib.len(), 1);
+        assert_eq!(m.counters.inferred_removals, 2);
+    }
+
+    #[test]
+    fn v6_sibling_delete_keeps_the_other_hops() {
+        let mut m = Mirror::new();
+        let mut r = route("2001:db8::/32", 1024, 3);
+        let hops = vec![
+            NextHop {
+                gateway: Some("fe80::1".parse().unwrap()),
+                ifindex: 3,
+                weight: 1,
+                flags: 0,
+            },
+            NextHop {
+                gateway: Some("fe80::2".parse().unwrap()),
+                ifindex: 4,
+                weight: 1,
+                flags: 0,
+            },
+        ];
+        Arc::make_mut(&mut r.attrs).nexthops = hops.clone().into();
+        let key = r.key;
+        m.apply(new(r));
+        m.apply(Change::DelRoute {
+            key,
+            hops: vec![hops[0].clone()].into(),
+        });
+        assert_eq!(m.fib.get(&key).unwrap().attrs.nexthops.len(), 1);
+        m.apply(Change::DelRoute {
+            key,
+            hops: vec![hops[1].clone()].into(),
+        });
+        assert!(m.fib.get(&key).is_none());
+    }
+}

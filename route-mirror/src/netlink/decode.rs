@@ -1,0 +1,458 @@
+//! Netlink messages → [`Change`]s.
+//!
+//! Route, link and address messages go through netlink-packet-route; nexthop objects
+//! through our own decoder ([`super::nexthop`]), as the crate has no `RTM_*NEXTHOP`.
+//! Nothing here panics on kernel input: a malformed message is an error for the caller
+//! to count and skip, odd-but-valid content (unknown attributes, route types, families)
+//! is counted in [`DecodeCounters`] and either kept or skipped.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use netlink_packet_core::Parseable;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteNextHop, RouteVia,
+};
+use netlink_packet_route::AddressFamily;
+use serde::Serialize;
+use thiserror::Error;
+
+use super::msg::{self, RawMsg};
+use super::nexthop;
+use crate::model::{
+    rtn, rtnh, Address, Change, Family, HopId, Link, NextHop, Route, RouteAttrs, RouteKey, SubKey,
+};
+
+const RTM_F_CLONED: u32 = 0x200;
+/// Router-advertisement routes (`RTF_ADDRCONF`): the kernel never merges them into ECMP.
+const RTPROT_RA: u8 = 9;
+
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+}
+
+impl DecodeError {
+    pub(crate) fn malformed(what: &'static str, detail: impl ToString) -> Self {
+        DecodeError::Malformed {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// What the decoder met that was valid but unusual. Shown by `route-mirror stats`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DecodeCounters {
+    /// Messages that failed to parse and were skipped.
+    pub malformed: u64,
+    /// Attributes we do not model (kept out of the mirror, counted).
+    pub unknown_attrs: u64,
+    /// Routes with an `RTN_*` type beyond the known ones (kept, shown by number).
+    pub unknown_route_types: u64,
+    /// Routes of other families (MPLS, multicast routing tables): skipped.
+    pub other_families: u64,
+    /// Route cache clones (`RTM_F_CLONED`): not part of the FIB, skipped.
+    pub cloned: u64,
+    /// Message types we did not subscribe to or do not handle: skipped.
+    pub unknown_messages: u64,
+}
+
+/// Decodes one message. `Ok(None)` means "nothing for the mirror" (already counted).
+pub fn decode(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, DecodeError> {
+    match m.ty {
+        msg::RTM_NEWROUTE | msg::RTM_DELROUTE => decode_route(m, c),
+        msg::RTM_NEWLINK => decode_link(m.payload, c).map(|l| Some(Change::NewLink(l))),
+        msg::RTM_DELLINK => {
+            decode_link(m.payload, c).map(|l| Some(Change::DelLink { ifindex: l.ifindex }))
+        }
+        msg::RTM_NEWADDR => Ok(decode_addr(m.payload, c)?.map(Change::NewAddr)),
+        msg::RTM_DELADDR => Ok(decode_addr(m.payload, c)?.map(Change::DelAddr)),
+        msg::RTM_NEWNEXTHOP => nexthop::decode(m.payload, c).map(|n| Some(Change::NewNexthop(n))),
+        msg::RTM_DELNEXTHOP => {
+            nexthop::decode(m.payload, c).map(|n| Some(Change::DelNexthop { id: n.id }))
+        }
+        _ => {
+            c.unknown_messages += 1;
+            Ok(None)
+        }
+    }
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn ip_of_via(v: &RouteVia) -> Option<IpAddr> {
+    match v {
+        RouteVia::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteVia::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn net(
+    family: Family,
+    addr: Option<IpAddr>,
+    len: u8,
+    what: &'static str,
+) -> Result<IpNet, DecodeError> {
+    let addr = match (family, addr) {
+        (_, Some(a)) if Family::of(&a) == family => a,
+        (_, Some(a)) => {
+            return Err(DecodeError::malformed(
+                what,
+                format!("{a} in a {family} route"),
+            ))
+        }
+        (Family::V4, None) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        (Family::V6, None) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    // The kernel sends dst with host bits cleared; trunc() keeps the key canonical anyway.
+    IpNet::new(addr, len)
+        .map(|n| n.trunc())
+        .map_err(|_| DecodeError::malformed(what, format!("prefix length {len}")))
+}
+
+fn decode_route(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, DecodeError> {
+    let rm = RouteMessage::parse(m.payload).map_err(|e| DecodeError::malformed("route", e))?;
+    let h = &rm.header;
+    let Some(family) = Family::from_af(u8::from(h.address_family)) else {
+        c.other_families += 1;
+        return Ok(None);
+    };
+    if h.flags.bits() & RTM_F_CLONED != 0 {
+        c.cloned += 1;
+        return Ok(None);
+    }
+    let kind = u8::from(h.kind);
+    let mut table = u32::from(h.table);
+    let (mut dst, mut src, mut gateway, mut prefsrc) = (None, None, None, None);
+    let (mut oif, mut priority, mut nh_id, mut pref, mut mtu) = (0u32, 0u32, None, None, None);
+    let mut multipath: Option<&[RouteNextHop]> = None;
+    for a in &rm.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = ip_of(d),
+            RouteAttribute::Source(s) => src = ip_of(s),
+            RouteAttribute::Gateway(g) => gateway = ip_of(g),
+            RouteAttribute::Via(v) => gateway = ip_of_via(v),
+            RouteAttribute::PrefSource(p) => prefsrc = ip_of(p),
+            RouteAttribute::Oif(i) => oif = *i,
+            RouteAttribute::Priority(p) => priority = *p,
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::NhId(id) => nh_id = Some(*id),
+            RouteAttribute::MultiPath(hops) => multipath = Some(hops),
+            RouteAttribute::Preference(p) => pref = Some(u8::from(*p)),
+            RouteAttribute::Metrics(ms) => {
+                for metric in ms {
+                    if let RouteMetric::Mtu(v) = metric {
+                        mtu = Some(*v);
+                    }
+                }
+            }
+            // Informational or per-dump values that say nothing about the forwarding state.
+            RouteAttribute::CacheInfo(_)
+            | RouteAttribute::Expires(_)
+            | RouteAttribute::MulticastExpires(_)
+            | RouteAttribute::Uid(_)
+            | RouteAttribute::Iif(_)
+            | RouteAttribute::Mark(_) => {}
+            _ => c.unknown_attrs += 1,
+        }
+    }
+    let dst = net(
+        family,
+        dst,
+        h.destination_prefix_length,
+        "route destination",
+    )?;
+    let src = match (family, h.source_prefix_length) {
+        (Family::V6, len) if len > 0 || src.is_some() => {
+            Some(net(family, src, len, "route source")?)
+        }
+        _ => None,
+    };
+    let protocol = u8::from(h.protocol);
+    if kind > rtn::MAX_KNOWN && m.ty == msg::RTM_NEWROUTE {
+        c.unknown_route_types += 1;
+    }
+    let rtm_flags = h.flags.bits();
+    let mut nexthops = Vec::new();
+    let dead;
+    if let Some(hops) = multipath {
+        for hop in hops {
+            let mut gw = None;
+            for a in &hop.attributes {
+                match a {
+                    RouteAttribute::Gateway(g) => gw = ip_of(g),
+                    RouteAttribute::Via(v) => gw = ip_of_via(v),
+                    _ => c.unknown_attrs += 1,
+                }
+            }
+            nexthops.push((
+                NextHop {
+                    gateway: gw,
+                    ifindex: hop.interface_index,
+                    weight: hop.hops as u16 + 1,
+                    flags: hop.flags.bits() & rtnh::STABLE,
+                },
+                hop.flags.bits() & rtnh::DEAD != 0,
+            ));
+        }
+        dead = !nexthops.is_empty() && nexthops.iter().all(|(_, d)| *d);
+    } else {
+        if gateway.is_some() || oif != 0 {
+            nexthops.push((
+                NextHop {
+                    gateway,
+                    ifindex: oif,
+                    weight: 1,
+                    flags: (rtm_flags as u8) & rtnh::STABLE,
+                },
+                false,
+            ));
+        }
+        dead = rtm_flags & rtnh::DEAD as u32 != 0;
+    }
+    let hop = match (family, nh_id, &nexthops[..]) {
+        (Family::V4, ..) => None,
+        (_, Some(id), _) => Some(HopId::Object(id)),
+        (_, None, [(h, _)]) if h.gateway.is_none() => Some(HopId::Dev(h.ifindex)),
+        (_, None, [(h, _)]) if protocol == RTPROT_RA => {
+            h.gateway.map(|g| HopId::Gateway(g, h.ifindex))
+        }
+        _ => None,
+    };
+    let key = RouteKey {
+        table,
+        dst,
+        sub: SubKey {
+            priority,
+            tos: if family == Family::V4 { h.tos } else { 0 },
+            src,
+            hop,
+        },
+    };
+    if m.ty == msg::RTM_DELROUTE {
+        let hops = nexthops.into_iter().map(|(n, _)| n).collect();
+        return Ok(Some(Change::DelRoute { key, hops }));
+    }
+    if dead {
+        return Ok(Some(Change::DeadRoute { key }));
+    }
+    let attrs = RouteAttrs {
+        protocol,
+        kind,
+        scope: u8::from(h.scope),
+        flags: rtm_flags & rtnh::STABLE as u32,
+        prefsrc,
+        nh_id,
+        nexthops: nexthops.into_iter().map(|(n, _)| n).collect(),
+        pref,
+        mtu,
+    };
+    Ok(Some(Change::NewRoute {
+        route: Route {
+            key,
+            attrs: Arc::new(attrs),
+        },
+        replace: m.flags & msg::NLM_F_REPLACE != 0,
+    }))
+}
+
+fn decode_link(payload: &[u8], _c: &mut DecodeCounters) -> Result<Link, DecodeError> {
+    let lm = LinkMessage::parse(payload).map_err(|e| DecodeError::malformed("link", e))?;
+    let mut link = Link {
+        ifindex: lm.header.index,
+        name: String::new(),
+        flags: lm.header.flags.bits(),
+        mtu: 0,
+    };
+    for a in &lm.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            _ => {}
+        }
+    }
+    if link.ifindex == 0 {
+        return Err(DecodeError::malformed("link", "ifindex 0"));
+    }
+    Ok(link)
+}
+
+fn decode_addr(payload: &[u8], c: &mut DecodeCounters) -> Result<Option<Address>, DecodeError> {
+    let am = AddressMessage::parse(payload).map_err(|e| DecodeError::malformed("address", e))?;
+    if !matches!(am.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
+        c.other_families += 1;
+        return Ok(None);
+    }
+    let (mut local, mut address) = (None, None);
+    for a in &am.attributes {
+        match a {
+            AddressAttribute::Local(l) => local = Some(*l),
+            AddressAttribute::Address(x) => address = Some(*x),
+            _ => {}
+        }
+    }
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on p2p links.
+    let Some(addr) = local.or(address) else {
+        return Err(DecodeError::malformed(
+            "address",
+            "no IFA_LOCAL or IFA_ADDRESS",
+        ));
+    };
+    Ok(Some(Address {
+        ifindex: am.header.index,
+        addr,
+        prefix_len: am.header.prefix_len,
+        scope: u8::from(am.header.scope),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds an RTM_NEWROUTE payload: rtmsg + attributes.
+    pub(crate) fn route_payload(
+        family: u8,
+        dst_len: u8,
+        table: u8,
+        kind: u8,
+        flags: u32,
+        attrs: &[(u16, Vec<u8>)],
+    ) -> Vec<u8> {
+        let mut b = vec![family, dst_len, 0, 0, table, 4, 0, kind];
+        b.extend_from_slice(&flags.to_ne_bytes());
+        for (ty, val) in attrs {
+            let len = 4 + val.len();
+            b.extend_from_slice(&(len as u16).to_ne_bytes());
+            b.extend_from_slice(&ty.to_ne_bytes());
+            b.extend_from_slice(val);
+            while b.len() % 4 != 0 {
+                b.push(0);
+            }
+        }
+        b
+    }
+
+    fn raw(ty: u16, payload: &[u8]) -> RawMsg<'_> {
+        RawMsg {
+            ty,
+            flags: 0,
+            seq: 0,
+            port: 0,
+            payload,
+        }
+    }
+
+    #[test]
+    fn decodes_a_unicast_route_with_table_beyond_255() {
+        let p = route_payload(
+            2,
+            24,
+            252,
+            1,
+            0,
+            &[
+                (1, vec![203, 0, 113, 0]),            // RTA_DST
+                (5, vec![198, 18, 1, 2]),             // RTA_GATEWAY
+                (4, 3u32.to_ne_bytes().to_vec()),     // RTA_OIF
+                (6, 20u32.to_ne_bytes().to_vec()),    // RTA_PRIORITY
+                (15, 4000u32.to_ne_bytes().to_vec()), // RTA_TABLE
+            ],
+        );
+        let mut c = DecodeCounters::default();
+        let Some(Change::NewRoute { route, .. }) =
+            decode(&raw(msg::RTM_NEWROUTE, &p), &mut c).unwrap()
+        else {
+            panic!("not a route")
+        };
+        assert_eq!(route.key.table, 4000);
+        assert_eq!(route.key.dst.to_string(), "203.0.113.0/24");
+        assert_eq!(route.key.sub.priority, 20);
+        assert_eq!(route.attrs.nexthops.len(), 1);
+        assert_eq!(route.attrs.nexthops[0].ifindex, 3);
+        assert_eq!(
+            route.attrs.nexthops[0].gateway,
+            Some("198.18.1.2".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn dead_single_path_route_is_reported_dead() {
+        let p = route_payload(
+            2,
+            24,
+            254,
+            1,
+            rtnh::DEAD as u32,
+            &[(1, vec![10, 0, 0, 0]), (4, 3u32.to_ne_bytes().to_vec())],
+        );
+        let mut c = DecodeCounters::default();
+        assert!(matches!(
+            decode(&raw(msg::RTM_NEWROUTE, &p), &mut c).unwrap(),
+            Some(Change::DeadRoute { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_type_is_kept_and_counted() {
+        let p = route_payload(2, 8, 254, 42, 0, &[(1, vec![10, 0, 0, 0])]);
+        let mut c = DecodeCounters::default();
+        let Some(Change::NewRoute { route, .. }) =
+            decode(&raw(msg::RTM_NEWROUTE, &p), &mut c).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(route.attrs.kind, 42);
+        assert_eq!(c.unknown_route_types, 1);
+    }
+
+    #[test]
+    fn malformed_inputs_are_errors_not_panics() {
+        let mut c = DecodeCounters::default();
+        // Too short for rtmsg.
+        assert!(decode(&raw(msg::RTM_NEWROUTE, &[2, 24]), &mut c).is_err());
+        // Prefix length beyond the family.
+        let p = route_payload(2, 40, 254, 1, 0, &[(1, vec![10, 0, 0, 0])]);
+        assert!(decode(&raw(msg::RTM_NEWROUTE, &p), &mut c).is_err());
+        // Destination of the wrong family.
+        let p = route_payload(2, 24, 254, 1, 0, &[(1, vec![0; 16])]);
+        assert!(decode(&raw(msg::RTM_NEWROUTE, &p), &mut c).is_err());
+        // Attribute length running past the end.
+        let mut p = route_payload(2, 24, 254, 1, 0, &[]);
+        p.extend_from_slice(&[64, 0, 1, 0, 10, 0]);
+        assert!(decode(&raw(msg::RTM_NEWROUTE, &p), &mut c).is_err());
+        // Truncated link and address messages.
+        assert!(decode(&raw(msg::RTM_NEWLINK, &[0; 3]), &mut c).is_err());
+        assert!(decode(&raw(msg::RTM_NEWADDR, &[2, 24, 0]), &mut c).is_err());
+    }
+
+    #[test]
+    fn other_families_are_skipped() {
+        let p = route_payload(28, 0, 254, 1, 0, &[]); // AF_MPLS
+        let mut c = DecodeCounters::default();
+        assert!(decode(&raw(msg::RTM_NEWROUTE, &p), &mut c)
+            .unwrap()
+            .is_none());
+        assert_eq!(c.other_families, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_random_bytes(ty in 16u16..110, bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let mut c = DecodeCounters::default();
+            let _ = decode(&raw(ty, &bytes), &mut c);
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The netlink source: one NETLINK_ROUTE socket per mirrored namespace carrying both
+//! multicast events and dumps ([`socket`]), framing ([`msg`]) and decoding ([`decode`],
+//! [`nexthop`]).
+
+pub mod decode;
+pub mod msg;
+pub mod nexthop;
+pub mod socket;
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::model::Change;
+use decode::DecodeCounters;
+use msg::DumpKind;
+use socket::NlSocket;
+
+#[derive(Debug, Error)]
+pub enum DumpError {
+    #[error("netlink socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("kernel refused the {kind:?} dump: {err}")]
+    Refused { kind: DumpKind, err: io::Error },
+    #[error("{kind:?} dump did not finish within {secs} s")]
+    Timeout { kind: DumpKind, secs: u64 },
+}
+
+/// Runs one dump to completion on a private socket (no events on it) and returns the
+/// decoded entries. Used where an independent view of the kernel is the point: `diff`.
+pub fn dump_blocking(
+    sock: &mut NlSocket,
+    kind: DumpKind,
+    counters: &mut DecodeCounters,
+    out: &mut Vec<Change>,
+) -> Result<(), DumpError> {
+    let seq = sock.request_dump(kind)?;
+    let mut buf = Vec::with_capacity(socket::RECV_BUF);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return Err(DumpError::Timeout { kind, secs: 120 });
+                }
+                sock.wait_readable(1000)?;
+                continue;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        for m in msg::messages(&buf) {
+            if m.seq != seq || m.port != sock.port() {
+                continue;
+            }
+            match m.ty {
+                msg::NLMSG_DONE => return Ok(()),
+                msg::NLMSG_ERROR => {
+                    let code = msg::error_code(m.payload).unwrap_or(libc::EIO);
+                    if code == 0 {
+                        continue;
+                    }
+                    return Err(DumpError::Refused {
+                        kind,
+                        err: io::Error::from_raw_os_error(code),
+                    });
+                }
+                _ => match decode::decode(&m, counters) {
+                    Ok(Some(c)) => out.push(c),
+                    Ok(None) => {}
+                    Err(_) => counters.malformed += 1,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! A NETLINK_ROUTE socket that carries both the multicast events and the dumps.
+//!
+//! One socket for both on purpose: the kernel queues dump chunks (generated at `recv`
+//! time) and notifications on the same receive queue in the order they happen, so
+//! processing that queue in order gives a dump interleaved correctly with the changes
+//! made while it ran. Two sockets (as BIRD and FRR use) lose that ordering.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use super::msg::{self, DumpKind};
+
+/// Receive buffer for one `recv`: large enough for the biggest dump chunk
+/// the kernel builds (it sizes them after our buffer, up to 32 KiB per skb).
+pub const RECV_BUF: usize = 1 << 20;
+
+pub struct NlSocket {
+    sock: Socket,
+    port: u32,
+    seq: u32,
+}
+
+impl NlSocket {
+    /// Opens a NETLINK_ROUTE socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<NlSocket> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        let addr = sock.bind_auto()?;
+        // Strict checking makes the kernel honour the family/table filters of dumps.
+        sock.set_netlink_get_strict_chk(true)?;
+        sock.set_ext_ack(true)?;
+        sock.set_non_blocking(true)?;
+        Ok(NlSocket {
+            sock,
+            port: addr.port_number(),
+            seq: 0,
+        })
+    }
+
+    /// Our netlink port id: dump replies carry it, notifications carry the originator's.
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// Sets the receive buffer, bypassing `rmem_max` when allowed (SO_RCVBUFFORCE needs
+    /// CAP_NET_ADMIN). Returns the size the kernel granted (it doubles the request).
+    pub fn set_rcvbuf(&self, bytes: usize) -> io::Result<usize> {
+        let val = bytes.min(i32::MAX as usize) as libc::c_int;
+        if setsockopt_int(self.fd(), libc::SO_RCVBUFFORCE, val).is_err() {
+            setsockopt_int(self.fd(), libc::SO_RCVBUF, val)?;
+        }
+        self.sock.get_rx_buf_sz()
+    }
+
+    pub fn rcvbuf(&self) -> io::Result<usize> {
+        self.sock.get_rx_buf_sz()
+    }
+
+    pub fn subscribe(&self, groups: &[u32]) -> io::Result<()> {
+        for &g in groups {
+            self.sock.add_membership(g)?;
+        }
+        Ok(())
+    }
+
+    /// Sends a dump request and returns its sequence number.
+    pub fn request_dump(&mut self, kind: DumpKind) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let req = msg::dump_request(kind, self.seq);
+        let kernel = SocketAddr::new(0, 0);
+        self.sock.send_to(&req, &kernel, 0)?;
+        Ok(self.seq)
+    }
+
+    /// One non-blocking `recv`. `Ok(0)` never happens on netlink; `WouldBlock` means
+    /// the queue is empty; `ENOBUFS` means notifications were dropped.
+    pub fn recv(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        buf.clear();
+        let cap = buf.capacity();
+        // SAFETY: recv writes at most `cap` bytes into the vector's spare capacity,
+        // and we only expose the bytes it reports as written.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                cap,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the kernel initialised the first n bytes.
+        unsafe { buf.set_len(n.min(cap)) };
+        Ok(n)
+    }
+
+    /// Blocks (with `poll`) until the socket is readable or `timeout_ms` passes.
+    pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        Ok(r > 0)
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+fn setsockopt_int(fd: RawFd, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int with its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            &val as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
