@@ -281,6 +281,7 @@ fn stats(shared: &Shared) -> Value {
         "decode": st.decode,
         "bad_requests": st.bad_requests,
         "rcvbuf": st.rcvbuf,
+        "socket_resets": st.socket_resets,
         "rss_bytes": rss_bytes(),
     })
 }

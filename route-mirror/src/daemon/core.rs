@@ -20,6 +20,7 @@ use crate::netlink::decode::{self, DecodeCounters};
 use crate::netlink::msg::{self, RawMsg};
 use crate::netlink::socket::{NlSocket, RECV_BUF};
 use crate::reconcile::{ActiveScan, ScanReason, ScanReport, ScanScope};
+use route_mirror_common::groups;
 
 /// Datagrams handled before looking at commands again, so queries and barriers stay
 /// responsive during a long dump.
@@ -33,6 +34,7 @@ struct Pending {
 
 pub struct Core {
     sock: NlSocket,
+    rcvbuf: usize,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
     scan_interval: Duration,
@@ -51,12 +53,14 @@ pub struct Core {
 impl Core {
     pub fn new(
         sock: NlSocket,
+        rcvbuf: usize,
         shared: Arc<Shared>,
         commands: Receiver<Command>,
         scan_interval: Duration,
     ) -> Core {
         Core {
             sock,
+            rcvbuf,
             shared,
             commands,
             scan_interval,
@@ -263,7 +267,17 @@ impl Core {
                     self.process(&buf);
                     false
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The kernel queues a dump's next chunk inside the recvmsg that
+                    // consumed the previous one, so an empty queue with a dump still
+                    // outstanding means that chunk failed (ENOBUFS) and the dump is stuck.
+                    if self.scan.as_ref().is_some_and(|(s, _)| s.current.is_some()) {
+                        self.recover_stalled_dump();
+                        false
+                    } else {
+                        true
+                    }
+                }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     self.overrun();
                     false
@@ -280,6 +294,37 @@ impl Core {
             }
         }
         false
+    }
+
+    /// Replaces the socket (subscribing the new one first, so no event falls between)
+    /// and restarts the interrupted scan as a full resync.
+    fn recover_stalled_dump(&mut self) {
+        warn!("dump stalled after a receive-queue overrun: replacing the netlink socket and resyncing");
+        let fresh = NlSocket::open().and_then(|s| {
+            s.set_rcvbuf(self.rcvbuf)?;
+            s.subscribe(&groups::ALL)?;
+            Ok(s)
+        });
+        match fresh {
+            Ok(s) => self.sock = s,
+            Err(e) => {
+                error!(error = %e, "cannot open a new netlink socket; retrying shortly");
+                std::thread::sleep(Duration::from_millis(100));
+                return;
+            }
+        }
+        self.shared
+            .status
+            .lock()
+            .expect("status lock")
+            .socket_resets += 1;
+        if let Some((scan, waiters)) = self.scan.take() {
+            for w in waiters {
+                self.queue_scan(scan.reason, scan.scope.clone(), Some(w));
+            }
+        }
+        self.queue_scan(ScanReason::Overrun, ScanScope::full(), None);
+        self.start_pending_scan();
     }
 
     fn overrun(&mut self) {

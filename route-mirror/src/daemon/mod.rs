@@ -19,6 +19,10 @@ use crate::netlink::socket::NlSocket;
 use crate::reconcile::{ScanReason, ScanReport, ScanScope, Verdicts};
 use route_mirror_common::groups;
 
+/// Longest a query waits for the mirror to catch up (a full resync of a large table
+/// takes a few seconds; this bounds a stuck daemon, not a slow one).
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Settings of `route-mirror run`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -62,6 +66,8 @@ pub struct Status {
     pub scan_pending: bool,
     pub decode: DecodeCounters,
     pub rcvbuf: usize,
+    /// Netlink sockets replaced because a dump stalled after an overrun.
+    pub socket_resets: u64,
     /// Control requests that did not parse.
     pub bad_requests: u64,
 }
@@ -137,7 +143,15 @@ impl Shared {
     pub async fn barrier(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.command(Command::Barrier(tx))?;
-        rx.await.context("core loop stopped before the barrier")
+        tokio::time::timeout(BARRIER_TIMEOUT, rx)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the mirror did not catch up within {} s",
+                    BARRIER_TIMEOUT.as_secs()
+                )
+            })?
+            .context("core loop stopped before the barrier")
     }
 }
 
@@ -183,7 +197,7 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>)>
         source = "netlink",
         "route-mirror starting (netlink source)"
     );
-    let core = core::Core::new(sock, shared.clone(), rx, cfg.scan_interval);
+    let core = core::Core::new(sock, cfg.rcvbuf, shared.clone(), rx, cfg.scan_interval);
     let handle = std::thread::Builder::new()
         .name("rm-core".into())
         .spawn(move || core.run())
