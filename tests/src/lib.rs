@@ -42,7 +42,11 @@ fn next_id() -> usize {
 
 /// The cargo workspace root (parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Runtime CARGO_MANIFEST_DIR (set by `cargo test`) first, then compile time.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("tests/ lives one level below the workspace root")
         .to_path_buf()

@@ -8,7 +8,7 @@
 
 use std::env;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -62,8 +62,13 @@ fn main() -> ExitCode {
 // paths and process helpers
 
 /// Repository (workspace) root: the parent of this crate's directory.
+/// Prefers the runtime `CARGO_MANIFEST_DIR` (set by `cargo run`) over the
+/// compile-time one, so a moved checkout sharing a target dir still works.
 fn repo_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     manifest
         .parent()
         .expect("xtask lives one level below the workspace root")
