@@ -2,4 +2,4 @@
 
 pub mod trie;
 
-pub use trie::{Bits, Trie};
+pub use trie::{Bits, Trie, Trie4, Trie6};
