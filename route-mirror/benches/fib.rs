@@ -226,6 +226,8 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
         .map(|(a, l)| (K::from_ip(a).masked(l), l))
         .collect();
     eprintln!("{}: {lines} lines, {} unique prefixes", K::NAME, pfx.len());
+    let mut pfx = pfx;
+    if std::env::var_os("SORTED").is_some() { pfx.sort(); }
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let random: Vec<K> = (0..LOOKUPS).map(|_| K::random(&mut rng)).collect();

@@ -36,13 +36,34 @@ pub trait Bits: Copy + Eq + Ord + std::hash::Hash + fmt::Debug + Send + Sync + '
     fn masked(self, len: u8) -> Self;
     /// Number of leading bits `self` and `other` agree on (`BITS` when equal).
     fn common_prefix_len(self, other: Self) -> u8;
+    /// Width of the direct-indexed table in front of the trie (see [`Trie`]); tuned per
+    /// family because it trades a fixed allocation for skipped levels.
+    const JUMP_BITS: u8;
+    /// The top `n` bits (`1..=JUMP_BITS`) as an index.
+    fn top_bits(self, n: u8) -> usize;
+    /// Inverse of `top_bits`: an address whose top `n` bits are `idx`, the rest zero.
+    fn from_top_bits(idx: usize, n: u8) -> Self;
 }
 
 macro_rules! impl_bits {
-    ($t:ty) => {
+    ($t:ty, $jump:expr) => {
         impl Bits for $t {
             const BITS: u8 = <$t>::BITS as u8;
             const ZERO: Self = 0;
+            const JUMP_BITS: u8 = $jump;
+
+            #[inline(always)]
+            fn top_bits(self, n: u8) -> usize {
+                self.checked_shr(u32::from(<Self as Bits>::BITS - n))
+                    .unwrap_or(0) as usize
+            }
+
+            #[inline(always)]
+            fn from_top_bits(idx: usize, n: u8) -> Self {
+                (idx as $t)
+                    .checked_shl(u32::from(<Self as Bits>::BITS - n))
+                    .unwrap_or(0)
+            }
 
             #[inline(always)]
             fn bit(self, i: u8) -> bool {
@@ -62,8 +83,8 @@ macro_rules! impl_bits {
         }
     };
 }
-impl_bits!(u32);
-impl_bits!(u128);
+impl_bits!(u32, 16);
+impl_bits!(u128, 16);
 
 /// Marks an absent child or value.
 const NIL: u32 = u32::MAX;
@@ -75,6 +96,19 @@ const ROOT: u32 = 0;
 const STACK: usize = 132;
 /// At most one matching prefix per length `0..=128`.
 const MATCH_CAP: usize = 129;
+/// Below this many prefixes the jump table would cost more memory than the levels it
+/// skips are worth (there is a trie per routing table, most of them tiny).
+const JUMP_MIN: usize = 4096;
+
+/// One slot of the jump table: the state a root walk would be in after consuming the top
+/// `JUMP_BITS` bits of any address in the slot.
+#[derive(Clone, Copy, Debug)]
+struct Jump {
+    /// First node with `len >= JUMP_BITS` inside the slot, or `NIL`.
+    start: u32,
+    /// Deepest value node with `len < JUMP_BITS` covering the slot, or `NIL`.
+    best: u32,
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Node<K> {
@@ -98,6 +132,11 @@ pub struct Trie<K: Bits, V> {
     /// `owners[i]` is the node whose value is `vals[i]`; needed to re-point a node when its
     /// value is moved by `swap_remove`.
     owners: Vec<u32>,
+    /// Direct-indexed by the top `K::JUMP_BITS` bits of an address, so a lookup starts
+    /// `JUMP_BITS` bits down instead of at the root: the top of a binary trie over a
+    /// million prefixes is ~16 dependent loads, each a likely cache miss. Empty until the
+    /// trie holds `JUMP_MIN` prefixes; kept exact by every mutation.
+    jump: Vec<Jump>,
 }
 
 /// IPv4 FIB trie.
@@ -136,6 +175,7 @@ impl<K: Bits, V> Trie<K, V> {
             free_head: NIL,
             vals: Vec::new(),
             owners: Vec::new(),
+            jump: Vec::new(),
         }
     }
 
@@ -208,6 +248,13 @@ impl<K: Bits, V> Trie<K, V> {
     fn locate_or_create(&mut self, key: K, len: u8) -> u32 {
         // Invariant: `cur` is a prefix of key/len (cur.len <= len, key agrees on cur.len bits).
         let mut cur = ROOT;
+        if let Some(j) = self.jump.get(key.top_bits(K::JUMP_BITS)) {
+            if let Some(n) = self.nodes.get(j.start as usize) {
+                if n.len <= len && key.common_prefix_len(n.key) >= n.len {
+                    cur = j.start;
+                }
+            }
+        }
         loop {
             let n = *self.node(cur);
             if n.len == len {
@@ -250,8 +297,14 @@ impl<K: Bits, V> Trie<K, V> {
         let len = clamp::<K>(len);
         let key = key.masked(len);
         let mut cur = ROOT;
+        if len >= K::JUMP_BITS {
+            // Every node of length >= JUMP_BITS in the slot is below the slot's start.
+            if let Some(j) = self.jump.get(key.top_bits(K::JUMP_BITS)) {
+                cur = j.start;
+            }
+        }
         loop {
-            let n = self.node(cur);
+            let n = self.nodes.get(cur as usize)?;
             if n.len > len || key.common_prefix_len(n.key) < n.len {
                 return None;
             }
@@ -278,8 +331,13 @@ impl<K: Bits, V> Trie<K, V> {
 
     pub fn insert(&mut self, key: K, len: u8, value: V) -> Option<V> {
         let len = clamp::<K>(len);
-        let i = self.locate_or_create(key.masked(len), len);
-        self.set_val(i, value)
+        let key = key.masked(len);
+        let i = self.locate_or_create(key, len);
+        let old = self.set_val(i, value);
+        if old.is_none() {
+            self.jump_update(key, len);
+        }
+        old
     }
 
     pub fn remove(&mut self, key: K, len: u8) -> Option<V> {
@@ -301,10 +359,8 @@ impl<K: Bits, V> Trie<K, V> {
             (grand, parent, cur) = (parent, cur, c);
         }
         let v = self.take_val(cur)?;
-        if cur == ROOT {
-            return Some(v);
-        }
         match self.node(cur).child {
+            _ if cur == ROOT => {}
             [NIL, NIL] => {
                 self.replace_child(parent, cur, NIL);
                 self.free(cur);
@@ -326,6 +382,7 @@ impl<K: Bits, V> Trie<K, V> {
             }
             _ => {}
         }
+        self.jump_update(key, len);
         Some(v)
     }
 
@@ -346,6 +403,7 @@ impl<K: Bits, V> Trie<K, V> {
         let i = self.locate_or_create(key.masked(len), len);
         if self.node(i).val == NIL {
             self.set_val(i, f());
+            self.jump_update(key.masked(len), len);
         }
         let vi = self.node(i).val as usize;
         &mut self.vals[vi]
@@ -354,22 +412,21 @@ impl<K: Bits, V> Trie<K, V> {
     #[inline]
     pub fn longest_match(&self, addr: K) -> Option<(K, u8, &V)> {
         let nodes = &self.nodes[..];
-        let mut best = nodes[ROOT as usize].val;
-        let mut best_node = ROOT;
-        let mut cur = nodes[ROOT as usize].child[usize::from(addr.bit(0))];
+        let (mut best, mut cur) = match self.jump.get(addr.top_bits(K::JUMP_BITS)) {
+            Some(j) => (j.best, j.start),
+            None => (NIL, ROOT),
+        };
         while let Some(n) = nodes.get(cur as usize) {
             if addr.common_prefix_len(n.key) < n.len {
                 break;
             }
             if n.val != NIL {
-                best = n.val;
-                best_node = cur;
+                best = cur;
             }
             cur = n.child[usize::from(addr.bit(n.len))];
         }
-        let v = self.vals.get(best as usize)?;
-        let n = self.node(best_node);
-        Some((n.key, n.len, v))
+        let n = nodes.get(best as usize)?;
+        Some((n.key, n.len, self.vals.get(n.val as usize)?))
     }
 
     /// All stored prefixes that contain `addr`, longest first. Collected into a fixed
@@ -429,6 +486,63 @@ impl<K: Bits, V> Trie<K, V> {
     /// mark-and-sweep of a million routes needs (n separate removes would each re-walk).
     pub fn retain(&mut self, mut f: impl FnMut(K, u8, &mut V) -> bool) {
         self.retain_rec(ROOT, &mut f);
+        if !self.jump.is_empty() {
+            self.jump_rebuild();
+        }
+    }
+
+    /// Walks from the root to the jump-table state of slot `slot`.
+    fn jump_entry(&self, slot: usize) -> Jump {
+        let s = K::JUMP_BITS;
+        let key = K::from_top_bits(slot, s);
+        let mut j = Jump {
+            start: NIL,
+            best: NIL,
+        };
+        let mut cur = ROOT;
+        while let Some(n) = self.nodes.get(cur as usize) {
+            if n.len >= s {
+                if n.key.masked(s) == key {
+                    j.start = cur;
+                }
+                break;
+            }
+            if key.common_prefix_len(n.key) < n.len {
+                break;
+            }
+            if n.val != NIL {
+                j.best = cur;
+            }
+            cur = n.child[usize::from(key.bit(n.len))];
+        }
+        j
+    }
+
+    fn jump_rebuild(&mut self) {
+        let slots = 1usize << K::JUMP_BITS;
+        let table: Vec<Jump> = (0..slots).map(|i| self.jump_entry(i)).collect();
+        self.jump = table;
+    }
+
+    /// Re-derives the slots a change at `key/len` can affect: every slot inside the prefix
+    /// (its value may be their `best`, or its node their `start`), and nothing else, since
+    /// nodes created or freed outside that range are valueless branches above `JUMP_BITS`.
+    fn jump_update(&mut self, key: K, len: u8) {
+        if self.jump.is_empty() {
+            if self.len() >= JUMP_MIN {
+                self.jump_rebuild();
+            }
+            return;
+        }
+        let s = K::JUMP_BITS;
+        let first = key.top_bits(s);
+        let count = 1usize << (s - len.min(s));
+        for slot in first..first + count {
+            let e = self.jump_entry(slot);
+            if let Some(j) = self.jump.get_mut(slot) {
+                *j = e;
+            }
+        }
     }
 
     /// Returns what should replace `i` in its parent. Recursion depth is bounded by
@@ -469,6 +583,7 @@ impl<K: Bits, V> Trie<K, V> {
         self.nodes.capacity() * std::mem::size_of::<Node<K>>()
             + self.vals.capacity() * std::mem::size_of::<V>()
             + self.owners.capacity() * std::mem::size_of::<u32>()
+            + self.jump.capacity() * std::mem::size_of::<Jump>()
     }
 }
 
@@ -565,7 +680,7 @@ mod tests {
     }
 
     /// Structural invariants that the public API cannot see directly.
-    fn check_invariants<K: Bits, V>(t: &Trie<K, V>) {
+    fn check_invariants_full<K: Bits, V>(t: &Trie<K, V>, check_jump: bool) {
         let mut reachable = 0usize;
         let mut stack = vec![ROOT];
         while let Some(i) = stack.pop() {
@@ -596,6 +711,16 @@ mod tests {
         }
         assert_eq!(reachable + free, t.nodes.len(), "leaked nodes");
         assert_eq!(t.vals.len(), t.owners.len());
+        if !t.jump.is_empty() && check_jump {
+            for (slot, j) in t.jump.iter().enumerate() {
+                let want = t.jump_entry(slot);
+                assert_eq!((j.start, j.best), (want.start, want.best), "stale jump slot {slot}");
+            }
+        }
+    }
+
+    fn check_invariants<K: Bits, V>(t: &Trie<K, V>) {
+        check_invariants_full(t, true);
     }
 
     #[test]
@@ -782,8 +907,17 @@ mod tests {
         proptest::collection::vec(op, 0..60)
     }
 
-    fn run_model<K: Bits>(pool: &[K], flip: impl Fn(K, u8) -> K, ops: &[Op], probes: &[K]) {
+    fn run_model<K: Bits>(
+        pool: &[K],
+        flip: impl Fn(K, u8) -> K,
+        ops: &[Op],
+        probes: &[K],
+        jump: bool,
+    ) {
         let mut t: Trie<K, u16> = Trie::new();
+        if jump {
+            t.jump_rebuild();
+        }
         let mut m: BTreeMap<(K, u8), u16> = BTreeMap::new();
         let key = |k: usize, f: Option<u8>, l: u8| {
             let base = pool[k % pool.len()];
@@ -814,9 +948,10 @@ mod tests {
                     m.retain(|_, v| keep(v));
                 }
             }
-            check_invariants(&t);
+            check_invariants_full(&t, false);
             assert_eq!(t.len(), m.len());
         }
+        check_invariants(&t);
         let got: Vec<_> = t.iter().map(|(k, l, v)| (k, l, *v)).collect();
         let want: Vec<_> = m.iter().map(|(&(k, l), &v)| (k, l, v)).collect();
         assert_eq!(got, want);
@@ -860,8 +995,9 @@ mod tests {
             pool in proptest::collection::vec(any::<u32>(), 1..6),
             ops in ops(32),
             probes in proptest::collection::vec(any::<u32>(), 0..16),
+            jump in any::<bool>(),
         ) {
-            run_model(&pool, |k, f| k ^ (1 << (31 - f)), &ops, &probes);
+            run_model(&pool, |k, f| k ^ (1 << (31 - f)), &ops, &probes, jump);
         }
 
         #[test]
@@ -869,17 +1005,20 @@ mod tests {
             pool in proptest::collection::vec(any::<u128>(), 1..6),
             ops in ops(128),
             probes in proptest::collection::vec(any::<u128>(), 0..16),
+            jump in any::<bool>(),
         ) {
-            run_model(&pool, |k, f| k ^ (1 << (127 - f)), &ops, &probes);
+            run_model(&pool, |k, f| k ^ (1 << (127 - f)), &ops, &probes, jump);
         }
 
         /// Small address space so that nesting is dense rather than rare.
         #[test]
         fn model_u32_dense(
             ops in ops(32),
+            jump in any::<bool>(),
         ) {
             let pool = [0u32, 0x8000_0000, 0xc000_0000, 0x0a00_0000, 0x0a80_0000, 0xffff_ffff];
-            run_model(&pool, |k, f| k ^ (1 << (31 - f)), &ops, &[1, 0x0a00_0001, 0x7fff_ffff]);
+            let probes = [1, 0x0a00_0001, 0x7fff_ffff];
+            run_model(&pool, |k, f| k ^ (1 << (31 - f)), &ops, &probes, jump);
         }
     }
 }
