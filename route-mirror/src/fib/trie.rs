@@ -36,10 +36,10 @@ pub trait Bits: Copy + Eq + Ord + std::hash::Hash + fmt::Debug + Send + Sync + '
     fn masked(self, len: u8) -> Self;
     /// Number of leading bits `self` and `other` agree on (`BITS` when equal).
     fn common_prefix_len(self, other: Self) -> u8;
-    /// Width of the direct-indexed table in front of the trie (see [`Trie`]); tuned per
-    /// family because it trades a fixed allocation for skipped levels.
-    const JUMP_BITS: u8;
-    /// The top `n` bits (`1..=JUMP_BITS`) as an index.
+    /// Upper bound on the width of the direct-indexed table in front of the trie (see
+    /// [`Trie`]), which otherwise grows with the number of prefixes.
+    const MAX_JUMP_BITS: u8;
+    /// The top `n` bits (`1..=MAX_JUMP_BITS`) as an index.
     fn top_bits(self, n: u8) -> usize;
     /// Inverse of `top_bits`: an address whose top `n` bits are `idx`, the rest zero.
     fn from_top_bits(idx: usize, n: u8) -> Self;
@@ -50,7 +50,7 @@ macro_rules! impl_bits {
         impl Bits for $t {
             const BITS: u8 = <$t>::BITS as u8;
             const ZERO: Self = 0;
-            const JUMP_BITS: u8 = $jump;
+            const MAX_JUMP_BITS: u8 = $jump;
 
             #[inline(always)]
             fn top_bits(self, n: u8) -> usize {
@@ -83,8 +83,8 @@ macro_rules! impl_bits {
         }
     };
 }
-impl_bits!(u32, 16);
-impl_bits!(u128, 16);
+impl_bits!(u32, 20);
+impl_bits!(u128, 20);
 
 /// Marks an absent child or value.
 const NIL: u32 = u32::MAX;
@@ -100,13 +100,23 @@ const MATCH_CAP: usize = 129;
 /// skips are worth (there is a trie per routing table, most of them tiny).
 const JUMP_MIN: usize = 4096;
 
+/// Jump-table width for `n` prefixes: about one slot per prefix (log2 n), so the table
+/// costs ~8 bytes per prefix at most and skips about as many levels as a balanced binary
+/// trie over `n` keys has.
+fn jump_bits_for<K: Bits>(n: usize) -> u8 {
+    if n < JUMP_MIN {
+        return 0;
+    }
+    ((usize::BITS - 1 - n.leading_zeros()) as u8).min(K::MAX_JUMP_BITS)
+}
+
 /// One slot of the jump table: the state a root walk would be in after consuming the top
-/// `JUMP_BITS` bits of any address in the slot.
+/// `jump_bits` bits of any address in the slot.
 #[derive(Clone, Copy, Debug)]
 struct Jump {
-    /// First node with `len >= JUMP_BITS` inside the slot, or `NIL`.
+    /// First node with `len >= jump_bits` inside the slot, or `NIL`.
     start: u32,
-    /// Deepest value node with `len < JUMP_BITS` covering the slot, or `NIL`.
+    /// Deepest value node with `len < jump_bits` covering the slot, or `NIL`.
     best: u32,
 }
 
@@ -132,11 +142,13 @@ pub struct Trie<K: Bits, V> {
     /// `owners[i]` is the node whose value is `vals[i]`; needed to re-point a node when its
     /// value is moved by `swap_remove`.
     owners: Vec<u32>,
-    /// Direct-indexed by the top `K::JUMP_BITS` bits of an address, so a lookup starts
-    /// `JUMP_BITS` bits down instead of at the root: the top of a binary trie over a
-    /// million prefixes is ~16 dependent loads, each a likely cache miss. Empty until the
-    /// trie holds `JUMP_MIN` prefixes; kept exact by every mutation.
+    /// Direct-indexed by the top `jump_bits` bits of an address, so a lookup starts that
+    /// many bits down instead of at the root: the top of a binary trie over a million
+    /// prefixes is ~20 dependent loads, each a likely cache miss. Empty (`jump_bits == 0`)
+    /// until the trie holds `JUMP_MIN` prefixes; widened as it grows, like a `Vec`
+    /// doubling; kept exact by every mutation.
     jump: Vec<Jump>,
+    jump_bits: u8,
 }
 
 /// IPv4 FIB trie.
@@ -176,6 +188,7 @@ impl<K: Bits, V> Trie<K, V> {
             vals: Vec::new(),
             owners: Vec::new(),
             jump: Vec::new(),
+            jump_bits: 0,
         }
     }
 
@@ -248,7 +261,7 @@ impl<K: Bits, V> Trie<K, V> {
     fn locate_or_create(&mut self, key: K, len: u8) -> u32 {
         // Invariant: `cur` is a prefix of key/len (cur.len <= len, key agrees on cur.len bits).
         let mut cur = ROOT;
-        if let Some(j) = self.jump.get(key.top_bits(K::JUMP_BITS)) {
+        if let Some(j) = self.jump_slot(key) {
             if let Some(n) = self.nodes.get(j.start as usize) {
                 if n.len <= len && key.common_prefix_len(n.key) >= n.len {
                     cur = j.start;
@@ -297,9 +310,9 @@ impl<K: Bits, V> Trie<K, V> {
         let len = clamp::<K>(len);
         let key = key.masked(len);
         let mut cur = ROOT;
-        if len >= K::JUMP_BITS {
-            // Every node of length >= JUMP_BITS in the slot is below the slot's start.
-            if let Some(j) = self.jump.get(key.top_bits(K::JUMP_BITS)) {
+        if len >= self.jump_bits {
+            // Every node of length >= jump_bits in the slot is below the slot's start.
+            if let Some(j) = self.jump_slot(key) {
                 cur = j.start;
             }
         }
@@ -335,7 +348,7 @@ impl<K: Bits, V> Trie<K, V> {
         let i = self.locate_or_create(key, len);
         let old = self.set_val(i, value);
         if old.is_none() {
-            self.jump_update(key, len);
+            self.jump_inserted(key, len, i);
         }
         old
     }
@@ -382,7 +395,7 @@ impl<K: Bits, V> Trie<K, V> {
             }
             _ => {}
         }
-        self.jump_update(key, len);
+        self.jump_removed(key, len, cur);
         Some(v)
     }
 
@@ -403,7 +416,7 @@ impl<K: Bits, V> Trie<K, V> {
         let i = self.locate_or_create(key.masked(len), len);
         if self.node(i).val == NIL {
             self.set_val(i, f());
-            self.jump_update(key.masked(len), len);
+            self.jump_inserted(key.masked(len), len, i);
         }
         let vi = self.node(i).val as usize;
         &mut self.vals[vi]
@@ -412,7 +425,7 @@ impl<K: Bits, V> Trie<K, V> {
     #[inline]
     pub fn longest_match(&self, addr: K) -> Option<(K, u8, &V)> {
         let nodes = &self.nodes[..];
-        let (mut best, mut cur) = match self.jump.get(addr.top_bits(K::JUMP_BITS)) {
+        let (mut best, mut cur) = match self.jump_slot(addr) {
             Some(j) => (j.best, j.start),
             None => (NIL, ROOT),
         };
@@ -486,14 +499,20 @@ impl<K: Bits, V> Trie<K, V> {
     /// mark-and-sweep of a million routes needs (n separate removes would each re-walk).
     pub fn retain(&mut self, mut f: impl FnMut(K, u8, &mut V) -> bool) {
         self.retain_rec(ROOT, &mut f);
-        if !self.jump.is_empty() {
-            self.jump_rebuild();
+        self.jump_rebuild(jump_bits_for::<K>(self.len()));
+    }
+
+    #[inline(always)]
+    fn jump_slot(&self, addr: K) -> Option<&Jump> {
+        if self.jump_bits == 0 {
+            return None;
         }
+        self.jump.get(addr.top_bits(self.jump_bits))
     }
 
     /// Walks from the root to the jump-table state of slot `slot`.
     fn jump_entry(&self, slot: usize) -> Jump {
-        let s = K::JUMP_BITS;
+        let s = self.jump_bits;
         let key = K::from_top_bits(slot, s);
         let mut j = Jump {
             start: NIL,
@@ -518,30 +537,91 @@ impl<K: Bits, V> Trie<K, V> {
         j
     }
 
-    fn jump_rebuild(&mut self) {
-        let slots = 1usize << K::JUMP_BITS;
-        let table: Vec<Jump> = (0..slots).map(|i| self.jump_entry(i)).collect();
+    /// Replaces the table with one `bits` wide (0 drops it). One root walk per slot:
+    /// O(2^bits * depth), amortised like `Vec` growth since `bits` tracks log2(len).
+    fn jump_rebuild(&mut self, bits: u8) {
+        self.jump_bits = bits;
+        self.jump = Vec::new();
+        if bits == 0 {
+            return;
+        }
+        let table: Vec<Jump> = (0..1usize << bits).map(|i| self.jump_entry(i)).collect();
         self.jump = table;
     }
 
-    /// Re-derives the slots a change at `key/len` can affect: every slot inside the prefix
-    /// (its value may be their `best`, or its node their `start`), and nothing else, since
-    /// nodes created or freed outside that range are valueless branches above `JUMP_BITS`.
-    fn jump_update(&mut self, key: K, len: u8) {
-        if self.jump.is_empty() {
-            if self.len() >= JUMP_MIN {
-                self.jump_rebuild();
-            }
+    /// Slots inside `key/len`.
+    fn jump_range(&self, key: K, len: u8) -> std::ops::Range<usize> {
+        let s = self.jump_bits;
+        let first = key.top_bits(s);
+        first..first + (1usize << (s - len.min(s)))
+    }
+
+    /// Keeps the table exact after `key/len` gained a value at node `node`. A short prefix
+    /// (above the table) changes only `best` of the slots it covers, and only where it is
+    /// now the deepest; nodes made above the table are never a slot's `start`. A long one
+    /// lies in one slot whose `start` may have moved, so that slot is re-walked.
+    fn jump_inserted(&mut self, key: K, len: u8, node: u32) {
+        let want = jump_bits_for::<K>(self.len());
+        if want > self.jump_bits {
+            self.jump_rebuild(want);
             return;
         }
-        let s = K::JUMP_BITS;
-        let first = key.top_bits(s);
-        let count = 1usize << (s - len.min(s));
-        for slot in first..first + count {
-            let e = self.jump_entry(slot);
-            if let Some(j) = self.jump.get_mut(slot) {
-                *j = e;
+        if self.jump_bits == 0 {
+            return;
+        }
+        let range = self.jump_range(key, len);
+        if len < self.jump_bits {
+            let nodes = &self.nodes;
+            for j in self.jump.get_mut(range).into_iter().flatten() {
+                if nodes.get(j.best as usize).is_none_or(|b| b.len < len) {
+                    j.best = node;
+                }
             }
+        } else {
+            self.jump_rewalk(range.start);
+        }
+    }
+
+    /// Counterpart of `jump_inserted` after `key/len` lost its value at node `node` (which
+    /// may have been freed): slots that used it as `best` fall back to the next shorter
+    /// covering prefix, the same for all of them.
+    fn jump_removed(&mut self, key: K, len: u8, node: u32) {
+        if self.jump_bits == 0 {
+            return;
+        }
+        let range = self.jump_range(key, len);
+        if len < self.jump_bits {
+            let fallback = self.best_above(key, len);
+            for j in self.jump.get_mut(range).into_iter().flatten() {
+                if j.best == node {
+                    j.best = fallback;
+                }
+            }
+        } else {
+            self.jump_rewalk(range.start);
+        }
+    }
+
+    /// Deepest value node strictly shorter than `len` that covers `key`.
+    fn best_above(&self, key: K, len: u8) -> u32 {
+        let mut best = NIL;
+        let mut cur = ROOT;
+        while let Some(n) = self.nodes.get(cur as usize) {
+            if n.len >= len || key.common_prefix_len(n.key) < n.len {
+                break;
+            }
+            if n.val != NIL {
+                best = cur;
+            }
+            cur = n.child[usize::from(key.bit(n.len))];
+        }
+        best
+    }
+
+    fn jump_rewalk(&mut self, slot: usize) {
+        let e = self.jump_entry(slot);
+        if let Some(j) = self.jump.get_mut(slot) {
+            *j = e;
         }
     }
 
@@ -711,7 +791,8 @@ mod tests {
         }
         assert_eq!(reachable + free, t.nodes.len(), "leaked nodes");
         assert_eq!(t.vals.len(), t.owners.len());
-        if !t.jump.is_empty() && check_jump {
+        if t.jump_bits != 0 && check_jump {
+            assert_eq!(t.jump.len(), 1 << t.jump_bits);
             for (slot, j) in t.jump.iter().enumerate() {
                 let want = t.jump_entry(slot);
                 assert_eq!((j.start, j.best), (want.start, want.best), "stale jump slot {slot}");
@@ -916,7 +997,7 @@ mod tests {
     ) {
         let mut t: Trie<K, u16> = Trie::new();
         if jump {
-            t.jump_rebuild();
+            t.jump_rebuild(6);
         }
         let mut m: BTreeMap<(K, u8), u16> = BTreeMap::new();
         let key = |k: usize, f: Option<u8>, l: u8| {
