@@ -795,7 +795,11 @@ mod tests {
             assert_eq!(t.jump.len(), 1 << t.jump_bits);
             for (slot, j) in t.jump.iter().enumerate() {
                 let want = t.jump_entry(slot);
-                assert_eq!((j.start, j.best), (want.start, want.best), "stale jump slot {slot}");
+                assert_eq!(
+                    (j.start, j.best),
+                    (want.start, want.best),
+                    "stale jump slot {slot}"
+                );
             }
         }
     }
@@ -1024,7 +1028,7 @@ mod tests {
                     );
                 }
                 Op::Retain(d) => {
-                    let keep = |v: &u16| v % d != 0;
+                    let keep = |v: &u16| !v.is_multiple_of(d);
                     t.retain(|_, _, v| keep(v));
                     m.retain(|_, v| keep(v));
                 }
