@@ -3,16 +3,15 @@
 //! Each trie node holds every route of one destination prefix (several metrics, TOS
 //! values or IPv6 source prefixes), sorted by [`SubKey`] so the preferred one is first.
 
-pub mod trie;
+pub mod patricia;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::{Prefix, PrefixMap};
 use smallvec::SmallVec;
-
-pub use trie::{Bits, Trie, Trie4, Trie6};
 
 use crate::model::{rtn, table, Family, RouteAttrs, RouteKey, SubKey};
 
@@ -28,22 +27,53 @@ pub struct Entry {
 /// The routes of one prefix, sorted by sub-key (lowest metric first).
 pub type Entries = SmallVec<[Entry; 1]>;
 
+/// The LPM trie under each table. prefix-trie's PrefixMap beat our own Patricia trie
+/// ([`patricia`]) on build speed, lookups and memory (BENCHMARKS.md), so it is the one used.
 enum Prefixes {
-    V4(Trie4<Entries>),
-    V6(Trie6<Entries>),
+    V4(PrefixMap<Ipv4Net, Entries>),
+    V6(PrefixMap<Ipv6Net, Entries>),
 }
 
-fn v4_bits(n: &Ipv4Net) -> (u32, u8) {
-    (u32::from(n.network()), n.prefix_len())
+/// Runs `$body` with `$t` bound to the family's map and `$n` to `$net` of the same family;
+/// yields `$none` when the families differ.
+macro_rules! with_map {
+    ($prefixes:expr, $net:expr, |$t:ident, $n:ident| $body:expr, $none:expr) => {
+        match ($prefixes, $net) {
+            (Prefixes::V4($t), IpNet::V4($n)) => $body,
+            (Prefixes::V6($t), IpNet::V6($n)) => $body,
+            _ => $none,
+        }
+    };
 }
-fn v6_bits(n: &Ipv6Net) -> (u128, u8) {
-    (u128::from(n.network()), n.prefix_len())
+
+fn take_sub<P: Prefix>(t: &mut PrefixMap<P, Entries>, p: &P, sub: &SubKey) -> Option<Entry> {
+    let entries = t.get_mut(p)?;
+    let i = entries.iter().position(|e| e.sub == *sub)?;
+    let e = entries.remove(i);
+    if entries.is_empty() {
+        t.remove(p);
+    }
+    Some(e)
 }
-fn v4_net(k: u32, len: u8) -> IpNet {
-    IpNet::V4(Ipv4Net::new(k.into(), len).expect("trie keeps len <= 32"))
+
+fn retain_in<P: Prefix + Copy + Into<IpNet>>(t: &mut PrefixMap<P, Entries>, f: &mut impl FnMut(&IpNet, &mut Entry) -> bool) -> usize {
+    let mut removed = 0;
+    let mut emptied = false;
+    for (p, entries) in t.iter_mut() {
+        let net: IpNet = p.into();
+        let before = entries.len();
+        entries.retain(|e| f(&net, e));
+        removed += before - entries.len();
+        emptied |= entries.is_empty();
+    }
+    if emptied {
+        t.retain(|_, es| !es.is_empty());
+    }
+    removed
 }
-fn v6_net(k: u128, len: u8) -> IpNet {
-    IpNet::V6(Ipv6Net::new(k.into(), len).expect("trie keeps len <= 128"))
+
+fn spilled_bytes<P: Prefix>(t: &PrefixMap<P, Entries>) -> usize {
+    t.values().filter(|e| e.spilled()).map(|e| e.capacity() * std::mem::size_of::<Entry>()).sum()
 }
 
 /// The routes of one (family, table).
@@ -67,8 +97,8 @@ pub enum TableLookup<'a> {
 impl RouteTable {
     pub fn new(family: Family) -> RouteTable {
         let prefixes = match family {
-            Family::V4 => Prefixes::V4(Trie::new()),
-            Family::V6 => Prefixes::V6(Trie::new()),
+            Family::V4 => Prefixes::V4(PrefixMap::new()),
+            Family::V6 => Prefixes::V6(PrefixMap::new()),
         };
         RouteTable {
             family,
@@ -97,38 +127,16 @@ impl RouteTable {
         }
     }
 
+    /// Heap bytes of the trie and of entry lists that outgrew their inline slot.
     pub fn heap_bytes(&self) -> usize {
-        let (trie, spilled) = match &self.prefixes {
-            Prefixes::V4(t) => (
-                t.heap_bytes(),
-                t.iter()
-                    .filter(|(_, _, e)| e.spilled())
-                    .map(|(_, _, e)| e.capacity())
-                    .sum::<usize>(),
-            ),
-            Prefixes::V6(t) => (
-                t.heap_bytes(),
-                t.iter()
-                    .filter(|(_, _, e)| e.spilled())
-                    .map(|(_, _, e)| e.capacity())
-                    .sum::<usize>(),
-            ),
-        };
-        trie + spilled * std::mem::size_of::<Entry>()
+        match &self.prefixes {
+            Prefixes::V4(t) => t.mem_size() + spilled_bytes(t),
+            Prefixes::V6(t) => t.mem_size() + spilled_bytes(t),
+        }
     }
 
     pub fn get(&self, dst: &IpNet) -> Option<&Entries> {
-        match (&self.prefixes, dst) {
-            (Prefixes::V4(t), IpNet::V4(n)) => {
-                let (k, l) = v4_bits(n);
-                t.get(k, l)
-            }
-            (Prefixes::V6(t), IpNet::V6(n)) => {
-                let (k, l) = v6_bits(n);
-                t.get(k, l)
-            }
-            _ => None,
-        }
+        with_map!(&self.prefixes, dst, |t, n| t.get(n), None)
     }
 
     pub fn get_entry(&self, dst: &IpNet, sub: &SubKey) -> Option<&Entry> {
@@ -137,17 +145,12 @@ impl RouteTable {
 
     /// Inserts or replaces the route `dst`+`sub`. Returns the previous entry.
     pub fn upsert(&mut self, dst: &IpNet, entry: Entry) -> Option<Entry> {
-        let entries = match (&mut self.prefixes, dst) {
-            (Prefixes::V4(t), IpNet::V4(n)) => {
-                let (k, l) = v4_bits(n);
-                t.get_or_insert_with(k, l, Entries::new)
-            }
-            (Prefixes::V6(t), IpNet::V6(n)) => {
-                let (k, l) = v6_bits(n);
-                t.get_or_insert_with(k, l, Entries::new)
-            }
-            _ => return None,
-        };
+        let entries = with_map!(
+            &mut self.prefixes,
+            dst,
+            |t, n| t.entry(*n).or_insert_with(Entries::new),
+            return None
+        );
         match entries.binary_search_by(|e| e.sub.cmp(&entry.sub)) {
             Ok(i) => Some(std::mem::replace(&mut entries[i], entry)),
             Err(i) => {
@@ -158,43 +161,14 @@ impl RouteTable {
         }
     }
 
-    /// Mutable access to one route (to restamp it without touching its attributes).
+    /// Mutable access to one route (to change it without moving it).
     pub fn get_entry_mut(&mut self, dst: &IpNet, sub: &SubKey) -> Option<&mut Entry> {
-        let entries = match (&mut self.prefixes, dst) {
-            (Prefixes::V4(t), IpNet::V4(n)) => {
-                let (k, l) = v4_bits(n);
-                t.get_mut(k, l)
-            }
-            (Prefixes::V6(t), IpNet::V6(n)) => {
-                let (k, l) = v6_bits(n);
-                t.get_mut(k, l)
-            }
-            _ => None,
-        }?;
+        let entries = with_map!(&mut self.prefixes, dst, |t, n| t.get_mut(n), None)?;
         entries.iter_mut().find(|e| e.sub == *sub)
     }
 
     pub fn remove(&mut self, dst: &IpNet, sub: &SubKey) -> Option<Entry> {
-        fn take<K: Bits>(t: &mut Trie<K, Entries>, k: K, l: u8, sub: &SubKey) -> Option<Entry> {
-            let entries = t.get_mut(k, l)?;
-            let i = entries.iter().position(|e| e.sub == *sub)?;
-            let e = entries.remove(i);
-            if entries.is_empty() {
-                t.remove(k, l);
-            }
-            Some(e)
-        }
-        let removed = match (&mut self.prefixes, dst) {
-            (Prefixes::V4(t), IpNet::V4(n)) => {
-                let (k, l) = v4_bits(n);
-                take(t, k, l, sub)
-            }
-            (Prefixes::V6(t), IpNet::V6(n)) => {
-                let (k, l) = v6_bits(n);
-                take(t, k, l, sub)
-            }
-            _ => None,
-        };
+        let removed = with_map!(&mut self.prefixes, dst, |t, n| take_sub(t, n, sub), None);
         if removed.is_some() {
             self.routes -= 1;
         }
@@ -203,17 +177,10 @@ impl RouteTable {
 
     /// Keeps the routes for which `f` returns true; O(n) over the table.
     pub fn retain(&mut self, mut f: impl FnMut(&IpNet, &mut Entry) -> bool) -> usize {
-        let mut removed = 0;
-        let mut keep_prefix = |net: IpNet, entries: &mut Entries| {
-            let before = entries.len();
-            entries.retain(|e| f(&net, e));
-            removed += before - entries.len();
-            !entries.is_empty()
+        let removed = match &mut self.prefixes {
+            Prefixes::V4(t) => retain_in(t, &mut f),
+            Prefixes::V6(t) => retain_in(t, &mut f),
         };
-        match &mut self.prefixes {
-            Prefixes::V4(t) => t.retain(|k, l, e| keep_prefix(v4_net(k, l), e)),
-            Prefixes::V6(t) => t.retain(|k, l, e| keep_prefix(v6_net(k, l), e)),
-        }
         self.routes -= removed;
         removed
     }
@@ -221,14 +188,8 @@ impl RouteTable {
     /// Every route, in (prefix address, prefix length, sub-key) order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
         match &self.prefixes {
-            Prefixes::V4(t) => Box::new(
-                t.iter()
-                    .flat_map(|(k, l, es)| es.iter().map(move |e| (v4_net(k, l), e))),
-            ),
-            Prefixes::V6(t) => Box::new(
-                t.iter()
-                    .flat_map(|(k, l, es)| es.iter().map(move |e| (v6_net(k, l), e))),
-            ),
+            Prefixes::V4(t) => Box::new(t.iter().flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V4(p), e)))),
+            Prefixes::V6(t) => Box::new(t.iter().flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V6(p), e)))),
         }
     }
 
@@ -236,18 +197,10 @@ impl RouteTable {
     pub fn iter_within(&self, net: &IpNet) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
         match (&self.prefixes, net) {
             (Prefixes::V4(t), IpNet::V4(n)) => {
-                let (k, l) = v4_bits(n);
-                Box::new(
-                    t.iter_within(k, l)
-                        .flat_map(|(k, l, es)| es.iter().map(move |e| (v4_net(k, l), e))),
-                )
+                Box::new(t.children(n).flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V4(p), e))))
             }
             (Prefixes::V6(t), IpNet::V6(n)) => {
-                let (k, l) = v6_bits(n);
-                Box::new(
-                    t.iter_within(k, l)
-                        .flat_map(|(k, l, es)| es.iter().map(move |e| (v6_net(k, l), e))),
-                )
+                Box::new(t.children(n).flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V6(p), e))))
             }
             _ => Box::new(std::iter::empty()),
         }
@@ -259,13 +212,16 @@ impl RouteTable {
         fn pick(es: &Entries, tos: u8) -> Option<&Entry> {
             es.iter().find(|e| e.sub.tos == 0 || e.sub.tos == tos)
         }
+        // cover() walks from the shortest prefix to the longest: keep the last match.
         let found = match (&self.prefixes, addr) {
             (Prefixes::V4(t), IpAddr::V4(a)) => t
-                .matches(u32::from(a))
-                .find_map(|(k, l, es)| pick(es, tos).map(|e| (v4_net(k, l), e))),
+                .cover(&Ipv4Net::from(a))
+                .filter_map(|(p, es)| pick(es, tos).map(|e| (IpNet::V4(p), e)))
+                .last(),
             (Prefixes::V6(t), IpAddr::V6(a)) => t
-                .matches(u128::from(a))
-                .find_map(|(k, l, es)| pick(es, 0).map(|e| (v6_net(k, l), e))),
+                .cover(&Ipv6Net::from(a))
+                .filter_map(|(p, es)| pick(es, 0).map(|e| (IpNet::V6(p), e)))
+                .last(),
             _ => None,
         };
         match found {
