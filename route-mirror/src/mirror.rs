@@ -5,7 +5,6 @@
 //! [`Mirror::prune`] for dumps (see [`crate::reconcile`]).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -203,7 +202,7 @@ impl Mirror {
             Change::DelAddr(a) => {
                 self.counters.addr_events += 1;
                 self.addrs.remove(&a);
-                if let IpAddr::V4(_) = a.addr {
+                if a.addr.is_ipv4() {
                     let gone = self.remove_v4_where(|attrs, _| attrs.prefsrc == Some(a.addr));
                     self.counters.inferred_removals += gone as u64;
                     return Some(FollowUp {

@@ -56,7 +56,10 @@ fn take_sub<P: Prefix>(t: &mut PrefixMap<P, Entries>, p: &P, sub: &SubKey) -> Op
     Some(e)
 }
 
-fn retain_in<P: Prefix + Copy + Into<IpNet>>(t: &mut PrefixMap<P, Entries>, f: &mut impl FnMut(&IpNet, &mut Entry) -> bool) -> usize {
+fn retain_in<P: Prefix + Copy + Into<IpNet>>(
+    t: &mut PrefixMap<P, Entries>,
+    f: &mut impl FnMut(&IpNet, &mut Entry) -> bool,
+) -> usize {
     let mut removed = 0;
     let mut emptied = false;
     for (p, entries) in t.iter_mut() {
@@ -73,7 +76,10 @@ fn retain_in<P: Prefix + Copy + Into<IpNet>>(t: &mut PrefixMap<P, Entries>, f: &
 }
 
 fn spilled_bytes<P: Prefix>(t: &PrefixMap<P, Entries>) -> usize {
-    t.values().filter(|e| e.spilled()).map(|e| e.capacity() * std::mem::size_of::<Entry>()).sum()
+    t.values()
+        .filter(|e| e.spilled())
+        .map(|e| e.capacity() * std::mem::size_of::<Entry>())
+        .sum()
 }
 
 /// The routes of one (family, table).
@@ -188,20 +194,28 @@ impl RouteTable {
     /// Every route, in (prefix address, prefix length, sub-key) order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
         match &self.prefixes {
-            Prefixes::V4(t) => Box::new(t.iter().flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V4(p), e)))),
-            Prefixes::V6(t) => Box::new(t.iter().flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V6(p), e)))),
+            Prefixes::V4(t) => Box::new(
+                t.iter()
+                    .flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V4(p), e))),
+            ),
+            Prefixes::V6(t) => Box::new(
+                t.iter()
+                    .flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V6(p), e))),
+            ),
         }
     }
 
     /// Routes whose prefix lies inside `net` (including `net` itself).
     pub fn iter_within(&self, net: &IpNet) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
         match (&self.prefixes, net) {
-            (Prefixes::V4(t), IpNet::V4(n)) => {
-                Box::new(t.children(n).flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V4(p), e))))
-            }
-            (Prefixes::V6(t), IpNet::V6(n)) => {
-                Box::new(t.children(n).flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V6(p), e))))
-            }
+            (Prefixes::V4(t), IpNet::V4(n)) => Box::new(
+                t.children(n)
+                    .flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V4(p), e))),
+            ),
+            (Prefixes::V6(t), IpNet::V6(n)) => Box::new(
+                t.children(n)
+                    .flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V6(p), e))),
+            ),
             _ => Box::new(std::iter::empty()),
         }
     }
