@@ -18,6 +18,7 @@ use super::view::route_view;
 use crate::daemon::{Command, Shared};
 use crate::diff;
 use crate::fib::DEFAULT_RULE_TABLES;
+use crate::intern::Interner;
 use crate::model::Family;
 use crate::netlink::{self, decode::DecodeCounters, msg::DumpKind, socket::NlSocket};
 use crate::reconcile::{ScanReason, ScanScope};
@@ -204,8 +205,15 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
 fn dump_now() -> Result<Vec<crate::model::Change>> {
     let mut sock = NlSocket::open().context("opening a netlink socket for diff")?;
     let mut counters = DecodeCounters::default();
+    let mut interner = Interner::default();
     let mut out = Vec::new();
-    match netlink::dump_blocking(&mut sock, DumpKind::Nexthops, &mut counters, &mut out) {
+    match netlink::dump_blocking(
+        &mut sock,
+        DumpKind::Nexthops,
+        &mut counters,
+        &mut interner,
+        &mut out,
+    ) {
         Ok(()) => {}
         // Kernels without nexthop objects refuse the dump; routes still compare.
         Err(netlink::DumpError::Refused { .. }) => {}
@@ -216,6 +224,7 @@ fn dump_now() -> Result<Vec<crate::model::Change>> {
             &mut sock,
             DumpKind::Routes(f, None),
             &mut counters,
+            &mut interner,
             &mut out,
         )?;
     }

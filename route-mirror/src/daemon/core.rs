@@ -25,6 +25,8 @@ use route_mirror_common::groups;
 /// Datagrams handled before looking at commands again, so queries and barriers stay
 /// responsive during a long dump.
 const BATCH: usize = 64;
+/// A progress line every this many dumped routes (a full table logs a handful).
+const PROGRESS_EVERY: u64 = 250_000;
 
 struct Pending {
     reason: ScanReason,
@@ -371,7 +373,19 @@ impl Core {
                             if let Some(change) =
                                 decode_or_count(&m, &mut self.decode, &mut self.malformed_logged)
                             {
+                                let before = scan.routes_dumped;
                                 mirror.mark(change, scan);
+                                if scan.routes_dumped != before
+                                    && scan.routes_dumped % PROGRESS_EVERY == 0
+                                {
+                                    let secs = scan.started.elapsed().as_secs_f64();
+                                    info!(
+                                        reason = ?scan.reason,
+                                        routes = scan.routes_dumped,
+                                        rate = format!("{:.0}/s", scan.routes_dumped as f64 / secs),
+                                        "scan progress"
+                                    );
+                                }
                             }
                         }
                     }

@@ -392,4 +392,103 @@ mod tests {
             .unwrap();
         assert_eq!((t, net.prefix_len()), (253, 0));
     }
+
+    mod model_check {
+        use super::*;
+        use proptest::prelude::*;
+        use std::net::Ipv4Addr;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Upsert(u32, u8, u32, u8, bool),
+            Remove(u32, u8, u32, u8),
+            RetainPriorityBelow(u32),
+        }
+
+        /// Prefixes from a small pool so nesting, duplicates and /0 and /32 all occur.
+        fn prefix() -> impl Strategy<Value = (u32, u8)> {
+            (
+                prop::sample::select(vec![
+                    0u32,
+                    0x0a00_0000,
+                    0x0a01_0000,
+                    0x0a01_0100,
+                    0x0a01_0180,
+                    0xc000_0200,
+                    0xffff_ffff,
+                ]),
+                prop::sample::select(vec![0u8, 8, 16, 24, 25, 32]),
+            )
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (prefix(), 0u32..4, prop::sample::select(vec![0u8, 0x10]), any::<bool>()).prop_map(|((a, l), p, t, th)| Op::Upsert(a, l, p, t, th)),
+                2 => (prefix(), 0u32..4, prop::sample::select(vec![0u8, 0x10])).prop_map(|((a, l), p, t)| Op::Remove(a, l, p, t)),
+                1 => (0u32..4).prop_map(Op::RetainPriorityBelow),
+            ]
+        }
+
+        fn net(a: u32, l: u8) -> IpNet {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::from(a), l).unwrap().trunc())
+        }
+
+        fn sub(p: u32, tos: u8) -> SubKey {
+            SubKey {
+                priority: p,
+                tos,
+                src: None,
+                hop: None,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            #[test]
+            fn route_table_matches_brute_force(ops in prop::collection::vec(op(), 1..60), addrs in prop::collection::vec(any::<u32>(), 16), tos in prop::sample::select(vec![0u8, 0x10])) {
+                let mut t = RouteTable::new(Family::V4);
+                // model: (net, sub) -> is_throw
+                let mut m: BTreeMap<(IpNet, SubKey), bool> = BTreeMap::new();
+                for op in ops {
+                    match op {
+                        Op::Upsert(a, l, p, tt, th) => {
+                            let kind = if th { rtn::THROW } else { rtn::UNICAST };
+                            let mut e = entry(p, kind, 0);
+                            e.sub = sub(p, tt);
+                            t.upsert(&net(a, l), e);
+                            m.insert((net(a, l), sub(p, tt)), th);
+                        }
+                        Op::Remove(a, l, p, tt) => {
+                            let got = t.remove(&net(a, l), &sub(p, tt)).is_some();
+                            prop_assert_eq!(got, m.remove(&(net(a, l), sub(p, tt))).is_some());
+                        }
+                        Op::RetainPriorityBelow(limit) => {
+                            t.retain(|_, e| e.sub.priority < limit);
+                            m.retain(|(_, s), _| s.priority < limit);
+                        }
+                    }
+                    prop_assert_eq!(t.len(), m.len());
+                }
+                let listed: Vec<(IpNet, SubKey)> = t.iter().map(|(n, e)| (n, e.sub)).collect();
+                let mut expected: Vec<(IpNet, SubKey)> = m.keys().copied().collect();
+                expected.sort_by_key(|(n, s)| (n.network(), n.prefix_len(), *s));
+                prop_assert_eq!(listed, expected);
+                for a in addrs.into_iter().chain([0x0a01_0181, 0xffff_ffff, 0]) {
+                    let addr = IpAddr::V4(Ipv4Addr::from(a));
+                    let best = m
+                        .iter()
+                        .filter(|((n, s), _)| n.contains(&addr) && (s.tos == 0 || s.tos == tos))
+                        .max_by(|((n1, s1), _), ((n2, s2), _)| n1.prefix_len().cmp(&n2.prefix_len()).then(s2.cmp(s1)));
+                    match (t.lookup(addr, tos), best) {
+                        (TableLookup::None, None) => {}
+                        (TableLookup::Throw, Some((_, true))) => {}
+                        (TableLookup::Route(n, e), Some(((bn, bs), false))) => {
+                            prop_assert_eq!((n, e.sub), (*bn, *bs));
+                        }
+                        (got, want) => prop_assert!(false, "lookup {addr}: got {got:?}, want {want:?}"),
+                    }
+                }
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::intern::Interner;
 use crate::model::Change;
 use decode::DecodeCounters;
 use msg::DumpKind;
@@ -27,12 +28,15 @@ pub enum DumpError {
     Timeout { kind: DumpKind, secs: u64 },
 }
 
-/// Runs one dump to completion on a private socket (no events on it) and returns the
+/// Runs one dump to completion on a private socket (no events on it) and appends the
 /// decoded entries. Used where an independent view of the kernel is the point: `diff`.
+/// Route attributes go through `interner`, so a million dumped routes share a few
+/// thousand attribute allocations instead of owning one each.
 pub fn dump_blocking(
     sock: &mut NlSocket,
     kind: DumpKind,
     counters: &mut DecodeCounters,
+    interner: &mut Interner,
     out: &mut Vec<Change>,
 ) -> Result<(), DumpError> {
     let seq = sock.request_dump(kind)?;
@@ -68,6 +72,10 @@ pub fn dump_blocking(
                     });
                 }
                 _ => match decode::decode(&m, counters) {
+                    Ok(Some(Change::NewRoute { mut route, replace })) => {
+                        route.attrs = interner.intern(route.attrs);
+                        out.push(Change::NewRoute { route, replace });
+                    }
                     Ok(Some(c)) => out.push(c),
                     Ok(None) => {}
                     Err(_) => counters.malformed += 1,
