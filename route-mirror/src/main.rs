@@ -129,6 +129,12 @@ fn parse_family(s: &str) -> Result<Family, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run { .. }) {
+        // Client commands are filters (`route-mirror show | head`): die quietly on a closed
+        // pipe like any Unix tool, instead of Rust's default of failing the next print.
+        // SAFETY: restoring the default disposition of a signal has no preconditions.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match real_main(cli) {
         Ok(code) => code,
         // `route-mirror show | head`: the reader left; that is not an error.
