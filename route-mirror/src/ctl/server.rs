@@ -277,6 +277,9 @@ fn stats(shared: &Shared) -> Value {
         "events_applied": st.events_applied,
         "events_dropped_by_request": st.events_dropped_by_request,
         "last_event_age_s": age(st.last_event),
+        // How far behind the kernel the mirror may be: time since it last had applied
+        // everything queued (≈0 when idle; grows during a burst or a scan).
+        "sync_lag_s": age(st.caught_up),
         "apply": m.counters,
         "enobufs": st.enobufs,
         "resyncs": st.resyncs,

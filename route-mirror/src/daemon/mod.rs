@@ -56,6 +56,9 @@ pub struct Status {
     pub events_dropped_by_request: u64,
     #[serde(skip)]
     pub last_event: Option<SystemTime>,
+    /// Last time the core had applied everything queued and had no scan to run.
+    #[serde(skip)]
+    pub caught_up: Option<SystemTime>,
     pub enobufs: u64,
     pub resyncs: u64,
     pub scans: u64,
