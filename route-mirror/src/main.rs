@@ -356,7 +356,10 @@ fn print_stats(v: &Value) {
     );
     println!("attribute sets:    {}", v["attr_sets"]);
     println!("events applied:    {}", v["events_applied"]);
-    println!("sync lag:          {:.3} s", v["sync_lag_s"].as_f64().unwrap_or(f64::NAN));
+    println!(
+        "sync lag:          {:.3} s",
+        v["sync_lag_s"].as_f64().unwrap_or(f64::NAN)
+    );
     println!("enobufs/resyncs:   {} / {}", v["enobufs"], v["resyncs"]);
     println!("scans:             {}", v["scans"]);
     let ver = &v["verdicts"];

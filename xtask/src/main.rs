@@ -247,10 +247,102 @@ fn test() -> Result<()> {
     c.args(["test", "--workspace"]);
     c.env("ROUTE_MIRROR_BIN", &bin);
     println!("  ROUTE_MIRROR_BIN={}", bin.display());
-    exec(c)?;
+    let totals = exec_tests(c)?;
 
     println!("\nxtask test: all steps passed");
+    // The closing line sums every test binary (cargo's own last line is often a
+    // doc-test run with 0 tests, which says nothing about the suite).
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
+}
+
+/// Counts from cargo test's `test result:` lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    /// Adds the counts of one `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result:") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Like [`exec`] for `cargo test`: streams its output and totals the results.
+fn exec_tests(mut cmd: Command) -> Result<TestTotals> {
+    use std::io::{BufRead, BufReader};
+    let line = show(&cmd);
+    println!("+ {line}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start `{line}`"))?;
+    let mut totals = TestTotals::default();
+    if let Some(out) = child.stdout.take() {
+        for l in BufReader::new(out).lines() {
+            let l = l.context("reading test output")?;
+            println!("{l}");
+            totals.add_line(&l);
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{line}`"))?;
+    if !status.success() {
+        println!(
+            "summary: {} passed, {} failed, {} skipped",
+            totals.passed,
+            totals.failed.max(1),
+            totals.ignored
+        );
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn totals_sum_result_lines() {
+        let mut t = TestTotals::default();
+        t.add_line("test result: ok. 31 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.91s");
+        t.add_line(
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 3 tests");
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 34,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -97,7 +97,8 @@ impl Core {
                 for b in self.barriers.drain(..) {
                     let _ = b.send(());
                 }
-                self.shared.status.lock().expect("status lock").caught_up = Some(std::time::SystemTime::now());
+                self.shared.status.lock().expect("status lock").caught_up =
+                    Some(std::time::SystemTime::now());
             }
             self.publish();
             if idle {
