@@ -322,29 +322,6 @@ fn exec_tests(mut cmd: Command) -> Result<TestTotals> {
     Ok(totals)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::TestTotals;
-
-    #[test]
-    fn totals_sum_result_lines() {
-        let mut t = TestTotals::default();
-        t.add_line("test result: ok. 31 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.91s");
-        t.add_line(
-            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
-        );
-        t.add_line("running 3 tests");
-        assert_eq!(
-            t,
-            TestTotals {
-                passed: 34,
-                failed: 1,
-                ignored: 2
-            }
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------
 // prerequisites
 
@@ -434,4 +411,27 @@ fn build_ebpf(_release: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn totals_sum_result_lines() {
+        let mut t = TestTotals::default();
+        t.add_line("test result: ok. 31 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.91s");
+        t.add_line(
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 3 tests");
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 34,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 }
