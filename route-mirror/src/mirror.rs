@@ -249,7 +249,7 @@ impl Mirror {
             if let Some(e) = table.get_entry(&key.dst, &key.sub) {
                 let same =
                     |a: &NextHop, b: &NextHop| a.gateway == b.gateway && a.ifindex == b.ifindex;
-                let left: Box<[NextHop]> = e
+                let left: smallvec::SmallVec<[NextHop; 2]> = e
                     .attrs
                     .nexthops
                     .iter()

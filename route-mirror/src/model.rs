@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// Address family of a route, address or FIB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -279,7 +280,7 @@ pub struct RouteAttrs {
     pub nh_id: Option<u32>,
     /// Inline next hops (`RTA_GATEWAY`/`RTA_OIF` or `RTA_MULTIPATH`). With a nexthop
     /// object and `nexthop_compat_mode=1` the kernel repeats them here too.
-    pub nexthops: Box<[NextHop]>,
+    pub nexthops: SmallVec<[NextHop; 2]>,
     /// IPv6 router preference (`RTA_PREF`), if present.
     pub pref: Option<u8>,
     /// Route MTU from `RTA_METRICS`, if set.

@@ -6,29 +6,16 @@
 //! to count and skip, odd-but-valid content (unknown attributes, route types, families)
 //! is counted in [`DecodeCounters`] and either kept or skipped.
 
-use std::net::IpAddr;
-use std::sync::Arc;
-
-use ipnet::IpNet;
 use netlink_packet_core::Parseable;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteNextHop, RouteVia,
-};
 use netlink_packet_route::AddressFamily;
 use serde::Serialize;
 use thiserror::Error;
 
 use super::msg::{self, RawMsg};
-use super::nexthop;
-use crate::model::{
-    rtn, rtnh, Address, Change, Family, HopId, Link, NextHop, Route, RouteAttrs, RouteKey, SubKey,
-};
-
-const RTM_F_CLONED: u32 = 0x200;
-/// Router-advertisement routes (`RTF_ADDRCONF`): the kernel never merges them into ECMP.
-const RTPROT_RA: u8 = 9;
+use super::{nexthop, route};
+use crate::model::{Address, Change, Link};
 
 #[derive(Debug, Error)]
 pub enum DecodeError {
@@ -65,7 +52,7 @@ pub struct DecodeCounters {
 /// Decodes one message. `Ok(None)` means "nothing for the mirror" (already counted).
 pub fn decode(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, DecodeError> {
     match m.ty {
-        msg::RTM_NEWROUTE | msg::RTM_DELROUTE => decode_route(m, c),
+        msg::RTM_NEWROUTE | msg::RTM_DELROUTE => route::decode(m, c),
         msg::RTM_NEWLINK => decode_link(m.payload, c).map(|l| Some(Change::NewLink(l))),
         msg::RTM_DELLINK => {
             decode_link(m.payload, c).map(|l| Some(Change::DelLink { ifindex: l.ifindex }))
@@ -81,191 +68,6 @@ pub fn decode(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, 
             Ok(None)
         }
     }
-}
-
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-fn ip_of_via(v: &RouteVia) -> Option<IpAddr> {
-    match v {
-        RouteVia::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteVia::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-fn net(
-    family: Family,
-    addr: Option<IpAddr>,
-    len: u8,
-    what: &'static str,
-) -> Result<IpNet, DecodeError> {
-    let addr = match (family, addr) {
-        (_, Some(a)) if Family::of(&a) == family => a,
-        (_, Some(a)) => {
-            return Err(DecodeError::malformed(
-                what,
-                format!("{a} in a {family} route"),
-            ))
-        }
-        (Family::V4, None) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        (Family::V6, None) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-    };
-    // The kernel sends dst with host bits cleared; trunc() keeps the key canonical anyway.
-    IpNet::new(addr, len)
-        .map(|n| n.trunc())
-        .map_err(|_| DecodeError::malformed(what, format!("prefix length {len}")))
-}
-
-fn decode_route(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, DecodeError> {
-    let rm = RouteMessage::parse(m.payload).map_err(|e| DecodeError::malformed("route", e))?;
-    let h = &rm.header;
-    let Some(family) = Family::from_af(u8::from(h.address_family)) else {
-        c.other_families += 1;
-        return Ok(None);
-    };
-    if h.flags.bits() & RTM_F_CLONED != 0 {
-        c.cloned += 1;
-        return Ok(None);
-    }
-    let kind = u8::from(h.kind);
-    let mut table = u32::from(h.table);
-    let (mut dst, mut src, mut gateway, mut prefsrc) = (None, None, None, None);
-    let (mut oif, mut priority, mut nh_id, mut pref, mut mtu) = (0u32, 0u32, None, None, None);
-    let mut multipath: Option<&[RouteNextHop]> = None;
-    for a in &rm.attributes {
-        match a {
-            RouteAttribute::Destination(d) => dst = ip_of(d),
-            RouteAttribute::Source(s) => src = ip_of(s),
-            RouteAttribute::Gateway(g) => gateway = ip_of(g),
-            RouteAttribute::Via(v) => gateway = ip_of_via(v),
-            RouteAttribute::PrefSource(p) => prefsrc = ip_of(p),
-            RouteAttribute::Oif(i) => oif = *i,
-            RouteAttribute::Priority(p) => priority = *p,
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::NhId(id) => nh_id = Some(*id),
-            RouteAttribute::MultiPath(hops) => multipath = Some(hops),
-            RouteAttribute::Preference(p) => pref = Some(u8::from(*p)),
-            RouteAttribute::Metrics(ms) => {
-                for metric in ms {
-                    if let RouteMetric::Mtu(v) = metric {
-                        mtu = Some(*v);
-                    }
-                }
-            }
-            // Informational or per-dump values that say nothing about the forwarding state.
-            RouteAttribute::CacheInfo(_)
-            | RouteAttribute::Expires(_)
-            | RouteAttribute::MulticastExpires(_)
-            | RouteAttribute::Uid(_)
-            | RouteAttribute::Iif(_)
-            | RouteAttribute::Mark(_) => {}
-            _ => c.unknown_attrs += 1,
-        }
-    }
-    let dst = net(
-        family,
-        dst,
-        h.destination_prefix_length,
-        "route destination",
-    )?;
-    let src = match (family, h.source_prefix_length) {
-        (Family::V6, len) if len > 0 || src.is_some() => {
-            Some(net(family, src, len, "route source")?)
-        }
-        _ => None,
-    };
-    let protocol = u8::from(h.protocol);
-    if kind > rtn::MAX_KNOWN && m.ty == msg::RTM_NEWROUTE {
-        c.unknown_route_types += 1;
-    }
-    let rtm_flags = h.flags.bits();
-    let mut nexthops = Vec::new();
-    let dead;
-    if let Some(hops) = multipath {
-        for hop in hops {
-            let mut gw = None;
-            for a in &hop.attributes {
-                match a {
-                    RouteAttribute::Gateway(g) => gw = ip_of(g),
-                    RouteAttribute::Via(v) => gw = ip_of_via(v),
-                    _ => c.unknown_attrs += 1,
-                }
-            }
-            nexthops.push((
-                NextHop {
-                    gateway: gw,
-                    ifindex: hop.interface_index,
-                    weight: hop.hops as u16 + 1,
-                    flags: hop.flags.bits() & rtnh::STABLE,
-                },
-                hop.flags.bits() & rtnh::DEAD != 0,
-            ));
-        }
-        dead = !nexthops.is_empty() && nexthops.iter().all(|(_, d)| *d);
-    } else {
-        if gateway.is_some() || oif != 0 {
-            nexthops.push((
-                NextHop {
-                    gateway,
-                    ifindex: oif,
-                    weight: 1,
-                    flags: (rtm_flags as u8) & rtnh::STABLE,
-                },
-                false,
-            ));
-        }
-        dead = rtm_flags & rtnh::DEAD as u32 != 0;
-    }
-    let hop = match (family, nh_id, &nexthops[..]) {
-        (Family::V4, ..) => None,
-        (_, Some(id), _) => Some(HopId::Object(id)),
-        (_, None, [(h, _)]) if h.gateway.is_none() => Some(HopId::Dev(h.ifindex)),
-        (_, None, [(h, _)]) if protocol == RTPROT_RA => {
-            h.gateway.map(|g| HopId::Gateway(g, h.ifindex))
-        }
-        _ => None,
-    };
-    let key = RouteKey {
-        table,
-        dst,
-        sub: SubKey {
-            priority,
-            tos: if family == Family::V4 { h.tos } else { 0 },
-            src,
-            hop,
-        },
-    };
-    if m.ty == msg::RTM_DELROUTE {
-        let hops = nexthops.into_iter().map(|(n, _)| n).collect();
-        return Ok(Some(Change::DelRoute { key, hops }));
-    }
-    if dead {
-        return Ok(Some(Change::DeadRoute { key }));
-    }
-    let attrs = RouteAttrs {
-        protocol,
-        kind,
-        scope: u8::from(h.scope),
-        flags: rtm_flags & rtnh::STABLE as u32,
-        prefsrc,
-        nh_id,
-        nexthops: nexthops.into_iter().map(|(n, _)| n).collect(),
-        pref,
-        mtu,
-    };
-    Ok(Some(Change::NewRoute {
-        route: Route {
-            key,
-            attrs: Arc::new(attrs),
-        },
-        replace: m.flags & msg::NLM_F_REPLACE != 0,
-    }))
 }
 
 fn decode_link(payload: &[u8], _c: &mut DecodeCounters) -> Result<Link, DecodeError> {
@@ -321,6 +123,7 @@ fn decode_addr(payload: &[u8], c: &mut DecodeCounters) -> Result<Option<Address>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::rtnh;
 
     /// Builds an RTM_NEWROUTE payload: rtmsg + attributes.
     pub(crate) fn route_payload(
@@ -338,7 +141,7 @@ mod tests {
             b.extend_from_slice(&(len as u16).to_ne_bytes());
             b.extend_from_slice(&ty.to_ne_bytes());
             b.extend_from_slice(val);
-            while b.len() % 4 != 0 {
+            while !b.len().is_multiple_of(4) {
                 b.push(0);
             }
         }

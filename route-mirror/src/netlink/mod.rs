@@ -5,6 +5,7 @@
 pub mod decode;
 pub mod msg;
 pub mod nexthop;
+pub mod route;
 pub mod socket;
 
 use std::io;
