@@ -26,7 +26,7 @@ fn attr(b: &mut Vec<u8>, ty: u16, val: &[u8]) {
 /// One route message payload (rtmsg + attributes) as the kernel dumps it.
 fn route(i: u32) -> Vec<u8> {
     let dst = (0x0100_0000u32 + i * 256).to_be_bytes();
-    let table: u32 = if i % 5 == 0 { 100 } else { 254 };
+    let table: u32 = if i.is_multiple_of(5) { 100 } else { 254 };
     let kind = if i % 4 == 3 { 6u8 } else { 1 };
     let mut b = vec![2, 24, 0, 0, table as u8, 4, 0, kind];
     b.extend_from_slice(&0u32.to_ne_bytes());
@@ -46,7 +46,7 @@ fn route(i: u32) -> Vec<u8> {
             }
             attr(&mut b, 9, &mp); // RTA_MULTIPATH
         } else {
-            let (gw, oif) = if i % 2 == 0 {
+            let (gw, oif) = if i.is_multiple_of(2) {
                 ([198u8, 18, 1, 2], 3u32)
             } else {
                 ([198, 18, 2, 2], 5)
