@@ -283,6 +283,27 @@ fn g_ipv6_add_replace_delete() {
     d.diff_empty();
 }
 
+/// IPv6 ECMP routes are sibling routes: `append` adds one, `del ... via` removes one,
+/// and each message lists its own sibling first.
+#[test]
+fn g2_ipv6_sibling_append_and_delete() {
+    let ns = Netns::new();
+    let d = Daemon::start_synced(&ns, &[]);
+    let pfx = "2001:db8:6::/48";
+    let addr = "2001:db8:6::7";
+    ns.ip(&["route", "add", pfx, "via", "2001:2:0:2::2"]);
+    ns.ip(&["route", "append", pfx, "via", "2001:2:0:1::2"]);
+    d.wait_lookup(addr, None, STEP, "two siblings", |r| {
+        is_route_via(r, pfx, &["2001:2:0:1::2", "2001:2:0:2::2"])
+    });
+    d.diff_empty();
+    ns.ip(&["route", "del", pfx, "via", "2001:2:0:2::2"]);
+    d.wait_lookup(addr, None, STEP, "one sibling left", |r| {
+        is_route_via(r, pfx, &["2001:2:0:1::2"])
+    });
+    d.diff_empty();
+}
+
 // h.
 #[test]
 fn h_nexthop_object_replace() {

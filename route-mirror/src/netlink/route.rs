@@ -255,6 +255,11 @@ pub(crate) fn build(
     for h in hops.iter_mut() {
         h.flags &= rtnh::STABLE;
     }
+    // IPv6 multipath routes are sibling routes: a message about one sibling lists it
+    // first, so the same route arrives in different orders. Keep a canonical order.
+    if family == Family::V6 {
+        hops.sort();
+    }
     let hop = match (family, r.nh_id, &hops[..]) {
         (Family::V4, ..) => None,
         (_, Some(id), _) => Some(HopId::Object(id)),
