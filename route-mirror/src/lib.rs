@@ -5,6 +5,7 @@
 //! dumps) → [`fib`] (an LPM trie per family and table) → [`ctl`] (queries, stats) and
 //! [`diff`] (the correctness oracle).
 
+pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod diff;
@@ -12,6 +13,7 @@ pub mod fib;
 pub mod intern;
 pub mod mirror;
 pub mod model;
+pub mod names;
 pub mod netlink;
 pub mod netns;
 pub mod reconcile;

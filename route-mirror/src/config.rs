@@ -1,0 +1,246 @@
+//! The configuration file (`/etc/route-mirror/route-mirror.toml`).
+//!
+//! Every `route-mirror run` option has a key here; a flag on the command line wins over
+//! the file. Errors name the line and the key. On reload (SIGHUP or `route-mirror
+//! reload`) the daemon applies what it can live and says what needs a restart; an
+//! invalid file never takes a running daemon down.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const DEFAULT_PATH: &str = "/etc/route-mirror/route-mirror.toml";
+
+/// Which event source to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// eBPF when it loads here, netlink otherwise.
+    #[default]
+    Auto,
+    Ebpf,
+    Netlink,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Network namespace (`ip netns` name) to mirror; unset: the daemon's own.
+    pub netns: Option<String>,
+    /// Control socket path; unset: /run/route-mirror/route-mirror.sock (or NETNS.sock).
+    pub socket: Option<PathBuf>,
+    /// Seconds between authoritative full scans.
+    pub scan_interval: f64,
+    /// Netlink receive buffer, bytes.
+    pub rcvbuf: usize,
+    pub source: SourceKind,
+    /// eBPF ring buffer size, bytes (a power of two).
+    pub ring_size: usize,
+    /// Prometheus metrics listen address (`127.0.0.1:9469`); unset: no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `route_mirror=debug`.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            netns: None,
+            socket: None,
+            scan_interval: 60.0,
+            rcvbuf: 128 << 20,
+            source: SourceKind::Auto,
+            ring_size: 64 << 20,
+            metrics_listen: None,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("{path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("{path}: key `{key}`: {msg}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        msg: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a file. A missing file at the default path is not an error
+    /// (defaults apply); anywhere else it is.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Config::default())
+            }
+            Err(err) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    err,
+                })
+            }
+        };
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            msg: locate(text, &e),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, msg: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                msg,
+            })
+        };
+        if !(self.scan_interval > 0.0 && self.scan_interval.is_finite()) {
+            return bad(
+                "scan_interval",
+                format!("{} is not a positive number of seconds", self.scan_interval),
+            );
+        }
+        if self.rcvbuf < 4096 {
+            return bad(
+                "rcvbuf",
+                format!("{} bytes is below the 4096-byte minimum", self.rcvbuf),
+            );
+        }
+        if !self.ring_size.is_power_of_two() || self.ring_size < 4096 {
+            return bad(
+                "ring_size",
+                format!("{} is not a power of two of at least 4096", self.ring_size),
+            );
+        }
+        if let Some(ns) = &self.netns {
+            if ns.is_empty() || ns.contains('/') {
+                return bad("netns", format!("{ns:?} is not a namespace name"));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return bad(
+                "log_level",
+                format!("{:?} is not a log filter", self.log_level),
+            );
+        }
+        Ok(())
+    }
+
+    /// Splits the changes from `self` to `new` into those a running daemon applies live
+    /// and those that need a restart (by key name).
+    pub fn changes(&self, new: &Config) -> (Vec<&'static str>, Vec<&'static str>) {
+        let mut live = Vec::new();
+        let mut restart = Vec::new();
+        if self.scan_interval != new.scan_interval {
+            live.push("scan_interval");
+        }
+        if self.log_level != new.log_level {
+            live.push("log_level");
+        }
+        for (key, differs) in [
+            ("netns", self.netns != new.netns),
+            ("socket", self.socket != new.socket),
+            ("rcvbuf", self.rcvbuf != new.rcvbuf),
+            ("source", self.source != new.source),
+            ("ring_size", self.ring_size != new.ring_size),
+            ("metrics_listen", self.metrics_listen != new.metrics_listen),
+        ] {
+            if differs {
+                restart.push(key);
+            }
+        }
+        (live, restart)
+    }
+}
+
+/// toml's message with the line and column of its span.
+fn locate(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim_end().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let col = before.len() - line_start + 1;
+            let this_line = text[line_start..].lines().next().unwrap_or("");
+            match this_line.split_once('=') {
+                Some((key, _)) if !key.trim().is_empty() => {
+                    format!("line {line}, column {col}, key `{}`: {msg}", key.trim())
+                }
+                _ => format!("line {line}, column {col}: {msg}"),
+            }
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        let c =
+            parse("scan_interval = 5\nsource = \"netlink\"\nmetrics_listen = \"127.0.0.1:9469\"\n")
+                .unwrap();
+        assert_eq!(c.scan_interval, 5.0);
+        assert_eq!(c.source, SourceKind::Netlink);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9469".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = parse("scan_interval = 5\nscan_intervall = 6\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("scan_intervall"), "{e}");
+        let e = parse("rcvbuf = \"big\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("rcvbuf"), "{e}");
+        let e = parse("scan_interval = -1\n").unwrap_err().to_string();
+        assert!(e.contains("`scan_interval`"), "{e}");
+        let e = parse("ring_size = 5000\n").unwrap_err().to_string();
+        assert!(e.contains("`ring_size`"), "{e}");
+        let e = parse("source = \"carrier-pigeon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1") && e.contains("source"), "{e}");
+    }
+
+    #[test]
+    fn reload_splits_live_and_restart_changes() {
+        let a = Config::default();
+        let b = Config {
+            scan_interval: 1.0,
+            rcvbuf: 1 << 20,
+            ..Config::default()
+        };
+        assert_eq!(a.changes(&b), (vec!["scan_interval"], vec!["rcvbuf"]));
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_elsewhere_not() {
+        let p = Path::new("/nonexistent/route-mirror.toml");
+        assert!(Config::load(p, false).is_ok());
+        assert!(Config::load(p, true).is_err());
+    }
+}
