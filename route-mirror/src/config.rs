@@ -168,6 +168,72 @@ impl Config {
     }
 }
 
+/// `route-mirror run` flags that override the file (unset flags leave the file's value).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Seconds between authoritative full scans (prune passes) [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub scan_interval: Option<f64>,
+    /// Netlink receive buffer in bytes (SO_RCVBUFFORCE; the kernel doubles it) [default: 128 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub rcvbuf: Option<usize>,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9469) [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log filter (tracing env-filter syntax; RUST_LOG wins) [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log as JSON lines instead of text
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl RunArgs {
+    /// Lays the flags (and the global `--netns`/`--socket`) over a file's settings.
+    pub fn apply(&self, netns: Option<&str>, socket: Option<&Path>, cfg: &mut Config) {
+        if let Some(ns) = netns {
+            cfg.netns = Some(ns.to_string());
+        }
+        if let Some(s) = socket {
+            cfg.socket = Some(s.to_owned());
+        }
+        if let Some(v) = self.scan_interval {
+            cfg.scan_interval = v;
+        }
+        if let Some(v) = self.rcvbuf {
+            cfg.rcvbuf = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            cfg.metrics_listen = Some(v);
+        }
+        if let Some(v) = &self.log_level {
+            cfg.log_level = v.clone();
+        }
+    }
+}
+
+/// Where a running daemon re-reads its configuration from, and the flags it started with
+/// (which keep winning over the file after a reload).
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub must_exist: bool,
+    pub args: RunArgs,
+    pub netns: Option<String>,
+    pub socket: Option<PathBuf>,
+}
+
+impl ConfigSource {
+    /// The effective configuration: the file (or defaults) with the flags on top.
+    pub fn effective(&self) -> Result<Config, ConfigError> {
+        let mut cfg = Config::load(&self.path, self.must_exist)?;
+        self.args
+            .apply(self.netns.as_deref(), self.socket.as_deref(), &mut cfg);
+        cfg.validate(&self.path)?;
+        Ok(cfg)
+    }
+}
+
 /// toml's message with the line and column of its span.
 fn locate(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim_end().to_string();

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod diff;
 pub mod fib;
 pub mod intern;
+pub mod metrics;
 pub mod mirror;
 pub mod model;
 pub mod names;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use serde_json::Value;
 
+use route_mirror::config::{self, ConfigSource, RunArgs};
 use route_mirror::ctl::{self, client, proto::Request, view};
 use route_mirror::daemon;
 use route_mirror::diff::DiffReport;
@@ -22,6 +23,9 @@ use route_mirror::model::{table, Family};
     about = "An exact, always-current userspace mirror of the kernel routing tables"
 )]
 struct Cli {
+    /// Configuration file [default: /etc/route-mirror/route-mirror.toml, if present]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
     /// Control socket [default: /run/route-mirror/route-mirror.sock, or /run/route-mirror/NETNS.sock]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
@@ -35,20 +39,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon in the foreground
-    Run {
-        /// Seconds between authoritative full scans (prune passes)
-        #[arg(long, default_value_t = 60.0, value_name = "SECS", value_parser = parse_secs)]
-        scan_interval: f64,
-        /// Netlink receive buffer in bytes (SO_RCVBUFFORCE); the kernel doubles it
-        #[arg(long, default_value_t = 128 << 20, value_name = "BYTES")]
-        rcvbuf: usize,
-        /// Log filter (tracing env-filter syntax), overridden by RUST_LOG
-        #[arg(long, default_value = "info")]
-        log_level: String,
-        /// Log as JSON lines instead of text
-        #[arg(long)]
-        log_json: bool,
-    },
+    Run(RunArgs),
+    /// Validate the configuration file and print the effective configuration
+    CheckConfig,
+    /// Make the daemon re-read its configuration file (like SIGHUP)
+    Reload,
     /// The route the kernel would use for ADDR (longest match, lowest metric)
     Lookup {
         addr: IpAddr,
@@ -108,13 +103,6 @@ enum DebugCmd {
     DropEvents { count: u64 },
 }
 
-fn parse_secs(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
-}
-
 fn parse_table(s: &str) -> Result<u32, String> {
     table::parse(s).ok_or_else(|| format!("{s:?} is not a table id or one of local, main, default"))
 }
@@ -129,7 +117,7 @@ fn parse_family(s: &str) -> Result<Family, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.cmd, Cmd::Run { .. }) {
+    if !matches!(cli.cmd, Cmd::Run(_)) {
         // Client commands are filters (`route-mirror show | head`): die quietly on a closed
         // pipe like any Unix tool, instead of Rust's default of failing the next print.
         // SAFETY: restoring the default disposition of a signal has no preconditions.
@@ -161,23 +149,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     let call =
         |req: &Request, timeout: Option<Duration>| client::call(&socket, req, timeout, |_| Ok(()));
     let short = Some(Duration::from_secs(30));
+    let globals = (cli.config.clone(), cli.netns.clone(), cli.socket.clone());
     match cli.cmd {
-        Cmd::Run {
-            scan_interval,
-            rcvbuf,
-            log_level,
-            log_json,
-        } => {
-            init_logs(&log_level, log_json);
+        Cmd::Run(args) => {
+            let source = config_source(&globals, args.clone());
+            let file = source.effective()?;
+            let log = init_logs(&file.log_level, args.log_json);
             // Enter the namespace before any thread or socket exists (see netns::enter).
-            if let Some(ns) = &cli.netns {
+            if let Some(ns) = &file.netns {
                 route_mirror::netns::enter(ns)?;
             }
-            let cfg = daemon::Config {
-                netns: cli.netns.clone(),
-                socket,
-                scan_interval: Duration::from_secs_f64(scan_interval),
-                rcvbuf,
+            let cfg = daemon::Config::resolve(&file);
+            let reloadable = daemon::Reloadable {
+                source,
+                current: std::sync::Mutex::new(file),
+                log: Some(log),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -185,7 +171,31 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .thread_name("rm-ctl")
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(daemon::run(cfg))?;
+            rt.block_on(daemon::run(cfg, Some(reloadable)))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::CheckConfig => {
+            let source = config_source(&globals, RunArgs::default());
+            let file = source.effective()?;
+            println!("# effective configuration ({})", source.path.display());
+            print!("{}", toml::to_string(&file)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Reload => {
+            let v = call(&Request::Reload, short)?;
+            let list = |k: &str| {
+                v[k].as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            println!("reloaded {}", v["path"].as_str().unwrap_or("?"));
+            println!("applied now:        {}", list("applied"));
+            println!("need a restart:     {}", list("restart_required"));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lookup {
@@ -313,17 +323,45 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn init_logs(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
+/// The configuration file and the flags that override it.
+/// `(--config, --netns, --socket)` as given on the command line.
+type Globals = (Option<PathBuf>, Option<String>, Option<PathBuf>);
+
+fn config_source((config, netns, socket): &Globals, args: RunArgs) -> ConfigSource {
+    ConfigSource {
+        path: config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH)),
+        must_exist: config.is_some(),
+        args,
+        netns: netns.clone(),
+        socket: socket.clone(),
     }
+}
+
+/// Structured logs to stderr; returns a handle that changes the filter at run time.
+fn init_logs(level: &str, json: bool) -> daemon::LogReload {
+    use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let fmt_layer = fmt::layer().with_writer(std::io::stderr);
+    if json {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt_layer.json())
+            .init();
+    } else {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt_layer)
+            .init();
+    }
+    Box::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| anyhow!("log filter {level:?}: {e}"))?;
+        handle
+            .reload(f)
+            .map_err(|e| anyhow!("changing the log filter: {e}"))
+    })
 }
 
 fn print_stats(v: &Value) {

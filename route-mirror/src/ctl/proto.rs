@@ -42,6 +42,8 @@ pub enum Request {
     },
     /// Wait until the mirror has applied everything queued so far.
     Sync,
+    /// Re-read the configuration file (as SIGHUP does).
+    Reload,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

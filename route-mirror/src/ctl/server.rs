@@ -194,6 +194,7 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
             shared.command(Command::DropEvents(count))?;
             ok(json!({ "dropping": count }))
         }
+        Request::Reload => ok(crate::daemon::reload(shared)?),
         Request::Sync => {
             shared.barrier().await?;
             ok(json!({ "synced": true }))
@@ -231,7 +232,8 @@ fn dump_now() -> Result<Vec<crate::model::Change>> {
     Ok(out)
 }
 
-fn rss_bytes() -> Option<u64> {
+/// The process's resident memory (VmRSS), from /proc.
+pub fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
@@ -284,6 +286,7 @@ fn stats(shared: &Shared) -> Value {
         "enobufs": st.enobufs,
         "resyncs": st.resyncs,
         "scans": st.scans,
+        "scans_by_reason": st.scans_by_reason,
         "verdicts": st.verdicts,
         "object_verdicts": st.object_verdicts,
         "last_scan": st.last_scan,

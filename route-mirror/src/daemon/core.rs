@@ -123,6 +123,15 @@ impl Core {
                     reply,
                 }) => self.queue_scan(reason, scope, reply),
                 Ok(Command::Barrier(tx)) => self.barriers.push(tx),
+                Ok(Command::SetScanInterval(d)) => {
+                    info!(seconds = d.as_secs_f64(), "scan interval changed");
+                    let last = self
+                        .next_periodic
+                        .checked_sub(self.scan_interval)
+                        .unwrap_or_else(Instant::now);
+                    self.next_periodic = last + d;
+                    self.scan_interval = d;
+                }
                 Ok(Command::DropEvents(n)) => {
                     warn!(
                         count = n,
@@ -245,6 +254,11 @@ impl Core {
         {
             let mut st = self.shared.status.lock().expect("status lock");
             st.scans += 1;
+            let reason = serde_json::to_value(report.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            *st.scans_by_reason.entry(reason).or_default() += 1;
             st.verdicts.add(&report.verdicts);
             st.object_verdicts.add(&report.object_verdicts);
             if report.reason == ScanReason::Initial {

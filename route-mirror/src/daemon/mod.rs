@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::config::ConfigSource;
 use crate::mirror::Mirror;
 use crate::netlink::decode::DecodeCounters;
 use crate::netlink::socket::NlSocket;
@@ -23,7 +24,7 @@ use route_mirror_common::groups;
 /// takes a few seconds; this bounds a stuck daemon, not a slow one).
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Settings of `route-mirror run`.
+/// Settings of `route-mirror run`, resolved from the configuration file and flags.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub netns: Option<String>,
@@ -31,6 +32,43 @@ pub struct Config {
     pub scan_interval: Duration,
     /// Netlink receive buffer in bytes.
     pub rcvbuf: usize,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Config {
+    pub fn resolve(c: &crate::config::Config) -> Config {
+        Config {
+            netns: c.netns.clone(),
+            socket: c
+                .socket
+                .clone()
+                .unwrap_or_else(|| crate::ctl::default_socket(c.netns.as_deref())),
+            scan_interval: Duration::from_secs_f64(c.scan_interval),
+            rcvbuf: c.rcvbuf,
+            metrics_listen: c.metrics_listen,
+        }
+    }
+}
+
+/// Changes the log filter of the running daemon.
+pub type LogReload = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub path: PathBuf,
+    /// Keys whose new values are in effect now.
+    pub applied: Vec<&'static str>,
+    /// Keys that changed in the file but take effect only after a restart.
+    pub restart_required: Vec<&'static str>,
+}
+
+/// Configuration state a reload needs.
+pub struct Reloadable {
+    pub source: ConfigSource,
+    /// The configuration in effect (live keys updated by reloads).
+    pub current: Mutex<crate::config::Config>,
+    pub log: Option<LogReload>,
 }
 
 /// Requests to the core loop.
@@ -44,6 +82,8 @@ pub enum Command {
     Barrier(oneshot::Sender<()>),
     /// Test knob: discard the next N event messages (to prove the prune repairs them).
     DropEvents(u64),
+    /// A reload changed the period of full scans.
+    SetScanInterval(Duration),
     Shutdown,
 }
 
@@ -62,6 +102,8 @@ pub struct Status {
     pub enobufs: u64,
     pub resyncs: u64,
     pub scans: u64,
+    /// Completed scans per reason (`initial`, `periodic`, `overrun`, ...).
+    pub scans_by_reason: std::collections::BTreeMap<String, u64>,
     pub verdicts: Verdicts,
     pub object_verdicts: Verdicts,
     pub last_scan: Option<ScanReport>,
@@ -81,6 +123,8 @@ pub struct Shared {
     pub status: Mutex<Status>,
     pub netns: Option<String>,
     pub started: SystemTime,
+    /// Set when the daemon was started from a configuration it can re-read.
+    pub reloadable: Option<Reloadable>,
     commands: Mutex<Sender<Command>>,
     wake: OwnedFd,
 }
@@ -158,9 +202,43 @@ impl Shared {
     }
 }
 
+/// Re-reads the configuration: applies what can change live, reports what needs a
+/// restart. An invalid file changes nothing.
+pub fn reload(shared: &Shared) -> Result<ReloadReport> {
+    let r = shared
+        .reloadable
+        .as_ref()
+        .context("this daemon was not started from a configuration file it can re-read")?;
+    let new = r.source.effective()?;
+    let mut current = r.current.lock().expect("config lock");
+    let (applied, restart_required) = current.changes(&new);
+    if applied.contains(&"log_level") {
+        if let Some(log) = &r.log {
+            log(&new.log_level)?;
+        }
+        current.log_level = new.log_level.clone();
+    }
+    if applied.contains(&"scan_interval") {
+        shared.command(Command::SetScanInterval(Duration::from_secs_f64(
+            new.scan_interval,
+        )))?;
+        current.scan_interval = new.scan_interval;
+    }
+    let report = ReloadReport {
+        path: r.source.path.clone(),
+        applied,
+        restart_required,
+    };
+    info!(applied = ?report.applied, restart_required = ?report.restart_required, "configuration reloaded");
+    Ok(report)
+}
+
 /// Opens the netlink socket, subscribes, and starts the core thread.
 /// Must run inside the mirrored namespace.
-pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
+pub fn start(
+    cfg: &Config,
+    reloadable: Option<Reloadable>,
+) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
     let sock = NlSocket::open().context("opening NETLINK_ROUTE socket")?;
     let granted = sock
         .set_rcvbuf(cfg.rcvbuf)
@@ -190,6 +268,7 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>)>
         }),
         netns: cfg.netns.clone(),
         started: SystemTime::now(),
+        reloadable,
         commands: Mutex::new(tx),
         wake,
     });
@@ -208,17 +287,29 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>)>
     Ok((shared, handle))
 }
 
-/// Runs the daemon until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> Result<()> {
-    let (shared, core) = start(&cfg)?;
+/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads the configuration.
+pub async fn run(cfg: Config, reloadable: Option<Reloadable>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (shared, core) = start(&cfg, reloadable)?;
     let server = crate::ctl::server::Server::bind(&cfg.socket, shared.clone())?;
     info!(socket = %cfg.socket.display(), "control socket listening");
-    let serve = tokio::spawn(server.serve());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        r = serve => warn!(result = ?r, "control server ended"),
+    if let Some(addr) = cfg.metrics_listen {
+        crate::metrics::serve(addr, shared.clone())?;
+    }
+    let mut serve = tokio::spawn(server.serve());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break }
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = hup.recv() => {
+                if let Err(e) = reload(&shared) {
+                    warn!(error = format!("{e:#}"), "SIGHUP: configuration not reloaded; keeping the current one");
+                }
+            }
+            r = &mut serve => { warn!(result = ?r, "control server ended"); break }
+        }
     }
     let _ = shared.command(Command::Shutdown);
     let _ = std::fs::remove_file(&cfg.socket);
