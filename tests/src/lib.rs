@@ -447,12 +447,19 @@ impl Daemon {
         let log = dir.path().join("daemon.log");
         let logf = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let logf2 = logf.try_clone()?;
+        // Never pick up the host's /etc/route-mirror/route-mirror.toml.
+        let config: &[&str] = if extra.contains(&"--config") {
+            &[]
+        } else {
+            &["--config", "/dev/null"]
+        };
         let child = Command::new(&bin)
             .arg("run")
             .arg("--netns")
             .arg(ns.name())
             .arg("--socket")
             .arg(&socket)
+            .args(config)
             .args(extra)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())

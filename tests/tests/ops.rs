@@ -1,0 +1,159 @@
+//! Operating the daemon: configuration file, reload, Prometheus metrics.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::Duration;
+
+use route_mirror_tests::{daemon_bin, poll, Daemon, Netns, TempDir};
+
+/// GET http://ADDR/metrics from inside the namespace (the daemon's loopback is the
+/// namespace's), on a thread that alone enters it.
+fn scrape(ns: &Netns, addr: &str) -> Option<String> {
+    let path = format!("/run/netns/{}", ns.name());
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).ok()?;
+        // SAFETY: setns on a namespace fd affects only this thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return None;
+        }
+        let mut s = TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+/// The value of the first sample line starting with `prefix` (name plus labels).
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn check_config_reports_line_and_key() {
+    let dir = TempDir::new("rm-config").unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "scan_interval = 30\nrcvbuff = 5\n").unwrap();
+    let out = Command::new(daemon_bin())
+        .args(["--config"])
+        .arg(&bad)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 2") && err.contains("rcvbuff"), "{err}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "scan_interval = 30\nsource = \"netlink\"\n").unwrap();
+    let out = Command::new(daemon_bin())
+        .args(["--config"])
+        .arg(&good)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("scan_interval = 30.0") && text.contains("rcvbuf = "),
+        "{text}"
+    );
+}
+
+#[test]
+fn reload_applies_scan_interval_live_and_survives_a_bad_file() {
+    let ns = Netns::new();
+    let dir = TempDir::new("rm-reload").unwrap();
+    let cfg = dir.path().join("rm.toml");
+    std::fs::write(&cfg, "scan_interval = 3600\n").unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let d = Daemon::start_synced(&ns, &["--config", cfg_s]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let periodic = |d: &Daemon| {
+        d.stats()["scans_by_reason"]["periodic"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(periodic(&d), 0, "no periodic scan with a 3600 s interval");
+
+    std::fs::write(&cfg, "scan_interval = 0.5\nrcvbuf = 1048576\n").unwrap();
+    let out = d.cli(&["reload"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("applied now:        scan_interval"), "{text}");
+    assert!(text.contains("need a restart:     rcvbuf"), "{text}");
+    assert!(
+        poll(Duration::from_secs(10), || (periodic(&d) >= 2)
+            .then_some(()))
+        .is_some(),
+        "periodic scans after reload"
+    );
+
+    // An invalid file is refused and the daemon keeps serving.
+    std::fs::write(&cfg, "scan_interval = \"soon\"\n").unwrap();
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+    assert!(d.stats()["synced"].as_bool().unwrap_or(false));
+    d.diff_empty();
+}
+
+#[test]
+fn metrics_move_with_route_changes() {
+    let ns = Netns::new();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_synced(&ns, &["--metrics-listen", &addr]);
+    let adds = |t: &str| {
+        sample(
+            t,
+            "route_mirror_events_total{source=\"netlink\",type=\"route_add\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let main_routes =
+        |t: &str| sample(t, "route_mirror_routes{family=\"inet\",table=\"254\"}").unwrap_or(0.0);
+    let before = poll(Duration::from_secs(5), || {
+        scrape(&ns, &addr).filter(|t| t.contains("route_mirror_synced 1"))
+    })
+    .expect("metrics endpoint answers");
+    assert!(
+        before.contains("# TYPE route_mirror_events_total counter"),
+        "{before}"
+    );
+    for i in 0..5 {
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("203.0.113.{}/32", i),
+            "via",
+            "198.18.1.2",
+        ]);
+    }
+    d.cli(&["sync"]);
+    let after = poll(Duration::from_secs(5), || {
+        scrape(&ns, &addr).filter(|t| adds(t) >= adds(&before) + 5.0)
+    })
+    .expect("route_add counter moved by 5");
+    assert_eq!(main_routes(&after), main_routes(&before) + 5.0, "{after}");
+    assert!(sample(&after, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+}
