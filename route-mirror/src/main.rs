@@ -92,6 +92,14 @@ enum Cmd {
     },
     /// Wait until the mirror has applied every change the kernel reported so far
     Sync,
+    /// Follow the changes the mirror applies, live (PREFIX: routes inside it)
+    Watch {
+        prefix: Option<IpNet>,
+        #[arg(long, value_parser = parse_table)]
+        table: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Knobs for tests
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
@@ -310,6 +318,25 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!("scan queued");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Watch {
+            prefix,
+            table,
+            json,
+        } => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            client::call(&socket, &Request::Watch { prefix, table }, None, |item| {
+                if json {
+                    writeln!(out, "{item}")?;
+                } else {
+                    let w: view::WatchRecord = serde_json::from_value(item)?;
+                    writeln!(out, "{}", view::format_watch(&w))?;
+                }
+                out.flush()?;
+                Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sync => {

@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use serde::Serialize;
 
 use crate::fib::{Entry, Fib};
@@ -42,6 +44,37 @@ pub struct ApplyCounters {
     pub inferred_removals: u64,
 }
 
+/// One change to the mirrored routes, journaled while someone watches (`route-mirror watch`).
+#[derive(Debug, Clone)]
+pub struct Delta {
+    pub op: DeltaOp,
+    pub cause: Cause,
+    pub table: u32,
+    pub dst: IpNet,
+    pub entry: Entry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaOp {
+    Add,
+    Replace,
+    Delete,
+}
+
+/// Why the mirror changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cause {
+    /// A kernel notification.
+    Event,
+    /// Removed because its device, source address or nexthop object went away (the
+    /// kernel sends nothing for these IPv4 routes).
+    Inferred,
+    /// Corrected by a scan's mark and sweep.
+    Scan,
+}
+
 /// A scan an event asks for (to confirm an inference).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowUp {
@@ -58,6 +91,8 @@ pub struct Mirror {
     interner: Interner,
     generation: u32,
     pub counters: ApplyCounters,
+    /// Route deltas since the last drain, kept only while `Some` (someone watches).
+    pub journal: Option<Vec<Delta>>,
 }
 
 impl Mirror {
@@ -124,6 +159,18 @@ impl Mirror {
         }
     }
 
+    fn note(&mut self, op: DeltaOp, cause: Cause, table: u32, dst: IpNet, entry: &Entry) {
+        if let Some(j) = &mut self.journal {
+            j.push(Delta {
+                op,
+                cause,
+                table,
+                dst,
+                entry: entry.clone(),
+            });
+        }
+    }
+
     fn entry(&mut self, route: Route, stamp: u32) -> (RouteKey, Entry) {
         let attrs = self.interner.intern(route.attrs);
         (
@@ -142,13 +189,23 @@ impl Mirror {
         match change {
             Change::NewRoute { route, .. } => {
                 let (key, entry) = self.entry(route, gen);
-                match self
+                let noted = self.journal.is_some().then(|| entry.clone());
+                let op = match self
                     .fib
                     .table_mut(key.family(), key.table)
                     .upsert(&key.dst, entry)
                 {
-                    None => self.counters.route_adds += 1,
-                    Some(_) => self.counters.route_updates += 1,
+                    None => {
+                        self.counters.route_adds += 1;
+                        DeltaOp::Add
+                    }
+                    Some(_) => {
+                        self.counters.route_updates += 1;
+                        DeltaOp::Replace
+                    }
+                };
+                if let Some(e) = noted {
+                    self.note(op, Cause::Event, key.table, key.dst, &e);
                 }
                 None
             }
@@ -158,9 +215,10 @@ impl Mirror {
             }
             Change::DeadRoute { key } => {
                 self.counters.dead_routes += 1;
-                self.fib
-                    .table_mut(key.family(), key.table)
-                    .remove(&key.dst, &key.sub);
+                let table = self.fib.table_mut(key.family(), key.table);
+                if let Some(e) = table.remove(&key.dst, &key.sub) {
+                    self.note(DeltaOp::Delete, Cause::Event, key.table, key.dst, &e);
+                }
                 None
             }
             Change::NewLink(link) => {
@@ -179,7 +237,7 @@ impl Mirror {
                     // Down (or first seen down): the kernel flushes IPv4 routes through it
                     // without a word. Remove them now, confirm with a dump.
                     (Some(true) | None, false) => {
-                        self.remove_v4_via_dev(ifindex);
+                        self.remove_v4_via_dev(ifindex, false);
                         Some(link_followup())
                     }
                     // Up again: IPv4 multipath hops through it revive silently.
@@ -191,7 +249,7 @@ impl Mirror {
                 self.counters.link_events += 1;
                 self.links.remove(&ifindex);
                 self.addrs.retain(|a, _| a.ifindex != ifindex);
-                self.remove_v4_via_dev(ifindex);
+                self.remove_v4_via_dev(ifindex, true);
                 Some(link_followup())
             }
             Change::NewAddr(a) => {
@@ -227,8 +285,19 @@ impl Mirror {
                 self.counters.nexthop_events += 1;
                 self.nexthops.remove(&id);
                 let mut gone = 0;
-                for (_, t) in self.fib.tables_mut() {
-                    gone += t.retain(|_, e| e.attrs.nh_id != Some(id));
+                let mut removed = Vec::new();
+                let journaling = self.journal.is_some();
+                for ((_, table), t) in self.fib.tables_mut() {
+                    gone += t.retain(|dst, e| {
+                        let keep = e.attrs.nh_id != Some(id);
+                        if !keep && journaling {
+                            removed.push((table, *dst, e.clone()));
+                        }
+                        keep
+                    });
+                }
+                for (t, dst, e) in removed {
+                    self.note(DeltaOp::Delete, Cause::Inferred, t, dst, &e);
                 }
                 self.counters.inferred_removals += gone as u64;
                 Some(FollowUp {
@@ -268,6 +337,8 @@ impl Mirror {
                     {
                         e.attrs = attrs;
                         e.stamp = stamp;
+                        let e = e.clone();
+                        self.note(DeltaOp::Replace, Cause::Event, key.table, key.dst, &e);
                     }
                     self.counters.route_updates += 1;
                     return;
@@ -279,14 +350,24 @@ impl Mirror {
             .table_mut(key.family(), key.table)
             .remove(&key.dst, &key.sub)
         {
-            Some(_) => self.counters.route_deletes += 1,
+            Some(e) => {
+                self.counters.route_deletes += 1;
+                self.note(DeltaOp::Delete, Cause::Event, key.table, key.dst, &e);
+            }
             None => self.counters.route_deletes_unknown += 1,
         }
     }
 
     /// Removes IPv4 routes (all tables, every metric) whose every next hop uses `ifindex`.
-    fn remove_v4_via_dev(&mut self, ifindex: u32) {
+    ///
+    /// A device going down (`NETDEV_DOWN`) spares host-scope routes (the `local` routes of
+    /// its addresses: their next hop has scope NOWHERE, which `fib_sync_down_dev` skips);
+    /// a device going away (`unregister`) takes everything through it.
+    fn remove_v4_via_dev(&mut self, ifindex: u32, unregister: bool) {
         let gone = self.remove_v4_where(|attrs, m| {
+            if !unregister && attrs.scope == crate::model::scope::HOST {
+                return false;
+            }
             let hops = m.effective_hops(attrs);
             !hops.is_empty() && hops.iter().all(|h| h.ifindex == ifindex)
         });
@@ -315,11 +396,19 @@ impl Mirror {
             return 0;
         }
         let mut gone = 0;
+        let mut removed = Vec::new();
+        let journaling = self.journal.is_some();
         for t in tables {
-            gone += self
-                .fib
-                .table_mut(Family::V4, t)
-                .retain(|_, e| !doomed.get(&Arc::as_ptr(&e.attrs)).copied().unwrap_or(false));
+            gone += self.fib.table_mut(Family::V4, t).retain(|dst, e| {
+                let doom = doomed.get(&Arc::as_ptr(&e.attrs)).copied().unwrap_or(false);
+                if doom && journaling {
+                    removed.push((t, *dst, e.clone()));
+                }
+                !doom
+            });
+        }
+        for (t, dst, e) in removed {
+            self.note(DeltaOp::Delete, Cause::Inferred, t, dst, &e);
         }
         gone
     }
@@ -344,6 +433,15 @@ impl Mirror {
                     Some(_) => Verdict::Updated,
                 };
                 scan.verdicts.count(verdict);
+                match verdict {
+                    Verdict::Created => {
+                        self.note(DeltaOp::Add, Cause::Scan, key.table, key.dst, &entry)
+                    }
+                    Verdict::Updated => {
+                        self.note(DeltaOp::Replace, Cause::Scan, key.table, key.dst, &entry)
+                    }
+                    Verdict::Seen => {}
+                }
             }
             // Dead routes are as good as gone: leave them unmarked for the prune.
             Change::DeadRoute { .. } => scan.routes_dumped += 1,
@@ -395,12 +493,23 @@ impl Mirror {
     pub fn prune(&mut self, scan: &mut ActiveScan) {
         let gen = scan.generation;
         let mut deleted = 0u64;
+        let journaling = self.journal.is_some();
+        let mut removed = Vec::new();
         for ((family, id), t) in self.fib.tables_mut() {
             if scan.scope.covers_route(family, id)
                 && scan.dumped(DumpKind::Routes(family, scan.scope.table))
             {
-                deleted += t.retain(|_, e| e.stamp == gen) as u64;
+                deleted += t.retain(|dst, e| {
+                    let keep = e.stamp == gen;
+                    if !keep && journaling {
+                        removed.push((id, *dst, e.clone()));
+                    }
+                    keep
+                }) as u64;
             }
+        }
+        for (t, dst, e) in removed {
+            self.note(DeltaOp::Delete, Cause::Scan, t, dst, &e);
         }
         self.fib.drop_empty();
         scan.verdicts.deleted += deleted;

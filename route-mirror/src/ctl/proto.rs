@@ -44,6 +44,11 @@ pub enum Request {
     Sync,
     /// Re-read the configuration file (as SIGHUP does).
     Reload,
+    /// Stream every change the mirror applies (routes inside `prefix`, of `table`).
+    Watch {
+        prefix: Option<IpNet>,
+        table: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -89,6 +89,7 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
         ))]
     } else {
         match serde_json::from_str::<Request>(line.trim_end()) {
+            Ok(Request::Watch { prefix, table }) => return watch(wr, &shared, prefix, table).await,
             Ok(req) => match dispatch(req, &shared).await {
                 Ok(r) => r,
                 Err(e) => vec![Reply::Error(format!("{e:#}"))],
@@ -195,9 +196,67 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
             ok(json!({ "dropping": count }))
         }
         Request::Reload => ok(crate::daemon::reload(shared)?),
+        Request::Watch { .. } => bail!("watch is a stream (handled before dispatch)"),
         Request::Sync => {
             shared.barrier().await?;
             ok(json!({ "synced": true }))
+        }
+    }
+}
+
+/// How long one watch line may take to write before the watcher counts as stuck.
+const WATCH_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Streams applied changes until the client leaves or falls behind.
+async fn watch(
+    mut wr: BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    shared: &Shared,
+    prefix: Option<ipnet::IpNet>,
+    table: Option<u32>,
+) -> Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = shared.watch.subscribe();
+    let wanted = |r: &crate::ctl::view::WatchRecord| match &r.route {
+        None => true, // markers go to everyone
+        Some(v) => {
+            table.is_none_or(|t| t == v.table) && prefix.is_none_or(|p| p.contains(&v.prefix))
+        }
+    };
+    loop {
+        let reply = match rx.recv().await {
+            Ok(rec) if !wanted(&rec) => None,
+            Ok(rec) => Some(Reply::Item(serde_json::to_value(&*rec)?)),
+            Err(RecvError::Lagged(n)) => {
+                shared.status.lock().expect("status lock").watchers_dropped += 1;
+                warn!(missed = n, "dropping a watcher that fell behind");
+                Some(Reply::Error(format!(
+                    "watcher too slow: {n} changes dropped; refetch with `route-mirror show` and watch again"
+                )))
+            }
+            Err(RecvError::Closed) => Some(Reply::Ok(json!({ "closed": true }))),
+        };
+        let last = matches!(reply, Some(Reply::Error(_) | Reply::Ok(_)));
+        let write = async {
+            if let Some(reply) = reply {
+                let mut line = serde_json::to_string(&reply)?;
+                line.push('\n');
+                wr.write_all(line.as_bytes()).await?;
+            }
+            // Flush whenever the queue drains (even if its last records were filtered
+            // out), so no line waits for the next change.
+            if rx.is_empty() || last {
+                wr.flush().await?;
+            }
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(WATCH_WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) if !last => {}
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => return Err(e), // the watcher left
+            Err(_) => {
+                shared.status.lock().expect("status lock").watchers_dropped += 1;
+                bail!("watcher stopped reading; dropped");
+            }
         }
     }
 }
@@ -295,6 +354,8 @@ fn stats(shared: &Shared) -> Value {
         "scan_pending": st.scan_pending,
         "decode": st.decode,
         "bad_requests": st.bad_requests,
+        "watchers": shared.watch.receiver_count(),
+        "watchers_dropped": st.watchers_dropped,
         "rcvbuf": st.rcvbuf,
         "socket_resets": st.socket_resets,
         "rss_bytes": rss_bytes(),

@@ -189,6 +189,48 @@ pub fn format_route(r: &RouteView, with_table: bool) -> String {
     s
 }
 
+/// One line of `route-mirror watch`: a change the mirror applied, or a marker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchRecord {
+    pub time_unix_ms: u64,
+    /// `add`, `replace`, `delete`, or the markers `resync` (events were lost: refetch once
+    /// `resync-done` follows) and `resync-done`.
+    pub op: String,
+    /// `event`, `inferred` (IPv4 removal the kernel did not announce), `scan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub fn format_watch(w: &WatchRecord) -> String {
+    let secs = w.time_unix_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let ts = format!("{h:02}:{m:02}:{s:02}.{:03}", w.time_unix_ms % 1000);
+    let sign = match w.op.as_str() {
+        "add" => "+",
+        "replace" => "~",
+        "delete" => "-",
+        _ => "!",
+    };
+    let what = match (&w.route, &w.note) {
+        (Some(r), _) => format_route(r, true)
+            .replace(" \n\t", " ")
+            .replace('\n', " "),
+        (None, Some(n)) => format!("{}: {n}", w.op),
+        (None, None) => w.op.clone(),
+    };
+    let cause = w
+        .cause
+        .as_deref()
+        .map(|c| format!(" [{c}]"))
+        .unwrap_or_default();
+    format!("{ts} {sign} {what}{cause}")
+}
+
 /// `rtn` name check used by the CLI to accept `show type blackhole` style filters later.
 pub fn is_known_type(name: &str) -> bool {
     (0..=rtn::MAX_KNOWN).any(|t| rtn::name(t) == Some(name))

@@ -15,7 +15,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use super::{Command, Shared};
+use crate::ctl::view::{route_view, WatchRecord};
 use crate::mirror::FollowUp;
+use crate::mirror::Mirror;
 use crate::netlink::decode::{self, DecodeCounters};
 use crate::netlink::msg::{self, RawMsg};
 use crate::netlink::socket::{NlSocket, RECV_BUF};
@@ -215,7 +217,16 @@ impl Core {
         };
         {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
+            start_journal(&self.shared, &mut mirror);
             mirror.prune(&mut scan);
+            publish_deltas(&self.shared, &mut mirror);
+        }
+        if scan.reason == ScanReason::Overrun {
+            marker(
+                &self.shared,
+                "resync-done",
+                "the mirror is exact again as of this resync",
+            );
         }
         let report = scan.report(scan.started.elapsed());
         let v = report.verdicts;
@@ -347,6 +358,11 @@ impl Core {
 
     fn overrun(&mut self) {
         warn!("netlink receive queue overrun (ENOBUFS): events were lost, resyncing now");
+        marker(
+            &self.shared,
+            "resync",
+            "events were lost (ENOBUFS); refetch after resync-done",
+        );
         self.shared.status.lock().expect("status lock").enobufs += 1;
         if let Some((scan, _)) = &mut self.scan {
             scan.overrun_during = true;
@@ -363,6 +379,7 @@ impl Core {
         let mut msgs = msg::messages(buf);
         {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
+            start_journal(&self.shared, &mut mirror);
             for m in msgs.by_ref() {
                 let is_dump = match &self.scan {
                     Some((scan, _)) => {
@@ -427,6 +444,7 @@ impl Core {
                     }
                 }
             }
+            publish_deltas(&self.shared, &mut mirror);
         }
         if msgs.truncated() {
             self.decode.malformed += 1;
@@ -462,6 +480,58 @@ impl Core {
         st.decode = self.decode.clone();
         st.scan_in_progress = self.scan.as_ref().map(|(s, _)| (s.reason, s.routes_dumped));
         st.scan_pending = self.pending.is_some();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Journals changes only while someone watches; call before changing the mirror.
+fn start_journal(shared: &Shared, mirror: &mut Mirror) {
+    if shared.watch.receiver_count() == 0 {
+        mirror.journal = None;
+    } else if mirror.journal.is_none() {
+        mirror.journal = Some(Vec::new());
+    }
+}
+
+/// Sends the mirror's journaled deltas to watchers.
+fn publish_deltas(shared: &Shared, mirror: &mut Mirror) {
+    let Some(mut deltas) = mirror.journal.replace(Vec::new()) else {
+        return;
+    };
+    let ts = now_ms();
+    for d in deltas.drain(..) {
+        let rec = WatchRecord {
+            time_unix_ms: ts,
+            op: serde_json::to_value(d.op)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            cause: serde_json::to_value(d.cause)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string)),
+            source: "netlink".to_string(),
+            route: Some(route_view(mirror, d.table, d.dst, &d.entry)),
+            note: None,
+        };
+        let _ = shared.watch.send(Arc::new(rec));
+    }
+}
+
+fn marker(shared: &Shared, op: &str, note: &str) {
+    if shared.watch.receiver_count() > 0 {
+        let _ = shared.watch.send(Arc::new(WatchRecord {
+            time_unix_ms: now_ms(),
+            op: op.to_string(),
+            cause: None,
+            source: "netlink".to_string(),
+            route: None,
+            note: Some(note.to_string()),
+        }));
     }
 }
 

@@ -24,6 +24,9 @@ use route_mirror_common::groups;
 /// takes a few seconds; this bounds a stuck daemon, not a slow one).
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Changes a watcher may fall behind by before it is dropped.
+const WATCH_BUFFER: usize = 65536;
+
 /// Settings of `route-mirror run`, resolved from the configuration file and flags.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -113,6 +116,8 @@ pub struct Status {
     pub rcvbuf: usize,
     /// Netlink sockets replaced because a dump stalled after an overrun.
     pub socket_resets: u64,
+    /// Watchers dropped for falling behind.
+    pub watchers_dropped: u64,
     /// Control requests that did not parse.
     pub bad_requests: u64,
 }
@@ -123,6 +128,8 @@ pub struct Shared {
     pub status: Mutex<Status>,
     pub netns: Option<String>,
     pub started: SystemTime,
+    /// Changes for `route-mirror watch`; bounded, so a slow watcher lags and is dropped.
+    pub watch: tokio::sync::broadcast::Sender<Arc<crate::ctl::view::WatchRecord>>,
     /// Set when the daemon was started from a configuration it can re-read.
     pub reloadable: Option<Reloadable>,
     commands: Mutex<Sender<Command>>,
@@ -269,6 +276,7 @@ pub fn start(
         netns: cfg.netns.clone(),
         started: SystemTime::now(),
         reloadable,
+        watch: tokio::sync::broadcast::channel(WATCH_BUFFER).0,
         commands: Mutex::new(tx),
         wake,
     });
