@@ -8,6 +8,7 @@
 pub mod ctl;
 pub mod daemon;
 pub mod diff;
+pub mod ebpf;
 pub mod fib;
 pub mod intern;
 pub mod mirror;

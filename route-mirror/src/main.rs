@@ -48,6 +48,12 @@ enum Cmd {
         /// Log as JSON lines instead of text
         #[arg(long)]
         log_json: bool,
+        /// Event source: eBPF ring buffer (auto: when it loads) or the netlink socket
+        #[arg(long, value_enum, default_value_t = daemon::SourceChoice::Auto)]
+        source: daemon::SourceChoice,
+        /// eBPF ring buffer size in bytes (power of two; holds a burst while a dump runs)
+        #[arg(long, default_value_t = 128 << 20, value_name = "BYTES", value_parser = parse_ring_size)]
+        ring_size: u64,
     },
     /// The route the kernel would use for ADDR (longest match, lowest metric)
     Lookup {
@@ -115,6 +121,13 @@ fn parse_secs(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_ring_size(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(v) if v.is_power_of_two() && (4096..=1 << 31).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a power of two between 4096 and 2^31")),
+    }
+}
+
 fn parse_table(s: &str) -> Result<u32, String> {
     table::parse(s).ok_or_else(|| format!("{s:?} is not a table id or one of local, main, default"))
 }
@@ -161,6 +174,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             rcvbuf,
             log_level,
             log_json,
+            source,
+            ring_size,
         } => {
             init_logs(&log_level, log_json);
             // Enter the namespace before any thread or socket exists (see netns::enter).
@@ -172,6 +187,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 socket,
                 scan_interval: Duration::from_secs_f64(scan_interval),
                 rcvbuf,
+                source,
+                ring_size,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -368,6 +385,42 @@ fn print_stats(v: &Value) {
     }
     println!("malformed msgs:    {}", v["decode"]["malformed"]);
     println!("rcvbuf:            {}", v["rcvbuf"]);
+    if let Some(why) = v["source_fallback"].as_str() {
+        println!("ebpf unavailable:  {why}");
+    }
+    if let Some(r) = v["ring"].as_object() {
+        let k = &r["kernel"];
+        println!(
+            "ring:              {} bytes, high water {} ({:.2}%), pinned {}",
+            r["size_bytes"],
+            r["high_water_bytes"],
+            r["high_water_fill"].as_f64().unwrap_or(0.0) * 100.0,
+            r["pinned"].as_str().unwrap_or("no")
+        );
+        println!(
+            "ring records:      {} read ({} bytes); kernel: {} records, {} drops, {} truncated, {} passed",
+            r["records_read"], r["bytes_read"], k["records"], k["drops"], k["truncated"], k["passed"]
+        );
+        println!(
+            "ring by type:      route +{} -{}  link +{} -{}  addr +{} -{}  nexthop +{} -{}  other {}",
+            k["newroute"], k["delroute"], k["newlink"], k["dellink"], k["newaddr"],
+            k["deladdr"], k["newnexthop"], k["delnexthop"], k["other"]
+        );
+        let l = &r["lag"];
+        println!(
+            "ring lag:          p50 {} us, p99 {} us, max {} us ({} records)",
+            l["p50_us"], l["p99_us"], l["max_us"], l["count"]
+        );
+        let b = &r["batch"];
+        println!(
+            "ring batches:      {} (mean {:.1}, p99 {}, max {}); loss resyncs {}",
+            b["batches"],
+            b["mean"].as_f64().unwrap_or(0.0),
+            b["p99"],
+            b["max"],
+            r["loss_resyncs"]
+        );
+    }
     if let Some(rss) = v["rss_bytes"].as_u64() {
         println!("rss:               {:.1} MiB", rss as f64 / 1048576.0);
     }

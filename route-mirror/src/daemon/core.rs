@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use super::{Command, Shared};
-use crate::mirror::FollowUp;
+use crate::ebpf::{self, EbpfSource};
+use crate::mirror::{FollowUp, Mirror};
 use crate::netlink::decode::{self, DecodeCounters};
 use crate::netlink::msg::{self, RawMsg};
 use crate::netlink::socket::{NlSocket, RECV_BUF};
@@ -25,6 +26,16 @@ use route_mirror_common::groups;
 /// Datagrams handled before looking at commands again, so queries and barriers stay
 /// responsive during a long dump.
 const BATCH: usize = 64;
+/// Ring records applied per drain before looking at commands and the socket again.
+const RING_BATCH: usize = 4096;
+
+/// What applying events produced, flushed into the status after each batch.
+#[derive(Default)]
+struct EventAcc {
+    followups: Vec<FollowUp>,
+    events: u64,
+    dropped: u64,
+}
 
 struct Pending {
     reason: ScanReason,
@@ -48,6 +59,8 @@ pub struct Core {
     /// Malformed messages logged so far (the log is capped; the counter is not).
     malformed_logged: u64,
     started: Instant,
+    /// The eBPF source, when active: notifications arrive on its ring, not the socket.
+    ebpf: Option<EbpfSource>,
 }
 
 impl Core {
@@ -57,6 +70,7 @@ impl Core {
         shared: Arc<Shared>,
         commands: Receiver<Command>,
         scan_interval: Duration,
+        ebpf: Option<EbpfSource>,
     ) -> Core {
         Core {
             sock,
@@ -73,6 +87,7 @@ impl Core {
             decode: DecodeCounters::default(),
             malformed_logged: 0,
             started: Instant::now(),
+            ebpf,
         }
     }
 
@@ -100,7 +115,8 @@ impl Core {
             if idle {
                 let wait = self.next_periodic.saturating_duration_since(Instant::now());
                 let ms = wait.as_millis().min(1000) as i32;
-                if let Err(e) = self.shared.wait(self.sock.fd(), ms) {
+                let ring = self.ebpf.as_ref().map(|e| e.fd());
+                if let Err(e) = self.shared.wait(self.sock.fd(), ring, ms) {
                     error!(error = %e, "poll failed");
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -179,9 +195,17 @@ impl Core {
             let Some((scan, _)) = &mut self.scan else {
                 return;
             };
-            let Some(kind) = scan.remaining.pop() else {
+            if scan.remaining.is_empty() {
                 self.finish_scan();
                 return;
+            }
+            // Apply what the ring holds first: those events are older than the dump.
+            self.drain_ring_all();
+            let Some((scan, _)) = &mut self.scan else {
+                return;
+            };
+            let Some(kind) = scan.remaining.pop() else {
+                continue;
             };
             match self.sock.request_dump(kind) {
                 Ok(seq) => {
@@ -197,6 +221,9 @@ impl Core {
     }
 
     fn finish_scan(&mut self) {
+        // Everything the ring holds happened before the prune: apply it first, or the
+        // prune would delete routes whose adds are still in the ring.
+        self.drain_ring_all();
         let Some((mut scan, waiters)) = self.scan.take() else {
             return;
         };
@@ -265,6 +292,8 @@ impl Core {
             let idle = match r {
                 Ok(_) => {
                     self.process(&buf);
+                    // Only after that datagram is fully processed (ordering rule).
+                    self.drain_ring_ordered();
                     false
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -275,7 +304,8 @@ impl Core {
                         self.recover_stalled_dump();
                         false
                     } else {
-                        true
+                        // Socket idle: the ring is the only source left.
+                        self.drain_ring_ordered() == 0
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -303,6 +333,15 @@ impl Core {
         let fresh = NlSocket::open().and_then(|s| {
             s.set_rcvbuf(self.rcvbuf)?;
             s.subscribe(&groups::ALL)?;
+            Ok(s)
+        });
+        let fresh = fresh.and_then(|s| {
+            if let Some(src) = &mut self.ebpf {
+                use std::os::fd::BorrowedFd;
+                // SAFETY: the fd belongs to `s`, alive for this call.
+                let fd = unsafe { BorrowedFd::borrow_raw(s.fd()) };
+                src.attach(fd).map_err(io::Error::other)?;
+            }
             Ok(s)
         });
         match fresh {
@@ -338,10 +377,8 @@ impl Core {
 
     fn process(&mut self, buf: &[u8]) {
         let port = self.sock.port();
-        let mut followups: Vec<FollowUp> = Vec::new();
+        let mut acc = EventAcc::default();
         let mut dump_done: Option<Option<i32>> = None;
-        let mut events = 0u64;
-        let mut dropped = 0u64;
         let mut msgs = msg::messages(buf);
         {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
@@ -383,35 +420,21 @@ impl Core {
                 ) {
                     continue; // a reply to a request we no longer wait for
                 }
-                if self.drop_events > 0 {
-                    self.drop_events -= 1;
-                    dropped += 1;
-                    continue;
-                }
-                if let Some(change) =
-                    decode_or_count(&m, &mut self.decode, &mut self.malformed_logged)
-                {
-                    events += 1;
-                    if let Some(f) = mirror.apply(change) {
-                        followups.push(f);
-                    }
-                }
+                apply_event(
+                    &mut mirror,
+                    &m,
+                    &mut acc,
+                    &mut self.drop_events,
+                    &mut self.decode,
+                    &mut self.malformed_logged,
+                );
             }
         }
         if msgs.truncated() {
             self.decode.malformed += 1;
             warn!("datagram ended in a truncated netlink header; rest skipped");
         }
-        if events > 0 || dropped > 0 {
-            let mut st = self.shared.status.lock().expect("status lock");
-            st.events_applied += events;
-            st.events_dropped_by_request += dropped;
-            st.last_event = Some(std::time::SystemTime::now());
-        }
-        for f in followups {
-            debug!(reason = ?f.reason, "event calls for a confirming scan");
-            self.queue_scan(f.reason, f.scope, None);
-        }
+        self.flush_events(acc);
         if let Some(err) = dump_done {
             if let Some((scan, _)) = &mut self.scan {
                 if let Some((kind, _)) = scan.current.take() {
@@ -426,12 +449,116 @@ impl Core {
         }
     }
 
+    fn flush_events(&mut self, acc: EventAcc) {
+        if acc.events > 0 || acc.dropped > 0 {
+            let mut st = self.shared.status.lock().expect("status lock");
+            st.events_applied += acc.events;
+            st.events_dropped_by_request += acc.dropped;
+            st.last_event = Some(std::time::SystemTime::now());
+        }
+        for f in acc.followups {
+            debug!(reason = ?f.reason, "event calls for a confirming scan");
+            self.queue_scan(f.reason, f.scope, None);
+        }
+    }
+
+    /// Drains the ring unless a dump is in flight. The kernel builds a dump's next
+    /// chunk during the `recv` of the previous one, so while a dump runs the socket may
+    /// hold a chunk older than events already in the ring: applying those events first
+    /// would let the older chunk overwrite them. Applying an event late is safe (ring
+    /// order keeps per-key order), so events wait until the dump's end.
+    /// Returns the records applied.
+    fn drain_ring_ordered(&mut self) -> usize {
+        if self.scan.as_ref().is_some_and(|(s, _)| s.current.is_some()) {
+            return 0;
+        }
+        self.drain_ring(RING_BATCH)
+    }
+
+    /// Drains the ring to empty (before a dump request and before a prune).
+    fn drain_ring_all(&mut self) {
+        while self.drain_ring(RING_BATCH) > 0 {}
+    }
+
+    /// Applies up to `max` ring records through the event path; any kernel-side loss
+    /// (ring full, message too long) queues a full resync, as ENOBUFS does.
+    fn drain_ring(&mut self, max: usize) -> usize {
+        let Some(mut src) = self.ebpf.take() else {
+            return 0;
+        };
+        let mut acc = EventAcc::default();
+        let mut truncated = false;
+        let n = {
+            let mut mirror = self.shared.mirror.write().expect("mirror lock");
+            let (drop_events, dec, logged) = (
+                &mut self.drop_events,
+                &mut self.decode,
+                &mut self.malformed_logged,
+            );
+            src.drain(max, |h, bytes| {
+                if ebpf::is_truncated(h) {
+                    truncated = true;
+                    return;
+                }
+                let mut msgs = msg::messages(bytes);
+                for m in msgs.by_ref() {
+                    apply_event(&mut mirror, &m, &mut acc, drop_events, dec, logged);
+                }
+                if msgs.truncated() {
+                    dec.malformed += 1;
+                }
+            })
+        };
+        // Counters are read once per drain (one syscall), also when the ring was empty:
+        // a drop may be the only thing that happened.
+        let lost = src.take_loss();
+        self.ebpf = Some(src);
+        self.flush_events(acc);
+        if lost || truncated {
+            warn!("eBPF ring lost notifications (ring full or message too long): resyncing now");
+            if let Some((scan, _)) = &mut self.scan {
+                scan.overrun_during = true;
+            }
+            self.queue_scan(ScanReason::Overrun, ScanScope::full(), None);
+        }
+        n
+    }
+
     /// Copies counters the core keeps privately into the shared status.
     fn publish(&mut self) {
         let mut st = self.shared.status.lock().expect("status lock");
+        st.ring = self.ebpf.as_ref().map(|e| e.stats());
         st.decode = self.decode.clone();
         st.scan_in_progress = self.scan.as_ref().map(|(s, _)| (s.reason, s.routes_dumped));
         st.scan_pending = self.pending.is_some();
+    }
+}
+
+/// The one event path for both sources: a notification from the socket or the ring.
+fn apply_event(
+    mirror: &mut Mirror,
+    m: &RawMsg<'_>,
+    acc: &mut EventAcc,
+    drop_events: &mut u64,
+    dec: &mut DecodeCounters,
+    logged: &mut u64,
+) {
+    if matches!(
+        m.ty,
+        msg::NLMSG_DONE | msg::NLMSG_ERROR | msg::NLMSG_NOOP | msg::NLMSG_OVERRUN
+    ) {
+        return; // a reply to a request we no longer wait for
+    }
+    if *drop_events > 0 {
+        *drop_events -= 1;
+        acc.dropped += 1;
+        return;
+    }
+    if let Some(change) = decode_or_count(m, dec, logged) {
+        acc.events += 1;
+        if let Some(f) = mirror.apply(change) {
+            acc.followups.push(f);
+        }
     }
 }
 
