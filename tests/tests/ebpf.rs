@@ -74,8 +74,9 @@ fn stats_report_ebpf_source_and_pins() {
     );
 }
 
-/// 100k routes against a small netlink receive buffer: the netlink source overruns and
-/// resyncs; the eBPF source (same buffer) loses nothing and needs no resync.
+/// 100k routes against a small netlink receive buffer while the consumer is stalled
+/// (SIGSTOP: deterministic, a fast consumer otherwise races the producer): the netlink
+/// source overruns and resyncs; the eBPF source (same buffer) loses nothing.
 #[test]
 fn burst_ebpf_no_loss_where_netlink_overruns() {
     if !need_ebpf() {
@@ -87,7 +88,9 @@ fn burst_ebpf_no_loss_where_netlink_overruns() {
         let mut args = small.to_vec();
         args.extend(["--source", "netlink"]);
         let d = Daemon::start_synced(&ns, &args);
+        d.pause();
         ns.load_batch(batch("v4-100k"));
+        d.resume();
         d.diff_empty();
         let s = d.stats();
         assert!(
@@ -100,7 +103,9 @@ fn burst_ebpf_no_loss_where_netlink_overruns() {
     let mut args = small.to_vec();
     args.extend(["--source", "ebpf"]);
     let d = Daemon::start_synced(&ns, &args);
+    d.pause();
     ns.load_batch(batch("v4-100k"));
+    d.resume();
     d.diff_empty();
     let s = d.stats();
     assert_eq!(s["source"], "ebpf", "{s}");

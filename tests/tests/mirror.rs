@@ -45,7 +45,9 @@ fn a_bulk_load_v4_10k_after_sync() {
     d.diff_empty();
     let stats = d.stats();
     assert_eq!(stats["synced"], Value::Bool(true), "{stats}");
-    assert_eq!(str_field(&stats, "source"), Some("netlink"), "{stats}");
+    let source = route_mirror_tests::suite_source();
+    let expected = if source == "auto" { "ebpf" } else { &source };
+    assert_eq!(str_field(&stats, "source"), Some(expected), "{stats}");
     let total = num(&stats, "routes_total");
     assert!(total >= 10_000, "routes_total {total} < 10000: {stats}");
 }
@@ -347,6 +349,10 @@ fn i_link_down_removes_routes() {
 // j.
 #[test]
 fn j_forced_overrun_resyncs() {
+    if route_mirror_tests::suite_source() != "netlink" {
+        eprintln!("skipping: ENOBUFS is the netlink source's path (covered by the netlink pass)");
+        return;
+    }
     let ns = Netns::new();
     // The ENOBUFS path exists only with the netlink source (the eBPF source's
     // equivalent, a full ring, is tested in ebpf.rs).
