@@ -317,6 +317,23 @@ fn ensure_bpffs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes pin directories of namespaces that no longer exist (left by a daemon that
+/// was killed): each holds a ring's kernel memory until its pins go.
+fn sweep_orphans() {
+    let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name == "host" || Path::new("/run/netns").join(&name).exists() {
+            continue;
+        }
+        if std::fs::remove_dir_all(e.path()).is_ok() {
+            info!(dir = %e.path().display(), "removed the pins of a namespace that is gone");
+        }
+    }
+}
+
 /// Pins program, ring and counters under `PIN_ROOT/<name>/`, replacing stale pins of an
 /// earlier run (a pin is only a reference: removing it never affects a live user).
 fn pin_all(bpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<PathBuf> {
@@ -324,6 +341,7 @@ fn pin_all(bpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<PathBuf> {
     ensure_bpffs()?;
     let dir = Path::new(PIN_ROOT).join(sanitize(name));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    sweep_orphans();
     for f in ["prog", "ring", "counters"] {
         let p = dir.join(f);
         if p.exists() {
