@@ -52,7 +52,7 @@ impl Default for Config {
             scan_interval: 60.0,
             rcvbuf: 128 << 20,
             source: SourceKind::Auto,
-            ring_size: 64 << 20,
+            ring_size: 128 << 20,
             metrics_listen: None,
             log_level: "info".to_string(),
         }
@@ -121,10 +121,10 @@ impl Config {
                 format!("{} bytes is below the 4096-byte minimum", self.rcvbuf),
             );
         }
-        if !self.ring_size.is_power_of_two() || self.ring_size < 4096 {
+        if !self.ring_size.is_power_of_two() || !(4096..=1 << 31).contains(&self.ring_size) {
             return bad(
                 "ring_size",
-                format!("{} is not a power of two of at least 4096", self.ring_size),
+                format!("{} is not a power of two between 4096 and 2^31", self.ring_size),
             );
         }
         if let Some(ns) = &self.netns {
@@ -177,6 +177,12 @@ pub struct RunArgs {
     /// Netlink receive buffer in bytes (SO_RCVBUFFORCE; the kernel doubles it) [default: 128 MiB]
     #[arg(long, value_name = "BYTES")]
     pub rcvbuf: Option<usize>,
+    /// Event source: the eBPF ring buffer (auto: when it loads here) or the netlink socket [default: auto]
+    #[arg(long, value_enum)]
+    pub source: Option<SourceKind>,
+    /// eBPF ring buffer size in bytes (power of two; holds a burst while a dump runs) [default: 128 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub ring_size: Option<usize>,
     /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9469) [default: off]
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -202,6 +208,12 @@ impl RunArgs {
         }
         if let Some(v) = self.rcvbuf {
             cfg.rcvbuf = v;
+        }
+        if let Some(v) = self.source {
+            cfg.source = v;
+        }
+        if let Some(v) = self.ring_size {
+            cfg.ring_size = v;
         }
         if let Some(v) = self.metrics_listen {
             cfg.metrics_listen = Some(v);

@@ -9,6 +9,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod diff;
+pub mod ebpf;
 pub mod fib;
 pub mod intern;
 pub mod metrics;

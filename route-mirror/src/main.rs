@@ -443,6 +443,42 @@ fn print_stats(v: &Value) {
     }
     println!("malformed msgs:    {}", v["decode"]["malformed"]);
     println!("rcvbuf:            {}", v["rcvbuf"]);
+    if let Some(why) = v["source_fallback"].as_str() {
+        println!("ebpf unavailable:  {why}");
+    }
+    if let Some(r) = v["ring"].as_object() {
+        let k = &r["kernel"];
+        println!(
+            "ring:              {} bytes, high water {} ({:.2}%), pinned {}",
+            r["size_bytes"],
+            r["high_water_bytes"],
+            r["high_water_fill"].as_f64().unwrap_or(0.0) * 100.0,
+            r["pinned"].as_str().unwrap_or("no")
+        );
+        println!(
+            "ring records:      {} read ({} bytes); kernel: {} records, {} drops, {} truncated, {} passed",
+            r["records_read"], r["bytes_read"], k["records"], k["drops"], k["truncated"], k["passed"]
+        );
+        println!(
+            "ring by type:      route +{} -{}  link +{} -{}  addr +{} -{}  nexthop +{} -{}  other {}",
+            k["newroute"], k["delroute"], k["newlink"], k["dellink"], k["newaddr"],
+            k["deladdr"], k["newnexthop"], k["delnexthop"], k["other"]
+        );
+        let l = &r["lag"];
+        println!(
+            "ring lag:          p50 {} us, p99 {} us, max {} us ({} records)",
+            l["p50_us"], l["p99_us"], l["max_us"], l["count"]
+        );
+        let b = &r["batch"];
+        println!(
+            "ring batches:      {} (mean {:.1}, p99 {}, max {}); loss resyncs {}",
+            b["batches"],
+            b["mean"].as_f64().unwrap_or(0.0),
+            b["p99"],
+            b["max"],
+            r["loss_resyncs"]
+        );
+    }
     if let Some(rss) = v["rss_bytes"].as_u64() {
         println!("rss:               {:.1} MiB", rss as f64 / 1048576.0);
     }

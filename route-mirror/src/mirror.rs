@@ -185,7 +185,32 @@ impl Mirror {
 
     /// Applies one event. Returns the scan it calls for, if any.
     pub fn apply(&mut self, change: Change) -> Option<FollowUp> {
-        let gen = self.generation;
+        self.apply_stamped(change, self.generation)
+    }
+
+    /// The dump class a change belongs to, within a scan's scope (`None`: not dumped).
+    pub fn dump_class(change: &Change, scope: &ScanScope) -> Option<DumpKind> {
+        let kind = match change {
+            Change::NewRoute { route, .. } => {
+                let k = route.key;
+                if !scope.covers_route(k.family(), k.table) {
+                    return None;
+                }
+                DumpKind::Routes(k.family(), scope.table)
+            }
+            Change::DelRoute { key, .. } | Change::DeadRoute { key } => {
+                DumpKind::Routes(key.family(), scope.table)
+            }
+            Change::NewLink(_) | Change::DelLink { .. } => DumpKind::Links,
+            Change::NewAddr(a) | Change::DelAddr(a) => DumpKind::Addrs(Family::of(&a.addr)),
+            Change::NewNexthop(_) | Change::DelNexthop { .. } => DumpKind::Nexthops,
+        };
+        scope.dumps().contains(&kind).then_some(kind)
+    }
+
+    /// Applies one event, stamping what it creates with `gen` (see
+    /// [`ActiveScan::event_stamp`]).
+    pub fn apply_stamped(&mut self, change: Change, gen: u32) -> Option<FollowUp> {
         match change {
             Change::NewRoute { route, .. } => {
                 let (key, entry) = self.entry(route, gen);

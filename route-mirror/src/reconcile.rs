@@ -176,6 +176,9 @@ pub struct ActiveScan {
     pub generation: u32,
     pub remaining: Vec<DumpKind>,
     pub current: Option<(DumpKind, u32)>,
+    /// A reply of the current dump was seen: messages after it were queued after the
+    /// dump request (all earlier ones come before its first reply).
+    pub current_replied: bool,
     pub failed: Vec<DumpKind>,
     pub started: Instant,
     pub started_wall: SystemTime,
@@ -196,6 +199,7 @@ impl ActiveScan {
             generation,
             remaining,
             current: None,
+            current_replied: false,
             failed: Vec::new(),
             started: Instant::now(),
             started_wall: SystemTime::now(),
@@ -204,6 +208,26 @@ impl ActiveScan {
             object_verdicts: Verdicts::default(),
             interrupted: 0,
             overrun_during: false,
+        }
+    }
+
+    /// The stamp for an event about objects of class `kind` applied now. Only an event
+    /// known to be newer than that class's dump request may carry this scan's
+    /// generation (and so survive the prune unconfirmed); an older one, e.g. queued
+    /// before the request while the daemon was behind, must be confirmed by the dump,
+    /// or a stale add whose delete was lost in an overrun would outlive the resync.
+    pub fn event_stamp(&self, kind: Option<DumpKind>) -> u32 {
+        let older = self.generation.wrapping_sub(1);
+        match kind {
+            Some(k) if self.current.is_some_and(|(c, _)| c == k) => {
+                if self.current_replied {
+                    self.generation
+                } else {
+                    older
+                }
+            }
+            Some(k) if self.remaining.contains(&k) => older,
+            _ => self.generation,
         }
     }
 

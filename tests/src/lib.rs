@@ -420,6 +420,40 @@ pub struct Daemon {
     dir: TempDir,
 }
 
+/// The event source the suite runs with: `$ROUTE_MIRROR_SOURCE` (netlink, ebpf or auto),
+/// default netlink. `cargo xtask test` runs the core suite once per source.
+pub fn suite_source() -> String {
+    std::env::var("ROUTE_MIRROR_SOURCE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "netlink".to_string())
+}
+
+/// `--source` (and a 64 MiB ring for eBPF, so parallel tests stay light on kernel
+/// memory) unless the test passes its own.
+fn source_args(extra: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    if !extra.contains(&"--source") {
+        let s = suite_source();
+        out.push("--source".to_string());
+        out.push(s.clone());
+        if s != "netlink" && !extra.contains(&"--ring-size") {
+            out.push("--ring-size".to_string());
+            out.push((64u64 << 20).to_string());
+        }
+    }
+    out
+}
+
+/// Is the eBPF object embedded in the daemon binary (`route-mirror ebpf-status`-free
+/// check: a `--source ebpf` daemon refuses to start without it)? Tests that need the
+/// eBPF source skip when it is absent outside CI.
+pub fn ebpf_object_present() -> bool {
+    workspace_root()
+        .join("route-mirror-ebpf/target/bpfel-unknown-none/release/route-mirror")
+        .is_file()
+}
+
 impl Daemon {
     /// Start the daemon mirroring `ns`, with extra `run` arguments. Panics on failure.
     pub fn start(ns: &Netns, extra: &[&str]) -> Daemon {
@@ -435,6 +469,17 @@ impl Daemon {
 
     /// Fallible variant of [`Daemon::start`].
     pub fn try_start(ns: &Netns, extra: &[&str]) -> Result<Daemon> {
+        Self::try_start_env(ns, extra, &[])
+    }
+
+    /// Like [`Daemon::start`] with extra environment variables for the daemon only
+    /// (tests run in parallel threads: never set a knob in the test process itself).
+    pub fn start_env(ns: &Netns, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Self::try_start_env(ns, extra, env).unwrap_or_else(|e| panic!("starting daemon: {e:#}"))
+    }
+
+    /// Fallible variant of [`Daemon::start_env`].
+    pub fn try_start_env(ns: &Netns, extra: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
         let bin = daemon_bin();
         if !bin.is_file() {
             bail!(
@@ -460,8 +505,10 @@ impl Daemon {
             .arg("--socket")
             .arg(&socket)
             .args(config)
+            .args(source_args(extra))
             .args(extra)
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf2)
             .stderr(logf)

@@ -323,7 +323,9 @@ fn stats(shared: &Shared) -> Value {
         }) / 1000.0
     });
     json!({
-        "source": "netlink",
+        "source": st.source,
+        "source_fallback": st.source_fallback,
+        "ring": st.ring,
         "netns": shared.netns,
         "synced": st.synced,
         "uptime_s": age(Some(shared.started)),

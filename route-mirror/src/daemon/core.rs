@@ -16,8 +16,8 @@ use tracing::{debug, error, info, warn};
 
 use super::{Command, Shared};
 use crate::ctl::view::{route_view, WatchRecord};
-use crate::mirror::FollowUp;
-use crate::mirror::Mirror;
+use crate::ebpf::{self, EbpfSource};
+use crate::mirror::{FollowUp, Mirror};
 use crate::netlink::decode::{self, DecodeCounters};
 use crate::netlink::msg::{self, RawMsg};
 use crate::netlink::socket::{NlSocket, RECV_BUF};
@@ -29,6 +29,16 @@ use route_mirror_common::groups;
 const BATCH: usize = 64;
 /// A progress line every this many dumped routes (a full table logs a handful).
 const PROGRESS_EVERY: u64 = 250_000;
+/// Ring records applied per drain before looking at commands and the socket again.
+const RING_BATCH: usize = 4096;
+
+/// What applying events produced, flushed into the status after each batch.
+#[derive(Default)]
+struct EventAcc {
+    followups: Vec<FollowUp>,
+    events: u64,
+    dropped: u64,
+}
 
 struct Pending {
     reason: ScanReason,
@@ -52,6 +62,8 @@ pub struct Core {
     /// Malformed messages logged so far (the log is capped; the counter is not).
     malformed_logged: u64,
     started: Instant,
+    /// The eBPF source, when active: notifications arrive on its ring, not the socket.
+    ebpf: Option<EbpfSource>,
 }
 
 impl Core {
@@ -61,6 +73,7 @@ impl Core {
         shared: Arc<Shared>,
         commands: Receiver<Command>,
         scan_interval: Duration,
+        ebpf: Option<EbpfSource>,
     ) -> Core {
         Core {
             sock,
@@ -77,6 +90,7 @@ impl Core {
             decode: DecodeCounters::default(),
             malformed_logged: 0,
             started: Instant::now(),
+            ebpf,
         }
     }
 
@@ -106,7 +120,8 @@ impl Core {
             if idle {
                 let wait = self.next_periodic.saturating_duration_since(Instant::now());
                 let ms = wait.as_millis().min(1000) as i32;
-                if let Err(e) = self.shared.wait(self.sock.fd(), ms) {
+                let ring = self.ebpf.as_ref().map(|e| e.fd());
+                if let Err(e) = self.shared.wait(self.sock.fd(), ring, ms) {
                     error!(error = %e, "poll failed");
                     std::thread::sleep(Duration::from_millis(100));
                 }
@@ -194,13 +209,22 @@ impl Core {
             let Some((scan, _)) = &mut self.scan else {
                 return;
             };
-            let Some(kind) = scan.remaining.pop() else {
+            if scan.remaining.is_empty() {
                 self.finish_scan();
                 return;
+            }
+            // Apply what the ring holds first: those events are older than the dump.
+            self.drain_ring_all();
+            let Some((scan, _)) = &mut self.scan else {
+                return;
+            };
+            let Some(kind) = scan.remaining.pop() else {
+                continue;
             };
             match self.sock.request_dump(kind) {
                 Ok(seq) => {
                     scan.current = Some((kind, seq));
+                    scan.current_replied = false;
                     return;
                 }
                 Err(e) => {
@@ -212,6 +236,9 @@ impl Core {
     }
 
     fn finish_scan(&mut self) {
+        // Everything the ring holds happened before the prune: apply it first, or the
+        // prune would delete routes whose adds are still in the ring.
+        self.drain_ring_all();
         let Some((mut scan, waiters)) = self.scan.take() else {
             return;
         };
@@ -219,11 +246,12 @@ impl Core {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
             start_journal(&self.shared, &mut mirror);
             mirror.prune(&mut scan);
-            publish_deltas(&self.shared, &mut mirror);
+            publish_deltas(&self.shared, &mut mirror, self.source_name());
         }
         if scan.reason == ScanReason::Overrun {
             marker(
                 &self.shared,
+                self.source_name(),
                 "resync-done",
                 "the mirror is exact again as of this resync",
             );
@@ -294,6 +322,8 @@ impl Core {
             let idle = match r {
                 Ok(_) => {
                     self.process(&buf);
+                    // Only after that datagram is fully processed (ordering rule).
+                    self.drain_ring_ordered();
                     false
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -304,7 +334,8 @@ impl Core {
                         self.recover_stalled_dump();
                         false
                     } else {
-                        true
+                        // Socket idle: the ring is the only source left.
+                        self.drain_ring_ordered() == 0
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -334,6 +365,15 @@ impl Core {
             s.subscribe(&groups::ALL)?;
             Ok(s)
         });
+        let fresh = fresh.and_then(|s| {
+            if let Some(src) = &mut self.ebpf {
+                use std::os::fd::BorrowedFd;
+                // SAFETY: the fd belongs to `s`, alive for this call.
+                let fd = unsafe { BorrowedFd::borrow_raw(s.fd()) };
+                src.attach(fd).map_err(io::Error::other)?;
+            }
+            Ok(s)
+        });
         match fresh {
             Ok(s) => self.sock = s,
             Err(e) => {
@@ -360,6 +400,7 @@ impl Core {
         warn!("netlink receive queue overrun (ENOBUFS): events were lost, resyncing now");
         marker(
             &self.shared,
+            self.source_name(),
             "resync",
             "events were lost (ENOBUFS); refetch after resync-done",
         );
@@ -372,10 +413,8 @@ impl Core {
 
     fn process(&mut self, buf: &[u8]) {
         let port = self.sock.port();
-        let mut followups: Vec<FollowUp> = Vec::new();
+        let mut acc = EventAcc::default();
         let mut dump_done: Option<Option<i32>> = None;
-        let mut events = 0u64;
-        let mut dropped = 0u64;
         let mut msgs = msg::messages(buf);
         {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
@@ -388,6 +427,9 @@ impl Core {
                     None => false,
                 };
                 if is_dump {
+                    if let Some((scan, _)) = &mut self.scan {
+                        scan.current_replied = true;
+                    }
                     match m.ty {
                         msg::NLMSG_DONE => dump_done = Some(None),
                         msg::NLMSG_ERROR => {
@@ -430,36 +472,23 @@ impl Core {
                 ) {
                     continue; // a reply to a request we no longer wait for
                 }
-                if self.drop_events > 0 {
-                    self.drop_events -= 1;
-                    dropped += 1;
-                    continue;
-                }
-                if let Some(change) =
-                    decode_or_count(&m, &mut self.decode, &mut self.malformed_logged)
-                {
-                    events += 1;
-                    if let Some(f) = mirror.apply(change) {
-                        followups.push(f);
-                    }
-                }
+                apply_event(
+                    &mut mirror,
+                    self.scan.as_ref().map(|(s, _)| s),
+                    &m,
+                    &mut acc,
+                    &mut self.drop_events,
+                    &mut self.decode,
+                    &mut self.malformed_logged,
+                );
             }
-            publish_deltas(&self.shared, &mut mirror);
+            publish_deltas(&self.shared, &mut mirror, self.source_name());
         }
         if msgs.truncated() {
             self.decode.malformed += 1;
             warn!("datagram ended in a truncated netlink header; rest skipped");
         }
-        if events > 0 || dropped > 0 {
-            let mut st = self.shared.status.lock().expect("status lock");
-            st.events_applied += events;
-            st.events_dropped_by_request += dropped;
-            st.last_event = Some(std::time::SystemTime::now());
-        }
-        for f in followups {
-            debug!(reason = ?f.reason, "event calls for a confirming scan");
-            self.queue_scan(f.reason, f.scope, None);
-        }
+        self.flush_events(acc);
         if let Some(err) = dump_done {
             if let Some((scan, _)) = &mut self.scan {
                 if let Some((kind, _)) = scan.current.take() {
@@ -474,9 +503,103 @@ impl Core {
         }
     }
 
+    fn flush_events(&mut self, acc: EventAcc) {
+        if acc.events > 0 || acc.dropped > 0 {
+            let mut st = self.shared.status.lock().expect("status lock");
+            st.events_applied += acc.events;
+            st.events_dropped_by_request += acc.dropped;
+            st.last_event = Some(std::time::SystemTime::now());
+        }
+        for f in acc.followups {
+            debug!(reason = ?f.reason, "event calls for a confirming scan");
+            self.queue_scan(f.reason, f.scope, None);
+        }
+    }
+
+    /// Drains the ring unless a dump is in flight. The kernel builds a dump's next
+    /// chunk during the `recv` of the previous one, so while a dump runs the socket may
+    /// hold a chunk older than events already in the ring: applying those events first
+    /// would let the older chunk overwrite them. Applying an event late is safe (ring
+    /// order keeps per-key order), so events wait until the dump's end.
+    /// Returns the records applied.
+    fn drain_ring_ordered(&mut self) -> usize {
+        if self.scan.as_ref().is_some_and(|(s, _)| s.current.is_some()) {
+            return 0;
+        }
+        self.drain_ring(RING_BATCH)
+    }
+
+    /// Drains the ring to empty (before a dump request and before a prune).
+    fn drain_ring_all(&mut self) {
+        while self.drain_ring(RING_BATCH) > 0 {}
+    }
+
+    /// Applies up to `max` ring records through the event path; any kernel-side loss
+    /// (ring full, message too long) queues a full resync, as ENOBUFS does.
+    fn drain_ring(&mut self, max: usize) -> usize {
+        let Some(mut src) = self.ebpf.take() else {
+            return 0;
+        };
+        let mut acc = EventAcc::default();
+        let mut truncated = false;
+        let n = {
+            let mut mirror = self.shared.mirror.write().expect("mirror lock");
+            start_journal(&self.shared, &mut mirror);
+            let scan = self.scan.as_ref().map(|(s, _)| s);
+            let (drop_events, dec, logged) = (
+                &mut self.drop_events,
+                &mut self.decode,
+                &mut self.malformed_logged,
+            );
+            let n = src.drain(max, |h, bytes| {
+                if ebpf::is_truncated(h) {
+                    truncated = true;
+                    return;
+                }
+                let mut msgs = msg::messages(bytes);
+                for m in msgs.by_ref() {
+                    apply_event(&mut mirror, scan, &m, &mut acc, drop_events, dec, logged);
+                }
+                if msgs.truncated() {
+                    dec.malformed += 1;
+                }
+            });
+            publish_deltas(&self.shared, &mut mirror, "ebpf");
+            n
+        };
+        // Counters are read once per drain (one syscall), also when the ring was empty:
+        // a drop may be the only thing that happened.
+        let lost = src.take_loss();
+        self.ebpf = Some(src);
+        self.flush_events(acc);
+        if lost || truncated {
+            warn!("eBPF ring lost notifications (ring full or message too long): resyncing now");
+            marker(
+                &self.shared,
+                "ebpf",
+                "resync",
+                "the ring lost events; refetch after resync-done",
+            );
+            if let Some((scan, _)) = &mut self.scan {
+                scan.overrun_during = true;
+            }
+            self.queue_scan(ScanReason::Overrun, ScanScope::full(), None);
+        }
+        n
+    }
+
+    fn source_name(&self) -> &'static str {
+        if self.ebpf.is_some() {
+            "ebpf"
+        } else {
+            "netlink"
+        }
+    }
+
     /// Copies counters the core keeps privately into the shared status.
     fn publish(&mut self) {
         let mut st = self.shared.status.lock().expect("status lock");
+        st.ring = self.ebpf.as_ref().map(|e| e.stats());
         st.decode = self.decode.clone();
         st.scan_in_progress = self.scan.as_ref().map(|(s, _)| (s.reason, s.routes_dumped));
         st.scan_pending = self.pending.is_some();
@@ -499,7 +622,7 @@ fn start_journal(shared: &Shared, mirror: &mut Mirror) {
 }
 
 /// Sends the mirror's journaled deltas to watchers.
-fn publish_deltas(shared: &Shared, mirror: &mut Mirror) {
+fn publish_deltas(shared: &Shared, mirror: &mut Mirror, source: &str) {
     let Some(mut deltas) = mirror.journal.replace(Vec::new()) else {
         return;
     };
@@ -514,7 +637,7 @@ fn publish_deltas(shared: &Shared, mirror: &mut Mirror) {
             cause: serde_json::to_value(d.cause)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string)),
-            source: "netlink".to_string(),
+            source: source.to_string(),
             route: Some(route_view(mirror, d.table, d.dst, &d.entry)),
             note: None,
         };
@@ -522,16 +645,49 @@ fn publish_deltas(shared: &Shared, mirror: &mut Mirror) {
     }
 }
 
-fn marker(shared: &Shared, op: &str, note: &str) {
+fn marker(shared: &Shared, source: &str, op: &str, note: &str) {
     if shared.watch.receiver_count() > 0 {
         let _ = shared.watch.send(Arc::new(WatchRecord {
             time_unix_ms: now_ms(),
             op: op.to_string(),
             cause: None,
-            source: "netlink".to_string(),
+            source: source.to_string(),
             route: None,
             note: Some(note.to_string()),
         }));
+    }
+}
+
+/// The one event path for both sources: a notification from the socket or the ring.
+fn apply_event(
+    mirror: &mut Mirror,
+    scan: Option<&ActiveScan>,
+    m: &RawMsg<'_>,
+    acc: &mut EventAcc,
+    drop_events: &mut u64,
+    dec: &mut DecodeCounters,
+    logged: &mut u64,
+) {
+    if matches!(
+        m.ty,
+        msg::NLMSG_DONE | msg::NLMSG_ERROR | msg::NLMSG_NOOP | msg::NLMSG_OVERRUN
+    ) {
+        return; // a reply to a request we no longer wait for
+    }
+    if *drop_events > 0 {
+        *drop_events -= 1;
+        acc.dropped += 1;
+        return;
+    }
+    if let Some(change) = decode_or_count(m, dec, logged) {
+        acc.events += 1;
+        let stamp = match scan {
+            Some(s) => s.event_stamp(Mirror::dump_class(&change, &s.scope)),
+            None => mirror.generation(),
+        };
+        if let Some(f) = mirror.apply_stamped(change, stamp) {
+            acc.followups.push(f);
+        }
     }
 }
 

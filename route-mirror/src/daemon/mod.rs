@@ -36,7 +36,14 @@ pub struct Config {
     /// Netlink receive buffer in bytes.
     pub rcvbuf: usize,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where notifications come from.
+    pub source: SourceChoice,
+    /// eBPF ring buffer size in bytes (a power of two).
+    pub ring_size: u64,
 }
+
+/// `--source`: which event source to use.
+pub use crate::config::SourceKind as SourceChoice;
 
 impl Config {
     pub fn resolve(c: &crate::config::Config) -> Config {
@@ -49,6 +56,8 @@ impl Config {
             scan_interval: Duration::from_secs_f64(c.scan_interval),
             rcvbuf: c.rcvbuf,
             metrics_listen: c.metrics_listen,
+            source: c.source,
+            ring_size: c.ring_size as u64,
         }
     }
 }
@@ -120,6 +129,12 @@ pub struct Status {
     pub watchers_dropped: u64,
     /// Control requests that did not parse.
     pub bad_requests: u64,
+    /// Active event source: "ebpf" or "netlink".
+    pub source: &'static str,
+    /// Why `auto` fell back to netlink, if it did.
+    pub source_fallback: Option<String>,
+    /// eBPF ring statistics (eBPF source only).
+    pub ring: Option<crate::ebpf::RingStats>,
 }
 
 /// State shared between the core thread and the control socket.
@@ -157,7 +172,7 @@ impl Shared {
     }
 
     /// Waits until the netlink socket is readable, a command arrives or `ms` pass.
-    fn wait(&self, sock: i32, ms: i32) -> std::io::Result<()> {
+    fn wait(&self, sock: i32, ring: Option<i32>, ms: i32) -> std::io::Result<()> {
         let mut fds = [
             libc::pollfd {
                 fd: sock,
@@ -169,9 +184,14 @@ impl Shared {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: ring.unwrap_or(-1), // negative fds are ignored by poll
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: two valid pollfds.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        // SAFETY: three valid pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, ms) };
         if r < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -256,6 +276,8 @@ pub fn start(
             granted, "netlink receive buffer smaller than requested"
         );
     }
+    let (ebpf, fallback) = select_source(cfg, &sock)?;
+    let source = if ebpf.is_some() { "ebpf" } else { "netlink" };
     // Subscribe before the initial dump so nothing between the two is lost.
     sock.subscribe(&groups::ALL)
         .context("subscribing to rtnetlink groups")?;
@@ -271,6 +293,8 @@ pub fn start(
         mirror: RwLock::new(Mirror::new()),
         status: Mutex::new(Status {
             rcvbuf: granted,
+            source,
+            source_fallback: fallback,
             ..Default::default()
         }),
         netns: cfg.netns.clone(),
@@ -284,15 +308,57 @@ pub fn start(
         netns = cfg.netns.as_deref().unwrap_or("(own)"),
         rcvbuf = granted,
         scan_interval_s = cfg.scan_interval.as_secs_f64(),
-        source = "netlink",
-        "route-mirror starting (netlink source)"
+        source,
+        "route-mirror starting ({source} source)"
     );
-    let core = core::Core::new(sock, cfg.rcvbuf, shared.clone(), rx, cfg.scan_interval);
+    let core = core::Core::new(
+        sock,
+        cfg.rcvbuf,
+        shared.clone(),
+        rx,
+        cfg.scan_interval,
+        ebpf,
+    );
     let handle = std::thread::Builder::new()
         .name("rm-core".into())
         .spawn(move || core.run())
         .context("spawning core thread")?;
     Ok((shared, handle))
+}
+
+/// Loads and attaches the eBPF source as `--source` asks. `auto` falls back to netlink
+/// with one log line saying why; `ebpf` fails instead.
+fn select_source(
+    cfg: &Config,
+    sock: &NlSocket,
+) -> Result<(Option<crate::ebpf::EbpfSource>, Option<String>)> {
+    if cfg.source == SourceChoice::Netlink {
+        return Ok((None, None));
+    }
+    let pin_name = cfg.netns.as_deref().unwrap_or("host");
+    let loaded = crate::ebpf::EbpfSource::load(sock.port(), cfg.ring_size, Some(pin_name))
+        .and_then(|mut src| {
+            // SAFETY: the fd belongs to `sock`, alive for this call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.fd()) };
+            src.attach(fd)?;
+            Ok(src)
+        });
+    match loaded {
+        Ok(src) => {
+            info!(
+                ring_size = cfg.ring_size,
+                pinned = src.stats().pinned.as_deref().unwrap_or("(not pinned)"),
+                "eBPF source active: notifications go through the ring buffer"
+            );
+            Ok((Some(src), None))
+        }
+        Err(e) if cfg.source == SourceChoice::Auto => {
+            let why = e.to_string();
+            warn!(reason = %why, "eBPF source unavailable, using the netlink source");
+            Ok((None, Some(why)))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("--source ebpf: cannot use the eBPF source")),
+    }
 }
 
 /// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads the configuration.

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# eBPF source vs netlink source under the same bulk load. Run as root:  bench/ebpf.sh
+#
+# For each source: fresh namespace (shared/routes/netns.sh topology), start the daemon
+# (--source S), wait for sync, load the route sets while it runs, then measure the time
+# until `diff` reports mirror == kernel (convergence), daemon CPU seconds
+# (/proc/PID/stat utime+stime, load included), ENOBUFS/resyncs, ring drops, p50/p99 lag,
+# RSS. Prints one markdown table.
+#
+# Environment: BENCH_V4 / BENCH_V6 (default v4-1m / v6-230k), BENCH_SOURCES (default
+# "netlink ebpf"), BENCH_RING_SIZE (default: the daemon's), ROUTE_MIRROR_BIN,
+# ROUTE_MIRROR_SHARED, BENCH_TIMEOUT (default 900).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+BENCH_V4=${BENCH_V4-v4-1m}
+BENCH_V6=${BENCH_V6-v6-230k}
+BENCH_SOURCES=${BENCH_SOURCES:-netlink ebpf}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
+die() { echo "bench: $*" >&2; exit 1; }
+log() { echo "bench: $*" >&2; }
+[ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces)"
+
+SHARED=${ROUTE_MIRROR_SHARED:-}
+if [ -z "$SHARED" ]; then
+    d=$REPO/..
+    while [ ! -d "$d/shared/routes" ] && [ "$(cd "$d" && pwd)" != / ]; do d=$d/..; done
+    SHARED=$(cd "$d/shared" && pwd)
+fi
+ROUTES=$SHARED/routes
+# shellcheck source=/dev/null
+. "$ROUTES/netns.sh"
+
+if [ -n "${ROUTE_MIRROR_BIN:-}" ]; then
+    BIN=$ROUTE_MIRROR_BIN
+else
+    log "building release binary (with the eBPF object)"
+    cargo xtask build --release >&2
+    BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/route-mirror
+fi
+[ -x "$BIN" ] || die "daemon binary $BIN not found"
+
+WORK=$(mktemp -d /tmp/route-mirror-ebpf-bench.XXXXXX)
+SOCK=$WORK/rm.sock
+NS=""
+PID=""
+cleanup() {
+    if [ -n "$PID" ]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+    [ -n "$NS" ] && ns_delete "$NS"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+cli() { "$BIN" "$@" --socket "$SOCK"; }
+jq_py() { python3 -c "import json,sys; v=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+
+ROWS=()
+for SRC in $BENCH_SOURCES; do
+    NS=$(ns_new_name)
+    ns_create "$NS" || die "cannot create namespace $NS"
+    rm -f "$SOCK"
+    extra=()
+    [ -n "${BENCH_RING_SIZE:-}" ] && extra=(--ring-size "$BENCH_RING_SIZE")
+    "$BIN" run --netns "$NS" --socket "$SOCK" --source "$SRC" "${extra[@]}" >"$WORK/$SRC.log" 2>&1 &
+    PID=$!
+    deadline=$((SECONDS + BENCH_TIMEOUT))
+    until [ "$(cli stats --json 2>/dev/null | jq_py 'v["synced"]' 2>/dev/null)" = True ]; do
+        kill -0 "$PID" 2>/dev/null || die "daemon ($SRC) exited: $(tail -3 "$WORK/$SRC.log")"
+        [ "$SECONDS" -lt "$deadline" ] || die "daemon ($SRC) not synced"
+        sleep 0.05
+    done
+    cpu0=$(cpu_s "$PID")
+    t0=$(now)
+    for s in $BENCH_V4 $BENCH_V6; do
+        log "$SRC: loading $s"
+        load_batch "$NS" "$ROUTES/$s.batch.gz" >/dev/null || die "loading $s failed"
+    done
+    t_load=$(now)
+    until cli diff >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || die "$SRC: mirror did not converge"
+        sleep 0.2
+    done
+    t_conv=$(now)
+    cpu1=$(cpu_s "$PID")
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$PID/status")
+    st=$(cli stats --json)
+    row=$(python3 - "$SRC" "$t0" "$t_load" "$t_conv" "$cpu0" "$cpu1" "$rss" "$st" <<'PY'
+import json, sys
+src, t0, tl, tc, c0, c1, rss, st = sys.argv[1:]
+s = json.loads(st)
+r = s.get("ring") or {}
+k = r.get("kernel", {})
+lag = r.get("lag", {})
+f = lambda x: f"{x:.0f}" if isinstance(x, (int, float)) else "n/a"
+print(f"| {src} | {float(tl)-float(t0):.1f} | {float(tc)-float(t0):.1f} | {float(c1)-float(c0):.2f} | "
+      f"{s['enobufs']} / {s['resyncs']} | {k.get('drops', 'n/a')} | {f(lag.get('p50_us'))} / {f(lag.get('p99_us'))} | "
+      f"{int(rss)/1024:.0f} | {r.get('high_water_bytes', 'n/a')} | {s['routes_total']} |")
+PY
+)
+    ROWS+=("$row")
+    kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+    ns_delete "$NS"; NS=""
+done
+echo "| source | load s | converged s | daemon CPU s | enobufs / resyncs | ring drops | lag p50 / p99 µs | RSS MiB | ring high water B | routes |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
