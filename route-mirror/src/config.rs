@@ -124,7 +124,10 @@ impl Config {
         if !self.ring_size.is_power_of_two() || !(4096..=1 << 31).contains(&self.ring_size) {
             return bad(
                 "ring_size",
-                format!("{} is not a power of two between 4096 and 2^31", self.ring_size),
+                format!(
+                    "{} is not a power of two between 4096 and 2^31",
+                    self.ring_size
+                ),
             );
         }
         if let Some(ns) = &self.netns {

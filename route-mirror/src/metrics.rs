@@ -83,6 +83,7 @@ pub fn refresh(shared: &Shared) {
     }
     gauge!("route_mirror_synced").set(if st.synced { 1.0 } else { 0.0 });
     set_total("route_mirror_enobufs_total", &[], st.enobufs);
+    set_total("route_mirror_silent_drops_total", &[], st.silent_drops);
     set_total(
         "route_mirror_resyncs_total",
         &[("reason", "overrun".into())],

@@ -386,6 +386,52 @@ fn j_forced_overrun_resyncs() {
     assert_eq!(stats["synced"], Value::Bool(true), "{stats}");
 }
 
+/// After an overrun the kernel keeps the socket congested, dropping notifications
+/// without another ENOBUFS, until a `recv` finds the queue empty. Changes made while the
+/// resync runs must still end up in the mirror.
+#[test]
+fn j2_churn_during_the_resync_is_not_lost() {
+    let ns = Netns::new();
+    let d = Daemon::start_synced(&ns, &["--rcvbuf", "4096", "--source", "netlink"]);
+    d.pause();
+    ns.load_batch(batch("v4-100k"));
+    // Churn in a table of its own (adds, replaces, deletes), running across the resume
+    // so it overlaps the resync that the overrun triggers.
+    let mut files = Vec::new();
+    for round in 0..6u32 {
+        let mut cmds = String::new();
+        for i in 0..4000u32 {
+            let p = format!("100.{}.{}.0/24", 64 + (i >> 8), i & 255);
+            match round % 3 {
+                0 => cmds += &format!("route replace {p} via {GW1} table 7\n"),
+                1 => cmds += &format!("route replace {p} via {GW2} table 7\n"),
+                _ if i % 2 == 0 => cmds += &format!("route del {p} table 7\n"),
+                _ => {}
+            }
+        }
+        let f = d.temp_dir().join(format!("churn{round}.batch"));
+        std::fs::write(&f, cmds).unwrap();
+        files.push(f);
+    }
+    let name = ns.name().to_string();
+    let churn = std::thread::spawn(move || {
+        for f in files {
+            let ok = std::process::Command::new("ip")
+                .args(["-n", &name, "-force", "-batch"])
+                .arg(&f)
+                .status()
+                .map(|s| s.success());
+            assert!(matches!(ok, Ok(true) | Ok(false)), "ip -batch did not run");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    d.resume();
+    churn.join().unwrap();
+    d.diff_empty();
+    let stats = d.stats();
+    assert!(num(&stats, "enobufs") >= 1, "no overrun happened: {stats}");
+}
+
 // k.
 #[test]
 fn k_missed_change_repaired_by_scan() {

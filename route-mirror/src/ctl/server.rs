@@ -345,6 +345,7 @@ fn stats(shared: &Shared) -> Value {
         "sync_lag_s": age(st.caught_up),
         "apply": m.counters,
         "enobufs": st.enobufs,
+        "silent_drops": st.silent_drops,
         "resyncs": st.resyncs,
         "scans": st.scans,
         "scans_by_reason": st.scans_by_reason,

@@ -59,6 +59,12 @@ pub struct Core {
     next_periodic: Instant,
     drop_events: u64,
     decode: DecodeCounters,
+    /// The socket's drop counter as last seen (silent drops show as an increase).
+    drops_seen: u32,
+    /// After a loss, drain the queue to empty before the resync's first dump request:
+    /// a congested socket drops every notification silently until a `recv` finds its
+    /// queue empty, and a running dump never lets it be empty.
+    drain_first: bool,
     /// Malformed messages logged so far (the log is capped; the counter is not).
     malformed_logged: u64,
     started: Instant,
@@ -88,6 +94,8 @@ impl Core {
             next_periodic: Instant::now() + scan_interval,
             drop_events: 0,
             decode: DecodeCounters::default(),
+            drops_seen: 0,
+            drain_first: false,
             malformed_logged: 0,
             started: Instant::now(),
             ebpf,
@@ -106,10 +114,21 @@ impl Core {
                 if self.pending.is_none() && Instant::now() >= self.next_periodic {
                     self.queue_scan(ScanReason::Periodic, ScanScope::full(), None);
                 }
-                self.start_pending_scan();
+                if !self.drain_first {
+                    self.start_pending_scan();
+                }
             }
             let idle = self.drain();
+            if idle && self.drain_first {
+                // The queue was empty at a recv: the kernel has cleared the congestion,
+                // so the resync's dump can start without losing what happens meanwhile.
+                self.drain_first = false;
+                continue;
+            }
             if idle && self.scan.is_none() && self.pending.is_none() {
+                if self.check_silent_drops() {
+                    continue; // not caught up after all: a resync is queued
+                }
                 for b in self.barriers.drain(..) {
                     let _ = b.send(());
                 }
@@ -235,7 +254,41 @@ impl Core {
         }
     }
 
+    /// Catches notifications the kernel dropped without an ENOBUFS (see
+    /// [`NlSocket::drops`]): any new drop means the mirror may be wrong, so resync.
+    /// Returns true if it queued one.
+    fn check_silent_drops(&mut self) -> bool {
+        let Ok(drops) = self.sock.drops() else {
+            return false;
+        };
+        if drops == self.drops_seen {
+            return false;
+        }
+        let lost = drops.wrapping_sub(self.drops_seen);
+        self.drops_seen = drops;
+        warn!(
+            lost,
+            "the kernel dropped notifications silently (socket congested): resyncing"
+        );
+        self.shared.status.lock().expect("status lock").silent_drops += u64::from(lost);
+        marker(
+            &self.shared,
+            self.source_name(),
+            "resync",
+            "events were lost (socket congested); refetch after resync-done",
+        );
+        if let Some((scan, _)) = &mut self.scan {
+            scan.overrun_during = true;
+        }
+        self.drain_first = true;
+        self.queue_scan(ScanReason::Overrun, ScanScope::full(), None);
+        true
+    }
+
     fn finish_scan(&mut self) {
+        // Drops during the scan (the socket stays congested while a dump runs) mean
+        // its result may already be stale: follow it with another resync.
+        self.check_silent_drops();
         // Everything the ring holds happened before the prune: apply it first, or the
         // prune would delete routes whose adds are still in the ring.
         self.drain_ring_all();
@@ -375,7 +428,10 @@ impl Core {
             Ok(s)
         });
         match fresh {
-            Ok(s) => self.sock = s,
+            Ok(s) => {
+                self.sock = s;
+                self.drops_seen = 0;
+            }
             Err(e) => {
                 error!(error = %e, "cannot open a new netlink socket; retrying shortly");
                 std::thread::sleep(Duration::from_millis(100));
@@ -405,6 +461,10 @@ impl Core {
             "events were lost (ENOBUFS); refetch after resync-done",
         );
         self.shared.status.lock().expect("status lock").enobufs += 1;
+        if let Ok(d) = self.sock.drops() {
+            self.drops_seen = d;
+        }
+        self.drain_first = true;
         if let Some((scan, _)) = &mut self.scan {
             scan.overrun_during = true;
         }

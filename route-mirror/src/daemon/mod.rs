@@ -123,6 +123,8 @@ pub struct Status {
     pub scan_pending: bool,
     pub decode: DecodeCounters,
     pub rcvbuf: usize,
+    /// Notifications the kernel dropped without reporting ENOBUFS (socket congested).
+    pub silent_drops: u64,
     /// Netlink sockets replaced because a dump stalled after an overrun.
     pub socket_resets: u64,
     /// Watchers dropped for falling behind.

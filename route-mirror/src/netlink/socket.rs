@@ -53,6 +53,31 @@ impl NlSocket {
         self.sock.get_rx_buf_sz()
     }
 
+    /// Notifications the kernel dropped for this socket (`sk_drops`, via SO_MEMINFO).
+    ///
+    /// ENOBUFS is reported only when the socket *becomes* congested; while it stays
+    /// congested (until its queue is empty after a `recv`, which never happens while a
+    /// dump is running) further notifications are dropped silently. This counter sees
+    /// every one of them.
+    pub fn drops(&self) -> io::Result<u32> {
+        let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
+        let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `info`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MEMINFO,
+                info.as_mut_ptr() as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(info[libc::SK_MEMINFO_DROPS as usize])
+    }
+
     pub fn rcvbuf(&self) -> io::Result<usize> {
         self.sock.get_rx_buf_sz()
     }
