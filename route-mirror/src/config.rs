@@ -27,8 +27,10 @@ pub enum SourceKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Network namespace (`ip netns` name) to mirror; unset: the daemon's own.
-    pub netns: Option<String>,
+    /// Network namespaces (`ip netns` names) to mirror, each independently: a name, a
+    /// list, or `"all"` (every named namespace at start); empty: the daemon's own.
+    #[serde(deserialize_with = "one_or_many")]
+    pub netns: Vec<String>,
     /// Control socket path; unset: /run/route-mirror/route-mirror.sock (or NETNS.sock).
     pub socket: Option<PathBuf>,
     /// Seconds between authoritative full scans.
@@ -47,7 +49,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            netns: None,
+            netns: Vec::new(),
             socket: None,
             scan_interval: 60.0,
             rcvbuf: 128 << 20,
@@ -130,10 +132,14 @@ impl Config {
                 ),
             );
         }
-        if let Some(ns) = &self.netns {
-            if ns.is_empty() || ns.contains('/') {
+        for ns in &self.netns {
+            if ns.is_empty() || ns.contains('/') || ns == "." || ns == ".." {
                 return bad("netns", format!("{ns:?} is not a namespace name"));
             }
+        }
+        if self.socket.is_some() && (self.netns.len() > 1 || self.netns.iter().any(|n| n == "all"))
+        {
+            return bad("socket", "one socket path cannot serve several namespaces: leave it unset (each gets /run/route-mirror/NAME.sock)".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return bad(
@@ -199,9 +205,9 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// Lays the flags (and the global `--netns`/`--socket`) over a file's settings.
-    pub fn apply(&self, netns: Option<&str>, socket: Option<&Path>, cfg: &mut Config) {
-        if let Some(ns) = netns {
-            cfg.netns = Some(ns.to_string());
+    pub fn apply(&self, netns: &[String], socket: Option<&Path>, cfg: &mut Config) {
+        if !netns.is_empty() {
+            cfg.netns = netns.to_vec();
         }
         if let Some(s) = socket {
             cfg.socket = Some(s.to_owned());
@@ -234,7 +240,7 @@ pub struct ConfigSource {
     pub path: PathBuf,
     pub must_exist: bool,
     pub args: RunArgs,
-    pub netns: Option<String>,
+    pub netns: Vec<String>,
     pub socket: Option<PathBuf>,
 }
 
@@ -243,10 +249,36 @@ impl ConfigSource {
     pub fn effective(&self) -> Result<Config, ConfigError> {
         let mut cfg = Config::load(&self.path, self.must_exist)?;
         self.args
-            .apply(self.netns.as_deref(), self.socket.as_deref(), &mut cfg);
+            .apply(&self.netns, self.socket.as_deref(), &mut cfg);
         cfg.validate(&self.path)?;
         Ok(cfg)
     }
+}
+
+/// `netns = "a"` or `netns = ["a", "b"]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// The namespaces to mirror: `"all"` expands to every name under /run/netns now.
+pub fn expand_netns(names: &[String]) -> std::io::Result<Vec<String>> {
+    if !names.iter().any(|n| n == "all") {
+        return Ok(names.to_vec());
+    }
+    let mut all: Vec<String> = std::fs::read_dir("/run/netns")?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    all.sort();
+    Ok(all)
 }
 
 /// toml's message with the line and column of its span.
@@ -287,6 +319,12 @@ mod tests {
         assert_eq!(c.scan_interval, 5.0);
         assert_eq!(c.source, SourceKind::Netlink);
         assert_eq!(c.metrics_listen, Some("127.0.0.1:9469".parse().unwrap()));
+        assert_eq!(parse("netns = \"a\"").unwrap().netns, vec!["a"]);
+        assert_eq!(
+            parse("netns = [\"a\", \"b\"]").unwrap().netns,
+            vec!["a", "b"]
+        );
+        assert!(parse("netns = [\"a\", \"b\"]\nsocket = \"/x.sock\"").is_err());
     }
 
     #[test]

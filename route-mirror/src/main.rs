@@ -29,9 +29,10 @@ struct Cli {
     /// Control socket [default: /run/route-mirror/route-mirror.sock, or /run/route-mirror/NETNS.sock]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Network namespace (`ip netns` name) to mirror, or whose daemon to ask
-    #[arg(long, global = true, value_name = "NAME")]
-    netns: Option<String>,
+    /// Network namespace (`ip netns` name) to mirror (repeat it, or `all`, to mirror
+    /// several at once), or whose mirror to ask
+    #[arg(long, global = true, value_name = "NAME", action = clap::ArgAction::Append)]
+    netns: Vec<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -103,6 +104,19 @@ enum Cmd {
     /// Knobs for tests
     #[command(subcommand, hide = true)]
     Debug(DebugCmd),
+    /// Write man pages or shell completions into DIR (used by packaging)
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    Man,
+    Completions,
 }
 
 #[derive(Subcommand)]
@@ -150,10 +164,13 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.cmd, Cmd::Run(_) | Cmd::CheckConfig) && cli.netns.len() > 1 {
+        anyhow::bail!("a query asks one namespace's mirror: give --netns once");
+    }
     let socket = cli
         .socket
         .clone()
-        .unwrap_or_else(|| ctl::default_socket(cli.netns.as_deref()));
+        .unwrap_or_else(|| ctl::default_socket(cli.netns.first().map(String::as_str)));
     let call =
         |req: &Request, timeout: Option<Duration>| client::call(&socket, req, timeout, |_| Ok(()));
     let short = Some(Duration::from_secs(30));
@@ -163,23 +180,20 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let source = config_source(&globals, args.clone());
             let file = source.effective()?;
             let log = init_logs(&file.log_level, args.log_json);
-            // Enter the namespace before any thread or socket exists (see netns::enter).
-            if let Some(ns) = &file.netns {
-                route_mirror::netns::enter(ns)?;
-            }
-            let cfg = daemon::Config::resolve(&file);
-            let reloadable = daemon::Reloadable {
+            let cfgs = daemon::Config::resolve(&file)?;
+            let reloadable = std::sync::Arc::new(daemon::Reloadable {
                 source,
                 current: std::sync::Mutex::new(file),
                 log: Some(log),
-            };
+                instances: Default::default(),
+            });
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .thread_name("rm-ctl")
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(daemon::run(cfg, Some(reloadable)))?;
+            rt.block_on(daemon::run(cfgs, Some(reloadable)))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::CheckConfig => {
@@ -275,7 +289,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Diff { json } => {
-            let v = call(&Request::Diff, None)?;
+            let v = with_progress(&socket, || call(&Request::Diff, None))?;
             let d: DiffReport = serde_json::from_value(v.clone())?;
             if json {
                 println!("{v}");
@@ -294,14 +308,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             table,
             json,
         } => {
-            let v = call(
-                &Request::Scan {
-                    wait,
-                    family,
-                    table,
-                },
-                None,
-            )?;
+            let req = Request::Scan {
+                wait,
+                family,
+                table,
+            };
+            let v = with_progress(&socket, || call(&req, None))?;
             if json {
                 println!("{v}");
             } else if wait {
@@ -340,7 +352,27 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sync => {
-            call(&Request::Sync, None)?;
+            with_progress(&socket, || call(&Request::Sync, None))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Generate { what, dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let cmd = Cli::command();
+            match what {
+                Generated::Man => clap_mangen::generate_to(cmd, &dir)?,
+                Generated::Completions => {
+                    use clap_complete::Shell;
+                    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                        clap_complete::generate_to(
+                            shell,
+                            &mut Cli::command(),
+                            "route-mirror",
+                            &dir,
+                        )?;
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Debug(DebugCmd::DropEvents { count }) => {
@@ -351,8 +383,67 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The configuration file and the flags that override it.
+/// Runs `f` (a request that may wait on a long scan) and, when stderr is a terminal,
+/// shows what the daemon is doing meanwhile: the scan under way, routes dumped, rate.
+fn with_progress<T>(socket: &std::path::Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !std::io::stderr().is_terminal() {
+        return f();
+    }
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .expect("static template"),
+    );
+    let poller = {
+        let (done, bar, socket) = (done.clone(), bar.clone(), socket.to_owned());
+        std::thread::spawn(move || {
+            let mut last: Option<(u64, std::time::Instant)> = None;
+            while !done.load(Ordering::Relaxed) {
+                let stats = client::call(
+                    &socket,
+                    &Request::Stats,
+                    Some(Duration::from_secs(2)),
+                    |_| Ok(()),
+                );
+                let msg = match stats {
+                    Ok(v) => match v["scan_in_progress"].as_array() {
+                        Some(a) => {
+                            let n = a.get(1).and_then(Value::as_u64).unwrap_or(0);
+                            let rate = match last {
+                                Some((m, t)) if n > m => {
+                                    format!(
+                                        ", {:.0} routes/s",
+                                        (n - m) as f64 / t.elapsed().as_secs_f64()
+                                    )
+                                }
+                                _ => String::new(),
+                            };
+                            last = Some((n, std::time::Instant::now()));
+                            let reason = a.first().and_then(Value::as_str).unwrap_or("?");
+                            format!("{reason} scan: {n} routes dumped{rate}")
+                        }
+                        None => "waiting for the mirror to catch up".to_string(),
+                    },
+                    Err(_) => "waiting for the daemon".to_string(),
+                };
+                bar.set_message(msg);
+                bar.tick();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let r = f();
+    done.store(true, Ordering::Relaxed);
+    let _ = poller.join();
+    bar.finish_and_clear();
+    r
+}
+
 /// `(--config, --netns, --socket)` as given on the command line.
-type Globals = (Option<PathBuf>, Option<String>, Option<PathBuf>);
+type Globals = (Option<PathBuf>, Vec<String>, Option<PathBuf>);
 
 fn config_source((config, netns, socket): &Globals, args: RunArgs) -> ConfigSource {
     ConfigSource {

@@ -21,7 +21,7 @@ use crate::daemon::Shared;
 pub const REFRESH: Duration = Duration::from_secs(1);
 
 /// Starts the HTTP listener and the refresh task. Must run inside the tokio runtime.
-pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<()> {
+pub fn serve(addr: SocketAddr, instances: Vec<Arc<Shared>>) -> Result<()> {
     let (recorder, exporter) = PrometheusBuilder::new()
         .with_http_listener(addr)
         .build()
@@ -36,7 +36,12 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<()> {
         let mut tick = tokio::time::interval(REFRESH);
         loop {
             tick.tick().await;
-            refresh(&shared);
+            for shared in &instances {
+                refresh(shared);
+            }
+            if let Some(rss) = crate::ctl::server::rss_bytes() {
+                gauge!("process_resident_memory_bytes").set(rss as f64);
+            }
         }
     });
     Ok(())
@@ -46,18 +51,37 @@ fn set_total(name: &'static str, labels: &[(&'static str, String)], v: u64) {
     counter!(name, labels).absolute(v);
 }
 
-/// Copies the daemon's counters into the recorder.
+fn set_gauge(name: &'static str, labels: &[(&'static str, String)], v: f64) {
+    gauge!(name, labels).set(v);
+}
+
+/// Copies one namespace's counters into the recorder, labelled `netns` (`host` for the
+/// daemon's own namespace).
 pub fn refresh(shared: &Shared) {
+    let ns = shared.netns.clone().unwrap_or_else(|| "host".to_string());
+    let l = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
+        let mut v = vec![("netns", ns.clone())];
+        v.extend_from_slice(extra);
+        v
+    };
     let st = shared.status.lock().expect("status lock").clone();
     {
         let m = shared.mirror.read().expect("mirror lock");
         for ((family, table), t) in m.fib.tables() {
-            gauge!("route_mirror_routes", "family" => family.to_string(), "table" => table.to_string()).set(t.len() as f64);
+            set_gauge(
+                "route_mirror_routes",
+                &l(&[("family", family.to_string()), ("table", table.to_string())]),
+                t.len() as f64,
+            );
         }
-        gauge!("route_mirror_links").set(m.links.len() as f64);
-        gauge!("route_mirror_addresses").set(m.addrs.len() as f64);
-        gauge!("route_mirror_nexthop_objects").set(m.nexthops.len() as f64);
-        gauge!("route_mirror_attribute_sets").set(m.attr_sets() as f64);
+        set_gauge("route_mirror_links", &l(&[]), m.links.len() as f64);
+        set_gauge("route_mirror_addresses", &l(&[]), m.addrs.len() as f64);
+        set_gauge(
+            "route_mirror_nexthop_objects",
+            &l(&[]),
+            m.nexthops.len() as f64,
+        );
+        set_gauge("route_mirror_attribute_sets", &l(&[]), m.attr_sets() as f64);
         let c = &m.counters;
         for (kind, v) in [
             ("route_add", c.route_adds),
@@ -71,29 +95,37 @@ pub fn refresh(shared: &Shared) {
         ] {
             set_total(
                 "route_mirror_events_total",
-                &[("source", "netlink".into()), ("type", kind.into())],
+                &l(&[("source", st.source.into()), ("type", kind.into())]),
                 v,
             );
         }
         set_total(
             "route_mirror_inferred_removals_total",
-            &[],
+            &l(&[]),
             c.inferred_removals,
         );
     }
-    gauge!("route_mirror_synced").set(if st.synced { 1.0 } else { 0.0 });
-    set_total("route_mirror_enobufs_total", &[], st.enobufs);
-    set_total("route_mirror_silent_drops_total", &[], st.silent_drops);
+    set_gauge(
+        "route_mirror_synced",
+        &l(&[]),
+        if st.synced { 1.0 } else { 0.0 },
+    );
+    set_total("route_mirror_enobufs_total", &l(&[]), st.enobufs);
+    set_total("route_mirror_silent_drops_total", &l(&[]), st.silent_drops);
     set_total(
         "route_mirror_resyncs_total",
-        &[("reason", "overrun".into())],
+        &l(&[("reason", "overrun".into())]),
         st.resyncs,
     );
-    set_total("route_mirror_socket_resets_total", &[], st.socket_resets);
+    set_total(
+        "route_mirror_socket_resets_total",
+        &l(&[]),
+        st.socket_resets,
+    );
     for (reason, n) in &st.scans_by_reason {
         set_total(
             "route_mirror_scans_total",
-            &[("reason", reason.clone())],
+            &l(&[("reason", reason.clone())]),
             *n,
         );
     }
@@ -105,13 +137,21 @@ pub fn refresh(shared: &Shared) {
     ] {
         set_total(
             "route_mirror_prune_verdicts_total",
-            &[("verdict", verdict.into())],
+            &l(&[("verdict", verdict.into())]),
             v,
         );
     }
     if let Some(s) = &st.last_scan {
-        gauge!("route_mirror_last_scan_duration_seconds").set(s.duration_ms / 1000.0);
-        gauge!("route_mirror_last_scan_timestamp_seconds").set(s.started_unix_ms as f64 / 1000.0);
+        set_gauge(
+            "route_mirror_last_scan_duration_seconds",
+            &l(&[]),
+            s.duration_ms / 1000.0,
+        );
+        set_gauge(
+            "route_mirror_last_scan_timestamp_seconds",
+            &l(&[]),
+            s.started_unix_ms as f64 / 1000.0,
+        );
     }
     let d = &st.decode;
     for (kind, v) in [
@@ -122,18 +162,15 @@ pub fn refresh(shared: &Shared) {
     ] {
         set_total(
             "route_mirror_decode_issues_total",
-            &[("kind", kind.into())],
+            &l(&[("kind", kind.into())]),
             v,
         );
     }
-    set_total("route_mirror_bad_requests_total", &[], st.bad_requests);
+    set_total("route_mirror_bad_requests_total", &l(&[]), st.bad_requests);
     if let Some(t) = st.caught_up {
         let lag = std::time::SystemTime::now()
             .duration_since(t)
             .unwrap_or_default();
-        gauge!("route_mirror_sync_lag_seconds").set(lag.as_secs_f64());
-    }
-    if let Some(rss) = crate::ctl::server::rss_bytes() {
-        gauge!("process_resident_memory_bytes").set(rss as f64);
+        set_gauge("route_mirror_sync_lag_seconds", &l(&[]), lag.as_secs_f64());
     }
 }

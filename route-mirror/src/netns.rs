@@ -21,3 +21,22 @@ pub fn enter(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs `f` on a thread inside namespace `name` (or the caller's, for `None`) and returns
+/// its result: sockets `f` opens belong to that namespace.
+pub fn run_in<T: Send + 'static>(
+    name: Option<String>,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    std::thread::Builder::new()
+        .name("rm-netns".into())
+        .spawn(move || {
+            if let Some(n) = &name {
+                enter(n)?;
+            }
+            f()
+        })
+        .context("spawning a thread for the namespace")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+}

@@ -2,34 +2,21 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
 use route_mirror_tests::{daemon_bin, poll, Daemon, Netns, TempDir};
 
-/// GET http://ADDR/metrics from inside the namespace (the daemon's loopback is the
-/// namespace's), on a thread that alone enters it.
-fn scrape(ns: &Netns, addr: &str) -> Option<String> {
-    let path = format!("/run/netns/{}", ns.name());
-    let addr = addr.to_string();
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).ok()?;
-        // SAFETY: setns on a namespace fd affects only this thread.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return None;
-        }
-        let mut s = TcpStream::connect(&addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
-    })
-    .join()
-    .ok()
-    .flatten()
+/// GET http://ADDR/metrics over loopback (the daemon serves metrics in its own
+/// namespace, for every namespace it mirrors).
+fn scrape(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 /// The value of the first sample line starting with `prefix` (name plus labels).
@@ -122,18 +109,20 @@ fn metrics_move_with_route_changes() {
     let ns = Netns::new();
     let port = 20000 + (std::process::id() % 20000) as u16;
     let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start_synced(&ns, &["--metrics-listen", &addr]);
+    let d = Daemon::start_synced(&ns, &["--metrics-listen", &addr, "--source", "netlink"]);
+    let ns_label = format!("netns=\"{}\"", ns.name());
     let adds = |t: &str| {
-        sample(
-            t,
-            "route_mirror_events_total{source=\"netlink\",type=\"route_add\"}",
-        )
-        .unwrap_or(0.0)
+        let prefix = format!(
+            "route_mirror_events_total{{{ns_label},source=\"netlink\",type=\"route_add\"}}"
+        );
+        sample(t, &prefix).unwrap_or(0.0)
     };
-    let main_routes =
-        |t: &str| sample(t, "route_mirror_routes{family=\"inet\",table=\"254\"}").unwrap_or(0.0);
+    let main_routes = |t: &str| {
+        let prefix = format!("route_mirror_routes{{{ns_label},family=\"inet\",table=\"254\"}}");
+        sample(t, &prefix).unwrap_or(0.0)
+    };
     let before = poll(Duration::from_secs(5), || {
-        scrape(&ns, &addr).filter(|t| t.contains("route_mirror_synced 1"))
+        scrape(&addr).filter(|t| t.contains(&format!("route_mirror_synced{{{ns_label}}} 1")))
     })
     .expect("metrics endpoint answers");
     assert!(
@@ -151,9 +140,102 @@ fn metrics_move_with_route_changes() {
     }
     d.cli(&["sync"]);
     let after = poll(Duration::from_secs(5), || {
-        scrape(&ns, &addr).filter(|t| adds(t) >= adds(&before) + 5.0)
+        scrape(&addr).filter(|t| adds(t) >= adds(&before) + 5.0)
     })
     .expect("route_add counter moved by 5");
     assert_eq!(main_routes(&after), main_routes(&before) + 5.0, "{after}");
     assert!(sample(&after, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+}
+
+/// Kills the daemon it holds when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let end = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_namespaces_in_one_daemon_are_mirrored_independently() {
+    let (a, b) = (Netns::new(), Netns::new());
+    let log = TempDir::new("rm-multi").unwrap();
+    let logf = std::fs::File::create(log.path().join("daemon.log")).unwrap();
+    let _d = Running(
+        Command::new(daemon_bin())
+            .args([
+                "--config",
+                "/dev/null",
+                "run",
+                "--netns",
+                a.name(),
+                "--netns",
+                b.name(),
+            ])
+            .stderr(logf)
+            .spawn()
+            .unwrap(),
+    );
+    let cli = |ns: &Netns, args: &[&str]| {
+        Command::new(daemon_bin())
+            .args(["--netns", ns.name()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for ns in [&a, &b] {
+        let synced = poll(Duration::from_secs(20), || {
+            let out = cli(ns, &["stats", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["synced"] == true && v["netns"] == ns.name()).then_some(())
+        });
+        let daemon_log = std::fs::read_to_string(log.path().join("daemon.log")).unwrap_or_default();
+        assert!(synced.is_some(), "{} not synced: {daemon_log}", ns.name());
+    }
+    a.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.1.2"]);
+    b.ip(&[
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "198.18.2.2",
+        "table",
+        "100",
+    ]);
+    a.load_batch(route_mirror_tests::batch("v4-10k.batch.gz"));
+    for ns in [&a, &b] {
+        let out = cli(ns, &["diff"]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert!(cli(&a, &["lookup", "203.0.113.9"]).status.success());
+    assert_eq!(
+        cli(&b, &["lookup", "203.0.113.9"]).status.code(),
+        Some(1),
+        "b must not see a's route"
+    );
+    assert!(cli(&b, &["lookup", "198.51.100.1", "--table", "100"])
+        .status
+        .success());
+    let count = |ns: &Netns| {
+        let out = cli(ns, &["stats", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["routes_total"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(count(&a) > count(&b) + 9000);
 }

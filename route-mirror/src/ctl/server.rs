@@ -158,7 +158,9 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
         }
         Request::Stats => ok(stats(shared)),
         Request::Diff => {
-            let dump = tokio::task::spawn_blocking(dump_now).await??;
+            let ns = shared.netns.clone();
+            let dump =
+                tokio::task::spawn_blocking(move || crate::netns::run_in(ns, dump_now)).await??;
             shared.barrier().await?;
             let m = shared.mirror.read().expect("mirror lock");
             ok(diff::compare(&m, &dump))

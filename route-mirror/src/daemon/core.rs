@@ -663,6 +663,7 @@ impl Core {
         st.decode = self.decode.clone();
         st.scan_in_progress = self.scan.as_ref().map(|(s, _)| (s.reason, s.routes_dumped));
         st.scan_pending = self.pending.is_some();
+        st.heartbeat = Some(Instant::now());
     }
 }
 

@@ -1,6 +1,7 @@
 //! `route-mirror run`: wires the netlink source, the core loop and the control socket.
 
 pub mod core;
+pub mod service;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -46,19 +47,34 @@ pub struct Config {
 pub use crate::config::SourceKind as SourceChoice;
 
 impl Config {
-    pub fn resolve(c: &crate::config::Config) -> Config {
-        Config {
-            netns: c.netns.clone(),
-            socket: c
-                .socket
-                .clone()
-                .unwrap_or_else(|| crate::ctl::default_socket(c.netns.as_deref())),
-            scan_interval: Duration::from_secs_f64(c.scan_interval),
-            rcvbuf: c.rcvbuf,
-            metrics_listen: c.metrics_listen,
-            source: c.source,
-            ring_size: c.ring_size as u64,
-        }
+    /// One instance per mirrored namespace (`"all"` expanded now), or one for the
+    /// daemon's own namespace.
+    pub fn resolve(c: &crate::config::Config) -> Result<Vec<Config>> {
+        let names = crate::config::expand_netns(&c.netns).context("listing /run/netns")?;
+        let names: Vec<Option<String>> = if names.is_empty() {
+            if c.netns.is_empty() {
+                vec![None]
+            } else {
+                anyhow::bail!("netns = \"all\", but there is no named namespace in /run/netns")
+            }
+        } else {
+            names.into_iter().map(Some).collect()
+        };
+        Ok(names
+            .into_iter()
+            .map(|netns| Config {
+                socket: c
+                    .socket
+                    .clone()
+                    .unwrap_or_else(|| crate::ctl::default_socket(netns.as_deref())),
+                netns,
+                scan_interval: Duration::from_secs_f64(c.scan_interval),
+                rcvbuf: c.rcvbuf,
+                metrics_listen: c.metrics_listen,
+                source: c.source,
+                ring_size: c.ring_size as u64,
+            })
+            .collect())
     }
 }
 
@@ -75,12 +91,14 @@ pub struct ReloadReport {
     pub restart_required: Vec<&'static str>,
 }
 
-/// Configuration state a reload needs.
+/// Configuration state a reload needs (one per process, shared by every namespace).
 pub struct Reloadable {
     pub source: ConfigSource,
     /// The configuration in effect (live keys updated by reloads).
     pub current: Mutex<crate::config::Config>,
     pub log: Option<LogReload>,
+    /// The mirrored namespaces a reload applies to.
+    pub instances: std::sync::OnceLock<Vec<std::sync::Weak<Shared>>>,
 }
 
 /// Requests to the core loop.
@@ -108,6 +126,9 @@ pub struct Status {
     pub events_dropped_by_request: u64,
     #[serde(skip)]
     pub last_event: Option<SystemTime>,
+    /// Last time the core loop went round (the systemd watchdog pings only while recent).
+    #[serde(skip)]
+    pub heartbeat: Option<std::time::Instant>,
     /// Last time the core had applied everything queued and had no scan to run.
     #[serde(skip)]
     pub caught_up: Option<SystemTime>,
@@ -148,7 +169,7 @@ pub struct Shared {
     /// Changes for `route-mirror watch`; bounded, so a slow watcher lags and is dropped.
     pub watch: tokio::sync::broadcast::Sender<Arc<crate::ctl::view::WatchRecord>>,
     /// Set when the daemon was started from a configuration it can re-read.
-    pub reloadable: Option<Reloadable>,
+    pub reloadable: Option<Arc<Reloadable>>,
     commands: Mutex<Sender<Command>>,
     wake: OwnedFd,
 }
@@ -248,9 +269,14 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport> {
         current.log_level = new.log_level.clone();
     }
     if applied.contains(&"scan_interval") {
-        shared.command(Command::SetScanInterval(Duration::from_secs_f64(
-            new.scan_interval,
-        )))?;
+        let d = Duration::from_secs_f64(new.scan_interval);
+        let instances = r.instances.get().map(Vec::as_slice).unwrap_or_default();
+        if instances.is_empty() {
+            shared.command(Command::SetScanInterval(d))?;
+        }
+        for i in instances.iter().filter_map(std::sync::Weak::upgrade) {
+            i.command(Command::SetScanInterval(d))?;
+        }
         current.scan_interval = new.scan_interval;
     }
     let report = ReloadReport {
@@ -262,12 +288,49 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport> {
     Ok(report)
 }
 
-/// Opens the netlink socket, subscribes, and starts the core thread.
-/// Must run inside the mirrored namespace.
+/// Starts the core thread of one namespace: it enters the namespace (so every socket it
+/// opens, now or on recovery, lives there), opens and subscribes its netlink socket,
+/// and reports back before it starts mirroring.
 pub fn start(
     cfg: &Config,
-    reloadable: Option<Reloadable>,
+    reloadable: Option<Arc<Reloadable>>,
 ) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let thread_cfg = cfg.clone();
+    let name = format!("rm-core-{}", cfg.netns.as_deref().unwrap_or("host"));
+    let handle = std::thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .spawn(move || {
+            let built = thread_cfg
+                .netns
+                .as_deref()
+                .map_or(Ok(()), crate::netns::enter)
+                .and_then(|()| build(&thread_cfg, reloadable));
+            match built {
+                Ok((shared, core)) => {
+                    let _ = tx.send(Ok(shared));
+                    core.run();
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })
+        .context("spawning core thread")?;
+    let shared = rx
+        .recv()
+        .context("core thread ended during start-up")?
+        .with_context(|| {
+            format!(
+                "mirroring namespace {}",
+                cfg.netns.as_deref().unwrap_or("(own)")
+            )
+        })?;
+    Ok((shared, handle))
+}
+
+/// The start-up of [`start`], on the core thread inside the namespace.
+fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Shared>, core::Core)> {
     let sock = NlSocket::open().context("opening NETLINK_ROUTE socket")?;
     let granted = sock
         .set_rcvbuf(cfg.rcvbuf)
@@ -321,11 +384,7 @@ pub fn start(
         cfg.scan_interval,
         ebpf,
     );
-    let handle = std::thread::Builder::new()
-        .name("rm-core".into())
-        .spawn(move || core.run())
-        .context("spawning core thread")?;
-    Ok((shared, handle))
+    Ok((shared, core))
 }
 
 /// Loads and attaches the eBPF source as `--source` asks. `auto` falls back to netlink
@@ -363,16 +422,33 @@ fn select_source(
     }
 }
 
-/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads the configuration.
-pub async fn run(cfg: Config, reloadable: Option<Reloadable>) -> Result<()> {
+/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads the configuration. Each
+/// namespace in `cfgs` is mirrored independently, with its own control socket.
+pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (shared, core) = start(&cfg, reloadable)?;
-    let server = crate::ctl::server::Server::bind(&cfg.socket, shared.clone())?;
-    info!(socket = %cfg.socket.display(), "control socket listening");
-    if let Some(addr) = cfg.metrics_listen {
-        crate::metrics::serve(addr, shared.clone())?;
+    let mut instances = Vec::new();
+    let mut servers = tokio::task::JoinSet::new();
+    for cfg in &cfgs {
+        let (shared, core) = start(cfg, reloadable.clone())?;
+        let server = crate::ctl::server::Server::bind(&cfg.socket, shared.clone())?;
+        info!(
+            netns = cfg.netns.as_deref().unwrap_or("(own)"),
+            socket = %cfg.socket.display(),
+            "control socket listening"
+        );
+        servers.spawn(server.serve());
+        instances.push((shared, core, cfg.socket.clone()));
     }
-    let mut serve = tokio::spawn(server.serve());
+    let shareds: Vec<Arc<Shared>> = instances.iter().map(|(s, _, _)| s.clone()).collect();
+    if let Some(r) = &reloadable {
+        let _ = r
+            .instances
+            .set(shareds.iter().map(Arc::downgrade).collect());
+    }
+    if let Some(addr) = cfgs.first().and_then(|c| c.metrics_listen) {
+        crate::metrics::serve(addr, shareds.clone())?;
+    }
+    service::spawn(shareds.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     loop {
@@ -380,15 +456,26 @@ pub async fn run(cfg: Config, reloadable: Option<Reloadable>) -> Result<()> {
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: shutting down"); break }
             _ = term.recv() => { info!("SIGTERM: shutting down"); break }
             _ = hup.recv() => {
-                if let Err(e) = reload(&shared) {
+                service::notify(sd_notify::NotifyState::Reloading);
+                if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                    service::notify(now);
+                }
+                let r = reload(&shareds[0]);
+                service::notify(sd_notify::NotifyState::Ready);
+                if let Err(e) = r {
                     warn!(error = format!("{e:#}"), "SIGHUP: configuration not reloaded; keeping the current one");
                 }
             }
-            r = &mut serve => { warn!(result = ?r, "control server ended"); break }
+            r = servers.join_next() => { warn!(result = ?r, "a control server ended"); break }
         }
     }
-    let _ = shared.command(Command::Shutdown);
-    let _ = std::fs::remove_file(&cfg.socket);
-    tokio::task::spawn_blocking(move || core.join()).await.ok();
+    service::notify(sd_notify::NotifyState::Stopping);
+    for (shared, _, socket) in &instances {
+        let _ = shared.command(Command::Shutdown);
+        let _ = std::fs::remove_file(socket);
+    }
+    for (_, core, _) in instances {
+        tokio::task::spawn_blocking(move || core.join()).await.ok();
+    }
     Ok(())
 }
