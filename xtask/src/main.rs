@@ -139,14 +139,16 @@ fn exec(mut cmd: Command) -> Result<()> {
 
 /// Does `prog args..` start and exit successfully (output discarded)?
 fn probe(prog: &str, args: &[&str]) -> bool {
-    Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
+    succeeds(Command::new(prog).args(args))
+}
+
+/// Runs quietly; true if it started and exited 0.
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
 fn is_root() -> bool {
@@ -480,14 +482,7 @@ fn ensure_prerequisites() -> Result<()> {
 }
 
 fn probe_cargo(args: &[&str]) -> bool {
-    cargo()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    succeeds(cargo().args(args))
 }
 
 // ---------------------------------------------------------------------------
