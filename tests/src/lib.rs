@@ -435,6 +435,12 @@ impl Daemon {
 
     /// Fallible variant of [`Daemon::start`].
     pub fn try_start(ns: &Netns, extra: &[&str]) -> Result<Daemon> {
+        Self::try_start_at(ns, None, extra)
+    }
+
+    /// Like [`Daemon::try_start`], but listening on `socket` when given (e.g. the
+    /// socket a killed daemon left behind) instead of a fresh one in its temp dir.
+    pub fn try_start_at(ns: &Netns, socket: Option<&Path>, extra: &[&str]) -> Result<Daemon> {
         let bin = daemon_bin();
         if !bin.is_file() {
             bail!(
@@ -443,7 +449,7 @@ impl Daemon {
             );
         }
         let dir = TempDir::new("route-mirror-test")?;
-        let socket = dir.path().join("rm.sock");
+        let socket = socket.map_or_else(|| dir.path().join("rm.sock"), Path::to_path_buf);
         let log = dir.path().join("daemon.log");
         let logf = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let logf2 = logf.try_clone()?;

@@ -68,8 +68,12 @@ pub struct Status {
     pub rcvbuf: usize,
     /// Netlink sockets replaced because a dump stalled after an overrun.
     pub socket_resets: u64,
-    /// Control requests that did not parse.
+    /// Control requests that did not parse (garbage, truncated, oversized, timed out).
     pub bad_requests: u64,
+    /// Control clients refused because they are not root (SO_PEERCRED).
+    pub refused_peers: u64,
+    /// Control clients refused because too many were being served.
+    pub busy_refusals: u64,
 }
 
 /// State shared between the core thread and the control socket.
