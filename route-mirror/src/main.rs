@@ -106,6 +106,13 @@ enum Cmd {
 enum DebugCmd {
     /// Discard the next N event messages (to prove that a scan repairs them)
     DropEvents { count: u64 },
+    /// Write real kernel messages (dumps, then `--listen` seconds of notifications) of
+    /// the namespace given by --netns into OUT/<fuzz target>/ as fuzzing seeds
+    Capture {
+        out: PathBuf,
+        #[arg(long, default_value_t = 0.0)]
+        listen: f64,
+    },
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -298,6 +305,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Sync => {
             call(&Request::Sync, None)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Debug(DebugCmd::Capture { out, listen }) => {
+            if let Some(ns) = &cli.netns {
+                route_mirror::netns::enter(ns)?;
+            }
+            let n = route_mirror::netlink::capture::capture(
+                &out,
+                Duration::from_secs_f64(listen.max(0.0)),
+            )?;
+            println!("{n} seeds written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Debug(DebugCmd::DropEvents { count }) => {
