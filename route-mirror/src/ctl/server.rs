@@ -43,8 +43,15 @@ pub struct Server {
 impl Server {
     /// Binds the socket (mode 0600). A stale socket file is replaced; a live one is an error.
     pub fn bind(path: &Path, shared: Arc<Shared>) -> Result<Server> {
+        // SAFETY: geteuid has no preconditions.
+        let hint = if unsafe { libc::geteuid() } != 0 {
+            " (not running as root: pass --socket in a directory this user may write)"
+        } else {
+            ""
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}{hint}", dir.display()))?;
         }
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -54,7 +61,7 @@ impl Server {
                 .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
         let listener = UnixListener::bind(path)
-            .with_context(|| format!("binding control socket {}", path.display()))?;
+            .with_context(|| format!("binding control socket {}{hint}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 0600 {}", path.display()))?;
         Ok(Server {
@@ -95,10 +102,13 @@ impl Server {
     }
 }
 
-/// Why a peer may not use the control socket, if it may not.
+/// Why a peer may not use the control socket, if it may not: only root (and the
+/// daemon's own user, when it runs unprivileged) may.
 fn refuse_peer(stream: &UnixStream) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
     match stream.peer_cred() {
-        Ok(c) if c.uid() == 0 => None,
+        Ok(c) if c.uid() == 0 || c.uid() == me => None,
         Ok(c) => Some(format!(
             "permission denied: the control socket is root-only (peer uid {}, pid {})",
             c.uid(),
@@ -382,6 +392,8 @@ fn stats(shared: &Shared) -> Value {
         "refused_peers": st.refused_peers,
         "busy_refusals": st.busy_refusals,
         "rcvbuf": st.rcvbuf,
+        "rcvbuf_requested": st.rcvbuf_requested,
+        "rcvbuf_forced": st.rcvbuf_forced,
         "socket_resets": st.socket_resets,
         "rss_bytes": rss_bytes(),
     })

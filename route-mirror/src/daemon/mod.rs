@@ -65,7 +65,12 @@ pub struct Status {
     pub scan_in_progress: Option<(ScanReason, u64)>,
     pub scan_pending: bool,
     pub decode: DecodeCounters,
+    /// Receive buffer the kernel granted (after doubling), as last set.
     pub rcvbuf: usize,
+    /// `--rcvbuf` as requested.
+    pub rcvbuf_requested: usize,
+    /// SO_RCVBUFFORCE was allowed (else SO_RCVBUF, capped by net.core.rmem_max).
+    pub rcvbuf_forced: bool,
     /// Netlink sockets replaced because a dump stalled after an overrun.
     pub socket_resets: u64,
     /// Control requests that did not parse (garbage, truncated, oversized, timed out).
@@ -163,13 +168,27 @@ impl Shared {
 /// Must run inside the mirrored namespace.
 pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>)> {
     let sock = NlSocket::open().context("opening NETLINK_ROUTE socket")?;
-    let granted = sock
-        .set_rcvbuf(cfg.rcvbuf)
+    let rb = sock
+        .set_rcvbuf_checked(cfg.rcvbuf)
         .with_context(|| format!("setting netlink receive buffer to {} bytes", cfg.rcvbuf))?;
-    if granted < cfg.rcvbuf {
+    let granted = rb.granted;
+    if rb.capped() {
+        let rmem_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
         warn!(
-            requested = cfg.rcvbuf,
-            granted, "netlink receive buffer smaller than requested"
+            requested = rb.requested,
+            granted,
+            forced = rb.forced,
+            rmem_max = %rmem_max,
+            "netlink receive buffer smaller than requested{}: expect more overruns (each is \
+             repaired by a resync; `stats` counts them)",
+            if rb.forced {
+                ""
+            } else {
+                " (SO_RCVBUFFORCE refused without CAP_NET_ADMIN; SO_RCVBUF is capped by \
+                 net.core.rmem_max)"
+            }
         );
     }
     // Subscribe before the initial dump so nothing between the two is lost.
@@ -187,6 +206,8 @@ pub fn start(cfg: &Config) -> Result<(Arc<Shared>, std::thread::JoinHandle<()>)>
         mirror: RwLock::new(Mirror::new()),
         status: Mutex::new(Status {
             rcvbuf: granted,
+            rcvbuf_requested: rb.requested,
+            rcvbuf_forced: rb.forced,
             ..Default::default()
         }),
         netns: cfg.netns.clone(),

@@ -16,6 +16,24 @@ use super::msg::{self, DumpKind};
 /// the kernel builds (it sizes them after our buffer, up to 32 KiB per skb).
 pub const RECV_BUF: usize = 1 << 20;
 
+/// The outcome of sizing the receive buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RcvBuf {
+    /// What `--rcvbuf` asked for.
+    pub requested: usize,
+    /// What the kernel reports (it doubles the value for bookkeeping overhead).
+    pub granted: usize,
+    /// SO_RCVBUFFORCE worked; false: fell back to SO_RCVBUF, capped by rmem_max.
+    pub forced: bool,
+}
+
+impl RcvBuf {
+    /// The kernel doubles what it grants; anything below twice the request was capped.
+    pub fn capped(&self) -> bool {
+        self.granted < self.requested.saturating_mul(2).min(i32::MAX as usize)
+    }
+}
+
 pub struct NlSocket {
     sock: Socket,
     port: u32,
@@ -51,6 +69,25 @@ impl NlSocket {
             setsockopt_int(self.fd(), libc::SO_RCVBUF, val)?;
         }
         self.sock.get_rx_buf_sz()
+    }
+
+    /// [`NlSocket::set_rcvbuf`], also telling whether SO_RCVBUFFORCE was allowed. Without
+    /// it (no CAP_NET_ADMIN) the kernel caps SO_RCVBUF at `net.core.rmem_max`, silently:
+    /// the caller must compare `granted` with what it asked for.
+    pub fn set_rcvbuf_checked(&self, bytes: usize) -> io::Result<RcvBuf> {
+        let val = bytes.min(i32::MAX as usize) as libc::c_int;
+        let forced = match setsockopt_int(self.fd(), libc::SO_RCVBUFFORCE, val) {
+            Ok(()) => true,
+            Err(_) => {
+                setsockopt_int(self.fd(), libc::SO_RCVBUF, val)?;
+                false
+            }
+        };
+        Ok(RcvBuf {
+            requested: bytes,
+            granted: self.sock.get_rx_buf_sz()?,
+            forced,
+        })
     }
 
     pub fn rcvbuf(&self) -> io::Result<usize> {
