@@ -276,3 +276,29 @@ fn restart_after_kill9_replaces_the_stale_socket_and_resyncs() {
     drop(d2);
     drop(d);
 }
+
+#[test]
+fn running_out_of_fds_does_not_stop_the_daemon() {
+    // Regression: an accept(2) error (EMFILE) used to end the control server, and
+    // with it the daemon.
+    let ns = Netns::new();
+    let d = Daemon::start_synced(&ns, &[]);
+    let st = Command::new("prlimit")
+        .arg(format!("--pid={}", d.pid()))
+        .arg("--nofile=40:40")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let idle: Vec<UnixStream> = (0..60)
+        .map(|_| UnixStream::connect(d.socket()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(d.exited().is_none(), "daemon exited:\n{}", d.log_tail(20));
+    drop(idle);
+    let ok = route_mirror_tests::poll(Duration::from_secs(15), || {
+        d.cli(&["stats", "--json"]).status.success().then_some(())
+    });
+    assert!(ok.is_some(), "control socket dead:\n{}", d.log_tail(20));
+    ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.1.2"]);
+    d.diff_empty();
+}
