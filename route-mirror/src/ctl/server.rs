@@ -398,3 +398,44 @@ fn stats(shared: &Shared) -> Value {
         "rss_bytes": rss_bytes(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_lines_are_errors_not_panics() {
+        assert_eq!(
+            parse_request(b"{\"cmd\":\"stats\"}\n"),
+            Ok(Request::Stats),
+            "trailing newline accepted"
+        );
+        for bad in [
+            &b"\xff\xfe"[..],
+            b"",
+            b"{\"cmd\":\"sta",
+            b"{\"cmd\":\"stats\"} trailing",
+            b"{\"cmd\":\"lookup\",\"addr\":\"300.1.1.1\",\"table\":null}",
+            b"{\"cmd\":\"drop-events\",\"count\":-1}",
+            b"[1,2,3]",
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.starts_with("bad request"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_requests_are_refused() {
+        let big = vec![b'x'; MAX_REQUEST + 10];
+        let e = read_request(&big[..]).await.unwrap_err();
+        assert!(e.contains("longer than"), "{e}");
+        let e = read_request(&b"{\"cmd\":"[..]).await.unwrap_err();
+        assert!(e.starts_with("bad request"), "{e}");
+        assert_eq!(read_request(&b""[..]).await, Ok(None));
+        assert_eq!(
+            read_request(&b"{\"cmd\":\"sync\"}\n{\"cmd\":\"stats\"}\n"[..]).await,
+            Ok(Some(Request::Sync)),
+            "one request per connection"
+        );
+    }
+}

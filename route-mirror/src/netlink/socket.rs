@@ -175,3 +175,20 @@ fn setsockopt_int(fd: RawFd, opt: libc::c_int, val: libc::c_int) -> io::Result<(
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RcvBuf;
+
+    #[test]
+    fn capped_compares_with_the_doubled_request() {
+        let rb = |requested, granted| RcvBuf {
+            requested,
+            granted,
+            forced: false,
+        };
+        assert!(!rb(65536, 131072).capped());
+        assert!(rb(128 << 20, 425984).capped());
+        assert!(!rb(usize::MAX, i32::MAX as usize).capped());
+    }
+}
