@@ -36,7 +36,7 @@ start=$(date +%s)
     echo "kernel: $(uname -r), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
     cargo test --release -p route-mirror-tests --test soak soak_long -- \
         --ignored --nocapture --test-threads=1 2>&1 |
-        grep -E '^\||^round|^1M cycle|panicked|test result' 
+        grep -E -A3 '^\||^round|^1M cycle|panicked|test result'
     echo "wall time: $(( $(date +%s) - start )) s"
 } | tee "$out"
 grep -q 'test result: ok' "$out"

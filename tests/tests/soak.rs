@@ -395,6 +395,8 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
         .push(("B after churn".into(), u(&b.stats(), "rss_bytes")));
     if one_m_cycles > 0 {
         // The 1M set overlaps v4-10k: start the cycles from a main table without them.
+        // Nexthop objects go first (iproute2 6.1 cannot flush routes with an nhid).
+        ns.ip(&["nexthop", "flush"]);
         ns.ip(&["-4", "route", "flush", "table", "main", "proto", "boot"]);
     }
     for cycle in 0..one_m_cycles {
