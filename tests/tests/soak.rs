@@ -394,10 +394,10 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
     rep.rss
         .push(("B after churn".into(), u(&b.stats(), "rss_bytes")));
     if one_m_cycles > 0 {
-        // The 1M set overlaps v4-10k: start the cycles from a main table without them.
+        // The 1M set overlaps v4-10k (main and table 100): start from tables without them.
         // Nexthop objects go first (iproute2 6.1 cannot flush routes with an nhid).
         ns.ip(&["nexthop", "flush"]);
-        ns.ip(&["-4", "route", "flush", "table", "main", "proto", "boot"]);
+        ns.ip(&["-4", "route", "flush", "table", "all", "proto", "boot"]);
     }
     for cycle in 0..one_m_cycles {
         let t = Instant::now();
@@ -412,7 +412,7 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
         }
         rep.rss
             .push((format!("B 1M loaded #{cycle}"), u(&b.stats(), "rss_bytes")));
-        ns.ip(&["-4", "route", "flush", "table", "main", "proto", "boot"]);
+        ns.ip(&["-4", "route", "flush", "table", "all", "proto", "boot"]);
         let (sync, _, ok, text) = checkpoint(&b);
         rep.checkpoints += 1;
         rep.worst_sync = rep.worst_sync.max(sync);
