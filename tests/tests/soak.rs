@@ -490,18 +490,23 @@ fn soak_long() {
         env("SOAK_OPS", 20000),
         env("SOAK_1M_CYCLES", 3),
     );
-    // RSS after the last flush must not exceed the first flush's by more than 10 %
-    // (+16 MiB): memory given back by the FIB is reused, not leaked per cycle.
-    let flushed: Vec<u64> = r
-        .rss
-        .iter()
-        .filter(|(k, _)| k.starts_with("B flushed"))
-        .map(|(_, v)| *v)
-        .collect();
-    if let (Some(first), Some(last)) = (flushed.first(), flushed.last()) {
-        assert!(
-            *last <= first + first / 10 + (16 << 20),
-            "RSS grew over 1M load/flush cycles: {flushed:?}"
-        );
+    // No growth per cycle once the allocator has warmed up: from the third cycle on,
+    // RSS (loaded and flushed) must stay within 10 % of the highest earlier value.
+    // (The first cycles grow the heap; glibc keeps freed pages, so a flushed daemon
+    // stays near its 1M-route RSS: retained, reused, not leaked.)
+    for what in ["B 1M loaded", "B flushed"] {
+        let xs: Vec<u64> = r
+            .rss
+            .iter()
+            .filter(|(k, _)| k.starts_with(what))
+            .map(|(_, v)| *v)
+            .collect();
+        for k in 2..xs.len() {
+            let prev = *xs[..k].iter().max().unwrap();
+            assert!(
+                xs[k] <= prev + prev / 10,
+                "RSS grew over 1M load/flush cycles ({what}): {xs:?}"
+            );
+        }
     }
 }

@@ -351,7 +351,9 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         let scratch = fuzz_dir.join("target/corpus-run").join(t);
         std::fs::create_dir_all(&scratch)?;
         let mut c = nightly_cargo();
-        c.args(["fuzz", "run"]).args(FUZZ_FLAGS).arg(t)
+        c.args(["fuzz", "run"])
+            .args(FUZZ_FLAGS)
+            .arg(t)
             .arg(&scratch)
             .arg(fuzz_dir.join("corpus").join(t))
             .arg("--")
