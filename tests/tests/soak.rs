@@ -53,8 +53,8 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len() as u64) as usize]
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
     }
 }
 
@@ -69,9 +69,9 @@ impl Gen {
         // iproute2 6.1 cannot `route flush` a table holding nhid routes (EINVAL):
         // nexthop-object routes stay out of table 100.
         if nhid {
-            *self.rng.pick(&["main", "1000", "4000"])
+            self.rng.pick(&["main", "1000", "4000"])
         } else {
-            *self.rng.pick(&["main", "main", "100", "1000", "4000"])
+            self.rng.pick(&["main", "main", "100", "1000", "4000"])
         }
     }
 
@@ -86,9 +86,9 @@ impl Gen {
 
     fn metric(&mut self, v6: bool) -> &'static str {
         if v6 {
-            *self.rng.pick(&["", " metric 100", " metric 200"])
+            self.rng.pick(&["", " metric 100", " metric 200"])
         } else {
-            *self.rng.pick(&["", "", " metric 10", " metric 20"])
+            self.rng.pick(&["", "", " metric 10", " metric 20"])
         }
     }
 
@@ -168,7 +168,7 @@ impl Gen {
                     let g = self.rng.below(2) as usize;
                     format!("nexthop replace id {id} via {} dev veth{}", GW4[g], g + 1)
                 }
-                2 => (*self.rng.pick(&[
+                2 => (self.rng.pick(&[
                     "nexthop replace id 5 group 1/2",
                     "nexthop replace id 5 group 1,2/3,1/4",
                     "nexthop replace id 5 group 3/4",
