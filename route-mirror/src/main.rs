@@ -399,11 +399,14 @@ fn print_diff(d: &DiffReport) {
         println!("+ mirror only: {}", view::format_route(r, true));
     }
     for (k, m) in &d.differing {
-        println!(
-            "~ kernel: {}\n  mirror: {}",
-            view::format_route(k, true),
-            view::format_route(m, true)
-        );
+        let (kt, mt) = (view::format_route(k, true), view::format_route(m, true));
+        if kt == mt {
+            // The difference is in a field the text form leaves out: show both in full.
+            let js = |r| serde_json::to_string(r).unwrap_or_default();
+            println!("~ kernel: {}\n  mirror: {}", js(k), js(m));
+        } else {
+            println!("~ kernel: {kt}\n  mirror: {mt}");
+        }
     }
     for n in &d.nexthop_details {
         println!("~ {n}");
