@@ -123,6 +123,13 @@ enum Generated {
 enum DebugCmd {
     /// Discard the next N event messages (to prove that a scan repairs them)
     DropEvents { count: u64 },
+    /// Write real kernel messages (dumps, then `--listen` seconds of notifications) of
+    /// the namespace given by --netns into OUT/<fuzz target>/ as fuzzing seeds
+    Capture {
+        out: PathBuf,
+        #[arg(long, default_value_t = 0.0)]
+        listen: f64,
+    },
 }
 
 fn parse_table(s: &str) -> Result<u32, String> {
@@ -375,6 +382,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Debug(DebugCmd::Capture { out, listen }) => {
+            if let Some(ns) = globals.1.first() {
+                route_mirror::netns::enter(ns)?;
+            }
+            let n = route_mirror::netlink::capture::capture(
+                &out,
+                Duration::from_secs_f64(listen.max(0.0)),
+            )?;
+            println!("{n} seeds written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Debug(DebugCmd::DropEvents { count }) => {
             call(&Request::DropEvents { count }, short)?;
             Ok(ExitCode::SUCCESS)
@@ -583,11 +601,14 @@ fn print_diff(d: &DiffReport) {
         println!("+ mirror only: {}", view::format_route(r, true));
     }
     for (k, m) in &d.differing {
-        println!(
-            "~ kernel: {}\n  mirror: {}",
-            view::format_route(k, true),
-            view::format_route(m, true)
-        );
+        let (kt, mt) = (view::format_route(k, true), view::format_route(m, true));
+        if kt == mt {
+            // The difference is in a field the text form leaves out: show both in full.
+            let js = |r| serde_json::to_string(r).unwrap_or_default();
+            println!("~ kernel: {}\n  mirror: {}", js(k), js(m));
+        } else {
+            println!("~ kernel: {kt}\n  mirror: {mt}");
+        }
     }
     for n in &d.nexthop_details {
         println!("~ {n}");

@@ -17,7 +17,7 @@ pub fn enter(name: &str) -> Result<()> {
     let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if r != 0 {
         return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setns into {name:?}"));
+            .with_context(|| format!("setns into {name:?} (needs root: CAP_SYS_ADMIN)"));
     }
     Ok(())
 }

@@ -469,7 +469,7 @@ impl Daemon {
 
     /// Fallible variant of [`Daemon::start`].
     pub fn try_start(ns: &Netns, extra: &[&str]) -> Result<Daemon> {
-        Self::try_start_env(ns, extra, &[])
+        Self::try_start_full(ns, None, extra, &[])
     }
 
     /// Like [`Daemon::start`] with extra environment variables for the daemon only
@@ -480,6 +480,21 @@ impl Daemon {
 
     /// Fallible variant of [`Daemon::start_env`].
     pub fn try_start_env(ns: &Netns, extra: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
+        Self::try_start_full(ns, None, extra, env)
+    }
+
+    /// Like [`Daemon::try_start`], but listening on `socket` when given (e.g. the
+    /// socket a killed daemon left behind) instead of a fresh one in its temp dir.
+    pub fn try_start_at(ns: &Netns, socket: Option<&Path>, extra: &[&str]) -> Result<Daemon> {
+        Self::try_start_full(ns, socket, extra, &[])
+    }
+
+    fn try_start_full(
+        ns: &Netns,
+        socket: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let bin = daemon_bin();
         if !bin.is_file() {
             bail!(
@@ -488,7 +503,7 @@ impl Daemon {
             );
         }
         let dir = TempDir::new("route-mirror-test")?;
-        let socket = dir.path().join("rm.sock");
+        let socket = socket.map_or_else(|| dir.path().join("rm.sock"), Path::to_path_buf);
         let log = dir.path().join("daemon.log");
         let logf = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let logf2 = logf.try_clone()?;

@@ -6,7 +6,11 @@
 //! * `cargo xtask test` — the full suite a fresh machine runs (what `.ci/run` calls):
 //!   prerequisites (eBPF toolchain included), rustfmt, clippy, eBPF object, build,
 //!   `cargo test --workspace` with the netlink source, then the core and eBPF suites with
-//!   the eBPF source.
+//!   the eBPF source; when `CI=true` (or `--fuzz-seconds N`) also the fuzz run and the
+//!   package check.
+//! * `cargo xtask fuzz [--seconds N] [--target T]` — build the cargo-fuzz targets in
+//!   `fuzz/` (nightly) and run each for N seconds from the committed seed corpora.
+//! * `cargo xtask dist` — release build, man pages, completions and the .deb.
 
 use std::env;
 use std::ffi::OsString;
@@ -40,18 +44,38 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Full test suite: prerequisites, fmt, clippy, build, cargo test (and, in CI, dist).
-    Test,
+    /// Full test suite: prerequisites, fmt, clippy, build, cargo test [, fuzz, dist].
+    Test {
+        /// Also fuzz every target for this many seconds (default under CI=true: 15).
+        #[arg(long, value_name = "SECS")]
+        fuzz_seconds: Option<u64>,
+    },
+    /// Run the cargo-fuzz targets (nightly), each for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Only this target (default: all).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Release build, man pages, completions and the .deb (target/debian/).
     Dist,
 }
+
+/// Fuzz seconds per target when `CI=true` and no `--fuzz-seconds` is given.
+const CI_FUZZ_SECONDS: u64 = 15;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Build { release } => build(release),
         Cmd::Run { release, args } => run(release, &args),
-        Cmd::Test => test(),
+        Cmd::Test { fuzz_seconds } => test(
+            fuzz_seconds
+                .or_else(|| (env::var("CI").as_deref() == Ok("true")).then_some(CI_FUZZ_SECONDS)),
+        ),
+        Cmd::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Cmd::Dist => dist().map(|_| ()),
     };
     match res {
@@ -280,7 +304,7 @@ fn run(release: bool, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn test() -> Result<()> {
+fn test(fuzz_seconds: Option<u64>) -> Result<()> {
     step("prerequisites");
     ensure_prerequisites()?;
     ensure_ebpf_prerequisites()?;
@@ -350,6 +374,10 @@ fn test() -> Result<()> {
     if std::env::var_os("CI").is_some() {
         let deb = dist()?;
         check_deb(&deb)?;
+    }
+
+    if let Some(secs) = fuzz_seconds.filter(|&s| s > 0) {
+        fuzz(secs, None)?;
     }
 
     println!("\nxtask test: all steps passed");
@@ -429,6 +457,115 @@ fn exec_tests(mut cmd: Command) -> Result<TestTotals> {
         bail!("`{line}` failed ({status})");
     }
     Ok(totals)
+}
+
+// ---------------------------------------------------------------------------
+// fuzzing
+
+/// The cargo-fuzz targets in fuzz/ (one per decoder of kernel or client input).
+const FUZZ_TARGETS: &[&str] = &[
+    "netlink_datagram",
+    "route_msg",
+    "link_msg",
+    "addr_msg",
+    "nexthop_msg",
+    "ctl_request",
+];
+
+/// Optimised, with overflow checks (a wrapped length is a bug too); no sanitizer: the
+/// decoders are safe Rust, a panic is the failure we look for, and uninstrumented
+/// builds are faster to build (CI) and to run.
+const FUZZ_FLAGS: &[&str] = &["-O", "--debug-assertions", "--sanitizer", "none"];
+
+/// `cargo +nightly ...` through the rustup proxy, in fuzz/, without the variables the
+/// outer (stable) cargo set for us.
+fn nightly_cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.arg("+nightly")
+        .current_dir(repo_root().join("fuzz"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("CARGO");
+    c
+}
+
+fn ensure_fuzz_prerequisites() -> Result<()> {
+    if !probe("rustup", &["run", "nightly", "rustc", "--version"]) {
+        let mut c = Command::new("rustup");
+        c.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        exec(c)?;
+    }
+    let ok = nightly_cargo()
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let mut c = Command::new("cargo");
+        c.args(["install", "cargo-fuzz", "--locked"]);
+        exec(c)?;
+    }
+    Ok(())
+}
+
+/// Builds the fuzz targets and runs each for `seconds` (new inputs go to a scratch
+/// corpus under fuzz/target, the committed seeds in fuzz/corpus stay as they are).
+/// Fails on the first crash, naming the artifact to turn into a regression test.
+fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    step("fuzz prerequisites (nightly, cargo-fuzz)");
+    ensure_fuzz_prerequisites()?;
+    step("build fuzz targets");
+    let mut c = nightly_cargo();
+    c.args(["fuzz", "build"]).args(FUZZ_FLAGS);
+    exec(c)?;
+    let fuzz_dir = repo_root().join("fuzz");
+    let mut summary = Vec::new();
+    for t in FUZZ_TARGETS
+        .iter()
+        .filter(|t| only.is_none_or(|o| o == **t))
+    {
+        step(&format!("fuzz {t} for {seconds} s"));
+        let scratch = fuzz_dir.join("target/corpus-run").join(t);
+        std::fs::create_dir_all(&scratch)?;
+        let mut c = nightly_cargo();
+        c.args(["fuzz", "run"])
+            .args(FUZZ_FLAGS)
+            .arg(t)
+            .arg(&scratch)
+            .arg(fuzz_dir.join("corpus").join(t))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .args(["-rss_limit_mb=2048", "-print_final_stats=1", "-timeout=10"]);
+        let line = show(&c);
+        println!("+ {line}");
+        let out = c
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("failed to start `{line}`"))?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        let stat = |k: &str| {
+            err.lines()
+                .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| "?".into())
+        };
+        let execs = stat("stat::number_of_executed_units:");
+        if !out.status.success() {
+            let tail: Vec<&str> = err.lines().rev().take(40).collect();
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+            bail!("fuzz target {t} failed ({}): see the artifact above under fuzz/artifacts/{t}/; add it as a regression test next to the decoder", out.status);
+        }
+        println!("  {t}: {execs} execs, no crash");
+        summary.push(format!("{t:<18} {execs:>12} execs  0 crashes"));
+    }
+    println!("\nfuzz summary ({seconds} s per target):");
+    for l in summary {
+        println!("  {l}");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -35,10 +35,20 @@ pub fn call(
     stream.set_read_timeout(timeout)?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    (&stream)
-        .write_all(line.as_bytes())
-        .context("sending request")?;
+    // The daemon may answer and close before reading the request (a refused peer):
+    // a failed write is reported only if no reply can be read. Reported as text, not
+    // as an io::Error, so `main` cannot mistake it for stdout's broken pipe.
+    let sent = (&stream).write_all(line.as_bytes());
     let mut rd = BufReader::with_capacity(1 << 16, &stream);
+    if let Err(e) = sent {
+        let mut buf = String::new();
+        if rd.read_line(&mut buf).unwrap_or(0) > 0 {
+            if let Ok(Reply::Error(msg)) = serde_json::from_str::<Reply>(buf.trim_end()) {
+                bail!("daemon: {msg}");
+            }
+        }
+        bail!("sending request: the daemon closed the connection ({e})");
+    }
     let mut buf = String::new();
     loop {
         buf.clear();

@@ -8,9 +8,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, warn};
 
 use super::proto::{Reply, Request, MAX_REQUEST};
@@ -25,20 +27,34 @@ use crate::reconcile::{ScanReason, ScanScope};
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one reply may take to write (a client that stops reading is cut off).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reply may make no progress (a client that stops reading is cut off).
+/// Measured per chunk, so a large `show` to a slow but reading client still completes.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes written per timed step of a reply.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Clients served at once; more are answered with an error and closed at once,
+/// so stalled clients cannot pile up replies in memory.
+pub const MAX_CLIENTS: usize = 64;
 
 pub struct Server {
     listener: UnixListener,
     shared: Arc<Shared>,
     path: PathBuf,
+    slots: Arc<Semaphore>,
 }
 
 impl Server {
     /// Binds the socket (mode 0600). A stale socket file is replaced; a live one is an error.
     pub fn bind(path: &Path, shared: Arc<Shared>) -> Result<Server> {
+        // SAFETY: geteuid has no preconditions.
+        let hint = if unsafe { libc::geteuid() } != 0 {
+            " (not running as root: pass --socket in a directory this user may write)"
+        } else {
+            ""
+        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}{hint}", dir.display()))?;
         }
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -48,122 +64,219 @@ impl Server {
                 .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
         let listener = UnixListener::bind(path)
-            .with_context(|| format!("binding control socket {}", path.display()))?;
+            .with_context(|| format!("binding control socket {}{hint}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 0600 {}", path.display()))?;
         Ok(Server {
             listener,
             shared,
             path: path.to_owned(),
+            slots: Arc::new(Semaphore::new(MAX_CLIENTS)),
         })
     }
 
     pub async fn serve(self) -> Result<()> {
         loop {
-            let (stream, _) = self
-                .listener
-                .accept()
-                .await
-                .with_context(|| format!("accept on {}", self.path.display()))?;
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                // Out of fds or a client that vanished mid-accept: keep serving the others.
+                Err(e) => {
+                    warn!(error = %e, socket = %self.path.display(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let shared = self.shared.clone();
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                shared.status.lock().expect("status lock").busy_refusals += 1;
+                // Best effort, never waits: the socket buffer takes a short line.
+                let _ = stream.try_write(&reply_line(&Reply::Error(format!(
+                    "busy: {MAX_CLIENTS} clients are already being served"
+                ))));
+                continue;
+            };
             tokio::spawn(async move {
                 if let Err(e) = handle(stream, shared).await {
                     debug!(error = %e, "control client ended with an error");
                 }
+                drop(permit);
             });
         }
     }
 }
 
-async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
-    let (rd, wr) = stream.into_split();
+/// Why a peer may not use the control socket, if it may not: only root (and the
+/// daemon's own user, when it runs unprivileged) may.
+fn refuse_peer(stream: &UnixStream) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == 0 || c.uid() == me => None,
+        Ok(c) => Some(format!(
+            "permission denied: the control socket is root-only (peer uid {}, pid {})",
+            c.uid(),
+            c.pid().map_or_else(|| "?".to_string(), |p| p.to_string())
+        )),
+        Err(e) => Some(format!(
+            "permission denied: cannot check the peer's credentials: {e}"
+        )),
+    }
+}
+
+fn reply_line(r: &Reply) -> Vec<u8> {
+    let mut v =
+        serde_json::to_vec(r).unwrap_or_else(|_| br#"{"error":"unserializable reply"}"#.to_vec());
+    v.push(b'\n');
+    v
+}
+
+/// Reads one request line: at most [`MAX_REQUEST`] bytes, within [`REQUEST_TIMEOUT`].
+/// `Ok(None)`: the client closed without sending anything.
+async fn read_request<R: AsyncRead + Unpin>(rd: R) -> Result<Option<Request>, String> {
     let mut rd = BufReader::new(rd).take(MAX_REQUEST as u64 + 1);
-    let mut wr = BufWriter::new(wr);
-    let mut line = String::new();
-    let n = tokio::time::timeout(REQUEST_TIMEOUT, rd.read_line(&mut line))
-        .await
-        .context("request timed out")??;
-    let replies = if n > MAX_REQUEST {
-        vec![Reply::Error(format!(
-            "request longer than {MAX_REQUEST} bytes"
-        ))]
+    let mut line = Vec::new();
+    let n = match tokio::time::timeout(REQUEST_TIMEOUT, rd.read_until(b'\n', &mut line)).await {
+        Err(_) => {
+            return Err(format!(
+                "request timed out: no complete line within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ))
+        }
+        Ok(Err(e)) => return Err(format!("reading request: {e}")),
+        Ok(Ok(n)) => n,
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    if n > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    parse_request(&line).map(Some)
+}
+
+/// Parses one request line (trailing newline optional). Never panics.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("bad request: not UTF-8: {e}"))?;
+    serde_json::from_str::<Request>(text.trim_end()).map_err(|e| format!("bad request: {e}"))
+}
+
+async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
+    let refused = refuse_peer(&stream);
+    let (rd, wr) = stream.into_split();
+    let reply = if let Some(msg) = refused {
+        warn!(reason = %msg, "refused a control client");
+        shared.status.lock().expect("status lock").refused_peers += 1;
+        reply_line(&Reply::Error(msg))
     } else {
-        match serde_json::from_str::<Request>(line.trim_end()) {
-            Ok(Request::Watch { prefix, table }) => return watch(wr, &shared, prefix, table).await,
-            Ok(req) => match dispatch(req, &shared).await {
+        match read_request(rd).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(Request::Watch { prefix, table })) => {
+                return watch(BufWriter::new(wr), &shared, prefix, table).await
+            }
+            Ok(Some(req)) => match dispatch(req, &shared).await {
                 Ok(r) => r,
-                Err(e) => vec![Reply::Error(format!("{e:#}"))],
+                Err(e) => reply_line(&Reply::Error(format!("{e:#}"))),
             },
-            Err(e) => {
-                warn!(error = %e, "bad control request");
+            Err(msg) => {
+                warn!(error = %msg, "bad control request");
                 shared.status.lock().expect("status lock").bad_requests += 1;
-                vec![Reply::Error(format!("bad request: {e}"))]
+                reply_line(&Reply::Error(msg))
             }
         }
     };
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        for r in replies {
-            let mut s = serde_json::to_string(&r)?;
-            s.push('\n');
-            wr.write_all(s.as_bytes()).await?;
-        }
-        wr.flush().await?;
-        anyhow::Ok(())
-    })
-    .await
-    .context("client did not read its reply in time")??;
+    write_reply(wr, &reply).await
+}
+
+/// Writes a whole reply; gives up when the client makes no progress for
+/// [`WRITE_STALL_TIMEOUT`]. No lock is held here.
+async fn write_reply<W: AsyncWrite + Unpin>(mut wr: W, reply: &[u8]) -> Result<()> {
+    for chunk in reply.chunks(WRITE_CHUNK) {
+        tokio::time::timeout(WRITE_STALL_TIMEOUT, wr.write_all(chunk))
+            .await
+            .context("client did not read its reply in time")??;
+    }
+    tokio::time::timeout(WRITE_STALL_TIMEOUT, wr.shutdown())
+        .await
+        .context("client did not read its reply in time")??;
     Ok(())
 }
 
-fn ok<T: Serialize>(v: T) -> Result<Vec<Reply>> {
-    Ok(vec![Reply::Ok(serde_json::to_value(v)?)])
+fn ok<T: Serialize>(v: T) -> Result<Vec<u8>> {
+    Ok(reply_line(&Reply::Ok(serde_json::to_value(v)?)))
 }
 
-async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
+/// Runs `f` (which takes the mirror lock) off the async workers, so a long read
+/// (a large `show`) or a core holding the write lock cannot stall other clients.
+async fn blocking<F>(f: F) -> Result<Vec<u8>>
+where
+    F: FnOnce() -> Result<Vec<u8>> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("request task failed")?
+}
+
+/// Answers one request with the complete reply bytes (items, then ok/error).
+async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<u8>> {
+    let shared = shared.clone();
     match req {
         Request::Lookup { addr, table, tos } => {
-            let m = shared.mirror.read().expect("mirror lock");
-            let tables: Vec<u32> = table.map_or_else(|| DEFAULT_RULE_TABLES.to_vec(), |t| vec![t]);
-            let found = m
-                .fib
-                .lookup(addr, &tables, tos)
-                .map(|(t, net, e)| route_view(&m, t, net, e));
-            ok(found)
+            blocking(move || {
+                let m = shared.mirror.read().expect("mirror lock");
+                let tables: Vec<u32> =
+                    table.map_or_else(|| DEFAULT_RULE_TABLES.to_vec(), |t| vec![t]);
+                let found = m
+                    .fib
+                    .lookup(addr, &tables, tos)
+                    .map(|(t, net, e)| route_view(&m, t, net, e));
+                ok(found)
+            })
+            .await
         }
         Request::Show {
             prefix,
             table,
             family,
         } => {
-            let m = shared.mirror.read().expect("mirror lock");
-            let mut out = Vec::new();
-            for ((f, t), rt) in m.fib.tables() {
-                if family.is_some_and(|x| x != f) || table.is_some_and(|x| x != t) {
-                    continue;
+            blocking(move || {
+                // Serialised straight to bytes under the read lock (no per-route JSON
+                // values); the lock is released before a single byte goes to the client.
+                let m = shared.mirror.read().expect("mirror lock");
+                let mut out = Vec::new();
+                let mut n = 0usize;
+                for ((f, t), rt) in m.fib.tables() {
+                    if family.is_some_and(|x| x != f) || table.is_some_and(|x| x != t) {
+                        continue;
+                    }
+                    let iter = match &prefix {
+                        Some(p) if Family::of_net(p) != f => continue,
+                        Some(p) => rt.iter_within(p),
+                        None => rt.iter(),
+                    };
+                    for (net, e) in iter {
+                        out.extend_from_slice(b"{\"item\":");
+                        serde_json::to_writer(&mut out, &route_view(&m, t, net, e))?;
+                        out.extend_from_slice(b"}\n");
+                        n += 1;
+                    }
                 }
-                let iter = match &prefix {
-                    Some(p) if Family::of_net(p) != f => continue,
-                    Some(p) => rt.iter_within(p),
-                    None => rt.iter(),
-                };
-                for (net, e) in iter {
-                    out.push(Reply::Item(serde_json::to_value(route_view(
-                        &m, t, net, e,
-                    ))?));
-                }
-            }
-            let n = out.len();
-            out.push(Reply::Ok(json!({ "count": n })));
-            Ok(out)
+                drop(m);
+                out.extend(reply_line(&Reply::Ok(json!({ "count": n }))));
+                Ok(out)
+            })
+            .await
         }
-        Request::Stats => ok(stats(shared)),
+        Request::Stats => blocking(move || ok(stats(&shared))).await,
         Request::Diff => {
             let ns = shared.netns.clone();
             let dump =
                 tokio::task::spawn_blocking(move || crate::netns::run_in(ns, dump_now)).await??;
             shared.barrier().await?;
-            let m = shared.mirror.read().expect("mirror lock");
-            ok(diff::compare(&m, &dump))
+            blocking(move || {
+                let m = shared.mirror.read().expect("mirror lock");
+                ok(diff::compare(&m, &dump))
+            })
+            .await
         }
         Request::Scan {
             wait,
@@ -197,7 +310,7 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
             shared.command(Command::DropEvents(count))?;
             ok(json!({ "dropping": count }))
         }
-        Request::Reload => ok(crate::daemon::reload(shared)?),
+        Request::Reload => ok(crate::daemon::reload(&shared)?),
         Request::Watch { .. } => bail!("watch is a stream (handled before dispatch)"),
         Request::Sync => {
             shared.barrier().await?;
@@ -361,8 +474,53 @@ fn stats(shared: &Shared) -> Value {
         "bad_requests": st.bad_requests,
         "watchers": shared.watch.receiver_count(),
         "watchers_dropped": st.watchers_dropped,
+        "refused_peers": st.refused_peers,
+        "busy_refusals": st.busy_refusals,
         "rcvbuf": st.rcvbuf,
+        "rcvbuf_requested": st.rcvbuf_requested,
+        "rcvbuf_forced": st.rcvbuf_forced,
         "socket_resets": st.socket_resets,
         "rss_bytes": rss_bytes(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_lines_are_errors_not_panics() {
+        assert_eq!(
+            parse_request(b"{\"cmd\":\"stats\"}\n"),
+            Ok(Request::Stats),
+            "trailing newline accepted"
+        );
+        for bad in [
+            &b"\xff\xfe"[..],
+            b"",
+            b"{\"cmd\":\"sta",
+            b"{\"cmd\":\"stats\"} trailing",
+            b"{\"cmd\":\"lookup\",\"addr\":\"300.1.1.1\",\"table\":null}",
+            b"{\"cmd\":\"drop-events\",\"count\":-1}",
+            b"[1,2,3]",
+        ] {
+            let e = parse_request(bad).unwrap_err();
+            assert!(e.starts_with("bad request"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated_requests_are_refused() {
+        let big = vec![b'x'; MAX_REQUEST + 10];
+        let e = read_request(&big[..]).await.unwrap_err();
+        assert!(e.contains("longer than"), "{e}");
+        let e = read_request(&b"{\"cmd\":"[..]).await.unwrap_err();
+        assert!(e.starts_with("bad request"), "{e}");
+        assert_eq!(read_request(&b""[..]).await, Ok(None));
+        assert_eq!(
+            read_request(&b"{\"cmd\":\"sync\"}\n{\"cmd\":\"stats\"}\n"[..]).await,
+            Ok(Some(Request::Sync)),
+            "one request per connection"
+        );
+    }
 }

@@ -18,8 +18,9 @@ use super::{Command, Shared};
 use crate::ctl::view::{route_view, WatchRecord};
 use crate::ebpf::{self, EbpfSource};
 use crate::mirror::{FollowUp, Mirror};
+use crate::model::Family;
 use crate::netlink::decode::{self, DecodeCounters};
-use crate::netlink::msg::{self, RawMsg};
+use crate::netlink::msg::{self, DumpKind, RawMsg};
 use crate::netlink::socket::{NlSocket, RECV_BUF};
 use crate::reconcile::{ActiveScan, ScanReason, ScanReport, ScanScope};
 use route_mirror_common::groups;
@@ -70,6 +71,10 @@ pub struct Core {
     started: Instant,
     /// The eBPF source, when active: notifications arrive on its ring, not the socket.
     ebpf: Option<EbpfSource>,
+    /// Consecutive scans redone because a dump may have skipped entries.
+    redumps: u32,
+    /// An IPv6 route dump just finished: removals still in the ring happened during it.
+    v6_dump_just_done: bool,
 }
 
 impl Core {
@@ -99,6 +104,8 @@ impl Core {
             malformed_logged: 0,
             started: Instant::now(),
             ebpf,
+            redumps: 0,
+            v6_dump_just_done: false,
         }
     }
 
@@ -310,6 +317,9 @@ impl Core {
             );
         }
         let report = scan.report(scan.started.elapsed());
+        // A dump that may have skipped entries is redone (bounded), else a
+        // route that existed throughout could stay missing until the periodic scan.
+        let redo = (scan.interrupted > 0).then(|| report.scope.clone());
         let v = report.verdicts;
         let corrections = v.corrections() + report.object_verdicts.corrections();
         match report.reason {
@@ -364,6 +374,18 @@ impl Core {
         }
         for w in waiters {
             let _ = w.send(report.clone());
+        }
+        match redo {
+            Some(scope) if self.redumps < MAX_REDUMPS => {
+                self.redumps += 1;
+                info!(scope = ?scope.dumps(), "dump raced with removals: scanning again");
+                self.queue_scan(ScanReason::Overrun, scope, None);
+            }
+            Some(_) => {
+                warn!("dumps keep racing with removals; the periodic scan will confirm");
+                self.redumps = 0;
+            }
+            None => self.redumps = 0,
         }
     }
 
@@ -532,6 +554,12 @@ impl Core {
                 ) {
                     continue; // a reply to a request we no longer wait for
                 }
+                // A removal during an IPv6 route dump can make it skip entries.
+                if let Some((scan, _)) = &mut self.scan {
+                    if may_skip_v6_dump_entries(scan, &m) {
+                        scan.interrupted += 1;
+                    }
+                }
                 apply_event(
                     &mut mirror,
                     self.scan.as_ref().map(|(s, _)| s),
@@ -549,9 +577,13 @@ impl Core {
             warn!("datagram ended in a truncated netlink header; rest skipped");
         }
         self.flush_events(acc);
+        let mut v6_done = false;
         if let Some(err) = dump_done {
             if let Some((scan, _)) = &mut self.scan {
                 if let Some((kind, _)) = scan.current.take() {
+                    if matches!(kind, DumpKind::Routes(Family::V6, _)) {
+                        v6_done = true;
+                    }
                     if let Some(code) = err {
                         let e = io::Error::from_raw_os_error(code);
                         warn!(?kind, error = %e, "kernel refused a dump; its objects are not pruned");
@@ -559,6 +591,8 @@ impl Core {
                     }
                 }
             }
+            // The ring (eBPF) still holds what happened during that dump.
+            self.v6_dump_just_done |= v6_done;
             self.next_dump();
         }
     }
@@ -592,6 +626,7 @@ impl Core {
     /// Drains the ring to empty (before a dump request and before a prune).
     fn drain_ring_all(&mut self) {
         while self.drain_ring(RING_BATCH) > 0 {}
+        self.v6_dump_just_done = false;
     }
 
     /// Applies up to `max` ring records through the event path; any kernel-side loss
@@ -602,10 +637,13 @@ impl Core {
         };
         let mut acc = EventAcc::default();
         let mut truncated = false;
+        let mut risky = 0u64;
         let n = {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
             start_journal(&self.shared, &mut mirror);
             let scan = self.scan.as_ref().map(|(s, _)| s);
+            let v6_done = self.v6_dump_just_done;
+            let risky = &mut risky;
             let (drop_events, dec, logged) = (
                 &mut self.drop_events,
                 &mut self.decode,
@@ -618,6 +656,9 @@ impl Core {
                 }
                 let mut msgs = msg::messages(bytes);
                 for m in msgs.by_ref() {
+                    if v6_done && removal_may_skip_v6(&m) {
+                        *risky += 1;
+                    }
                     apply_event(&mut mirror, scan, &m, &mut acc, drop_events, dec, logged);
                 }
                 if msgs.truncated() {
@@ -631,6 +672,11 @@ impl Core {
         // a drop may be the only thing that happened.
         let lost = src.take_loss();
         self.ebpf = Some(src);
+        if risky > 0 {
+            if let Some((scan, _)) = &mut self.scan {
+                scan.interrupted += risky;
+            }
+        }
         self.flush_events(acc);
         if lost || truncated {
             warn!("eBPF ring lost notifications (ring full or message too long): resyncing now");
@@ -767,5 +813,27 @@ fn decode_or_count(
             }
             None
         }
+    }
+}
+
+/// Consecutive redone scans before giving up to the periodic scan.
+const MAX_REDUMPS: u32 = 8;
+
+/// An IPv6 route dump resumes each chunk by skipping as many entries as it already
+/// sent (fib6 walker `skip = count`) when the tree changed, and sets no
+/// NLM_F_DUMP_INTR: a removal during the dump can make it skip a route that existed
+/// throughout (found by tests/tests/soak.rs: a daemon restarted mid-storm missed an
+/// IPv6 blackhole route). A removal-type event during an IPv6 route dump therefore
+/// marks the scan as interrupted.
+fn may_skip_v6_dump_entries(scan: &ActiveScan, m: &RawMsg<'_>) -> bool {
+    matches!(scan.current, Some((DumpKind::Routes(Family::V6, _), _))) && removal_may_skip_v6(m)
+}
+
+/// Messages about removals that can shift an IPv6 route dump's resume point.
+fn removal_may_skip_v6(m: &RawMsg<'_>) -> bool {
+    match m.ty {
+        msg::RTM_DELROUTE => m.payload.first() == Some(&(libc::AF_INET6 as u8)),
+        msg::RTM_NEWLINK | msg::RTM_DELLINK | msg::RTM_DELADDR | msg::RTM_DELNEXTHOP => true,
+        _ => false,
     }
 }

@@ -143,15 +143,24 @@ pub struct Status {
     pub scan_in_progress: Option<(ScanReason, u64)>,
     pub scan_pending: bool,
     pub decode: DecodeCounters,
+    /// Receive buffer the kernel granted (after doubling), as last set.
     pub rcvbuf: usize,
+    /// `--rcvbuf` as requested.
+    pub rcvbuf_requested: usize,
+    /// SO_RCVBUFFORCE was allowed (else SO_RCVBUF, capped by net.core.rmem_max).
+    pub rcvbuf_forced: bool,
     /// Notifications the kernel dropped without reporting ENOBUFS (socket congested).
     pub silent_drops: u64,
     /// Netlink sockets replaced because a dump stalled after an overrun.
     pub socket_resets: u64,
     /// Watchers dropped for falling behind.
     pub watchers_dropped: u64,
-    /// Control requests that did not parse.
+    /// Control requests that did not parse (garbage, truncated, oversized, timed out).
     pub bad_requests: u64,
+    /// Control clients refused because they are not root (SO_PEERCRED).
+    pub refused_peers: u64,
+    /// Control clients refused because too many were being served.
+    pub busy_refusals: u64,
     /// Active event source: "ebpf" or "netlink".
     pub source: &'static str,
     /// Why `auto` fell back to netlink, if it did.
@@ -332,13 +341,27 @@ pub fn start(
 /// The start-up of [`start`], on the core thread inside the namespace.
 fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Shared>, core::Core)> {
     let sock = NlSocket::open().context("opening NETLINK_ROUTE socket")?;
-    let granted = sock
-        .set_rcvbuf(cfg.rcvbuf)
+    let rb = sock
+        .set_rcvbuf_checked(cfg.rcvbuf)
         .with_context(|| format!("setting netlink receive buffer to {} bytes", cfg.rcvbuf))?;
-    if granted < cfg.rcvbuf {
+    let granted = rb.granted;
+    if rb.capped() {
+        let rmem_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
         warn!(
-            requested = cfg.rcvbuf,
-            granted, "netlink receive buffer smaller than requested"
+            requested = rb.requested,
+            granted,
+            forced = rb.forced,
+            rmem_max = %rmem_max,
+            "netlink receive buffer smaller than requested{}: expect more overruns (each is \
+             repaired by a resync; `stats` counts them)",
+            if rb.forced {
+                ""
+            } else {
+                " (SO_RCVBUFFORCE refused without CAP_NET_ADMIN; SO_RCVBUF is capped by \
+                 net.core.rmem_max)"
+            }
         );
     }
     let (ebpf, fallback) = select_source(cfg, &sock)?;
@@ -360,6 +383,8 @@ fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Share
             rcvbuf: granted,
             source,
             source_fallback: fallback,
+            rcvbuf_requested: rb.requested,
+            rcvbuf_forced: rb.forced,
             ..Default::default()
         }),
         netns: cfg.netns.clone(),

@@ -2,6 +2,7 @@
 //! multicast events and dumps ([`socket`]), framing ([`msg`]) and decoding ([`decode`],
 //! [`nexthop`]).
 
+pub mod capture;
 pub mod decode;
 pub mod msg;
 pub mod nexthop;

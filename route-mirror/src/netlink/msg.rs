@@ -101,10 +101,11 @@ impl<'a> Iterator for Messages<'a> {
     }
 }
 
-/// The errno of an `NLMSG_ERROR` payload (0 is an ACK).
+/// The errno of an `NLMSG_ERROR` payload (0 is an ACK). `None` if the payload is too
+/// short or the code cannot be an errno (`i32::MIN` has no positive counterpart).
 pub fn error_code(payload: &[u8]) -> Option<i32> {
     let b = payload.get(..4)?;
-    Some(-i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    i32::from_ne_bytes([b[0], b[1], b[2], b[3]]).checked_neg()
 }
 
 /// What a dump asks the kernel for.
@@ -179,6 +180,16 @@ mod tests {
         assert_eq!((b.ty, b.seq), (RTM_GETNEXTHOP, 8));
         assert!(it.next().is_none());
         assert!(it.truncated());
+    }
+
+    #[test]
+    fn error_code_of_i32_min_is_not_an_overflow() {
+        // Found by the netlink_datagram fuzz target: `-i32::MIN` panicked with overflow
+        // checks on (debug builds, which the integration tests run).
+        assert_eq!(error_code(&i32::MIN.to_ne_bytes()), None);
+        assert_eq!(error_code(&(-105i32).to_ne_bytes()), Some(105));
+        assert_eq!(error_code(&0i32.to_ne_bytes()), Some(0));
+        assert_eq!(error_code(&[1, 2]), None);
     }
 
     #[test]

@@ -16,6 +16,24 @@ use super::msg::{self, DumpKind};
 /// the kernel builds (it sizes them after our buffer, up to 32 KiB per skb).
 pub const RECV_BUF: usize = 1 << 20;
 
+/// The outcome of sizing the receive buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RcvBuf {
+    /// What `--rcvbuf` asked for.
+    pub requested: usize,
+    /// What the kernel reports (it doubles the value for bookkeeping overhead).
+    pub granted: usize,
+    /// SO_RCVBUFFORCE worked; false: fell back to SO_RCVBUF, capped by rmem_max.
+    pub forced: bool,
+}
+
+impl RcvBuf {
+    /// The kernel doubles what it grants; anything below twice the request was capped.
+    pub fn capped(&self) -> bool {
+        self.granted < self.requested.saturating_mul(2).min(i32::MAX as usize)
+    }
+}
+
 pub struct NlSocket {
     sock: Socket,
     port: u32,
@@ -76,6 +94,25 @@ impl NlSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(info[libc::SK_MEMINFO_DROPS as usize])
+    }
+
+    /// [`NlSocket::set_rcvbuf`], also telling whether SO_RCVBUFFORCE was allowed. Without
+    /// it (no CAP_NET_ADMIN) the kernel caps SO_RCVBUF at `net.core.rmem_max`, silently:
+    /// the caller must compare `granted` with what it asked for.
+    pub fn set_rcvbuf_checked(&self, bytes: usize) -> io::Result<RcvBuf> {
+        let val = bytes.min(i32::MAX as usize) as libc::c_int;
+        let forced = match setsockopt_int(self.fd(), libc::SO_RCVBUFFORCE, val) {
+            Ok(()) => true,
+            Err(_) => {
+                setsockopt_int(self.fd(), libc::SO_RCVBUF, val)?;
+                false
+            }
+        };
+        Ok(RcvBuf {
+            requested: bytes,
+            granted: self.sock.get_rx_buf_sz()?,
+            forced,
+        })
     }
 
     pub fn rcvbuf(&self) -> io::Result<usize> {
@@ -161,5 +198,22 @@ fn setsockopt_int(fd: RawFd, opt: libc::c_int, val: libc::c_int) -> io::Result<(
         Err(io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RcvBuf;
+
+    #[test]
+    fn capped_compares_with_the_doubled_request() {
+        let rb = |requested, granted| RcvBuf {
+            requested,
+            granted,
+            forced: false,
+        };
+        assert!(!rb(65536, 131072).capped());
+        assert!(rb(128 << 20, 425984).capped());
+        assert!(!rb(usize::MAX, i32::MAX as usize).capped());
     }
 }
