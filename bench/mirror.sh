@@ -18,6 +18,7 @@
 #   BENCH_V4 / BENCH_V6     route sets to load (default v4-1m / v6-230k;
 #                           e.g. BENCH_V4=v4-100k for a quick run; "" skips)
 #   BENCH_TIMEOUT           seconds to wait for sync / catch-up (default 900)
+#   BENCH_DAEMON_ARGS       extra `route-mirror run` arguments (e.g. "--source netlink")
 #   ROUTE_MIRROR_SHARED     the shared/ data directory (default <repo>/../shared)
 #   ROUTE_MIRROR_BIN        use this daemon binary instead of building one
 set -euo pipefail
@@ -28,6 +29,7 @@ cd "$REPO"
 BENCH_V4=${BENCH_V4-v4-1m}
 BENCH_V6=${BENCH_V6-v6-230k}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
+read -r -a DAEMON_ARGS <<<"${BENCH_DAEMON_ARGS:-}"
 
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
@@ -126,7 +128,7 @@ cli() { "$BIN" "$@" --socket "$SOCK"; }
 
 start_daemon() {
     rm -f "$SOCK"
-    "$BIN" run --netns "$NS" --socket "$SOCK" >>"$WORK/daemon.log" 2>&1 &
+    "$BIN" --config /dev/null run --netns "$NS" --socket "$SOCK" "${DAEMON_ARGS[@]}" >>"$WORK/daemon.log" 2>&1 &
     DAEMON_PID=$!
 }
 
@@ -258,7 +260,7 @@ REPORT=$OUT/mirror-$(date +%Y%m%d-%H%M%S).md
 {
     echo "## route-mirror benchmark"
     echo
-    echo "$(uname -sr), $(nproc) CPUs, $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), sets: ${SETS[*]}"
+    echo "$(uname -sr), $(nproc) CPUs, $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), sets: ${SETS[*]}, daemon args: ${BENCH_DAEMON_ARGS:-(none)}"
     echo
     echo "| metric | value |"
     echo "|---|---|"
