@@ -126,14 +126,7 @@ impl Mirror {
 
     fn entry(&mut self, route: Route, stamp: u32) -> (RouteKey, Entry) {
         let attrs = self.interner.intern(route.attrs);
-        (
-            route.key,
-            Entry {
-                sub: route.key.sub,
-                attrs,
-                stamp,
-            },
-        )
+        (route.key, Entry::new(route.key.sub, attrs, stamp))
     }
 
     /// Applies one event. Returns the scan it calls for, if any.

@@ -75,13 +75,14 @@ pub fn hop_view(m: &Mirror, h: &NextHop) -> HopView {
 /// A route as queries show it, with its nexthop object resolved through the mirror.
 pub fn route_view(m: &Mirror, table: u32, prefix: IpNet, e: &Entry) -> RouteView {
     let a: &RouteAttrs = &e.attrs;
+    let sub = e.sub();
     RouteView {
         family: Family::of_net(&prefix),
         prefix,
         table,
-        metric: e.sub.priority,
-        tos: e.sub.tos,
-        from: e.sub.src,
+        metric: sub.priority,
+        tos: sub.tos,
+        from: sub.src,
         kind: a.kind_name(),
         protocol: a.protocol_name(),
         scope: a.scope_name(),
