@@ -279,11 +279,15 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
     {
         let rss0 = rss_bytes();
         let t0 = Instant::now();
-        let t = Poptrie::<K>::build(pfx.iter().enumerate().map(|(i, &(k, l))| (k, l, i as u32)));
+        // The value carries the prefix length, as the FIB's fast tables do (class << 8 | len).
+        let t = Poptrie::<K>::build(
+            pfx.iter()
+                .enumerate()
+                .map(|(i, &(k, l))| (k, l, (i as u32) << 8 | u32::from(l))),
+        );
         let build = t0.elapsed();
         let rss = rss_bytes().saturating_sub(rss0);
-        let lens: Vec<u8> = pfx.iter().map(|p| p.1).collect();
-        let lpm = |a: K| t.lookup(a).map(|v| (lens[v as usize], v));
+        let lpm = |a: K| t.lookup(a).map(|v| (v as u8, v >> 8));
         let got: Vec<Option<u8>> = inside
             .iter()
             .take(100_000)

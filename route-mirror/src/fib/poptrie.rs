@@ -55,8 +55,14 @@ impl Key for u128 {
     }
 }
 
-/// Bits resolved by the direct-pointing array (65536 entries, 256 KiB).
-const DIRECT: u8 = 16;
+/// Bits resolved by the direct-pointing array of a large table: 2^18 entries (1 MiB), as
+/// in the poptrie paper; with IPv4's many /24s one node level then finishes most lookups.
+const DIRECT_LARGE: u8 = 18;
+/// Prefix count from which a table gets [`DIRECT_LARGE`]: small tables (local, policy
+/// tables) would otherwise pay 1 MiB each for nothing.
+const LARGE: usize = 1 << 15;
+/// Direct bits of small tables (1 KiB).
+const DIRECT_SMALL: u8 = 8;
 /// Bits per internal node (64 children: one `u64` bitmap).
 const STRIDE: u8 = 6;
 /// Direct-array entries with this bit point at a node; others are a leaf value.
@@ -80,6 +86,7 @@ struct Node {
 #[derive(Debug, Clone)]
 pub struct Poptrie<K: Key> {
     direct: Box<[u32]>,
+    direct_bits: u8,
     nodes: Vec<Node>,
     leaves: Vec<u32>,
     len: usize,
@@ -117,24 +124,30 @@ impl<K: Key> Poptrie<K> {
 
     /// Builds from prefixes already masked, sorted by (key, length) and unique.
     fn build_sorted(items: &[(K, u8, u32)]) -> Poptrie<K> {
-        let mut direct = vec![NONE; 1 << DIRECT].into_boxed_slice();
+        let bits = if items.len() >= LARGE {
+            DIRECT_LARGE
+        } else {
+            DIRECT_SMALL
+        };
+        let mut direct = vec![NONE; 1 << bits].into_boxed_slice();
         // Sorted by (key, length), a covering prefix comes before what it covers, so
         // painting in order leaves each slot with its longest covering prefix.
-        for &(k, l, v) in items.iter().filter(|it| it.1 <= DIRECT) {
-            let start = k.chunk(0, DIRECT);
-            let n = 1usize << (DIRECT - l);
+        for &(k, l, v) in items.iter().filter(|it| it.1 <= bits) {
+            let start = k.chunk(0, bits);
+            let n = 1usize << (bits - l);
             direct[start..start + n].fill(v);
         }
         let mut t = Poptrie {
             direct,
+            direct_bits: bits,
             nodes: Vec::new(),
             leaves: Vec::new(),
             len: items.len(),
             _k: PhantomData,
         };
-        for (slot, range) in groups(items, 0, DIRECT) {
+        for (slot, range) in groups(items, 0, bits) {
             let default = t.direct[slot];
-            let node = t.build_node(&items[range], DIRECT, default);
+            let node = t.build_node(&items[range], bits, default);
             let idx = t.nodes.len() as u32;
             t.nodes.push(node);
             t.direct[slot] = NODE | idx;
@@ -186,12 +199,12 @@ impl<K: Key> Poptrie<K> {
     /// The value of the longest prefix covering `key`.
     #[inline]
     pub fn lookup(&self, key: K) -> Option<u32> {
-        let d = self.direct[key.chunk(0, DIRECT)];
+        let d = self.direct[key.chunk(0, self.direct_bits)];
         let v = if d & NODE == 0 {
             d
         } else {
             let mut n = self.nodes[(d & !NODE) as usize];
-            let mut depth = DIRECT;
+            let mut depth = self.direct_bits;
             loop {
                 let i = key.chunk(depth, STRIDE);
                 if n.vector & (1 << i) != 0 {
