@@ -21,6 +21,13 @@ use crate::model::HopId;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ExtId(u32);
 
+impl ExtId {
+    /// The id as a number (stable for the life of the process).
+    pub fn raw(self) -> u32 {
+        self.0
+    }
+}
+
 type Ext = (Option<IpNet>, Option<HopId>);
 
 #[derive(Default)]

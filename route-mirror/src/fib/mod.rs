@@ -4,11 +4,13 @@
 //! values or IPv6 source prefixes), sorted by [`SubKey`] so the preferred one is first.
 
 pub mod ext;
+pub mod fast;
 pub mod patricia;
 pub mod poptrie;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -270,6 +272,14 @@ impl RouteTable {
         }
     }
 
+    /// Every prefix with its entries, in (address, length) order.
+    pub fn prefix_entries(&self) -> Box<dyn Iterator<Item = (IpNet, &Entries)> + '_> {
+        match &self.prefixes {
+            Prefixes::V4(t) => Box::new(t.iter().map(|(p, es)| (IpNet::V4(p), es))),
+            Prefixes::V6(t) => Box::new(t.iter().map(|(p, es)| (IpNet::V6(p), es))),
+        }
+    }
+
     /// Routes whose prefix lies inside `net` (including `net` itself).
     pub fn iter_within(&self, net: &IpNet) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
         match (&self.prefixes, net) {
@@ -315,6 +325,16 @@ impl RouteTable {
 #[derive(Default)]
 pub struct Fib {
     tables: BTreeMap<(Family, u32), RouteTable>,
+    /// Bumped on every mutable access, so that snapshots ([`fast::FastFib`]) can tell
+    /// lock-free whether they are still current. Shared with the snapshots taken.
+    version: Arc<AtomicU64>,
+}
+
+impl Drop for Fib {
+    /// A replaced FIB must not look unchanged to snapshots taken from it.
+    fn drop(&mut self) {
+        self.version.store(u64::MAX, Ordering::Release);
+    }
 }
 
 /// The tables the kernel's default policy rules consult, in order
@@ -322,11 +342,26 @@ pub struct Fib {
 pub const DEFAULT_RULE_TABLES: [u32; 3] = [table::LOCAL, table::MAIN, table::DEFAULT];
 
 impl Fib {
+    /// Marks the FIB changed (see [`Fib::version`]).
+    fn touch(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes with every mutable access to a table.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn version_counter(&self) -> Arc<AtomicU64> {
+        self.version.clone()
+    }
+
     pub fn table(&self, family: Family, id: u32) -> Option<&RouteTable> {
         self.tables.get(&(family, id))
     }
 
     pub fn table_mut(&mut self, family: Family, id: u32) -> &mut RouteTable {
+        self.touch();
         self.tables
             .entry((family, id))
             .or_insert_with(|| RouteTable::new(family))
@@ -337,11 +372,13 @@ impl Fib {
     }
 
     pub fn tables_mut(&mut self) -> impl Iterator<Item = ((Family, u32), &mut RouteTable)> {
+        self.touch();
         self.tables.iter_mut().map(|(k, t)| (*k, t))
     }
 
     /// Drops tables that became empty (the kernel forgets them too).
     pub fn drop_empty(&mut self) {
+        self.touch();
         self.tables.retain(|_, t| !t.is_empty());
     }
 

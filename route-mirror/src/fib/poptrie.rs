@@ -286,6 +286,36 @@ mod tests {
         assert!(Poptrie::<u32>::build([]).lookup(1).is_none());
     }
 
+    /// A table large enough for the 18-bit direct array, against prefix-trie's LPM.
+    #[test]
+    fn large_table_matches_prefix_trie() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = move || {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let mut reference = prefix_trie::PrefixMap::<ipnet::Ipv4Net, u32>::new();
+        let mut set = Vec::new();
+        for i in 0..(LARGE as u32 * 2) {
+            let r = rng();
+            let len = [0u8, 8, 16, 18, 20, 22, 24, 24, 24, 25, 28, 32][(r % 12) as usize];
+            let a = ((r >> 32) as u32 & 0x3fff_ffff).mask(len);
+            set.push((a, len, i));
+            reference.insert(ipnet::Ipv4Net::new(a.into(), len).unwrap(), i);
+        }
+        let t = Poptrie::build(set.iter().copied());
+        assert_eq!(t.direct_bits, DIRECT_LARGE);
+        for _ in 0..200_000 {
+            let a = (rng() >> 32) as u32 & 0x3fff_ffff;
+            let want = reference
+                .get_lpm(&ipnet::Ipv4Net::from(std::net::Ipv4Addr::from(a)))
+                .map(|(_, v)| *v);
+            assert_eq!(t.lookup(a), want, "{a:#x}");
+        }
+    }
+
     /// Keys clustered under a few /8s so that prefixes nest deeply.
     fn v4() -> impl Strategy<Value = (u32, u8, u32)> {
         (0u32..4, any::<u32>(), 0u8..=32, 0u32..1000)
