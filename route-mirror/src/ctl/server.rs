@@ -13,10 +13,15 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
+use std::sync::atomic::Ordering;
+
+use super::batch::{self, BatchCounts, BatchQuery};
+use super::fastpath::FastPath;
 use super::proto::{Reply, Request, MAX_REQUEST};
 use super::view::route_view;
 use crate::daemon::{Command, Shared};
 use crate::diff;
+use crate::fib::fast::Lookup;
 use crate::fib::DEFAULT_RULE_TABLES;
 use crate::model::Family;
 use crate::netlink::{self, decode::DecodeCounters, msg::DumpKind, socket::NlSocket};
@@ -29,8 +34,15 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Server {
     listener: UnixListener,
-    shared: Arc<Shared>,
+    ctx: Ctx,
     path: PathBuf,
+}
+
+/// What each client handler gets.
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    fast: Arc<FastPath>,
 }
 
 impl Server {
@@ -50,9 +62,12 @@ impl Server {
             .with_context(|| format!("binding control socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        let fast = Arc::new(FastPath::default());
+        fast.spawn_rebuilder(&shared)
+            .context("starting the FIB snapshot thread")?;
         Ok(Server {
             listener,
-            shared,
+            ctx: Ctx { shared, fast },
             path: path.to_owned(),
         })
     }
@@ -64,9 +79,9 @@ impl Server {
                 .accept()
                 .await
                 .with_context(|| format!("accept on {}", self.path.display()))?;
-            let shared = self.shared.clone();
+            let ctx = self.ctx.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, shared).await {
+                if let Err(e) = handle(stream, ctx).await {
                     debug!(error = %e, "control client ended with an error");
                 }
             });
@@ -74,7 +89,8 @@ impl Server {
     }
 }
 
-async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
+async fn handle(stream: UnixStream, ctx: Ctx) -> Result<()> {
+    let shared = &ctx.shared;
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::new(rd).take(MAX_REQUEST as u64 + 1);
     let mut wr = BufWriter::new(wr);
@@ -88,7 +104,15 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
         ))]
     } else {
         match serde_json::from_str::<Request>(line.trim_end()) {
-            Ok(req) => match dispatch(req, &shared).await {
+            Ok(Request::LookupBatch { table, tos, format }) => {
+                let q = BatchQuery {
+                    tables: table.map_or_else(|| DEFAULT_RULE_TABLES.to_vec(), |t| vec![t]),
+                    tos,
+                    format,
+                };
+                return lookup_batch(rd.into_inner(), wr, &ctx, q).await;
+            }
+            Ok(req) => match dispatch(req, &ctx).await {
                 Ok(r) => r,
                 Err(e) => vec![Reply::Error(format!("{e:#}"))],
             },
@@ -117,17 +141,109 @@ fn ok<T: Serialize>(v: T) -> Result<Vec<Reply>> {
     Ok(vec![Reply::Ok(serde_json::to_value(v)?)])
 }
 
-async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
+/// Streams a batch lookup: reads input in chunks of whole lines, answers each chunk
+/// (lock held, if at all, only while answering), then writes it.
+async fn lookup_batch(
+    mut rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut wr: BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    ctx: &Ctx,
+    q: BatchQuery,
+) -> Result<()> {
+    let mut counts = BatchCounts::default();
+    let mut line_no = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(batch::CHUNK + batch::MAX_LINE);
+    let mut out: Vec<u8> = Vec::with_capacity(batch::CHUNK * 4);
+    let mut eof = false;
+    while !eof {
+        // Fill up to a chunk of input.
+        while buf.len() < batch::CHUNK {
+            let start = buf.len();
+            buf.resize(batch::CHUNK + batch::MAX_LINE, 0);
+            let n = tokio::time::timeout(REQUEST_TIMEOUT, rd.read(&mut buf[start..]))
+                .await
+                .context("batch input stalled")??;
+            buf.truncate(start + n);
+            if n == 0 {
+                eof = true;
+                break;
+            }
+        }
+        // Whole lines only; at EOF the last line needs no newline.
+        let end = if eof {
+            buf.len()
+        } else {
+            match buf.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                // A chunk without a newline is one overlong line: answered (as an error)
+                // by itself, its rest then reads as a line of its own.
+                None => buf.len(),
+            }
+        };
+        if end > 0 {
+            let body = buf[..end].strip_suffix(b"\n").unwrap_or(&buf[..end]);
+            out.clear();
+            batch::answer_lines(
+                &ctx.fast,
+                &ctx.shared,
+                &q,
+                body,
+                &mut line_no,
+                &mut out,
+                &mut counts,
+            );
+            buf.drain(..end);
+            if !out.is_empty() {
+                let head = serde_json::to_string(&Reply::Item(json!({ "bytes": out.len() })))?;
+                tokio::time::timeout(WRITE_TIMEOUT, async {
+                    wr.write_all(head.as_bytes()).await?;
+                    wr.write_all(b"\n").await?;
+                    wr.write_all(&out).await?;
+                    wr.flush().await?;
+                    anyhow::Ok(())
+                })
+                .await
+                .context("client did not read its results in time")??;
+            }
+        }
+    }
+    let mut s = serde_json::to_string(&Reply::Ok(serde_json::to_value(counts)?))?;
+    s.push('\n');
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        wr.write_all(s.as_bytes()).await?;
+        wr.flush().await?;
+        anyhow::Ok(())
+    })
+    .await
+    .context("client did not read its results in time")??;
+    Ok(())
+}
+
+async fn dispatch(req: Request, ctx: &Ctx) -> Result<Vec<Reply>> {
+    let shared = &ctx.shared;
     match req {
         Request::Lookup { addr, table, tos } => {
-            let m = shared.mirror.read().expect("mirror lock");
             let tables: Vec<u32> = table.map_or_else(|| DEFAULT_RULE_TABLES.to_vec(), |t| vec![t]);
+            // Lock-free while the snapshot is current; the exact trie otherwise.
+            if let Some(snap) = ctx.fast.current() {
+                let found = match snap.fib.lookup(addr, &tables, tos) {
+                    Lookup::Route(t, net, e) => Some(Some(route_view(&snap.names, t, net, e))),
+                    Lookup::None => Some(None),
+                    Lookup::Exact => None,
+                };
+                if let Some(found) = found {
+                    ctx.fast.fast_lookups.fetch_add(1, Ordering::Relaxed);
+                    return ok(found);
+                }
+            }
+            ctx.fast.exact_lookups.fetch_add(1, Ordering::Relaxed);
+            let m = shared.mirror.read().expect("mirror lock");
             let found = m
                 .fib
                 .lookup(addr, &tables, tos)
-                .map(|(t, net, e)| route_view(&m, t, net, e));
+                .map(|(t, net, e)| route_view(&*m, t, net, e));
             ok(found)
         }
+        Request::LookupBatch { .. } => bail!("lookup-batch is a streaming request"),
         Request::Show {
             prefix,
             table,
@@ -146,7 +262,7 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
                 };
                 for (net, e) in iter {
                     out.push(Reply::Item(serde_json::to_value(route_view(
-                        &m, t, net, e,
+                        &*m, t, net, e,
                     ))?));
                 }
             }
@@ -154,7 +270,11 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<Reply>> {
             out.push(Reply::Ok(json!({ "count": n })));
             Ok(out)
         }
-        Request::Stats => ok(stats(shared)),
+        Request::Stats => {
+            let mut v = stats(shared);
+            v["fast_lookup"] = ctx.fast.stats();
+            ok(v)
+        }
         Request::Diff => {
             let dump = tokio::task::spawn_blocking(dump_now).await??;
             shared.barrier().await?;

@@ -63,6 +63,11 @@ impl Entry {
         self.priority
     }
 
+    /// The interned id of the rare sub-key part (0: no source prefix, no hop identity).
+    pub fn ext_raw(&self) -> u32 {
+        self.ext.raw()
+    }
+
     /// IPv4 TOS (0 for IPv6).
     pub fn tos(&self) -> u8 {
         self.tos
@@ -342,8 +347,9 @@ impl Drop for Fib {
 pub const DEFAULT_RULE_TABLES: [u32; 3] = [table::LOCAL, table::MAIN, table::DEFAULT];
 
 impl Fib {
-    /// Marks the FIB changed (see [`Fib::version`]).
-    fn touch(&self) {
+    /// Marks the FIB changed (see [`Fib::version`]); the mirror also calls it for changes
+    /// outside the FIB that lookups render (links, nexthop objects).
+    pub fn touch(&self) {
         self.version.fetch_add(1, Ordering::AcqRel);
     }
 
