@@ -13,11 +13,15 @@ use std::hint::black_box;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flate2::read::GzDecoder;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use route_mirror::fib::patricia::{Bits, Patricia as Trie};
+use route_mirror::fib::poptrie::{Key, Poptrie};
+use route_mirror::mirror::Mirror;
+use route_mirror::model::{rtn, Change, NextHop, Route, RouteAttrs, RouteKey, SubKey};
 
 const LOOKUPS: usize = 10_000_000;
 
@@ -105,7 +109,7 @@ struct Row {
 }
 
 /// What a family-specific adapter needs: the address type per library and the lookups.
-trait Family: Bits {
+trait Family: Bits + Key {
     const NAME: &'static str;
     type Net: Copy + prefix_trie::Prefix;
     type Addr: Copy;
@@ -271,6 +275,41 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
         });
     }
 
+    // Poptrie (the read-optimised structure), rebuilt from the prefix list.
+    {
+        let rss0 = rss_bytes();
+        let t0 = Instant::now();
+        // The value carries the prefix length, as the FIB's fast tables do (class << 8 | len).
+        let t = Poptrie::<K>::build(
+            pfx.iter()
+                .enumerate()
+                .map(|(i, &(k, l))| (k, l, (i as u32) << 8 | u32::from(l))),
+        );
+        let build = t0.elapsed();
+        let rss = rss_bytes().saturating_sub(rss0);
+        let lpm = |a: K| t.lookup(a).map(|v| (v as u8, v >> 8));
+        let got: Vec<Option<u8>> = inside
+            .iter()
+            .take(100_000)
+            .map(|&a| lpm(a).map(|x| x.0))
+            .collect();
+        assert_eq!(got, check, "poptrie disagrees with the Patricia trie");
+        let (rd, rh) = time_lookups(&random, lpm);
+        let (id, ih) = time_lookups(&inside, lpm);
+        rows.push(Row {
+            family: K::NAME,
+            imp: "route-mirror Poptrie (new, immutable rebuild)",
+            prefixes: pfx.len(),
+            build,
+            heap: Some(t.heap_bytes()),
+            rss,
+            random: rd,
+            inside: id,
+            random_hits: rh,
+            inside_hits: ih,
+        });
+    }
+
     // prefix-trie.
     {
         let nets: Vec<K::Net> = pfx.iter().map(|&(k, l)| k.to_net(l)).collect();
@@ -284,7 +323,10 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
         let rss = rss_bytes().saturating_sub(rss0);
         drop(nets);
         let lpm = |a: K::Net| K::pt_lpm(&m, a);
-        let q: Vec<K::Net> = inside.iter().map(|&a| a.to_net(K::BITS)).collect();
+        let q: Vec<K::Net> = inside
+            .iter()
+            .map(|&a| a.to_net(<K as Bits>::BITS))
+            .collect();
         let got: Vec<Option<u8>> = q
             .iter()
             .take(100_000)
@@ -292,7 +334,10 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
             .collect();
         assert_eq!(got, check, "prefix-trie disagrees with ours");
         let (id, ih) = time_lookups(&q, lpm);
-        let q: Vec<K::Net> = random.iter().map(|&a| a.to_net(K::BITS)).collect();
+        let q: Vec<K::Net> = random
+            .iter()
+            .map(|&a| a.to_net(<K as Bits>::BITS))
+            .collect();
         let (rd, rh) = time_lookups(&q, lpm);
         rows.push(Row {
             family: K::NAME,
@@ -346,7 +391,139 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
     }
 }
 
+/// Routes of an `ip -batch` file as the kernel would report them (close enough for
+/// memory: type, table, metric, gateways, devices; devices numbered by first sight).
+fn load_routes(file: &str, devs: &mut Vec<String>, mut out: impl FnMut(Route)) {
+    let path = shared_routes().join(file);
+    let f = std::fs::File::open(&path).expect("route file");
+    for line in BufReader::new(GzDecoder::new(f)).lines() {
+        let line = line.expect("read route file");
+        let toks: Vec<&str> = line.split_whitespace().skip(2).collect();
+        let mut kind = rtn::UNICAST;
+        let mut dst: Option<IpNet> = None;
+        let (mut table, mut metric) = (254u32, 0u32);
+        let mut hops: Vec<NextHop> = Vec::new();
+        let mut i = 0;
+        while i < toks.len() {
+            let next = toks.get(i + 1).copied().unwrap_or("");
+            match toks[i] {
+                "blackhole" => kind = rtn::BLACKHOLE,
+                "unreachable" => kind = rtn::UNREACHABLE,
+                "prohibit" => kind = rtn::PROHIBIT,
+                "throw" => kind = rtn::THROW,
+                "table" => {
+                    table = next.parse().unwrap_or(254);
+                    i += 1
+                }
+                "metric" => {
+                    metric = next.parse().unwrap_or(0);
+                    i += 1
+                }
+                "via" => {
+                    hops.push(NextHop {
+                        gateway: next.parse().ok(),
+                        ifindex: 0,
+                        weight: 1,
+                        flags: 0,
+                    });
+                    i += 1
+                }
+                "dev" => {
+                    let idx = devs.iter().position(|d| d == next).unwrap_or_else(|| {
+                        devs.push(next.to_string());
+                        devs.len() - 1
+                    }) as u32
+                        + 2;
+                    match hops.last_mut() {
+                        Some(h) if h.ifindex == 0 => h.ifindex = idx,
+                        _ => hops.push(NextHop {
+                            gateway: None,
+                            ifindex: idx,
+                            weight: 1,
+                            flags: 0,
+                        }),
+                    }
+                    i += 1
+                }
+                "nexthop" => {}
+                t if dst.is_none() => {
+                    dst = t.parse().ok().or_else(|| {
+                        let a: IpAddr = t.parse().ok()?;
+                        Some(IpNet::from(a))
+                    })
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        let Some(dst) = dst else { continue };
+        out(Route {
+            key: RouteKey {
+                table,
+                dst: dst.trunc(),
+                sub: SubKey {
+                    priority: metric,
+                    tos: 0,
+                    src: None,
+                    hop: None,
+                },
+            },
+            attrs: Arc::new(RouteAttrs {
+                protocol: 3,
+                kind,
+                scope: 0,
+                flags: 0,
+                prefsrc: None,
+                nh_id: None,
+                nexthops: hops.into(),
+                pref: None,
+                mtu: None,
+            }),
+        });
+    }
+}
+
+/// The whole mirror's route memory: both sets applied to a [`Mirror`] as events (FIB
+/// tries, entries, interned attributes, allocator overhead), as RSS growth per route.
+fn whole_fib_memory() {
+    let mut devs = Vec::new();
+    let mut n = 0usize;
+    let rss0 = rss_bytes();
+    let t0 = Instant::now();
+    let mut m = Mirror::new();
+    for file in ["v4-1m.batch.gz", "v6-230k.batch.gz"] {
+        // Streamed: no route list outlives its apply, so RSS growth is the mirror's.
+        load_routes(file, &mut devs, |route| {
+            n += 1;
+            m.apply(Change::NewRoute {
+                route,
+                replace: false,
+            });
+        });
+    }
+    let build = t0.elapsed();
+    let rss = rss_bytes().saturating_sub(rss0);
+    let heap: usize = m.fib.tables().map(|(_, t)| t.heap_bytes()).sum();
+    println!(
+        "whole FIB: {} routes ({} in the FIB), {} attribute sets, size_of::<Entry>() = {} B, \
+         parsed+applied in {:.2} s; trie+entries heap {:.1} B/route; RSS growth {:.1} B/route ({:.1} MiB)",
+        n,
+        m.fib.len(),
+        m.attr_sets(),
+        std::mem::size_of::<route_mirror::fib::Entry>(),
+        build.as_secs_f64(),
+        heap as f64 / n as f64,
+        rss as f64 / n as f64,
+        rss as f64 / (1 << 20) as f64,
+    );
+    println!();
+}
+
 fn main() {
+    whole_fib_memory();
+    if std::env::var_os("FIB_BENCH_MEMORY_ONLY").is_some() {
+        return;
+    }
     let mut rows = Vec::new();
     bench_family::<u32>("v4-1m.batch.gz", &mut rows);
     bench_family::<u128>("v6-230k.batch.gz", &mut rows);

@@ -54,11 +54,7 @@ pub fn compare(m: &Mirror, dump: &[Change]) -> DiffReport {
             Change::NewRoute { route, .. } => {
                 r.kernel_routes += 1;
                 let k = &route.key;
-                let kernel_entry = Entry {
-                    sub: k.sub,
-                    attrs: route.attrs.clone(),
-                    stamp: 0,
-                };
+                let kernel_entry = Entry::new(k.sub, route.attrs.clone(), 0);
                 match m.fib.get(k) {
                     None => {
                         r.missing_count += 1;
@@ -124,7 +120,7 @@ pub fn compare(m: &Mirror, dump: &[Change]) -> DiffReport {
                 let key = RouteKey {
                     table,
                     dst,
-                    sub: e.sub,
+                    sub: e.sub(),
                 };
                 if !keys.contains(&key) {
                     r.extra_count += 1;

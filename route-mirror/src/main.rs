@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use route_mirror::config::{self, ConfigSource, RunArgs};
+use route_mirror::ctl::batch::{self, BatchFormat};
 use route_mirror::ctl::{self, client, proto::Request, view};
 use route_mirror::daemon;
 use route_mirror::diff::DiffReport;
@@ -46,8 +47,19 @@ enum Cmd {
     /// Make the daemon re-read its configuration file (like SIGHUP)
     Reload,
     /// The route the kernel would use for ADDR (longest match, lowest metric)
+    ///
+    /// With --batch, reads addresses one per line from FILE (or stdin: `-` or no FILE)
+    /// and prints one result per line; malformed lines get an error line and the rest
+    /// goes on (exit status 1 if there were any).
     Lookup {
-        addr: IpAddr,
+        #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+        addr: Option<IpAddr>,
+        /// Look up every address in FILE (`-`: stdin)
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+        batch: Option<PathBuf>,
+        /// With --batch: CSV output (with a header line)
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
         /// Table id or name; default: the default rules' tables local, main, default
         #[arg(long, value_parser = parse_table)]
         table: Option<u32>,
@@ -228,10 +240,50 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Lookup {
-            addr,
+            addr: None,
+            batch,
             table,
             tos,
             json,
+            csv,
+        } => {
+            let format = if json {
+                BatchFormat::Json
+            } else if csv {
+                BatchFormat::Csv
+            } else {
+                BatchFormat::Text
+            };
+            let input: Box<dyn std::io::Read + Send> = match batch.as_deref() {
+                None => Box::new(std::io::stdin()),
+                Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin()),
+                Some(p) => Box::new(
+                    std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+                ),
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            use std::io::Write;
+            if format == BatchFormat::Csv {
+                writeln!(out, "{}", batch::CSV_HEADER)?;
+            }
+            let req = Request::LookupBatch { table, tos, format };
+            let counts = client::lookup_batch(&socket, &req, input, &mut out)?;
+            out.flush()?;
+            if counts.errors > 0 {
+                eprintln!(
+                    "route-mirror: {} of {} lines were not addresses",
+                    counts.errors, counts.lines
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Lookup {
+            addr: Some(addr),
+            table,
+            tos,
+            json,
+            ..
         } => {
             let v = call(&Request::Lookup { addr, table, tos }, short)?;
             if json {

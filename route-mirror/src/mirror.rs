@@ -125,37 +125,19 @@ impl Mirror {
 
     /// The next hops a route forwards through: its nexthop object's if it has one.
     pub fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop> {
-        let Some(nh) = attrs.nh_id.and_then(|id| self.nexthops.get(&id)) else {
-            return attrs.nexthops.to_vec();
-        };
-        match &nh.value.kind {
-            NexthopKind::Single {
-                gateway,
-                ifindex,
-                flags,
-            } => vec![NextHop {
-                gateway: *gateway,
-                ifindex: *ifindex,
-                weight: 1,
-                flags: *flags,
-            }],
-            NexthopKind::Blackhole => Vec::new(),
-            NexthopKind::Group { members, .. } => members
+        effective_hops(&self.nexthops, attrs)
+    }
+
+    /// What rendering a route needs besides the FIB (link names, nexthop objects), copied
+    /// so that lookups on a FIB snapshot can render without the mirror's lock.
+    pub fn names(&self) -> Names {
+        Names {
+            links: self
+                .links
                 .iter()
-                .filter_map(|m| match &self.nexthops.get(&m.id)?.value.kind {
-                    NexthopKind::Single {
-                        gateway,
-                        ifindex,
-                        flags,
-                    } => Some(NextHop {
-                        gateway: *gateway,
-                        ifindex: *ifindex,
-                        weight: m.weight.min(u16::MAX as u32) as u16,
-                        flags: *flags,
-                    }),
-                    _ => None,
-                })
+                .map(|(&i, l)| (i, l.value.name.clone()))
                 .collect(),
+            nexthops: self.nexthops.clone(),
         }
     }
 
@@ -173,14 +155,7 @@ impl Mirror {
 
     fn entry(&mut self, route: Route, stamp: u32) -> (RouteKey, Entry) {
         let attrs = self.interner.intern(route.attrs);
-        (
-            route.key,
-            Entry {
-                sub: route.key.sub,
-                attrs,
-                stamp,
-            },
-        )
+        (route.key, Entry::new(route.key.sub, attrs, stamp))
     }
 
     /// Applies one event. Returns the scan it calls for, if any.
@@ -211,6 +186,8 @@ impl Mirror {
     /// Applies one event, stamping what it creates with `gen` (see
     /// [`ActiveScan::event_stamp`]).
     pub fn apply_stamped(&mut self, change: Change, gen: u32) -> Option<FollowUp> {
+        // Links, addresses and nexthop objects change what lookups render too.
+        self.fib.touch();
         match change {
             Change::NewRoute { route, .. } => {
                 let (key, entry) = self.entry(route, gen);
@@ -446,6 +423,7 @@ impl Mirror {
 
     /// Applies one dump entry during `scan`, recording its verdict.
     pub fn mark(&mut self, change: Change, scan: &mut ActiveScan) {
+        self.fib.touch();
         let gen = scan.generation;
         match change {
             Change::NewRoute { route, .. } => {
@@ -516,6 +494,7 @@ impl Mirror {
 
     /// Deletes what the scan's completed dumps did not mark.
     pub fn prune(&mut self, scan: &mut ActiveScan) {
+        self.fib.touch();
         let gen = scan.generation;
         let mut deleted = 0u64;
         let journaling = self.journal.is_some();
@@ -559,6 +538,62 @@ impl Mirror {
         }
         scan.object_verdicts.deleted += objects as u64;
         self.interner.collect();
+    }
+}
+
+/// Link names and nexthop objects at one moment (see [`Mirror::names`]).
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    links: HashMap<u32, String>,
+    nexthops: HashMap<u32, Stamped<NexthopObject>>,
+}
+
+impl Names {
+    pub fn link_name(&self, ifindex: u32) -> Option<&str> {
+        self.links.get(&ifindex).map(String::as_str)
+    }
+
+    pub fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop> {
+        effective_hops(&self.nexthops, attrs)
+    }
+}
+
+/// The next hops of `attrs`: its nexthop object's (resolved in `nexthops`) if it has one.
+fn effective_hops(
+    nexthops: &HashMap<u32, Stamped<NexthopObject>>,
+    attrs: &RouteAttrs,
+) -> Vec<NextHop> {
+    let Some(nh) = attrs.nh_id.and_then(|id| nexthops.get(&id)) else {
+        return attrs.nexthops.to_vec();
+    };
+    match &nh.value.kind {
+        NexthopKind::Single {
+            gateway,
+            ifindex,
+            flags,
+        } => vec![NextHop {
+            gateway: *gateway,
+            ifindex: *ifindex,
+            weight: 1,
+            flags: *flags,
+        }],
+        NexthopKind::Blackhole => Vec::new(),
+        NexthopKind::Group { members, .. } => members
+            .iter()
+            .filter_map(|m| match &nexthops.get(&m.id)?.value.kind {
+                NexthopKind::Single {
+                    gateway,
+                    ifindex,
+                    flags,
+                } => Some(NextHop {
+                    gateway: *gateway,
+                    ifindex: *ifindex,
+                    weight: m.weight.min(u16::MAX as u32) as u16,
+                    flags: *flags,
+                }),
+                _ => None,
+            })
+            .collect(),
     }
 }
 

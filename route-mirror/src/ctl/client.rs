@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use super::batch::BatchCounts;
 use super::proto::{Reply, Request};
 
 /// Sends `req`, passes each streamed item to `on_item`, and returns the final value.
@@ -69,4 +70,58 @@ pub fn call(
             Reply::Error(e) => bail!("daemon: {e}"),
         }
     }
+}
+
+/// Runs a batch lookup: a thread copies `input` (addresses, one per line) to the daemon
+/// while the result lines are copied to `out` as they arrive, so neither side's socket
+/// buffer can fill up and stall the other. Returns the daemon's counts.
+pub fn lookup_batch(
+    socket: &Path,
+    req: &Request,
+    mut input: Box<dyn std::io::Read + Send>,
+    out: &mut dyn Write,
+) -> Result<BatchCounts> {
+    let stream = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    (&stream)
+        .write_all(line.as_bytes())
+        .context("sending request")?;
+    let sender = stream.try_clone().context("cloning the control socket")?;
+    let feeder = std::thread::spawn(move || -> std::io::Result<u64> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, &sender);
+        let n = std::io::copy(&mut input, &mut w)?;
+        w.flush()?;
+        sender.shutdown(std::net::Shutdown::Write)?;
+        Ok(n)
+    });
+    let mut rd = BufReader::with_capacity(1 << 20, &stream);
+    let mut buf = String::new();
+    let mut chunk = Vec::new();
+    let result = loop {
+        buf.clear();
+        if rd.read_line(&mut buf).context("reading results")? == 0 {
+            break Err(anyhow!("the daemon closed the connection before the end"));
+        }
+        match serde_json::from_str::<Reply>(buf.trim_end())
+            .context("malformed reply from the daemon")?
+        {
+            Reply::Item(v) => {
+                let n = v.get("bytes").and_then(Value::as_u64).unwrap_or(0) as usize;
+                chunk.resize(n, 0);
+                std::io::Read::read_exact(&mut rd, &mut chunk).context("reading results")?;
+                out.write_all(&chunk)?;
+            }
+            Reply::Ok(v) => break Ok(serde_json::from_value(v)?),
+            Reply::Error(e) => break Err(anyhow!("daemon: {e}")),
+        }
+    };
+    match feeder.join() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if result.is_ok() => return Err(e).context("sending addresses"),
+        Ok(Err(_)) => {}
+        Err(_) => bail!("the input thread panicked"),
+    }
+    result
 }

@@ -3,7 +3,9 @@
 //! A request is one line. A reply is zero or more `{"item": ...}` lines (streams such
 //! as `show`) and then exactly one `{"ok": ...}` or `{"error": "..."}` line.
 
+pub mod batch;
 pub mod client;
+pub mod fastpath;
 pub mod proto;
 pub mod server;
 pub mod view;

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::batch::BatchFormat;
 use crate::model::Family;
 
 /// Longest request line the server reads; anything longer is refused.
@@ -20,6 +21,16 @@ pub enum Request {
         table: Option<u32>,
         #[serde(default)]
         tos: u8,
+    },
+    /// Many lookups: after this line the client sends addresses, one per line, and
+    /// closes its sending side; the reply is framed chunks of result lines (see
+    /// [`super::batch`]) and a final count.
+    LookupBatch {
+        table: Option<u32>,
+        #[serde(default)]
+        tos: u8,
+        #[serde(default)]
+        format: BatchFormat,
     },
     /// Routes, in `ip route` order. `table: None` means all tables.
     Show {

@@ -15,10 +15,15 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, warn};
 
+use std::sync::atomic::Ordering;
+
+use super::batch::{self, BatchCounts, BatchQuery};
+use super::fastpath::FastPath;
 use super::proto::{Reply, Request, MAX_REQUEST};
 use super::view::route_view;
 use crate::daemon::{Command, Shared};
 use crate::diff;
+use crate::fib::fast::Lookup;
 use crate::fib::DEFAULT_RULE_TABLES;
 use crate::intern::Interner;
 use crate::model::Family;
@@ -41,6 +46,8 @@ pub struct Server {
     shared: Arc<Shared>,
     path: PathBuf,
     slots: Arc<Semaphore>,
+    /// Lock-free lookups from a snapshot of the FIB (see `fastpath`).
+    fast: Arc<FastPath>,
 }
 
 impl Server {
@@ -67,11 +74,15 @@ impl Server {
             .with_context(|| format!("binding control socket {}{hint}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod 0600 {}", path.display()))?;
+        let fast = Arc::new(FastPath::default());
+        fast.spawn_rebuilder(&shared)
+            .context("starting the FIB snapshot thread")?;
         Ok(Server {
             listener,
             shared,
             path: path.to_owned(),
             slots: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            fast,
         })
     }
 
@@ -95,8 +106,9 @@ impl Server {
                 ))));
                 continue;
             };
+            let fast = self.fast.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, shared).await {
+                if let Err(e) = handle(stream, shared, fast).await {
                     debug!(error = %e, "control client ended with an error");
                 }
                 drop(permit);
@@ -132,8 +144,10 @@ fn reply_line(r: &Reply) -> Vec<u8> {
 
 /// Reads one request line: at most [`MAX_REQUEST`] bytes, within [`REQUEST_TIMEOUT`].
 /// `Ok(None)`: the client closed without sending anything.
-async fn read_request<R: AsyncRead + Unpin>(rd: R) -> Result<Option<Request>, String> {
-    let mut rd = BufReader::new(rd).take(MAX_REQUEST as u64 + 1);
+async fn read_request<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
+) -> Result<Option<Request>, String> {
+    let mut rd = rd.take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
     let n = match tokio::time::timeout(REQUEST_TIMEOUT, rd.read_until(b'\n', &mut line)).await {
         Err(_) => {
@@ -160,20 +174,29 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     serde_json::from_str::<Request>(text.trim_end()).map_err(|e| format!("bad request: {e}"))
 }
 
-async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
+async fn handle(stream: UnixStream, shared: Arc<Shared>, fast: Arc<FastPath>) -> Result<()> {
     let refused = refuse_peer(&stream);
     let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
     let reply = if let Some(msg) = refused {
         warn!(reason = %msg, "refused a control client");
         shared.status.lock().expect("status lock").refused_peers += 1;
         reply_line(&Reply::Error(msg))
     } else {
-        match read_request(rd).await {
+        match read_request(&mut rd).await {
             Ok(None) => return Ok(()),
             Ok(Some(Request::Watch { prefix, table })) => {
                 return watch(BufWriter::new(wr), &shared, prefix, table).await
             }
-            Ok(Some(req)) => match dispatch(req, &shared).await {
+            Ok(Some(Request::LookupBatch { table, tos, format })) => {
+                let q = BatchQuery {
+                    tables: table.map_or_else(|| DEFAULT_RULE_TABLES.to_vec(), |t| vec![t]),
+                    tos,
+                    format,
+                };
+                return lookup_batch(rd, BufWriter::new(wr), &shared, &fast, q).await;
+            }
+            Ok(Some(req)) => match dispatch(req, &shared, &fast).await {
                 Ok(r) => r,
                 Err(e) => reply_line(&Reply::Error(format!("{e:#}"))),
             },
@@ -216,11 +239,95 @@ where
         .context("request task failed")?
 }
 
+/// Streams a batch lookup: reads input in chunks of whole lines, answers each chunk
+/// (lock held, if at all, only while answering), then writes it.
+async fn lookup_batch(
+    mut rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut wr: BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    shared: &Arc<Shared>,
+    fast: &Arc<FastPath>,
+    q: BatchQuery,
+) -> Result<()> {
+    let mut counts = BatchCounts::default();
+    let mut line_no = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(batch::CHUNK + batch::MAX_LINE);
+    let mut out: Vec<u8> = Vec::with_capacity(batch::CHUNK * 4);
+    let mut eof = false;
+    while !eof {
+        // Fill up to a chunk of input.
+        while buf.len() < batch::CHUNK {
+            let start = buf.len();
+            buf.resize(batch::CHUNK + batch::MAX_LINE, 0);
+            let n = tokio::time::timeout(REQUEST_TIMEOUT, rd.read(&mut buf[start..]))
+                .await
+                .context("batch input stalled")??;
+            buf.truncate(start + n);
+            if n == 0 {
+                eof = true;
+                break;
+            }
+        }
+        // Whole lines only; at EOF the last line needs no newline.
+        let end = if eof {
+            buf.len()
+        } else {
+            match buf.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                // A chunk without a newline is one overlong line: answered (as an error)
+                // by itself, its rest then reads as a line of its own.
+                None => buf.len(),
+            }
+        };
+        if end > 0 {
+            let body = buf[..end].strip_suffix(b"\n").unwrap_or(&buf[..end]);
+            out.clear();
+            batch::answer_lines(fast, shared, &q, body, &mut line_no, &mut out, &mut counts);
+            buf.drain(..end);
+            if !out.is_empty() {
+                let head = serde_json::to_string(&Reply::Item(json!({ "bytes": out.len() })))?;
+                tokio::time::timeout(WRITE_STALL_TIMEOUT, async {
+                    wr.write_all(head.as_bytes()).await?;
+                    wr.write_all(b"\n").await?;
+                    wr.write_all(&out).await?;
+                    wr.flush().await?;
+                    anyhow::Ok(())
+                })
+                .await
+                .context("client did not read its results in time")??;
+            }
+        }
+    }
+    let mut s = serde_json::to_string(&Reply::Ok(serde_json::to_value(counts)?))?;
+    s.push('\n');
+    tokio::time::timeout(WRITE_STALL_TIMEOUT, async {
+        wr.write_all(s.as_bytes()).await?;
+        wr.flush().await?;
+        anyhow::Ok(())
+    })
+    .await
+    .context("client did not read its results in time")??;
+    Ok(())
+}
+
 /// Answers one request with the complete reply bytes (items, then ok/error).
-async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<u8>> {
+async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> Result<Vec<u8>> {
     let shared = shared.clone();
     match req {
         Request::Lookup { addr, table, tos } => {
+            let tables: Vec<u32> = table.map_or_else(|| DEFAULT_RULE_TABLES.to_vec(), |t| vec![t]);
+            // Lock-free while the snapshot is current; the exact trie otherwise.
+            if let Some(snap) = fast.current() {
+                let found = match snap.fib.lookup(addr, &tables, tos) {
+                    Lookup::Route(t, net, e) => Some(Some(route_view(&snap.names, t, net, e))),
+                    Lookup::None => Some(None),
+                    Lookup::Exact => None,
+                };
+                if let Some(found) = found {
+                    fast.fast_lookups.fetch_add(1, Ordering::Relaxed);
+                    return ok(found);
+                }
+            }
+            fast.exact_lookups.fetch_add(1, Ordering::Relaxed);
             blocking(move || {
                 let m = shared.mirror.read().expect("mirror lock");
                 let tables: Vec<u32> =
@@ -228,7 +335,7 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<u8>> {
                 let found = m
                     .fib
                     .lookup(addr, &tables, tos)
-                    .map(|(t, net, e)| route_view(&m, t, net, e));
+                    .map(|(t, net, e)| route_view(&*m, t, net, e));
                 ok(found)
             })
             .await
@@ -255,7 +362,7 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<u8>> {
                     };
                     for (net, e) in iter {
                         out.extend_from_slice(b"{\"item\":");
-                        serde_json::to_writer(&mut out, &route_view(&m, t, net, e))?;
+                        serde_json::to_writer(&mut out, &route_view(&*m, t, net, e))?;
                         out.extend_from_slice(b"}\n");
                         n += 1;
                     }
@@ -266,7 +373,15 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<u8>> {
             })
             .await
         }
-        Request::Stats => blocking(move || ok(stats(&shared))).await,
+        Request::Stats => {
+            let fast_stats = fast.stats();
+            blocking(move || {
+                let mut v = stats(&shared);
+                v["fast_lookup"] = fast_stats;
+                ok(v)
+            })
+            .await
+        }
         Request::Diff => {
             let ns = shared.netns.clone();
             let dump =
@@ -311,7 +426,9 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<u8>> {
             ok(json!({ "dropping": count }))
         }
         Request::Reload => ok(crate::daemon::reload(&shared)?),
-        Request::Watch { .. } => bail!("watch is a stream (handled before dispatch)"),
+        Request::Watch { .. } | Request::LookupBatch { .. } => {
+            bail!("a streaming request (handled before dispatch)")
+        }
         Request::Sync => {
             shared.barrier().await?;
             ok(json!({ "synced": true }))
@@ -512,13 +629,20 @@ mod tests {
     #[tokio::test]
     async fn oversized_and_truncated_requests_are_refused() {
         let big = vec![b'x'; MAX_REQUEST + 10];
-        let e = read_request(&big[..]).await.unwrap_err();
+        let e = read_request(&mut BufReader::new(&big[..]))
+            .await
+            .unwrap_err();
         assert!(e.contains("longer than"), "{e}");
-        let e = read_request(&b"{\"cmd\":"[..]).await.unwrap_err();
+        let e = read_request(&mut BufReader::new(&b"{\"cmd\":"[..]))
+            .await
+            .unwrap_err();
         assert!(e.starts_with("bad request"), "{e}");
-        assert_eq!(read_request(&b""[..]).await, Ok(None));
+        assert_eq!(read_request(&mut BufReader::new(&b""[..])).await, Ok(None));
         assert_eq!(
-            read_request(&b"{\"cmd\":\"sync\"}\n{\"cmd\":\"stats\"}\n"[..]).await,
+            read_request(&mut BufReader::new(
+                &b"{\"cmd\":\"sync\"}\n{\"cmd\":\"stats\"}\n"[..]
+            ))
+            .await,
             Ok(Some(Request::Sync)),
             "one request per connection"
         );

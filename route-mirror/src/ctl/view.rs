@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::fib::Entry;
-use crate::mirror::Mirror;
+use crate::mirror::{Mirror, Names};
 use crate::model::{rtn, rtnh, scope, table, Family, NextHop, RouteAttrs};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +59,32 @@ fn flag_names(f: u8) -> Vec<String> {
     v
 }
 
-pub fn hop_view(m: &Mirror, h: &NextHop) -> HopView {
+/// What rendering a route needs besides the route: the live [`Mirror`] (under its lock)
+/// or a [`Names`] copy taken with a FIB snapshot (lock-free lookups).
+pub trait RouteContext {
+    fn link_name(&self, ifindex: u32) -> Option<&str>;
+    fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop>;
+}
+
+impl RouteContext for Mirror {
+    fn link_name(&self, ifindex: u32) -> Option<&str> {
+        Mirror::link_name(self, ifindex)
+    }
+    fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop> {
+        Mirror::effective_hops(self, attrs)
+    }
+}
+
+impl RouteContext for Names {
+    fn link_name(&self, ifindex: u32) -> Option<&str> {
+        Names::link_name(self, ifindex)
+    }
+    fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop> {
+        Names::effective_hops(self, attrs)
+    }
+}
+
+pub fn hop_view<C: RouteContext + ?Sized>(m: &C, h: &NextHop) -> HopView {
     HopView {
         gateway: h.gateway,
         dev: (h.ifindex != 0).then(|| {
@@ -73,15 +98,21 @@ pub fn hop_view(m: &Mirror, h: &NextHop) -> HopView {
 }
 
 /// A route as queries show it, with its nexthop object resolved through the mirror.
-pub fn route_view(m: &Mirror, table: u32, prefix: IpNet, e: &Entry) -> RouteView {
+pub fn route_view<C: RouteContext + ?Sized>(
+    m: &C,
+    table: u32,
+    prefix: IpNet,
+    e: &Entry,
+) -> RouteView {
     let a: &RouteAttrs = &e.attrs;
+    let sub = e.sub();
     RouteView {
         family: Family::of_net(&prefix),
         prefix,
         table,
-        metric: e.sub.priority,
-        tos: e.sub.tos,
-        from: e.sub.src,
+        metric: sub.priority,
+        tos: sub.tos,
+        from: sub.src,
         kind: a.kind_name(),
         protocol: a.protocol_name(),
         scope: a.scope_name(),

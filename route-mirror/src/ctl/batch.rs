@@ -1,0 +1,304 @@
+//! Batch lookups (`route-mirror lookup --batch`): addresses stream in one per line after
+//! the request line, results stream back one line per input line, in chunks.
+//!
+//! Framing, so the results need no JSON wrapping per line: the daemon sends
+//! `{"item":{"bytes":N}}` followed by N bytes of result lines, repeatedly, then the
+//! usual final `{"ok":{...counts}}`. Each chunk is answered from the current FIB snapshot
+//! when there is one ([`super::fastpath`]) and otherwise under the mirror's read lock,
+//! which is released before the chunk is written: a slow reader never holds up the core.
+//!
+//! Malformed lines (not an address, not UTF-8, too long) get an error line of their own
+//! and the stream goes on; blank lines are skipped.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::RwLockReadGuard;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::fastpath::FastPath;
+use super::view::{format_route, route_view, RouteContext};
+use crate::daemon::Shared;
+use crate::fib::fast::Lookup;
+use crate::fib::Entry;
+use crate::mirror::Mirror;
+use crate::model::Family;
+
+/// Longest input line accepted (an IPv6 address with a zone is under 64 bytes).
+pub const MAX_LINE: usize = 1024;
+/// Input bytes answered per chunk (about 15k addresses).
+pub const CHUNK: usize = 256 * 1024;
+
+/// Output format of batch results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchFormat {
+    /// `ADDR ROUTE` with ROUTE as `ip route` prints it (multipath on one line).
+    #[default]
+    Text,
+    /// One JSON object per line: `addr`, `prefix` and the route's fields.
+    Json,
+    /// `addr,prefix,table,type,gateway,dev,metric,error` (multipath hops joined by `|`).
+    Csv,
+}
+
+/// Header of the CSV format.
+pub const CSV_HEADER: &str = "addr,prefix,table,type,gateway,dev,metric,error";
+
+/// Counts of one batch, the final reply.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCounts {
+    pub lines: u64,
+    pub found: u64,
+    pub no_route: u64,
+    pub errors: u64,
+    /// Chunks answered from a snapshot / under the lock.
+    pub fast_chunks: u64,
+    pub exact_chunks: u64,
+}
+
+/// What one batch looks up in.
+#[derive(Debug, Clone)]
+pub struct BatchQuery {
+    pub tables: Vec<u32>,
+    pub tos: u8,
+    pub format: BatchFormat,
+}
+
+/// Rendered parts of a route that do not depend on its prefix, per chunk: the
+/// attribute pointer is only meaningful while the chunk's snapshot or lock is held.
+type Cache = HashMap<(bool, u32, usize, u32, u8, u32), (String, String)>;
+// (from snapshot, table, attrs pointer, metric, tos, interned src/hop id)
+
+/// Answers the complete lines in `input` (no partial last line) into `out`.
+/// `line_no` is the number of lines before `input` and is advanced.
+pub fn answer_lines(
+    fast: &FastPath,
+    shared: &Shared,
+    q: &BatchQuery,
+    input: &[u8],
+    line_no: &mut u64,
+    out: &mut Vec<u8>,
+    counts: &mut BatchCounts,
+) {
+    let snap = fast.current();
+    let mut guard: Option<RwLockReadGuard<'_, Mirror>> = None;
+    let mut cache = Cache::new();
+    let mut s = String::with_capacity(input.len() * 3);
+    let (mut used_fast, mut used_exact) = (false, false);
+    for raw in input.split(|&b| b == b'\n') {
+        *line_no += 1;
+        let Some(addr) = parse_line(raw, *line_no, q.format, &mut s, counts) else {
+            continue;
+        };
+        if let Some(sn) = &snap {
+            match sn.fib.lookup(addr, &q.tables, q.tos) {
+                Lookup::Route(t, net, e) => {
+                    used_fast = true;
+                    found(&sn.names, true, q, addr, t, net, e, &mut cache, &mut s);
+                    counts.found += 1;
+                    continue;
+                }
+                Lookup::None => {
+                    used_fast = true;
+                    no_route(q.format, addr, &mut s);
+                    counts.no_route += 1;
+                    continue;
+                }
+                Lookup::Exact => {}
+            }
+        }
+        used_exact = true;
+        if guard.is_none() {
+            match shared.mirror.read() {
+                Ok(g) => guard = Some(g),
+                // A writer panicked mid-change: nothing trustworthy to answer from.
+                Err(_) => {
+                    error_line(q.format, *line_no, raw, "mirror unavailable", &mut s);
+                    counts.errors += 1;
+                    continue;
+                }
+            }
+        }
+        let Some(m) = guard.as_deref() else { continue };
+        match m.fib.lookup(addr, &q.tables, q.tos) {
+            Some((t, net, e)) => {
+                found(m, false, q, addr, t, net, e, &mut cache, &mut s);
+                counts.found += 1;
+            }
+            None => {
+                no_route(q.format, addr, &mut s);
+                counts.no_route += 1;
+            }
+        }
+    }
+    drop(guard);
+    counts.fast_chunks += u64::from(used_fast);
+    counts.exact_chunks += u64::from(used_exact);
+    if used_fast {
+        fast.fast_lookups.fetch_add(1, Ordering::Relaxed);
+    }
+    if used_exact {
+        fast.exact_lookups.fetch_add(1, Ordering::Relaxed);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Parses one input line; writes its error line (or nothing, for a blank line) and
+/// returns `None` when there is no address to look up.
+fn parse_line(
+    raw: &[u8],
+    line_no: u64,
+    format: BatchFormat,
+    s: &mut String,
+    counts: &mut BatchCounts,
+) -> Option<IpAddr> {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let text = match std::str::from_utf8(raw) {
+        Ok(t) => t.trim(),
+        Err(_) => {
+            counts.lines += 1;
+            counts.errors += 1;
+            error_line(format, line_no, raw, "not UTF-8", s);
+            return None;
+        }
+    };
+    if text.is_empty() {
+        return None;
+    }
+    counts.lines += 1;
+    if raw.len() > MAX_LINE {
+        counts.errors += 1;
+        error_line(format, line_no, &raw[..64], "line too long", s);
+        return None;
+    }
+    match text.parse::<IpAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            counts.errors += 1;
+            error_line(format, line_no, raw, "not an IP address", s);
+            None
+        }
+    }
+}
+
+/// The error line for input line `line_no`.
+pub fn error_line(format: BatchFormat, line_no: u64, raw: &[u8], msg: &str, s: &mut String) {
+    let input = String::from_utf8_lossy(raw);
+    let input = input.trim();
+    match format {
+        BatchFormat::Text => {
+            let _ = writeln!(s, "line {line_no}: {input:?}: {msg}");
+        }
+        BatchFormat::Json => {
+            let _ = writeln!(
+                s,
+                "{{\"line\":{line_no},\"input\":{},\"error\":{}}}",
+                serde_json::Value::from(input),
+                serde_json::Value::from(msg)
+            );
+        }
+        BatchFormat::Csv => {
+            let _ = writeln!(
+                s,
+                "\"{}\",,,,,,,line {line_no}: {msg}",
+                input.replace('"', "\"\"")
+            );
+        }
+    }
+}
+
+fn no_route(format: BatchFormat, addr: IpAddr, s: &mut String) {
+    let _ = match format {
+        BatchFormat::Text => writeln!(s, "{addr} no route"),
+        BatchFormat::Json => writeln!(s, "{{\"addr\":\"{addr}\",\"prefix\":null}}"),
+        BatchFormat::Csv => writeln!(s, "{addr},,,,,,,no route"),
+    };
+}
+
+/// `ip route` style text of a prefix.
+fn prefix_text(net: IpNet, s: &mut String) {
+    let host = match net {
+        IpNet::V4(n) => n.prefix_len() == 32,
+        IpNet::V6(n) => n.prefix_len() == 128,
+    };
+    let _ = if net.prefix_len() == 0 {
+        write!(s, "default")
+    } else if host {
+        write!(s, "{}", net.addr())
+    } else {
+        write!(s, "{net}")
+    };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn found<C: RouteContext + ?Sized>(
+    ctx: &C,
+    from_snapshot: bool,
+    q: &BatchQuery,
+    addr: IpAddr,
+    table: u32,
+    net: IpNet,
+    e: &Entry,
+    cache: &mut Cache,
+    s: &mut String,
+) {
+    let key = (
+        from_snapshot,
+        table,
+        std::sync::Arc::as_ptr(&e.attrs) as usize,
+        e.priority(),
+        e.tos(),
+        // The rare sub-key part (source prefix) shows in the output too.
+        e.ext_raw(),
+    );
+    let (head, tail) = cache.entry(key).or_insert_with(|| {
+        let placeholder = Family::of_net(&net).default_net();
+        let view = route_view(ctx, table, placeholder, e);
+        match q.format {
+            BatchFormat::Text => {
+                let text = format_route(&view, true).replace(" \n\t", " ");
+                match text.split_once("default") {
+                    Some((h, t)) => (h.to_string(), t.to_string()),
+                    None => (String::new(), text),
+                }
+            }
+            BatchFormat::Json => {
+                let mut v = serde_json::to_value(&view).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("prefix");
+                }
+                let text = v.to_string();
+                let rest = text.strip_prefix('{').unwrap_or("}").to_string();
+                (String::new(), rest)
+            }
+            BatchFormat::Csv => {
+                let join = |f: &dyn Fn(&super::view::HopView) -> String| {
+                    view.nexthops.iter().map(f).collect::<Vec<_>>().join("|")
+                };
+                let gw = join(&|h| h.gateway.map(|g| g.to_string()).unwrap_or_default());
+                let dev = join(&|h| h.dev.clone().unwrap_or_default());
+                let tail = format!(",{},{},{gw},{dev},{},", view.table, view.kind, view.metric);
+                (String::new(), tail)
+            }
+        }
+    });
+    match q.format {
+        BatchFormat::Text => {
+            let _ = write!(s, "{addr} {head}");
+            prefix_text(net, s);
+            s.push_str(tail);
+        }
+        BatchFormat::Json => {
+            let sep = if tail.starts_with('}') { "" } else { "," };
+            let _ = write!(s, "{{\"addr\":\"{addr}\",\"prefix\":\"{net}\"{sep}{tail}");
+        }
+        BatchFormat::Csv => {
+            let _ = write!(s, "{addr},{net}{tail}");
+        }
+    }
+    s.push('\n');
+}

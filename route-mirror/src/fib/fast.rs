@@ -1,0 +1,470 @@
+//! Read-optimised snapshots of the FIB: a [`Poptrie`] per table over each prefix's best
+//! route, for lock-free lookups that agree with [`Fib::lookup`].
+//!
+//! A snapshot is immutable and carries the FIB version it was taken at; readers publish
+//! and load it through an `Arc` swap (`arc-swap`), so a lookup never waits for the writer
+//! and never sees a half-applied change. Whether to use it is the reader's call:
+//! [`FastFib::is_current`] says whether the FIB changed since, and a stale snapshot is
+//! bypassed for the exact path rather than served (the daemon answers as of now).
+//!
+//! Why rebuild rather than update in place: rebuilding 1M IPv4 prefixes takes a few
+//! hundred milliseconds off the writer's lock (BENCHMARKS.md), while an in-place update
+//! of a leaf-compressed poptrie would need copy-on-write of every node on the path for
+//! readers to stay consistent. Taking the snapshot ([`Fib::extract`]) is the only part
+//! that holds the FIB's read lock.
+//!
+//! What the fast path cannot express falls back to the exact one: lookups with a
+//! nonzero TOS in a table that has TOS-specific routes ([`Lookup::Exact`]).
+//! The values in the trie are `class << 8 | prefix length`: a class is a distinct
+//! (attributes, sub-key) of best routes, a few thousand for a full table, so the
+//! snapshot needs no per-prefix array: the matched prefix is the address masked to the
+//! length.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::poptrie::{Poptrie, NONE};
+use super::{Entry, Fib};
+use crate::model::{rtn, Family};
+
+/// Most classes one table can have (values are 31 bits, 8 of them the length).
+const MAX_CLASSES: usize = (NONE >> 8) as usize;
+
+enum Trie {
+    V4(Poptrie<u32>),
+    V6(Poptrie<u128>),
+}
+
+/// One table of a snapshot.
+pub struct FastTable {
+    trie: Trie,
+    /// Distinct best routes without their prefix (stamp 0).
+    classes: Vec<Entry>,
+    /// The table has routes with a nonzero TOS: only TOS-0 lookups are served here.
+    has_tos: bool,
+}
+
+/// Prefixes and classes of one table, taken under the FIB's lock ([`Fib::extract`]).
+pub struct Extracted {
+    items: ExtractedItems,
+    classes: Vec<Entry>,
+    has_tos: bool,
+}
+
+enum ExtractedItems {
+    V4(Vec<(u32, u8, u32)>),
+    V6(Vec<(u128, u8, u32)>),
+    /// Too many distinct classes for the value encoding: exact path only.
+    TooMany,
+}
+
+/// A taken but not yet built snapshot.
+pub struct Extract {
+    version: u64,
+    counter: Arc<AtomicU64>,
+    tables: Vec<((Family, u32), Extracted)>,
+}
+
+/// A read-optimised, immutable view of a whole [`Fib`] at one version.
+pub struct FastFib {
+    version: u64,
+    counter: Arc<AtomicU64>,
+    tables: BTreeMap<(Family, u32), FastTable>,
+    /// Tables with too many classes to encode: lookups through them take the exact path.
+    exact_only: Vec<(Family, u32)>,
+}
+
+/// What [`FastFib::lookup`] found.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'a> {
+    /// The route (table, prefix, best entry of the prefix).
+    Route(u32, IpNet, &'a Entry),
+    /// No table has a route.
+    None,
+    /// The snapshot cannot answer this one (TOS routes): ask [`Fib::lookup`].
+    Exact,
+}
+
+impl Fib {
+    /// Takes what a [`FastFib`] is built from: each table's prefixes with their best
+    /// TOS-0 route. O(routes); the only part of a rebuild that needs the FIB itself.
+    pub fn extract(&self) -> Extract {
+        let mut tables = Vec::new();
+        for ((family, id), t) in self.tables() {
+            let mut classes: Vec<Entry> = Vec::new();
+            let mut ids: HashMap<(usize, u32, u32, u8), u32> = HashMap::new();
+            let mut has_tos = false;
+            let mut too_many = false;
+            let mut class_of = |e: &Entry| -> u32 {
+                let key = (
+                    Arc::as_ptr(&e.attrs) as usize,
+                    e.priority,
+                    e.ext.raw(),
+                    e.tos,
+                );
+                *ids.entry(key).or_insert_with(|| {
+                    classes.push(Entry {
+                        stamp: 0,
+                        ..e.clone()
+                    });
+                    classes.len() as u32 - 1
+                })
+            };
+            let items = match family {
+                Family::V4 => {
+                    let mut v = Vec::with_capacity(t.prefixes());
+                    for (net, es) in t.prefix_entries() {
+                        has_tos |= es.iter().any(|e| e.tos != 0);
+                        if let (IpNet::V4(n), Some(e)) = (net, es.iter().find(|e| e.tos == 0)) {
+                            let c = class_of(e);
+                            too_many |= c as usize >= MAX_CLASSES;
+                            v.push((
+                                u32::from(n.network()),
+                                n.prefix_len(),
+                                c << 8 | u32::from(n.prefix_len()),
+                            ));
+                        }
+                    }
+                    ExtractedItems::V4(v)
+                }
+                Family::V6 => {
+                    let mut v = Vec::with_capacity(t.prefixes());
+                    for (net, es) in t.prefix_entries() {
+                        if let (IpNet::V6(n), Some(e)) = (net, es.iter().find(|e| e.tos == 0)) {
+                            let c = class_of(e);
+                            too_many |= c as usize >= MAX_CLASSES;
+                            v.push((
+                                u128::from(n.network()),
+                                n.prefix_len(),
+                                c << 8 | u32::from(n.prefix_len()),
+                            ));
+                        }
+                    }
+                    ExtractedItems::V6(v)
+                }
+            };
+            let items = if too_many {
+                ExtractedItems::TooMany
+            } else {
+                items
+            };
+            tables.push((
+                (family, id),
+                Extracted {
+                    items,
+                    classes,
+                    has_tos,
+                },
+            ));
+        }
+        Extract {
+            version: self.version(),
+            counter: self.version_counter(),
+            tables,
+        }
+    }
+}
+
+impl Extract {
+    /// Builds the tries (no lock needed).
+    pub fn build(self) -> FastFib {
+        let mut tables = BTreeMap::new();
+        let mut exact_only = Vec::new();
+        for (key, x) in self.tables {
+            let trie = match x.items {
+                ExtractedItems::V4(v) => Trie::V4(Poptrie::build(v)),
+                ExtractedItems::V6(v) => Trie::V6(Poptrie::build(v)),
+                // Left out: lookups through this table take the exact path.
+                ExtractedItems::TooMany => {
+                    exact_only.push(key);
+                    continue;
+                }
+            };
+            tables.insert(
+                key,
+                FastTable {
+                    trie,
+                    classes: x.classes,
+                    has_tos: x.has_tos,
+                },
+            );
+        }
+        FastFib {
+            version: self.version,
+            counter: self.counter,
+            tables,
+            exact_only,
+        }
+    }
+}
+
+impl FastTable {
+    /// Longest prefix with a TOS-0 route: (prefix, its best entry).
+    #[inline]
+    fn lookup(&self, addr: IpAddr) -> Option<(IpNet, &Entry)> {
+        let (v, net) = match (&self.trie, addr) {
+            (Trie::V4(t), IpAddr::V4(a)) => {
+                let v = t.lookup(u32::from(a))?;
+                let net = Ipv4Net::new(a, v as u8).ok()?.trunc();
+                (v, IpNet::V4(net))
+            }
+            (Trie::V6(t), IpAddr::V6(a)) => {
+                let v = t.lookup(u128::from(a))?;
+                let net = Ipv6Net::new(a, v as u8).ok()?.trunc();
+                (v, IpNet::V6(net))
+            }
+            _ => return None,
+        };
+        Some((net, self.classes.get((v >> 8) as usize)?))
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        let t = match &self.trie {
+            Trie::V4(t) => t.heap_bytes(),
+            Trie::V6(t) => t.heap_bytes(),
+        };
+        t + self.classes.capacity() * std::mem::size_of::<Entry>()
+    }
+}
+
+impl FastFib {
+    /// The FIB version this snapshot shows.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether the FIB it was taken from has not changed since (lock-free).
+    pub fn is_current(&self) -> bool {
+        self.counter.load(Ordering::Acquire) == self.version
+    }
+
+    /// [`Fib::lookup`] on this snapshot: through `tables` in order, `throw` moving on.
+    pub fn lookup(&self, addr: IpAddr, tables: &[u32], tos: u8) -> Lookup<'_> {
+        let family = Family::of(&addr);
+        for &id in tables {
+            let Some(t) = self.tables.get(&(family, id)) else {
+                // Either absent from the FIB (empty) or left out (too many classes).
+                if self.left_out(family, id) {
+                    return Lookup::Exact;
+                }
+                continue;
+            };
+            if tos != 0 && t.has_tos {
+                return Lookup::Exact;
+            }
+            match t.lookup(addr) {
+                Some((_, e)) if e.attrs.kind == rtn::THROW => continue,
+                Some((net, e)) => return Lookup::Route(id, net, e),
+                None => continue,
+            }
+        }
+        Lookup::None
+    }
+
+    fn left_out(&self, family: Family, id: u32) -> bool {
+        self.exact_only.contains(&(family, id))
+    }
+
+    /// Heap bytes of all tables.
+    pub fn heap_bytes(&self) -> usize {
+        self.tables.values().map(FastTable::heap_bytes).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fib::DEFAULT_RULE_TABLES;
+    use crate::model::{NextHop, RouteAttrs, SubKey};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert {
+            table: u32,
+            net: IpNet,
+            priority: u32,
+            tos: u8,
+            kind: u8,
+        },
+        Remove {
+            table: u32,
+            net: IpNet,
+            priority: u32,
+            tos: u8,
+        },
+    }
+
+    fn attrs(kind: u8) -> Arc<RouteAttrs> {
+        Arc::new(RouteAttrs {
+            protocol: 4,
+            kind,
+            scope: 0,
+            flags: 0,
+            prefsrc: None,
+            nh_id: None,
+            nexthops: vec![NextHop {
+                gateway: None,
+                ifindex: 2,
+                weight: 1,
+                flags: 0,
+            }]
+            .into(),
+            pref: None,
+            mtu: None,
+        })
+    }
+
+    /// Prefixes clustered under one /4 (v4) or /4 (v6) so that they nest, with /0, host
+    /// routes and everything between.
+    fn net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (any::<u32>(), 0u8..=32).prop_map(|(a, l)| {
+                let a = 0x0a00_0000 | (a >> 8);
+                IpNet::V4(Ipv4Net::new(a.into(), l).unwrap().trunc())
+            }),
+            (any::<u128>(), 0u8..=128).prop_map(|(a, l)| {
+                let a = (0x2001u128 << 112) | (a >> 20);
+                IpNet::V6(Ipv6Net::new(a.into(), l).unwrap().trunc())
+            }),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let table = prop_oneof![Just(253u32), Just(254), Just(255)];
+        let tos = prop_oneof![4 => Just(0u8), 1 => Just(8)];
+        let kind =
+            prop_oneof![6 => Just(rtn::UNICAST), 1 => Just(rtn::THROW), 1 => Just(rtn::BLACKHOLE)];
+        prop_oneof![
+            3 => (table.clone(), net(), 0u32..3, tos.clone(), kind).prop_map(|(table, net, priority, tos, kind)| Op::Upsert { table, net, priority, tos, kind }),
+            1 => (table, net(), 0u32..3, tos).prop_map(|(table, net, priority, tos)| Op::Remove { table, net, priority, tos }),
+        ]
+    }
+
+    fn sub(priority: u32, tos: u8) -> SubKey {
+        SubKey {
+            priority,
+            tos,
+            src: None,
+            hop: None,
+        }
+    }
+
+    fn apply(fib: &mut Fib, op: &Op) {
+        match *op {
+            Op::Upsert {
+                table,
+                net,
+                priority,
+                tos,
+                kind,
+            } => {
+                let tos = if net.addr().is_ipv4() { tos } else { 0 };
+                fib.table_mut(Family::of_net(&net), table)
+                    .upsert(&net, Entry::new(sub(priority, tos), attrs(kind), 0));
+            }
+            Op::Remove {
+                table,
+                net,
+                priority,
+                tos,
+            } => {
+                let tos = if net.addr().is_ipv4() { tos } else { 0 };
+                fib.table_mut(Family::of_net(&net), table)
+                    .remove(&net, &sub(priority, tos));
+            }
+        }
+    }
+
+    /// Addresses at the edges of every prefix the ops named, plus some random ones.
+    fn probes(ops: &[Op], extra: &[u32]) -> Vec<IpAddr> {
+        let mut v = Vec::new();
+        for op in ops {
+            let (Op::Upsert { net, .. } | Op::Remove { net, .. }) = op;
+            v.push(net.network());
+            v.push(net.broadcast());
+        }
+        for &x in extra {
+            v.push(IpAddr::V4((0x0a00_0000 | (x >> 8)).into()));
+            v.push(IpAddr::V6(
+                ((0x2001u128 << 112) | (u128::from(x) << 60)).into(),
+            ));
+        }
+        v
+    }
+
+    fn check(fib: &Fib, snap: &FastFib, addrs: &[IpAddr]) -> Result<(), TestCaseError> {
+        let table_sets: [&[u32]; 3] = [&DEFAULT_RULE_TABLES, &[254], &[100]];
+        for &a in addrs {
+            for tables in table_sets {
+                for tos in [0u8, 8, 12] {
+                    let exact = fib.lookup(a, tables, tos);
+                    match snap.lookup(a, tables, tos) {
+                        Lookup::Exact => prop_assert!(tos != 0, "exact fallback for tos 0 at {a}"),
+                        Lookup::None => prop_assert!(
+                            exact.is_none(),
+                            "{a} tos {tos}: fast none, exact {exact:?}"
+                        ),
+                        Lookup::Route(t, net, e) => {
+                            let Some((et, enet, ee)) = exact else {
+                                return Err(TestCaseError::fail(format!(
+                                    "{a}: fast {net}, exact none"
+                                )));
+                            };
+                            prop_assert_eq!(
+                                (t, net, e.sub()),
+                                (et, enet, ee.sub()),
+                                "{} tos {}",
+                                a,
+                                tos
+                            );
+                            prop_assert!(Arc::ptr_eq(&e.attrs, &ee.attrs));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Churn: after every step of ops, a fresh snapshot answers like the exact FIB,
+        /// and the previous snapshot knows it is stale.
+        #[test]
+        fn snapshot_agrees_with_exact_lookup_under_churn(
+            steps in prop::collection::vec(prop::collection::vec(op(), 1..20), 1..6),
+            extra in prop::collection::vec(any::<u32>(), 20),
+        ) {
+            let mut fib = Fib::default();
+            let mut all = Vec::new();
+            let mut prev: Option<FastFib> = None;
+            for ops in &steps {
+                for op in ops {
+                    apply(&mut fib, op);
+                }
+                if let Some(p) = &prev {
+                    prop_assert!(!p.is_current());
+                }
+                all.extend(ops.iter().cloned());
+                let snap = fib.extract().build();
+                prop_assert!(snap.is_current());
+                check(&fib, &snap, &probes(&all, &extra))?;
+                prev = Some(snap);
+            }
+        }
+    }
+
+    #[test]
+    fn dropped_fib_makes_snapshots_stale() {
+        let fib = Fib::default();
+        let snap = fib.extract().build();
+        assert!(snap.is_current());
+        drop(fib);
+        assert!(!snap.is_current());
+    }
+}
