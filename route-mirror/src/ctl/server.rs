@@ -309,8 +309,25 @@ async fn dispatch(req: Request, shared: &Arc<Shared>) -> Result<Vec<u8>> {
     }
 }
 
-/// A fresh dump of routes and nexthop objects on a private socket.
+/// Dumps the kernel until two consecutive dumps agree (at most 5): an IPv6 route dump
+/// that overlaps a change can skip an entry that existed throughout (the fib6 walker
+/// resumes by count, without NLM_F_DUMP_INTR), which made `diff` report a route the
+/// mirror rightly holds as "mirror only" (e.g. a link-local `local fe80::` route whose
+/// DAD finished during the dump: the flaky j_forced_overrun_resyncs).
 fn dump_now() -> Result<Vec<crate::model::Change>> {
+    let mut prev = dump_once()?;
+    for _ in 0..4 {
+        let next = dump_once()?;
+        if next == prev {
+            return Ok(next);
+        }
+        prev = next;
+    }
+    Ok(prev)
+}
+
+/// A fresh dump of routes and nexthop objects on a private socket.
+fn dump_once() -> Result<Vec<crate::model::Change>> {
     let mut sock = NlSocket::open().context("opening a netlink socket for diff")?;
     let mut counters = DecodeCounters::default();
     let mut out = Vec::new();
