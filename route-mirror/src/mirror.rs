@@ -136,12 +136,40 @@ impl Mirror {
         )
     }
 
+    /// An IPv6 `NLM_F_REPLACE` replaces the kernel's route with the same dst, metric
+    /// and source even when its next hop (part of our key for device, RA and
+    /// nexthop-object routes) differs: `replace blackhole P` by `replace P nhid 9` left
+    /// the blackhole in the mirror (found by the soak). With exactly one such route it
+    /// is the one replaced; with several the kernel took the first and a scan confirms.
+    fn replaced_v6_sibling(&mut self, key: &RouteKey) {
+        let t = self.fib.table_mut(key.family(), key.table);
+        let others: Vec<crate::model::SubKey> = t
+            .get(&key.dst)
+            .map(|es| {
+                es.iter()
+                    .filter(|e| {
+                        e.sub != key.sub
+                            && e.sub.priority == key.sub.priority
+                            && e.sub.src == key.sub.src
+                    })
+                    .map(|e| e.sub)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let [only] = others.as_slice() {
+            t.remove(&key.dst, only);
+        }
+    }
+
     /// Applies one event. Returns the scan it calls for, if any.
     pub fn apply(&mut self, change: Change) -> Option<FollowUp> {
         let gen = self.generation;
         match change {
-            Change::NewRoute { route, .. } => {
+            Change::NewRoute { route, replace } => {
                 let (key, entry) = self.entry(route, gen);
+                if replace && key.family() == Family::V6 {
+                    self.replaced_v6_sibling(&key);
+                }
                 match self
                     .fib
                     .table_mut(key.family(), key.table)
