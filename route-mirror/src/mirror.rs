@@ -158,6 +158,32 @@ impl Mirror {
         (route.key, Entry::new(route.key.sub, attrs, stamp))
     }
 
+    /// An IPv6 `NLM_F_REPLACE` replaces the kernel's route with the same dst, metric
+    /// and source even when its next hop (part of our key for device, RA and
+    /// nexthop-object routes) differs: `replace blackhole P` by `replace P nhid 9` left
+    /// the blackhole in the mirror (found by the soak). With exactly one such route it
+    /// is the one replaced; with several the kernel took the first and a scan confirms.
+    fn replaced_v6_sibling(&mut self, key: &RouteKey) {
+        let t = self.fib.table_mut(key.family(), key.table);
+        let others: Vec<crate::model::SubKey> = t
+            .get(&key.dst)
+            .map(|es| {
+                es.iter()
+                    .filter(|e| {
+                        let sub = e.sub();
+                        sub != key.sub && sub.priority == key.sub.priority && sub.src == key.sub.src
+                    })
+                    .map(|e| e.sub())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let [only] = others.as_slice() {
+            if let Some(e) = t.remove(&key.dst, only) {
+                self.note(DeltaOp::Delete, Cause::Event, key.table, key.dst, &e);
+            }
+        }
+    }
+
     /// Applies one event. Returns the scan it calls for, if any.
     pub fn apply(&mut self, change: Change) -> Option<FollowUp> {
         self.apply_stamped(change, self.generation)
@@ -189,8 +215,11 @@ impl Mirror {
         // Links, addresses and nexthop objects change what lookups render too.
         self.fib.touch();
         match change {
-            Change::NewRoute { route, .. } => {
+            Change::NewRoute { route, replace } => {
                 let (key, entry) = self.entry(route, gen);
+                if replace && key.family() == Family::V6 {
+                    self.replaced_v6_sibling(&key);
+                }
                 let noted = self.journal.is_some().then(|| entry.clone());
                 let op = match self
                     .fib

@@ -495,3 +495,48 @@ fn client_without_daemon_exits_2() {
         assert!(!out.stderr.is_empty(), "{args:?}: no message on stderr");
     }
 }
+
+// Regression (found by the soak): an IPv6 replace of a blackhole by a nexthop-object
+// route left the blackhole in the mirror (the next hop is part of the IPv6 key).
+#[test]
+fn v6_replace_blackhole_by_nhid_route() {
+    let ns = Netns::new();
+    let d = Daemon::start_synced(&ns, &[]);
+    ns.ip(&[
+        "nexthop",
+        "add",
+        "id",
+        "9",
+        "via",
+        "2001:2:0:1::2",
+        "dev",
+        "veth1",
+    ]);
+    ns.ip(&[
+        "route",
+        "add",
+        "blackhole",
+        "2001:db8:153::/48",
+        "table",
+        "4000",
+    ]);
+    ns.ip(&[
+        "route",
+        "replace",
+        "2001:db8:153::/48",
+        "table",
+        "4000",
+        "nhid",
+        "9",
+    ]);
+    d.diff_empty();
+    ns.ip(&[
+        "route",
+        "replace",
+        "blackhole",
+        "2001:db8:153::/48",
+        "table",
+        "4000",
+    ]);
+    d.diff_empty();
+}

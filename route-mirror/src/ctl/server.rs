@@ -493,26 +493,66 @@ async fn watch(
     }
 }
 
-/// A fresh dump of routes and nexthop objects on a private socket.
+/// Dumps the kernel until a dump ran with no change notified meanwhile (at most 10
+/// tries, then until two consecutive dumps agree): an IPv6 route dump that overlaps a
+/// change can skip an entry that existed throughout (the fib6 walker resumes by
+/// count, without NLM_F_DUMP_INTR). `diff` then reported a route the mirror rightly
+/// holds as "mirror only" (a link-local `local fe80::` route whose DAD finished during
+/// the dump: the flaky j_forced_overrun_resyncs).
 fn dump_now() -> Result<Vec<crate::model::Change>> {
+    let mut prev: Option<Vec<crate::model::Change>> = None;
+    for attempt in 0..10 {
+        let (dump, quiet) = match dump_once() {
+            Ok(r) => r,
+            // The subscribed socket overran: changes were racing; try again.
+            Err(e) if attempt < 9 && is_enobufs(&e) => {
+                std::thread::sleep(Duration::from_millis(20 * (attempt + 1)));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if quiet || prev.as_ref() == Some(&dump) {
+            return Ok(dump);
+        }
+        prev = Some(dump);
+        std::thread::sleep(Duration::from_millis(20 * (attempt + 1)));
+    }
+    Ok(prev.unwrap_or_default())
+}
+
+fn is_enobufs(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<netlink::DumpError>(), Some(netlink::DumpError::Io(io)) if io.raw_os_error() == Some(libc::ENOBUFS))
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error() == Some(libc::ENOBUFS))
+    })
+}
+
+/// A fresh dump of routes and nexthop objects on a private socket subscribed to the
+/// route groups; `true` if no notification arrived while it ran.
+fn dump_once() -> Result<(Vec<crate::model::Change>, bool)> {
     let mut sock = NlSocket::open().context("opening a netlink socket for diff")?;
+    sock.subscribe(&route_mirror_common::groups::ALL)
+        .context("subscribing the diff socket")?;
+    let _ = sock.set_rcvbuf(32 << 20);
     let mut counters = DecodeCounters::default();
     let mut interner = Interner::default();
     let mut out = Vec::new();
-    match netlink::dump_blocking(
+    let mut others = 0;
+    match netlink::dump_blocking_counting(
         &mut sock,
         DumpKind::Nexthops,
         &mut counters,
         &mut interner,
         &mut out,
     ) {
-        Ok(()) => {}
+        Ok(n) => others += n,
         // Kernels without nexthop objects refuse the dump; routes still compare.
         Err(netlink::DumpError::Refused { .. }) => {}
         Err(e) => return Err(e.into()),
     }
     for f in Family::ALL {
-        netlink::dump_blocking(
+        others += netlink::dump_blocking_counting(
             &mut sock,
             DumpKind::Routes(f, None),
             &mut counters,
@@ -520,7 +560,17 @@ fn dump_now() -> Result<Vec<crate::model::Change>> {
             &mut out,
         )?;
     }
-    Ok(out)
+    // Notifications still queued arrived after the last DONE; they may have raced too.
+    let mut buf = Vec::with_capacity(netlink::socket::RECV_BUF);
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => others += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => others += 1,
+            Err(_) => break,
+        }
+    }
+    Ok((out, others == 0))
 }
 
 /// The process's resident memory (VmRSS), from /proc.

@@ -41,6 +41,20 @@ pub fn dump_blocking(
     interner: &mut Interner,
     out: &mut Vec<Change>,
 ) -> Result<(), DumpError> {
+    dump_blocking_counting(sock, kind, counters, interner, out).map(|_| ())
+}
+
+/// [`dump_blocking`], returning how many other messages (notifications, when the
+/// socket is subscribed) arrived while the dump ran: a dump that overlapped a change
+/// may have skipped entries (IPv6 dumps resume by count and set no NLM_F_DUMP_INTR).
+pub fn dump_blocking_counting(
+    sock: &mut NlSocket,
+    kind: DumpKind,
+    counters: &mut DecodeCounters,
+    interner: &mut Interner,
+    out: &mut Vec<Change>,
+) -> Result<u64, DumpError> {
+    let mut others = 0u64;
     let seq = sock.request_dump(kind)?;
     let mut buf = Vec::with_capacity(socket::RECV_BUF);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -59,10 +73,11 @@ pub fn dump_blocking(
         }
         for m in msg::messages(&buf) {
             if m.seq != seq || m.port != sock.port() {
+                others += 1;
                 continue;
             }
             match m.ty {
-                msg::NLMSG_DONE => return Ok(()),
+                msg::NLMSG_DONE => return Ok(others),
                 msg::NLMSG_ERROR => {
                     let code = msg::error_code(m.payload).unwrap_or(libc::EIO);
                     if code == 0 {
