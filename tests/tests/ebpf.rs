@@ -123,7 +123,10 @@ fn tiny_ring_drops_then_resync() {
     }
     let ns = settled(Netns::new());
     let d = Daemon::start_synced(&ns, &["--source", "ebpf", "--ring-size", "4096"]);
+    // Stopped, the consumer cannot keep up: the 4 KiB ring must drop.
+    d.pause();
     ns.load_batch(batch("v4-10k"));
+    d.resume();
     d.diff_empty();
     let s = poll(Duration::from_secs(30), || {
         let s = d.stats();
