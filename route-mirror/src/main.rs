@@ -15,7 +15,7 @@ use route_mirror::ctl::batch::{self, BatchFormat};
 use route_mirror::ctl::{self, client, proto::Request, view};
 use route_mirror::daemon;
 use route_mirror::diff::DiffReport;
-use route_mirror::model::{table, Family};
+use route_mirror::model::Family;
 
 #[derive(Parser)]
 #[command(
@@ -144,8 +144,11 @@ enum DebugCmd {
     },
 }
 
+/// A table by number or by name (built-in or from iproute2's rt_tables files).
 fn parse_table(s: &str) -> Result<u32, String> {
-    table::parse(s).ok_or_else(|| format!("{s:?} is not a table id or one of local, main, default"))
+    route_mirror::names::system()
+        .parse_table(s)
+        .ok_or_else(|| format!("{s:?} is not a table id or a name in rt_tables"))
 }
 
 fn parse_family(s: &str) -> Result<Family, String> {
@@ -566,11 +569,10 @@ fn print_stats(v: &Value) {
         for (fam, tables) in fams {
             if let Some(tables) = tables.as_object() {
                 for (t, n) in tables {
-                    let name = t
-                        .parse()
-                        .ok()
-                        .and_then(table::name)
-                        .map_or_else(|| t.clone(), str::to_string);
+                    let name = t.parse().map_or_else(
+                        |_| t.clone(),
+                        |id| route_mirror::names::system().table_name(id),
+                    );
                     println!("  {fam:<6} table {name:<10} {n}");
                 }
             }

@@ -12,6 +12,12 @@ use crate::model::{rtprot, table};
 /// Where iproute2 keeps its name files, lowest precedence first.
 pub const DIRS: [&str; 2] = ["/usr/share/iproute2", "/etc/iproute2"];
 
+/// The system's names, read once per process.
+pub fn system() -> &'static Names {
+    static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
+    NAMES.get_or_init(Names::load)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     tables: BTreeMap<u32, String>,

@@ -239,3 +239,40 @@ fn two_namespaces_in_one_daemon_are_mirrored_independently() {
     };
     assert!(count(&a) > count(&b) + 9000);
 }
+
+#[test]
+fn tables_by_name_or_number() {
+    let ns = Netns::new();
+    let d = Daemon::start_synced(&ns, &[]);
+    ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.1.2"]);
+    d.cli(&["sync"]);
+    let by_name = d.cli_json(&["show", "--table", "main", "--json"]);
+    let by_number = d.cli_json(&["show", "--table", "254", "--json"]);
+    assert_eq!(by_name, by_number);
+    assert!(by_name
+        .as_array()
+        .is_some_and(|a| a.iter().any(|r| r["prefix"] == "203.0.113.0/24")));
+    let out = d.cli(&["show", "--table", "no-such-table"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rt_tables"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Text output names the table as `ip route` does.
+    ns.ip(&[
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "198.18.1.2",
+        "table",
+        "local",
+    ]);
+    d.cli(&["sync"]);
+    let text = String::from_utf8_lossy(&d.cli(&["show", "--table", "all"]).stdout).to_string();
+    assert!(
+        text.contains("198.51.100.0/24 via 198.18.1.2 dev veth1 table local"),
+        "{text}"
+    );
+}

@@ -114,7 +114,7 @@ pub fn route_view<C: RouteContext + ?Sized>(
         tos: sub.tos,
         from: sub.src,
         kind: a.kind_name(),
-        protocol: a.protocol_name(),
+        protocol: crate::names::system().proto_name(a.protocol),
         scope: a.scope_name(),
         prefsrc: a.prefsrc,
         nhid: a.nh_id,
@@ -131,7 +131,7 @@ pub fn route_view<C: RouteContext + ?Sized>(
 }
 
 fn table_name(t: u32) -> String {
-    table::name(t).map_or_else(|| t.to_string(), str::to_string)
+    crate::names::system().table_name(t)
 }
 
 /// One route in `ip route show` style. `with_table` adds `table T` (as `ip route show
