@@ -441,10 +441,15 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
         rep.totals.malformed, 0,
         "malformed messages from the kernel"
     );
-    assert!(
-        rep.totals.enobufs > 0,
-        "the tiny buffer never overran: the soak tested nothing"
-    );
+    if route_mirror_tests::suite_source() == "netlink" {
+        assert!(
+            rep.totals.enobufs > 0,
+            "the tiny buffer never overran: the soak tested nothing"
+        );
+    } else {
+        // The eBPF source's socket only carries dump replies: it must never overrun.
+        assert_eq!(rep.totals.enobufs, 0, "ENOBUFS with the eBPF source");
+    }
     rep
 }
 
