@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{Command, Shared};
 use crate::ctl::view::{route_view, WatchRecord};
+use crate::ebpf::fib::BpfFib;
 use crate::ebpf::{self, EbpfSource};
 use crate::mirror::{FollowUp, Mirror};
 use crate::netlink::decode::{self, DecodeCounters};
@@ -70,6 +71,8 @@ pub struct Core {
     started: Instant,
     /// The eBPF source, when active: notifications arrive on its ring, not the socket.
     ebpf: Option<EbpfSource>,
+    /// The pinned BPF FIB, when `--bpf-fib` asked for one.
+    bpf_fib: Option<BpfFib>,
 }
 
 impl Core {
@@ -80,6 +83,7 @@ impl Core {
         commands: Receiver<Command>,
         scan_interval: Duration,
         ebpf: Option<EbpfSource>,
+        bpf_fib: Option<BpfFib>,
     ) -> Core {
         Core {
             sock,
@@ -99,6 +103,7 @@ impl Core {
             malformed_logged: 0,
             started: Instant::now(),
             ebpf,
+            bpf_fib,
         }
     }
 
@@ -119,6 +124,10 @@ impl Core {
                 }
             }
             let idle = self.drain();
+            // Before barriers are answered: a query that returns saw current maps too.
+            if let Some(f) = &mut self.bpf_fib {
+                f.sync(&self.shared.mirror);
+            }
             if idle && self.drain_first {
                 // The queue was empty at a recv: the kernel has cleared the congestion,
                 // so the resync's dump can start without losing what happens meanwhile.
@@ -300,6 +309,13 @@ impl Core {
             start_journal(&self.shared, &mut mirror);
             mirror.prune(&mut scan);
             publish_deltas(&self.shared, &mut mirror, self.source_name());
+            // The BPF FIB starts from the synced mirror (one bulk fill, not a million
+            // incremental updates racing the initial dump), then follows every change.
+            if scan.reason == ScanReason::Initial {
+                if let Some(f) = &self.bpf_fib {
+                    f.start(&mut mirror);
+                }
+            }
         }
         if scan.reason == ScanReason::Overrun {
             marker(
@@ -660,6 +676,7 @@ impl Core {
     fn publish(&mut self) {
         let mut st = self.shared.status.lock().expect("status lock");
         st.ring = self.ebpf.as_ref().map(|e| e.stats());
+        st.bpf_fib = self.bpf_fib.as_ref().map(|f| f.stats());
         st.decode = self.decode.clone();
         st.scan_in_progress = self.scan.as_ref().map(|(s, _)| (s.reason, s.routes_dumped));
         st.scan_pending = self.pending.is_some();

@@ -7,6 +7,7 @@
 //! `daemon::core`). Lost records (ring full, message too long) are detected from the
 //! kernel's per-CPU counters and force a full resync, exactly like ENOBUFS.
 
+pub mod fib;
 pub mod stats;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -317,6 +318,17 @@ fn ensure_bpffs() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pin directory of a namespace, created (bpffs mounted) if needed; old pin
+/// directories of namespaces that are gone are swept on the way.
+fn pin_dir(name: &str) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    ensure_bpffs()?;
+    let dir = Path::new(PIN_ROOT).join(sanitize(name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    sweep_orphans();
+    Ok(dir)
+}
+
 /// Removes pin directories of namespaces that no longer exist (left by a daemon that
 /// was killed): each holds a ring's kernel memory until its pins go.
 fn sweep_orphans() {
@@ -338,10 +350,7 @@ fn sweep_orphans() {
 /// earlier run (a pin is only a reference: removing it never affects a live user).
 fn pin_all(bpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<PathBuf> {
     use anyhow::Context;
-    ensure_bpffs()?;
-    let dir = Path::new(PIN_ROOT).join(sanitize(name));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    sweep_orphans();
+    let dir = pin_dir(name)?;
     for f in ["prog", "ring", "counters"] {
         let p = dir.join(f);
         if p.exists() {
