@@ -80,6 +80,16 @@ pub fn refresh(shared: &Shared) {
             &[],
             c.inferred_removals,
         );
+        set_total(
+            "route_mirror_inferred_confirmed_total",
+            &[],
+            c.inferred_confirmed,
+        );
+        set_total(
+            "route_mirror_inferred_refuted_total",
+            &[],
+            c.inferred_refuted,
+        );
     }
     gauge!("route_mirror_synced").set(if st.synced { 1.0 } else { 0.0 });
     set_total("route_mirror_enobufs_total", &[], st.enobufs);
