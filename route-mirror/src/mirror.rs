@@ -793,6 +793,45 @@ mod tests {
     }
 
     #[test]
+    fn inferred_removals_are_confirmed_or_refuted_by_the_next_dump() {
+        let mut m = Mirror::new();
+        m.fib_watch = Some(FibWatch {
+            tables: vec![254],
+            ..Default::default()
+        });
+        let link = |flags| Link {
+            ifindex: 3,
+            name: "veth1".into(),
+            flags,
+            mtu: 1500,
+        };
+        m.apply(Change::NewLink(link(libc::IFF_UP as u32)));
+        m.apply(new(route("10.0.0.0/8", 0, 3)));
+        m.apply(new(route("10.1.0.0/16", 0, 3)));
+        m.apply(new(route("10.2.0.0/16", 0, 3)));
+        m.fib_watch.as_mut().unwrap().dirty.clear();
+        m.apply(Change::NewLink(link(0)));
+        assert_eq!(m.counters.inferred_removals, 3);
+        assert_eq!(m.counters.inferred_pending, 3);
+        // Every removal reached the BPF FIB hook.
+        assert_eq!(m.fib_watch.as_ref().unwrap().dirty.len(), 3);
+        // Re-added by an event before the dump: neither confirmed nor refuted.
+        m.apply(new(route("10.2.0.0/16", 0, 3)));
+        assert_eq!(m.counters.inferred_pending, 2);
+        let gen = m.begin_scan();
+        let mut scan = ActiveScan::new(ScanReason::LinkChange, ScanScope::routes(Family::V4), gen);
+        // The dump still lists 10.1/16: the inference was wrong for it.
+        m.mark(new(route("10.1.0.0/16", 0, 3)), &mut scan);
+        m.mark(new(route("10.2.0.0/16", 0, 3)), &mut scan);
+        m.prune(&mut scan);
+        let c = &m.counters;
+        assert_eq!(
+            (c.inferred_confirmed, c.inferred_refuted, c.inferred_pending),
+            (1, 1, 0)
+        );
+    }
+
+    #[test]
     fn v6_sibling_delete_keeps_the_other_hops() {
         let mut m = Mirror::new();
         let mut r = route("2001:db8::/32", 1024, 3);
