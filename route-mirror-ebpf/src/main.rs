@@ -15,10 +15,11 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
     macros::{map, socket_filter},
-    maps::{PerCpuArray, RingBuf},
+    bindings::BPF_F_NO_PREALLOC,
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::SkBuffContext,
 };
-use route_mirror_common::{counter, event_flags, EventHeader, MAX_MSG};
+use route_mirror_common::{counter, event_flags, fib, EventHeader, MAX_MSG};
 
 /// Our netlink port id, set by the loader (`EbpfLoader::set_global`) before load.
 #[no_mangle]
@@ -30,6 +31,31 @@ static RING: RingBuf = RingBuf::with_byte_size(4096, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
+
+/// The pinned BPF FIB (`--bpf-fib`), written by userspace only. Declared here so the
+/// layouts live in one object an XDP/TC dataplane can share (by pin) and so creating
+/// them needs nothing but the loader the ring already uses.
+#[map]
+static FIB4: LpmTrie<fib::Key4, fib::Value> = LpmTrie::with_max_entries(fib::MAX_PREFIXES, 0);
+
+#[map]
+static FIB6: LpmTrie<fib::Key6, fib::Value> = LpmTrie::with_max_entries(fib::MAX_PREFIXES, 0);
+
+#[map]
+static NHGROUPS: HashMap<u32, fib::Group> =
+    HashMap::with_max_entries(fib::MAX_GROUPS, BPF_F_NO_PREALLOC);
+
+/// Keeps the FIB maps' types in the object (a lookup the verifier sees but never runs
+/// on the socket path: `len` of a netlink skb is never 0 here).
+#[inline(always)]
+fn fib_maps_used(len: u32) -> bool {
+    if len != 0 {
+        return false;
+    }
+    let k4 = Key::new(0, fib::Key4::default());
+    let k6 = Key::new(0, fib::Key6::default());
+    FIB4.get(&k4).is_some() || FIB6.get(&k6).is_some() || NHGROUPS.get_ptr(0u32).is_some()
+}
 
 const REC: usize = EventHeader::SIZE + MAX_MSG;
 
@@ -66,6 +92,9 @@ pub fn route_mirror(ctx: SkBuffContext) -> i64 {
 #[inline(always)]
 fn filter(ctx: &SkBuffContext) -> i64 {
     let skb_len = ctx.len();
+    if fib_maps_used(skb_len) {
+        return 0;
+    }
     // nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
     let Ok(hdr) = ctx.load::<[u32; 4]>(0) else {
         add(counter::UNREADABLE, 1);

@@ -44,6 +44,60 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `route_mirror=debug`.
     pub log_level: String,
+    /// Tables (ids or names) whose best routes the pinned BPF FIB holds; unset or empty:
+    /// no BPF FIB. In the file either `"main,100"` or `["main", 100]`.
+    #[serde(deserialize_with = "tables_de")]
+    pub bpf_fib_tables: Vec<String>,
+}
+
+/// Accepts `"main,100"`, `["main", "100"]` or `["main", 100]`.
+fn tables_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum One {
+        Name(String),
+        Id(u32),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        List(String),
+        Many(Vec<One>),
+    }
+    Ok(match Repr::deserialize(d)? {
+        Repr::List(s) => split_tables(&s),
+        Repr::Many(v) => v
+            .into_iter()
+            .map(|o| match o {
+                One::Name(s) => s.trim().to_string(),
+                One::Id(n) => n.to_string(),
+            })
+            .collect(),
+    })
+}
+
+/// `main,100` → `["main", "100"]`.
+pub fn split_tables(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl Config {
+    /// The BPF FIB tables as ids (validated: every entry resolves).
+    pub fn bpf_fib_table_ids(&self) -> Vec<u32> {
+        let names = crate::names::Names::load();
+        let mut ids: Vec<u32> = self
+            .bpf_fib_tables
+            .iter()
+            .filter_map(|t| names.parse_table(t))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 impl Default for Config {
@@ -57,6 +111,7 @@ impl Default for Config {
             ring_size: 128 << 20,
             metrics_listen: None,
             log_level: "info".to_string(),
+            bpf_fib_tables: Vec::new(),
         }
     }
 }
@@ -141,6 +196,20 @@ impl Config {
         {
             return bad("socket", "one socket path cannot serve several namespaces: leave it unset (each gets /run/route-mirror/NAME.sock)".into());
         }
+        if !self.bpf_fib_tables.is_empty() {
+            let names = crate::names::Names::load();
+            for t in &self.bpf_fib_tables {
+                match names.parse_table(t) {
+                    Some(0) | None => {
+                        return bad(
+                            "bpf_fib_tables",
+                            format!("{t:?} is not a routing table id or name"),
+                        )
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return bad(
                 "log_level",
@@ -168,6 +237,7 @@ impl Config {
             ("source", self.source != new.source),
             ("ring_size", self.ring_size != new.ring_size),
             ("metrics_listen", self.metrics_listen != new.metrics_listen),
+            ("bpf_fib_tables", self.bpf_fib_tables != new.bpf_fib_tables),
         ] {
             if differs {
                 restart.push(key);
@@ -198,6 +268,12 @@ pub struct RunArgs {
     /// Log filter (tracing env-filter syntax; RUST_LOG wins) [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Keep a pinned BPF FIB (LPM-trie maps fib4/fib6 + nhgroups under the pin directory)
+    /// with the best routes of these tables: comma-separated ids or names, e.g. `main,100`.
+    /// Needs the eBPF object (either source); the daemon refuses to start without it
+    /// [default: off]
+    #[arg(long, value_name = "TABLES")]
+    pub bpf_fib: Option<String>,
     /// Log as JSON lines instead of text
     #[arg(long)]
     pub log_json: bool,
@@ -229,6 +305,9 @@ impl RunArgs {
         }
         if let Some(v) = &self.log_level {
             cfg.log_level = v.clone();
+        }
+        if let Some(v) = &self.bpf_fib {
+            cfg.bpf_fib_tables = split_tables(v);
         }
     }
 }
@@ -343,6 +422,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1") && e.contains("source"), "{e}");
+    }
+
+    #[test]
+    fn bpf_fib_tables_forms() {
+        let want = vec!["main".to_string(), "100".to_string()];
+        assert_eq!(
+            parse("bpf_fib_tables = \"main, 100\"\n")
+                .unwrap()
+                .bpf_fib_tables,
+            want
+        );
+        assert_eq!(
+            parse("bpf_fib_tables = [\"main\", 100]\n")
+                .unwrap()
+                .bpf_fib_tables,
+            want
+        );
+        assert_eq!(
+            parse("bpf_fib_tables = [\"main\", 100]\n")
+                .unwrap()
+                .bpf_fib_table_ids(),
+            vec![100, 254]
+        );
+        let e = parse("bpf_fib_tables = \"main,nosuch\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`bpf_fib_tables`") && e.contains("nosuch"),
+            "{e}"
+        );
+        let mut c = Config::default();
+        RunArgs {
+            bpf_fib: Some("local,main".into()),
+            ..Default::default()
+        }
+        .apply(&[], None, &mut c);
+        assert_eq!(c.bpf_fib_table_ids(), vec![254, 255]);
     }
 
     #[test]

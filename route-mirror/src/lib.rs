@@ -5,6 +5,8 @@
 //! dumps) → [`fib`] (an LPM trie per family and table) → [`ctl`] (queries, stats) and
 //! [`diff`] (the correctness oracle).
 
+#![recursion_limit = "256"]
+
 pub mod config;
 pub mod ctl;
 pub mod daemon;

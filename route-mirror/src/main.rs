@@ -595,7 +595,14 @@ fn print_stats(v: &Value) {
         "verdicts (routes): seen {} updated {} created {} deleted {}",
         ver["seen"], ver["updated"], ver["created"], ver["deleted"]
     );
-    println!("inferred removals: {}", v["apply"]["inferred_removals"]);
+    let a = &v["apply"];
+    println!(
+        "inferred removals: {} (confirmed by dump {}, refuted {}, awaiting dump {})",
+        a["inferred_removals"],
+        a["inferred_confirmed"],
+        a["inferred_refuted"],
+        a["inferred_pending"]
+    );
     if let Some(s) = v["last_scan"].as_object() {
         println!(
             "last scan:         {} ({:.1} ms, {:.1} s ago)",
@@ -640,6 +647,25 @@ fn print_stats(v: &Value) {
             b["p99"],
             b["max"],
             r["loss_resyncs"]
+        );
+    }
+    if let Some(f) = v["bpf_fib"].as_object() {
+        println!(
+            "bpf fib:           tables {} pinned {}; {} v4 + {} v6 prefixes, {} groups, {:.1} MiB memlock",
+            f["tables"],
+            f["pinned"].as_str().unwrap_or("no"),
+            f["prefixes_v4"],
+            f["prefixes_v6"],
+            f["groups"],
+            f["memlock_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+        println!(
+            "bpf fib updates:   {} writes, {} deletes, {} errors; {} syncs (max {:.1} ms)",
+            f["updates"],
+            f["deletes"],
+            f["errors"],
+            f["syncs"],
+            f["max_sync_ms"].as_f64().unwrap_or(0.0)
         );
     }
     if let Some(rss) = v["rss_bytes"].as_u64() {

@@ -104,6 +104,16 @@ pub fn refresh(shared: &Shared) {
             &l(&[]),
             c.inferred_removals,
         );
+        set_total(
+            "route_mirror_inferred_confirmed_total",
+            &[],
+            c.inferred_confirmed,
+        );
+        set_total(
+            "route_mirror_inferred_refuted_total",
+            &[],
+            c.inferred_refuted,
+        );
     }
     set_gauge(
         "route_mirror_synced",

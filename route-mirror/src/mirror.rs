@@ -4,7 +4,8 @@
 //! Two entry points change it: [`Mirror::apply`] for events, [`Mirror::mark`] +
 //! [`Mirror::prune`] for dumps (see [`crate::reconcile`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -42,6 +43,15 @@ pub struct ApplyCounters {
     /// IPv4 routes removed because their device went down or away, their source address
     /// went away or their nexthop object was deleted (the kernel says nothing of these).
     pub inferred_removals: u64,
+    /// Inferred removals a later full route dump of their family confirmed: the kernel
+    /// no longer had them when the confirming scan ran.
+    pub inferred_confirmed: u64,
+    /// Inferred removals the confirming dump still listed: the inference was wrong and
+    /// the scan put them back.
+    pub inferred_refuted: u64,
+    /// Inferred removals awaiting their confirming scan (neither of the above yet; a
+    /// route re-added by an event before that scan leaves this set uncounted).
+    pub inferred_pending: u64,
 }
 
 /// One change to the mirrored routes, journaled while someone watches (`route-mirror watch`).
@@ -75,6 +85,23 @@ pub enum Cause {
     Scan,
 }
 
+/// Prefixes of some tables whose best route may have changed: the hook the pinned BPF
+/// FIB (`--bpf-fib`) is kept in sync through. Every FIB change goes through
+/// [`Mirror::note`], so events, inferred removals and scan corrections all land here.
+#[derive(Debug, Default)]
+pub struct FibWatch {
+    pub tables: Vec<u32>,
+    pub dirty: HashSet<(u32, IpNet)>,
+}
+
+/// Identity of a route in the pending-inference set: a hash, not the key, so a link
+/// carrying a million routes costs 16 bytes per route while its removal awaits the dump.
+fn key_hash(table: u32, dst: &IpNet, sub: &crate::model::SubKey) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (table, dst, sub).hash(&mut h);
+    h.finish()
+}
+
 /// A scan an event asks for (to confirm an inference).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowUp {
@@ -93,6 +120,11 @@ pub struct Mirror {
     pub counters: ApplyCounters,
     /// Route deltas since the last drain, kept only while `Some` (someone watches).
     pub journal: Option<Vec<Delta>>,
+    /// Dirty-prefix tracking for the BPF FIB, when enabled.
+    pub fib_watch: Option<FibWatch>,
+    /// Inferred removals awaiting confirmation: route hash → (family, generation at
+    /// removal). A scan confirms only removals older than itself.
+    inferred: HashMap<u64, (Family, u32)>,
 }
 
 impl Mirror {
@@ -141,7 +173,42 @@ impl Mirror {
         }
     }
 
+    /// Whether changes must be reported to [`Mirror::note`] (someone consumes them).
+    fn tracking(&self) -> bool {
+        self.journal.is_some() || self.fib_watch.is_some()
+    }
+
+    /// Marks every watched route that uses a nexthop object dirty: a changed object
+    /// changes their next hops without any route message.
+    fn touch_nh_routes(&mut self) {
+        let Some(w) = &mut self.fib_watch else { return };
+        for ((_, id), t) in self.fib.tables() {
+            if !w.tables.contains(&id) {
+                continue;
+            }
+            for (dst, e) in t.iter() {
+                if e.attrs.nh_id.is_some() {
+                    w.dirty.insert((id, dst));
+                }
+            }
+        }
+    }
+
+    /// Remembers inferred removals until a dump confirms or refutes them.
+    fn pend_inferred(&mut self, keys: Vec<(Family, u64)>) {
+        let gen = self.generation;
+        for (f, k) in keys {
+            self.inferred.insert(k, (f, gen));
+        }
+        self.counters.inferred_pending = self.inferred.len() as u64;
+    }
+
     fn note(&mut self, op: DeltaOp, cause: Cause, table: u32, dst: IpNet, entry: &Entry) {
+        if let Some(w) = &mut self.fib_watch {
+            if w.tables.contains(&table) {
+                w.dirty.insert((table, dst));
+            }
+        }
         if let Some(j) = &mut self.journal {
             j.push(Delta {
                 op,
@@ -220,7 +287,15 @@ impl Mirror {
                 if replace && key.family() == Family::V6 {
                     self.replaced_v6_sibling(&key);
                 }
-                let noted = self.journal.is_some().then(|| entry.clone());
+                if !self.inferred.is_empty()
+                    && self
+                        .inferred
+                        .remove(&key_hash(key.table, &key.dst, &key.sub))
+                        .is_some()
+                {
+                    self.counters.inferred_pending = self.inferred.len() as u64;
+                }
+                let noted = self.tracking().then(|| entry.clone());
                 let op = match self
                     .fib
                     .table_mut(key.family(), key.table)
@@ -310,6 +385,7 @@ impl Mirror {
                         stamp: gen,
                     },
                 );
+                self.touch_nh_routes();
                 None
             }
             Change::DelNexthop { id } => {
@@ -317,12 +393,16 @@ impl Mirror {
                 self.nexthops.remove(&id);
                 let mut gone = 0;
                 let mut removed = Vec::new();
-                let journaling = self.journal.is_some();
-                for ((_, table), t) in self.fib.tables_mut() {
+                let mut pend = Vec::new();
+                let journaling = self.tracking();
+                for ((family, table), t) in self.fib.tables_mut() {
                     gone += t.retain(|dst, e| {
                         let keep = e.attrs.nh_id != Some(id);
-                        if !keep && journaling {
-                            removed.push((table, *dst, e.clone()));
+                        if !keep {
+                            pend.push((family, key_hash(table, dst, &e.sub())));
+                            if journaling {
+                                removed.push((table, *dst, e.clone()));
+                            }
                         }
                         keep
                     });
@@ -330,6 +410,8 @@ impl Mirror {
                 for (t, dst, e) in removed {
                     self.note(DeltaOp::Delete, Cause::Inferred, t, dst, &e);
                 }
+                self.pend_inferred(pend);
+                self.touch_nh_routes();
                 self.counters.inferred_removals += gone as u64;
                 Some(FollowUp {
                     reason: ScanReason::NexthopRemoved,
@@ -428,12 +510,16 @@ impl Mirror {
         }
         let mut gone = 0;
         let mut removed = Vec::new();
-        let journaling = self.journal.is_some();
+        let mut pend = Vec::new();
+        let journaling = self.tracking();
         for t in tables {
             gone += self.fib.table_mut(Family::V4, t).retain(|dst, e| {
                 let doom = doomed.get(&Arc::as_ptr(&e.attrs)).copied().unwrap_or(false);
-                if doom && journaling {
-                    removed.push((t, *dst, e.clone()));
+                if doom {
+                    pend.push((Family::V4, key_hash(t, dst, &e.sub())));
+                    if journaling {
+                        removed.push((t, *dst, e.clone()));
+                    }
                 }
                 !doom
             });
@@ -441,6 +527,7 @@ impl Mirror {
         for (t, dst, e) in removed {
             self.note(DeltaOp::Delete, Cause::Inferred, t, dst, &e);
         }
+        self.pend_inferred(pend);
         gone
     }
 
@@ -458,6 +545,16 @@ impl Mirror {
             Change::NewRoute { route, .. } => {
                 scan.routes_dumped += 1;
                 let (key, entry) = self.entry(route, gen);
+                if !self.inferred.is_empty() {
+                    let h = key_hash(key.table, &key.dst, &key.sub);
+                    // Only removals inferred before this scan began: for a later one the
+                    // dump may predate the kernel's flush.
+                    if self.inferred.get(&h).is_some_and(|(_, g)| *g != gen) {
+                        self.inferred.remove(&h);
+                        self.counters.inferred_refuted += 1;
+                        self.counters.inferred_pending = self.inferred.len() as u64;
+                    }
+                }
                 let table = self.fib.table_mut(key.family(), key.table);
                 let verdict = match table.upsert(&key.dst, entry.clone()) {
                     None => Verdict::Created,
@@ -516,6 +613,9 @@ impl Mirror {
                         stamp: gen,
                     },
                 );
+                if v != Verdict::Seen {
+                    self.touch_nh_routes();
+                }
             }
             Change::DelLink { .. } | Change::DelAddr(_) | Change::DelNexthop { .. } => {}
         }
@@ -526,7 +626,7 @@ impl Mirror {
         self.fib.touch();
         let gen = scan.generation;
         let mut deleted = 0u64;
-        let journaling = self.journal.is_some();
+        let journaling = self.tracking();
         let mut removed = Vec::new();
         for ((family, id), t) in self.fib.tables_mut() {
             if scan.scope.covers_route(family, id)
@@ -545,6 +645,22 @@ impl Mirror {
             self.note(DeltaOp::Delete, Cause::Scan, t, dst, &e);
         }
         self.fib.drop_empty();
+        // A full route dump of a family that did not list an inferred removal confirms it.
+        if !self.inferred.is_empty() {
+            let confirmed: Vec<Family> = Family::ALL
+                .into_iter()
+                .filter(|f| {
+                    scan.scope.table.is_none()
+                        && scan.scope.families.contains(f)
+                        && scan.dumped(DumpKind::Routes(*f, None))
+                })
+                .collect();
+            let before = self.inferred.len();
+            self.inferred
+                .retain(|_, (f, g)| *g == gen || !confirmed.contains(f));
+            self.counters.inferred_confirmed += (before - self.inferred.len()) as u64;
+            self.counters.inferred_pending = self.inferred.len() as u64;
+        }
         scan.verdicts.deleted += deleted;
         let mut objects = 0usize;
         if scan.dumped(DumpKind::Links) {
@@ -563,6 +679,9 @@ impl Mirror {
         if scan.dumped(DumpKind::Nexthops) {
             let before = self.nexthops.len();
             self.nexthops.retain(|_, n| n.stamp == gen);
+            if self.nexthops.len() != before {
+                self.touch_nh_routes();
+            }
             objects += before - self.nexthops.len();
         }
         scan.object_verdicts.deleted += objects as u64;
@@ -735,6 +854,45 @@ mod tests {
         assert_eq!(f.unwrap().reason, ScanReason::LinkChange);
         assert_eq!(m.fib.len(), 1);
         assert_eq!(m.counters.inferred_removals, 2);
+    }
+
+    #[test]
+    fn inferred_removals_are_confirmed_or_refuted_by_the_next_dump() {
+        let mut m = Mirror::new();
+        m.fib_watch = Some(FibWatch {
+            tables: vec![254],
+            ..Default::default()
+        });
+        let link = |flags| Link {
+            ifindex: 3,
+            name: "veth1".into(),
+            flags,
+            mtu: 1500,
+        };
+        m.apply(Change::NewLink(link(libc::IFF_UP as u32)));
+        m.apply(new(route("10.0.0.0/8", 0, 3)));
+        m.apply(new(route("10.1.0.0/16", 0, 3)));
+        m.apply(new(route("10.2.0.0/16", 0, 3)));
+        m.fib_watch.as_mut().unwrap().dirty.clear();
+        m.apply(Change::NewLink(link(0)));
+        assert_eq!(m.counters.inferred_removals, 3);
+        assert_eq!(m.counters.inferred_pending, 3);
+        // Every removal reached the BPF FIB hook.
+        assert_eq!(m.fib_watch.as_ref().unwrap().dirty.len(), 3);
+        // Re-added by an event before the dump: neither confirmed nor refuted.
+        m.apply(new(route("10.2.0.0/16", 0, 3)));
+        assert_eq!(m.counters.inferred_pending, 2);
+        let gen = m.begin_scan();
+        let mut scan = ActiveScan::new(ScanReason::LinkChange, ScanScope::routes(Family::V4), gen);
+        // The dump still lists 10.1/16: the inference was wrong for it.
+        m.mark(new(route("10.1.0.0/16", 0, 3)), &mut scan);
+        m.mark(new(route("10.2.0.0/16", 0, 3)), &mut scan);
+        m.prune(&mut scan);
+        let c = &m.counters;
+        assert_eq!(
+            (c.inferred_confirmed, c.inferred_refuted, c.inferred_pending),
+            (1, 1, 0)
+        );
     }
 
     #[test]

@@ -572,7 +572,7 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
 // prerequisites
 
 fn ensure_prerequisites() -> Result<()> {
-    // iproute2 (`ip`) and gzip (`zcat`) are used by the integration tests.
+    // iproute2 (`ip`), gzip (`zcat`) and bpftool are used by the integration tests.
     let mut missing = Vec::new();
     if !probe("ip", &["-V"]) {
         missing.push("iproute2");
@@ -580,8 +580,12 @@ fn ensure_prerequisites() -> Result<()> {
     if !probe("zcat", &["--version"]) {
         missing.push("gzip");
     }
+    // bpftool: the BPF FIB test reads the pinned maps back through the kernel with it.
+    if !probe("bpftool", &["version"]) {
+        missing.push("bpftool");
+    }
     if missing.is_empty() {
-        println!("iproute2 and gzip: present");
+        println!("iproute2, gzip and bpftool: present");
     } else {
         println!("installing: {}", missing.join(" "));
         let mut c = as_root("apt-get");

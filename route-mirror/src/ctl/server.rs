@@ -608,6 +608,7 @@ fn stats(shared: &Shared) -> Value {
         "source": st.source,
         "source_fallback": st.source_fallback,
         "ring": st.ring,
+        "bpf_fib": st.bpf_fib,
         "netns": shared.netns,
         "synced": st.synced,
         "uptime_s": age(Some(shared.started)),

@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{Command, Shared};
 use crate::ctl::view::{route_view, WatchRecord};
+use crate::ebpf::fib::BpfFib;
 use crate::ebpf::{self, EbpfSource};
 use crate::mirror::{FollowUp, Mirror};
 use crate::model::Family;
@@ -75,6 +76,8 @@ pub struct Core {
     redumps: u32,
     /// An IPv6 route dump just finished: removals still in the ring happened during it.
     v6_dump_just_done: bool,
+    /// The pinned BPF FIB, when `--bpf-fib` asked for one.
+    bpf_fib: Option<BpfFib>,
 }
 
 impl Core {
@@ -85,6 +88,7 @@ impl Core {
         commands: Receiver<Command>,
         scan_interval: Duration,
         ebpf: Option<EbpfSource>,
+        bpf_fib: Option<BpfFib>,
     ) -> Core {
         Core {
             sock,
@@ -106,6 +110,7 @@ impl Core {
             ebpf,
             redumps: 0,
             v6_dump_just_done: false,
+            bpf_fib,
         }
     }
 
@@ -126,6 +131,10 @@ impl Core {
                 }
             }
             let idle = self.drain();
+            // Before barriers are answered: a query that returns saw current maps too.
+            if let Some(f) = &mut self.bpf_fib {
+                f.sync(&self.shared.mirror);
+            }
             if idle && self.drain_first {
                 // The queue was empty at a recv: the kernel has cleared the congestion,
                 // so the resync's dump can start without losing what happens meanwhile.
@@ -307,6 +316,13 @@ impl Core {
             start_journal(&self.shared, &mut mirror);
             mirror.prune(&mut scan);
             publish_deltas(&self.shared, &mut mirror, self.source_name());
+            // The BPF FIB starts from the synced mirror (one bulk fill, not a million
+            // incremental updates racing the initial dump), then follows every change.
+            if scan.reason == ScanReason::Initial {
+                if let Some(f) = &self.bpf_fib {
+                    f.start(&mut mirror);
+                }
+            }
         }
         if scan.reason == ScanReason::Overrun {
             marker(
@@ -706,6 +722,7 @@ impl Core {
     fn publish(&mut self) {
         let mut st = self.shared.status.lock().expect("status lock");
         st.ring = self.ebpf.as_ref().map(|e| e.stats());
+        st.bpf_fib = self.bpf_fib.as_ref().map(|f| f.stats());
         st.decode = self.decode.clone();
         st.scan_in_progress = self.scan.as_ref().map(|(s, _)| (s.reason, s.routes_dumped));
         st.scan_pending = self.pending.is_some();

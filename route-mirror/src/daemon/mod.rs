@@ -41,6 +41,8 @@ pub struct Config {
     pub source: SourceChoice,
     /// eBPF ring buffer size in bytes (a power of two).
     pub ring_size: u64,
+    /// Tables of the pinned BPF FIB (empty: none).
+    pub bpf_fib_tables: Vec<u32>,
 }
 
 /// `--source`: which event source to use.
@@ -73,6 +75,7 @@ impl Config {
                 metrics_listen: c.metrics_listen,
                 source: c.source,
                 ring_size: c.ring_size as u64,
+                bpf_fib_tables: c.bpf_fib_table_ids(),
             })
             .collect())
     }
@@ -167,6 +170,8 @@ pub struct Status {
     pub source_fallback: Option<String>,
     /// eBPF ring statistics (eBPF source only).
     pub ring: Option<crate::ebpf::RingStats>,
+    /// Pinned BPF FIB counters (`--bpf-fib` only).
+    pub bpf_fib: Option<crate::ebpf::fib::BpfFibStats>,
 }
 
 /// State shared between the core thread and the control socket.
@@ -366,6 +371,18 @@ fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Share
     }
     let (ebpf, fallback) = select_source(cfg, &sock)?;
     let source = if ebpf.is_some() { "ebpf" } else { "netlink" };
+    // Opt-in and consumed by other programs: failing to provide it is an error at
+    // start, never a silent degradation (a dataplane would read stale or no routes).
+    let bpf_fib = if cfg.bpf_fib_tables.is_empty() {
+        None
+    } else {
+        let pin_name = cfg.netns.as_deref().unwrap_or("host");
+        Some(
+            crate::ebpf::fib::BpfFib::create(cfg.bpf_fib_tables.clone(), pin_name)
+                .map_err(anyhow::Error::new)
+                .context("--bpf-fib: cannot create the pinned BPF FIB maps")?,
+        )
+    };
     // Subscribe before the initial dump so nothing between the two is lost.
     sock.subscribe(&groups::ALL)
         .context("subscribing to rtnetlink groups")?;
@@ -408,6 +425,7 @@ fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Share
         rx,
         cfg.scan_interval,
         ebpf,
+        bpf_fib,
     );
     Ok((shared, core))
 }
