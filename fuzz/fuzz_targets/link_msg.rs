@@ -3,25 +3,9 @@
 //! applied to a mirror. Nothing may panic.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use route_mirror::mirror::Mirror;
-use route_mirror::netlink::{decode, msg};
+mod common;
 
-fuzz_target!(|data: &[u8]| {
-    let Some(payload) = data.get(msg::NLMSG_HDRLEN..) else {
-        return;
-    };
-    let ty = u16::from_ne_bytes([data[4], data[5]]);
-    let m = msg::RawMsg {
-        ty: if ty == msg::RTM_DELLINK { msg::RTM_DELLINK } else { msg::RTM_NEWLINK },
-        flags: u16::from_ne_bytes([data[6], data[7]]),
-        seq: 0,
-        port: 0,
-        payload,
-    };
-    let mut counters = decode::DecodeCounters::default();
-    if let Ok(Some(change)) = decode::decode(&m, &mut counters) {
-        let mut mirror = Mirror::new();
-        let _ = mirror.apply(change);
-    }
-});
+use libfuzzer_sys::fuzz_target;
+use route_mirror::netlink::msg;
+
+fuzz_target!(|data: &[u8]| common::one_message(data, msg::RTM_NEWLINK, msg::RTM_DELLINK));
