@@ -70,7 +70,11 @@ pub struct BatchQuery {
 
 /// Rendered parts of a route that do not depend on its prefix, per chunk: the
 /// attribute pointer is only meaningful while the chunk's snapshot or lock is held.
-type Cache = HashMap<(bool, u32, usize, u32, u8, u32), (String, String)>;
+type Cache = HashMap<
+    (bool, u32, usize, u32, u8, u32),
+    (String, String),
+    std::hash::BuildHasherDefault<FxHasher>,
+>;
 // (from snapshot, table, attrs pointer, metric, tos, interned src/hop id)
 
 /// Answers the complete lines in `input` (no partial last line) into `out`.
@@ -86,25 +90,25 @@ pub fn answer_lines(
 ) {
     let snap = fast.current();
     let mut guard: Option<RwLockReadGuard<'_, Mirror>> = None;
-    let mut cache = Cache::new();
+    let mut cache = Cache::default();
     let mut s = String::with_capacity(input.len() * 3);
     let (mut used_fast, mut used_exact) = (false, false);
     for raw in input.split(|&b| b == b'\n') {
         *line_no += 1;
-        let Some(addr) = parse_line(raw, *line_no, q.format, &mut s, counts) else {
+        let Some((addr, text)) = parse_line(raw, *line_no, q.format, &mut s, counts) else {
             continue;
         };
         if let Some(sn) = &snap {
             match sn.fib.lookup(addr, &q.tables, q.tos) {
                 Lookup::Route(t, net, e) => {
                     used_fast = true;
-                    found(&sn.names, true, q, addr, t, net, e, &mut cache, &mut s);
+                    found(&sn.names, true, q, text, t, net, e, &mut cache, &mut s);
                     counts.found += 1;
                     continue;
                 }
                 Lookup::None => {
                     used_fast = true;
-                    no_route(q.format, addr, &mut s);
+                    no_route(q.format, text, &mut s);
                     counts.no_route += 1;
                     continue;
                 }
@@ -126,11 +130,11 @@ pub fn answer_lines(
         let Some(m) = guard.as_deref() else { continue };
         match m.fib.lookup(addr, &q.tables, q.tos) {
             Some((t, net, e)) => {
-                found(m, false, q, addr, t, net, e, &mut cache, &mut s);
+                found(m, false, q, text, t, net, e, &mut cache, &mut s);
                 counts.found += 1;
             }
             None => {
-                no_route(q.format, addr, &mut s);
+                no_route(q.format, text, &mut s);
                 counts.no_route += 1;
             }
         }
@@ -149,13 +153,13 @@ pub fn answer_lines(
 
 /// Parses one input line; writes its error line (or nothing, for a blank line) and
 /// returns `None` when there is no address to look up.
-fn parse_line(
-    raw: &[u8],
+fn parse_line<'a>(
+    raw: &'a [u8],
     line_no: u64,
     format: BatchFormat,
     s: &mut String,
     counts: &mut BatchCounts,
-) -> Option<IpAddr> {
+) -> Option<(IpAddr, &'a str)> {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     let text = match std::str::from_utf8(raw) {
         Ok(t) => t.trim(),
@@ -176,7 +180,8 @@ fn parse_line(
         return None;
     }
     match text.parse::<IpAddr>() {
-        Ok(a) => Some(a),
+        // The address is echoed as given (it parsed, so it needs no escaping).
+        Ok(a) => Some((a, text)),
         Err(_) => {
             counts.errors += 1;
             error_line(format, line_no, raw, "not an IP address", s);
@@ -211,7 +216,7 @@ pub fn error_line(format: BatchFormat, line_no: u64, raw: &[u8], msg: &str, s: &
     }
 }
 
-fn no_route(format: BatchFormat, addr: IpAddr, s: &mut String) {
+fn no_route(format: BatchFormat, addr: &str, s: &mut String) {
     let _ = match format {
         BatchFormat::Text => writeln!(s, "{addr} no route"),
         BatchFormat::Json => writeln!(s, "{{\"addr\":\"{addr}\",\"prefix\":null}}"),
@@ -221,17 +226,74 @@ fn no_route(format: BatchFormat, addr: IpAddr, s: &mut String) {
 
 /// `ip route` style text of a prefix.
 fn prefix_text(net: IpNet, s: &mut String) {
-    let host = match net {
-        IpNet::V4(n) => n.prefix_len() == 32,
-        IpNet::V6(n) => n.prefix_len() == 128,
-    };
-    let _ = if net.prefix_len() == 0 {
-        write!(s, "default")
-    } else if host {
-        write!(s, "{}", net.addr())
-    } else {
-        write!(s, "{net}")
-    };
+    match net {
+        _ if net.prefix_len() == 0 => s.push_str("default"),
+        IpNet::V4(n) if n.prefix_len() == 32 => v4_text(n.addr(), s),
+        IpNet::V4(n) => cidr_text(n, s),
+        IpNet::V6(n) if n.prefix_len() == 128 => {
+            let _ = write!(s, "{}", n.addr());
+        }
+        IpNet::V6(n) => {
+            let _ = write!(s, "{n}");
+        }
+    }
+}
+
+/// `a.b.c.d/len` without the formatting machinery: a third of a batch's time went to
+/// `Display` (BENCHMARKS.md).
+fn cidr_text(n: ipnet::Ipv4Net, s: &mut String) {
+    v4_text(n.addr(), s);
+    s.push('/');
+    dec(n.prefix_len(), s);
+}
+
+fn v4_text(a: std::net::Ipv4Addr, s: &mut String) {
+    let [x, y, z, w] = a.octets();
+    dec(x, s);
+    s.push('.');
+    dec(y, s);
+    s.push('.');
+    dec(z, s);
+    s.push('.');
+    dec(w, s);
+}
+
+fn dec(v: u8, s: &mut String) {
+    if v >= 100 {
+        s.push(char::from(b'0' + v / 100));
+    }
+    if v >= 10 {
+        s.push(char::from(b'0' + v / 10 % 10));
+    }
+    s.push(char::from(b'0' + v % 10));
+}
+
+/// FxHash-style hasher for the per-chunk cache: its keys are a few integers, and
+/// SipHash showed up in batch profiles.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,7 +301,7 @@ fn found<C: RouteContext + ?Sized>(
     ctx: &C,
     from_snapshot: bool,
     q: &BatchQuery,
-    addr: IpAddr,
+    addr: &str,
     table: u32,
     net: IpNet,
     e: &Entry,
@@ -288,16 +350,37 @@ fn found<C: RouteContext + ?Sized>(
     });
     match q.format {
         BatchFormat::Text => {
-            let _ = write!(s, "{addr} {head}");
+            s.push_str(addr);
+            s.push(' ');
+            s.push_str(head);
             prefix_text(net, s);
             s.push_str(tail);
         }
         BatchFormat::Json => {
             let sep = if tail.starts_with('}') { "" } else { "," };
-            let _ = write!(s, "{{\"addr\":\"{addr}\",\"prefix\":\"{net}\"{sep}{tail}");
+            s.push_str("{\"addr\":\"");
+            s.push_str(addr);
+            s.push_str("\",\"prefix\":\"");
+            match net {
+                IpNet::V4(n) => cidr_text(n, s),
+                IpNet::V6(n) => {
+                    let _ = write!(s, "{n}");
+                }
+            }
+            s.push('"');
+            s.push_str(sep);
+            s.push_str(tail);
         }
         BatchFormat::Csv => {
-            let _ = write!(s, "{addr},{net}{tail}");
+            s.push_str(addr);
+            s.push(',');
+            match net {
+                IpNet::V4(n) => cidr_text(n, s),
+                IpNet::V6(n) => {
+                    let _ = write!(s, "{n}");
+                }
+            }
+            s.push_str(tail);
         }
     }
     s.push('\n');

@@ -108,6 +108,7 @@ impl FastPath {
             .store((t1 - t0).as_micros() as u64, Ordering::Relaxed);
         self.last_build_us
             .store((t2 - t1).as_micros() as u64, Ordering::Relaxed);
+        release_free_memory();
     }
 
     pub fn stats(&self) -> Value {
@@ -122,5 +123,19 @@ impl FastPath {
             "fast_lookups": self.fast_lookups.load(Ordering::Relaxed),
             "exact_lookups": self.exact_lookups.load(Ordering::Relaxed),
         })
+    }
+}
+
+/// Hands freed heap memory back to the kernel. glibc keeps what a burst freed (the
+/// dump's decode buffers, the previous snapshot, a batch's buffers, in several
+/// per-thread arenas) as RSS: measured after a full sync plus batch lookups, 147 MB
+/// before and 93 MB after trimming (BENCHMARKS.md). Called after each rebuild (the
+/// mirror has just gone quiet) and after each batch; it takes a few milliseconds and
+/// holds no lock of ours.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

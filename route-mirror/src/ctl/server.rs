@@ -297,6 +297,8 @@ async fn lookup_batch(
             }
         }
     }
+    drop((buf, out));
+    super::fastpath::release_free_memory();
     let mut s = serde_json::to_string(&Reply::Ok(serde_json::to_value(counts)?))?;
     s.push('\n');
     tokio::time::timeout(WRITE_STALL_TIMEOUT, async {
