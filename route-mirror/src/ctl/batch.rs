@@ -216,6 +216,16 @@ pub fn error_line(format: BatchFormat, line_no: u64, raw: &[u8], msg: &str, s: &
     }
 }
 
+/// A CSV field, quoted when it needs to be (RFC 4180): interface and table names may
+/// contain commas or quotes.
+fn csv_field(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\"")).into()
+    } else {
+        v.into()
+    }
+}
+
 fn no_route(format: BatchFormat, addr: &str, s: &mut String) {
     let _ = match format {
         BatchFormat::Text => writeln!(s, "{addr} no route"),
@@ -343,7 +353,13 @@ fn found<C: RouteContext + ?Sized>(
                 };
                 let gw = join(&|h| h.gateway.map(|g| g.to_string()).unwrap_or_default());
                 let dev = join(&|h| h.dev.clone().unwrap_or_default());
-                let tail = format!(",{},{},{gw},{dev},{},", view.table, view.kind, view.metric);
+                let tail = format!(
+                    ",{},{},{gw},{},{},",
+                    csv_field(&view.table.to_string()),
+                    view.kind,
+                    csv_field(&dev),
+                    view.metric
+                );
                 (String::new(), tail)
             }
         }
@@ -384,4 +400,203 @@ fn found<C: RouteContext + ?Sized>(
         }
     }
     s.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{rtn, Change, Link, NextHop, Route, RouteAttrs, RouteKey, SubKey};
+    use std::sync::Arc;
+
+    fn route(table: u32, dst: &str, kind: u8, gw: Option<&str>, metric: u32) -> Change {
+        Change::NewRoute {
+            route: Route {
+                key: RouteKey {
+                    table,
+                    dst: dst.parse().unwrap(),
+                    sub: SubKey {
+                        priority: metric,
+                        tos: 0,
+                        src: None,
+                        hop: None,
+                    },
+                },
+                attrs: Arc::new(RouteAttrs {
+                    protocol: 4,
+                    kind,
+                    scope: 0,
+                    flags: 0,
+                    prefsrc: None,
+                    nh_id: None,
+                    nexthops: gw
+                        .map(|g| NextHop {
+                            gateway: Some(g.parse().unwrap()),
+                            ifindex: 7,
+                            weight: 1,
+                            flags: 0,
+                        })
+                        .into_iter()
+                        .collect(),
+                    pref: None,
+                    mtu: None,
+                }),
+            },
+            replace: false,
+        }
+    }
+
+    /// A mirror with a link named like a CSV trap, a main-table /8, a more specific /24
+    /// blackhole, an IPv6 /32 and a table-100 route.
+    fn shared() -> Shared {
+        let mut m = Mirror::new();
+        m.apply(Change::NewLink(Link {
+            ifindex: 7,
+            name: "up,link".into(),
+            flags: libc::IFF_UP as u32,
+            mtu: 1500,
+        }));
+        m.apply(route(
+            254,
+            "10.0.0.0/8",
+            rtn::UNICAST,
+            Some("198.18.1.2"),
+            0,
+        ));
+        m.apply(route(254, "10.9.9.0/24", rtn::BLACKHOLE, None, 5));
+        m.apply(route(
+            254,
+            "2001:db8::/32",
+            rtn::UNICAST,
+            Some("2001:2:0:1::2"),
+            1024,
+        ));
+        m.apply(route(
+            100,
+            "192.0.2.0/24",
+            rtn::UNICAST,
+            Some("198.18.1.2"),
+            0,
+        ));
+        Shared::detached(m).unwrap()
+    }
+
+    const INPUT: &[u8] =
+        b"10.1.2.3\n\nnot-an-address\n\xff\xfe\n  10.9.9.9\r\n192.0.2.1\n2001:db8::1\n";
+
+    fn run(
+        sh: &Shared,
+        fast: &FastPath,
+        format: BatchFormat,
+        chunks: &[&[u8]],
+    ) -> (String, BatchCounts) {
+        let q = BatchQuery {
+            tables: crate::fib::DEFAULT_RULE_TABLES.to_vec(),
+            tos: 0,
+            format,
+        };
+        let (mut out, mut counts, mut line_no) = (Vec::new(), BatchCounts::default(), 0);
+        for c in chunks {
+            answer_lines(fast, sh, &q, c, &mut line_no, &mut out, &mut counts);
+        }
+        (String::from_utf8(out).unwrap(), counts)
+    }
+
+    fn expect_counts(c: BatchCounts) {
+        // Blank lines are skipped; everything else is one line of output.
+        assert_eq!(
+            (c.lines, c.found, c.no_route, c.errors),
+            (6, 3, 1, 2),
+            "{c:?}"
+        );
+    }
+
+    /// Bad lines get an error line naming their line number and the stream goes on,
+    /// in every format, from the exact trie and from a snapshot alike.
+    #[test]
+    fn malformed_lines_are_reported_per_line_and_the_stream_goes_on() {
+        let sh = shared();
+        let fast = FastPath::default();
+        for snapshot in [false, true] {
+            if snapshot {
+                fast.rebuild(&sh);
+            }
+            let (text, c) = run(&sh, &fast, BatchFormat::Text, &[INPUT]);
+            expect_counts(c);
+            assert_eq!(
+                (c.fast_chunks, c.exact_chunks),
+                (u64::from(snapshot), u64::from(!snapshot))
+            );
+            let lines: Vec<&str> = text.lines().collect();
+            assert_eq!(lines.len(), 6, "{text}");
+            assert_eq!(
+                lines[0],
+                "10.1.2.3 10.0.0.0/8 via 198.18.1.2 dev up,link proto static"
+            );
+            assert_eq!(lines[1], "line 3: \"not-an-address\": not an IP address");
+            assert_eq!(lines[2], "line 4: \"\u{fffd}\u{fffd}\": not UTF-8");
+            assert_eq!(
+                lines[3],
+                "10.9.9.9 blackhole 10.9.9.0/24 proto static metric 5"
+            );
+            // Table 100 is not consulted by the default rules.
+            assert_eq!(lines[4], "192.0.2.1 no route");
+            assert!(
+                lines[5].starts_with("2001:db8::1 2001:db8::/32 via 2001:2:0:1::2 dev up,link"),
+                "{}",
+                lines[5]
+            );
+
+            let (json, c) = run(&sh, &fast, BatchFormat::Json, &[INPUT]);
+            expect_counts(c);
+            let v: Vec<serde_json::Value> = json
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(v[0]["prefix"], "10.0.0.0/8");
+            assert_eq!(v[0]["addr"], "10.1.2.3");
+            assert_eq!(v[1]["line"], 3);
+            assert_eq!(v[1]["error"], "not an IP address");
+            assert_eq!(v[2]["line"], 4);
+            assert_eq!(v[3]["type"], "blackhole");
+            assert!(v[4]["prefix"].is_null());
+            assert_eq!(v[5]["prefix"], "2001:db8::/32");
+
+            let (csv, c) = run(&sh, &fast, BatchFormat::Csv, &[INPUT]);
+            expect_counts(c);
+            let lines: Vec<&str> = csv.lines().collect();
+            assert_eq!(
+                lines[0],
+                "10.1.2.3,10.0.0.0/8,254,unicast,198.18.1.2,\"up,link\",0,"
+            );
+            assert_eq!(
+                lines[1],
+                "\"not-an-address\",,,,,,,line 3: not an IP address"
+            );
+            assert_eq!(lines[3], "10.9.9.9,10.9.9.0/24,254,blackhole,,,5,");
+        }
+    }
+
+    /// Chunk boundaries change nothing: line numbers carry over, and an overlong line
+    /// is one error.
+    #[test]
+    fn line_numbers_carry_across_chunks_and_long_lines_are_errors() {
+        let sh = shared();
+        let fast = FastPath::default();
+        let long = vec![b'1'; MAX_LINE + 1];
+        let (text, c) = run(
+            &sh,
+            &fast,
+            BatchFormat::Text,
+            &[b"10.0.0.1\nx", b"10.0.0.2", &long],
+        );
+        assert_eq!((c.lines, c.found, c.errors), (4, 2, 2), "{c:?}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "line 2: \"x\": not an IP address");
+        assert!(lines[2].starts_with("10.0.0.2 10.0.0.0/8"));
+        assert!(
+            lines[3].starts_with("line 4: ") && lines[3].ends_with("line too long"),
+            "{}",
+            lines[3]
+        );
+    }
 }

@@ -188,7 +188,34 @@ pub struct Shared {
     wake: OwnedFd,
 }
 
+/// A non-blocking eventfd (wakes the core's poll).
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd returns a new fd or -1.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: efd is a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(efd) })
+}
+
 impl Shared {
+    /// State around `mirror` with no core loop behind it: the control-socket code
+    /// ([`crate::ctl`]) then serves a mirror the caller fills and changes itself
+    /// (tests, benchmarks, embedding). Commands to the core fail.
+    pub fn detached(mirror: Mirror) -> std::io::Result<Shared> {
+        Ok(Shared {
+            mirror: RwLock::new(mirror),
+            status: Mutex::new(Status::default()),
+            netns: None,
+            started: SystemTime::now(),
+            watch: tokio::sync::broadcast::channel(WATCH_BUFFER).0,
+            reloadable: None,
+            commands: Mutex::new(mpsc::channel().0),
+            wake: eventfd()?,
+        })
+    }
+
     /// Sends a command to the core and wakes it.
     pub fn command(&self, c: Command) -> Result<()> {
         self.commands
@@ -386,13 +413,7 @@ fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Share
     // Subscribe before the initial dump so nothing between the two is lost.
     sock.subscribe(&groups::ALL)
         .context("subscribing to rtnetlink groups")?;
-    // SAFETY: eventfd returns a new fd or -1.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if efd < 0 {
-        return Err(std::io::Error::last_os_error()).context("eventfd");
-    }
-    // SAFETY: efd is a fresh fd we own.
-    let wake = unsafe { OwnedFd::from_raw_fd(efd) };
+    let wake = eventfd().context("eventfd")?;
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         mirror: RwLock::new(Mirror::new()),
