@@ -186,7 +186,7 @@ mod tests {
             let net = net.parse().unwrap();
             m.fib
                 .table_mut(Family::of_net(&net), table::MAIN)
-                .upsert(&net, Entry::new(sub.clone(), attrs(gen), 0));
+                .upsert(&net, Entry::new(sub, attrs(gen), 0));
         }
     }
 
