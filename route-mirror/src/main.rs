@@ -135,6 +135,17 @@ enum Generated {
 enum DebugCmd {
     /// Discard the next N event messages (to prove that a scan repairs them)
     DropEvents { count: u64 },
+    /// Single lookups one after another until STOP_FILE exists (or --max-seconds):
+    /// prints their latency percentiles as JSON (bench/lookup.sh)
+    LookupLatency {
+        addrs: Vec<IpAddr>,
+        #[arg(long)]
+        stop_file: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        interval_us: u64,
+        #[arg(long, default_value_t = 600.0)]
+        max_seconds: f64,
+    },
     /// Write real kernel messages (dumps, then `--listen` seconds of notifications) of
     /// the namespace given by --netns into OUT/<fuzz target>/ as fuzzing seeds
     Capture {
@@ -446,6 +457,22 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 Duration::from_secs_f64(listen.max(0.0)),
             )?;
             println!("{n} seeds written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Debug(DebugCmd::LookupLatency {
+            addrs,
+            stop_file,
+            interval_us,
+            max_seconds,
+        }) => {
+            let v = client::lookup_latency(
+                &socket,
+                &addrs,
+                Duration::from_micros(interval_us),
+                &stop_file,
+                Duration::from_secs_f64(max_seconds.max(0.0)),
+            )?;
+            println!("{v}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Debug(DebugCmd::DropEvents { count }) => {

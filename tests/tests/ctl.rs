@@ -302,3 +302,90 @@ fn running_out_of_fds_does_not_stop_the_daemon() {
     ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.1.2"]);
     d.diff_empty();
 }
+
+/// `lookup --batch` end to end, over more input than one chunk: one output line per
+/// input line in input order, bad lines reported with their line number while the
+/// stream goes on, answers equal to single lookups, errors counted in the exit status.
+#[test]
+fn batch_lookup_answers_every_line_in_order() {
+    let ns = Netns::new();
+    ns.load_batch(batch("v4-10k"));
+    ns.ip(&["route", "add", "blackhole", "203.0.113.0/24"]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:77::/48",
+        "via",
+        "2001:2:0:1::2",
+    ]);
+    let d = Daemon::start_synced(&ns, &[]);
+    let dir = TempDir::new("rm-batch").unwrap();
+
+    // 40,000 pseudo-random IPv4 addresses (several chunks), with bad and special
+    // lines at known places.
+    let mut x: u32 = 12345;
+    let mut lines: Vec<String> = (0..40_000)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            std::net::Ipv4Addr::from(x).to_string()
+        })
+        .collect();
+    lines[0] = "203.0.113.7".into();
+    lines[1] = "not an address".into();
+    lines[20_000] = "2001:db8:77::1".into();
+    lines[20_001] = "10.999.1.1".into();
+    lines[39_999] = "  198.18.1.2  ".into();
+    let input = dir.path().join("addrs");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+
+    let out = d.cli(&["lookup", "--batch", input.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "errors must show in the exit status"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 of 40000 lines"), "{stderr}");
+    let results: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(results.len(), lines.len(), "one result line per input line");
+    assert_eq!(results[0]["prefix"], "203.0.113.0/24");
+    assert_eq!(results[0]["type"], "blackhole");
+    assert_eq!(results[1]["line"], 2);
+    assert_eq!(results[1]["error"], "not an IP address");
+    assert_eq!(results[20_000]["prefix"], "2001:db8:77::/48");
+    assert_eq!(results[20_001]["line"], 20_002);
+    assert_eq!(results[39_999]["addr"], "198.18.1.2");
+    // Every 997th answer equals the single lookup of the same address.
+    for (i, line) in lines.iter().enumerate().step_by(997).skip(1) {
+        let single = d.cli_json(&["lookup", line.trim()]);
+        assert_eq!(results[i]["addr"], line.trim(), "line {}", i + 1);
+        assert_eq!(
+            results[i]["prefix"],
+            single["prefix"],
+            "line {}: batch {} vs single {}",
+            i + 1,
+            results[i],
+            single
+        );
+    }
+    // The text format has the same number of lines, and answers from stdin too.
+    let text = Command::new(daemon_bin())
+        .args(["lookup", "--batch", "-", "--socket"])
+        .arg(d.socket())
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert_eq!(text.lines().count(), lines.len());
+    assert!(
+        text.starts_with("203.0.113.7 blackhole 203.0.113.0/24"),
+        "{}",
+        &text[..80]
+    );
+    assert!(text.lines().nth(1).unwrap().starts_with("line 2: "));
+}

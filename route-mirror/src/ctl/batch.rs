@@ -60,6 +60,18 @@ pub struct BatchCounts {
     pub exact_chunks: u64,
 }
 
+impl BatchCounts {
+    /// Adds the counts of a later chunk.
+    pub fn add(&mut self, o: &BatchCounts) {
+        self.lines += o.lines;
+        self.found += o.found;
+        self.no_route += o.no_route;
+        self.errors += o.errors;
+        self.fast_chunks += o.fast_chunks;
+        self.exact_chunks += o.exact_chunks;
+    }
+}
+
 /// What one batch looks up in.
 #[derive(Debug, Clone)]
 pub struct BatchQuery {
@@ -79,6 +91,10 @@ type Cache = HashMap<
 
 /// Answers the complete lines in `input` (no partial last line) into `out`.
 /// `line_no` is the number of lines before `input` and is advanced.
+///
+/// Three passes, so that the lookups run as one batch
+/// ([`crate::fib::fast::FastFib::lookup_many`]):
+/// parse every line, look up every address, then write one line per input line.
 pub fn answer_lines(
     fast: &FastPath,
     shared: &Shared,
@@ -88,54 +104,78 @@ pub fn answer_lines(
     out: &mut Vec<u8>,
     counts: &mut BatchCounts,
 ) {
+    let mut lines = Vec::new();
+    let mut addrs = Vec::new();
+    for raw in input.split(|&b| b == b'\n') {
+        *line_no += 1;
+        let parsed = parse_line(raw);
+        match parsed {
+            Parsed::Blank => continue,
+            Parsed::Addr(a, _) => addrs.push(a),
+            Parsed::Bad(..) => {}
+        }
+        lines.push((*line_no, parsed));
+    }
     let snap = fast.current();
+    let mut answers = Vec::new();
+    if let Some(sn) = &snap {
+        sn.fib.lookup_many(&addrs, &q.tables, q.tos, &mut answers);
+    } else {
+        answers.resize(addrs.len(), Lookup::Exact);
+    }
     let mut guard: Option<RwLockReadGuard<'_, Mirror>> = None;
     let mut cache = Cache::default();
     let mut s = String::with_capacity(input.len() * 3);
     let (mut used_fast, mut used_exact) = (false, false);
-    for raw in input.split(|&b| b == b'\n') {
-        *line_no += 1;
-        let Some((addr, text)) = parse_line(raw, *line_no, q.format, &mut s, counts) else {
-            continue;
+    let mut answers = answers.into_iter();
+    for (n, parsed) in lines {
+        counts.lines += 1;
+        let (text, answer) = match parsed {
+            Parsed::Blank => continue,
+            Parsed::Bad(raw, msg) => {
+                counts.errors += 1;
+                error_line(q.format, n, raw, msg, &mut s);
+                continue;
+            }
+            Parsed::Addr(addr, text) => (text, (addr, answers.next().unwrap_or(Lookup::Exact))),
         };
-        if let Some(sn) = &snap {
-            match sn.fib.lookup(addr, &q.tables, q.tos) {
-                Lookup::Route(t, net, e) => {
-                    used_fast = true;
-                    found(&sn.names, true, q, text, t, net, e, &mut cache, &mut s);
-                    counts.found += 1;
-                    continue;
-                }
-                Lookup::None => {
-                    used_fast = true;
-                    no_route(q.format, text, &mut s);
-                    counts.no_route += 1;
-                    continue;
-                }
-                Lookup::Exact => {}
-            }
-        }
-        used_exact = true;
-        if guard.is_none() {
-            match shared.mirror.read() {
-                Ok(g) => guard = Some(g),
-                // A writer panicked mid-change: nothing trustworthy to answer from.
-                Err(_) => {
-                    error_line(q.format, *line_no, raw, "mirror unavailable", &mut s);
-                    counts.errors += 1;
-                    continue;
-                }
-            }
-        }
-        let Some(m) = guard.as_deref() else { continue };
-        match m.fib.lookup(addr, &q.tables, q.tos) {
-            Some((t, net, e)) => {
-                found(m, false, q, text, t, net, e, &mut cache, &mut s);
+        let names = snap.as_deref().map(|sn| &sn.names);
+        match answer {
+            (_, Lookup::Route(t, net, e)) => {
+                used_fast = true;
+                let names = names.expect("a snapshot answered");
+                found(names, true, q, text, t, net, e, &mut cache, &mut s);
                 counts.found += 1;
             }
-            None => {
+            (_, Lookup::None) => {
+                used_fast = true;
                 no_route(q.format, text, &mut s);
                 counts.no_route += 1;
+            }
+            (addr, Lookup::Exact) => {
+                used_exact = true;
+                if guard.is_none() {
+                    match shared.mirror.read() {
+                        Ok(g) => guard = Some(g),
+                        // A writer panicked mid-change: nothing trustworthy to answer from.
+                        Err(_) => {
+                            error_line(q.format, n, text.as_bytes(), "mirror unavailable", &mut s);
+                            counts.errors += 1;
+                            continue;
+                        }
+                    }
+                }
+                let Some(m) = guard.as_deref() else { continue };
+                match m.fib.lookup(addr, &q.tables, q.tos) {
+                    Some((t, net, e)) => {
+                        found(m, false, q, text, t, net, e, &mut cache, &mut s);
+                        counts.found += 1;
+                    }
+                    None => {
+                        no_route(q.format, text, &mut s);
+                        counts.no_route += 1;
+                    }
+                }
             }
         }
     }
@@ -151,43 +191,64 @@ pub fn answer_lines(
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Parses one input line; writes its error line (or nothing, for a blank line) and
-/// returns `None` when there is no address to look up.
-fn parse_line<'a>(
-    raw: &'a [u8],
-    line_no: u64,
-    format: BatchFormat,
-    s: &mut String,
-    counts: &mut BatchCounts,
-) -> Option<(IpAddr, &'a str)> {
+/// One input line, parsed.
+#[derive(Clone, Copy)]
+enum Parsed<'a> {
+    /// Skipped (no output line).
+    Blank,
+    /// The address and its text as given (it parsed, so it needs no escaping).
+    Addr(IpAddr, &'a str),
+    /// What to show of the line and why it is not an address.
+    Bad(&'a [u8], &'static str),
+}
+
+fn parse_line(raw: &[u8]) -> Parsed<'_> {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-    let text = match std::str::from_utf8(raw) {
-        Ok(t) => t.trim(),
-        Err(_) => {
-            counts.lines += 1;
-            counts.errors += 1;
-            error_line(format, line_no, raw, "not UTF-8", s);
-            return None;
-        }
-    };
-    if text.is_empty() {
-        return None;
+    if let Some(a) = parse_v4(raw) {
+        // SAFETY: parse_v4 accepted only ASCII digits and dots, which are valid UTF-8
+        // (and the checked conversion showed up in profiles at 6% of a batch).
+        return Parsed::Addr(IpAddr::V4(a), unsafe { std::str::from_utf8_unchecked(raw) });
     }
-    counts.lines += 1;
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return Parsed::Bad(raw, "not UTF-8");
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Parsed::Blank;
+    }
     if raw.len() > MAX_LINE {
-        counts.errors += 1;
-        error_line(format, line_no, &raw[..64], "line too long", s);
-        return None;
+        return Parsed::Bad(&raw[..64], "line too long");
     }
     match text.parse::<IpAddr>() {
-        // The address is echoed as given (it parsed, so it needs no escaping).
-        Ok(a) => Some((a, text)),
-        Err(_) => {
-            counts.errors += 1;
-            error_line(format, line_no, raw, "not an IP address", s);
-            None
-        }
+        Ok(a) => Parsed::Addr(a, text),
+        Err(_) => Parsed::Bad(raw, "not an IP address"),
     }
+}
+
+/// Dotted-quad IPv4 without the general parser (a tenth of a batch's time went there):
+/// accepts a subset of what `Ipv4Addr::from_str` accepts (no leading zeros, no
+/// surrounding space), so whatever it rejects goes through the full parser.
+fn parse_v4(b: &[u8]) -> Option<std::net::Ipv4Addr> {
+    if b.len() > 15 {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = b.split(|&c| c == b'.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
+            return None;
+        }
+        let mut v = 0u16;
+        for &c in p {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u16::from(c - b'0');
+        }
+        *o = u8::try_from(v).ok()?;
+    }
+    parts.next().is_none().then_some(octets.into())
 }
 
 /// The error line for input line `line_no`.
@@ -573,6 +634,22 @@ mod tests {
                 "\"not-an-address\",,,,,,,line 3: not an IP address"
             );
             assert_eq!(lines[3], "10.9.9.9,10.9.9.0/24,254,blackhole,,,5,");
+        }
+    }
+
+    proptest::proptest! {
+        /// The IPv4 fast path accepts only what the standard parser accepts, with the
+        /// same result, and accepts every canonical dotted quad.
+        #[test]
+        fn fast_ipv4_parse_agrees_with_std(
+            junk in "[0-9.]{0,18}",
+            a in proptest::prelude::any::<u32>(),
+        ) {
+            if let Some(v) = parse_v4(junk.as_bytes()) {
+                proptest::prop_assert_eq!(Ok(v), junk.parse::<std::net::Ipv4Addr>());
+            }
+            let canonical = std::net::Ipv4Addr::from(a);
+            proptest::prop_assert_eq!(parse_v4(canonical.to_string().as_bytes()), Some(canonical));
         }
     }
 

@@ -125,3 +125,52 @@ pub fn lookup_batch(
     }
     result
 }
+
+/// Latency of single lookups as a client sees them (connect, request, reply), for the
+/// benchmarks: looks up `addrs` round-robin until `stop` exists or `max` passes,
+/// `interval` apart, and summarises the latencies in microseconds.
+pub fn lookup_latency(
+    socket: &Path,
+    addrs: &[std::net::IpAddr],
+    interval: Duration,
+    stop: &Path,
+    max: Duration,
+) -> Result<Value> {
+    if addrs.is_empty() {
+        bail!("no addresses to look up");
+    }
+    let t0 = std::time::Instant::now();
+    let mut lat_ns: Vec<u64> = Vec::new();
+    let mut errors = 0u64;
+    while t0.elapsed() < max && !stop.exists() {
+        let addr = addrs[lat_ns.len() % addrs.len()];
+        let req = Request::Lookup {
+            addr,
+            table: None,
+            tos: 0,
+        };
+        let t = std::time::Instant::now();
+        let ok = call(socket, &req, Some(Duration::from_secs(30)), |_| Ok(())).is_ok();
+        lat_ns.push(t.elapsed().as_nanos() as u64);
+        errors += u64::from(!ok);
+        std::thread::sleep(interval);
+    }
+    lat_ns.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat_ns.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat_ns.len() as f64 * p).ceil() as usize).clamp(1, lat_ns.len()) - 1;
+        lat_ns[i] as f64 / 1e3
+    };
+    Ok(serde_json::json!({
+        "lookups": lat_ns.len(),
+        "errors": errors,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "p50_us": pct(0.50),
+        "p90_us": pct(0.90),
+        "p99_us": pct(0.99),
+        "p999_us": pct(0.999),
+        "max_us": pct(1.0),
+    }))
+}

@@ -251,38 +251,56 @@ async fn lookup_batch(
     let mut counts = BatchCounts::default();
     let mut line_no = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(batch::CHUNK + batch::MAX_LINE);
-    let mut out: Vec<u8> = Vec::with_capacity(batch::CHUNK * 4);
     let mut eof = false;
-    while !eof {
-        // Fill up to a chunk of input.
-        while buf.len() < batch::CHUNK {
-            let start = buf.len();
-            buf.resize(batch::CHUNK + batch::MAX_LINE, 0);
-            let n = tokio::time::timeout(REQUEST_TIMEOUT, rd.read(&mut buf[start..]))
-                .await
-                .context("batch input stalled")??;
-            buf.truncate(start + n);
-            if n == 0 {
-                eof = true;
-                break;
+    // One chunk is answered on a blocking thread while the previous one is written
+    // and the next one read: I/O and lookups overlap (BENCHMARKS.md).
+    let mut inflight: Option<tokio::task::JoinHandle<(Vec<u8>, BatchCounts)>> = None;
+    loop {
+        let mut next = None;
+        if !eof {
+            // Fill up to a chunk of input.
+            while buf.len() < batch::CHUNK {
+                let start = buf.len();
+                buf.resize(batch::CHUNK + batch::MAX_LINE, 0);
+                let n = tokio::time::timeout(REQUEST_TIMEOUT, rd.read(&mut buf[start..]))
+                    .await
+                    .context("batch input stalled")??;
+                buf.truncate(start + n);
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+            }
+            // Whole lines only; at EOF the last line needs no newline.
+            let end = if eof {
+                buf.len()
+            } else {
+                match buf.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    // A chunk without a newline is one overlong line: answered (as an
+                    // error) by itself, its rest then reads as a line of its own.
+                    None => buf.len(),
+                }
+            };
+            if end > 0 {
+                let rest = buf.split_off(end);
+                let mut body = std::mem::replace(&mut buf, rest);
+                if body.last() == Some(&b'\n') {
+                    body.pop();
+                }
+                let first = line_no;
+                line_no += body.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+                let (fast, shared, q) = (fast.clone(), shared.clone(), q.clone());
+                next = Some(tokio::task::spawn_blocking(move || {
+                    let (mut out, mut counts, mut n) = (Vec::new(), BatchCounts::default(), first);
+                    batch::answer_lines(&fast, &shared, &q, &body, &mut n, &mut out, &mut counts);
+                    (out, counts)
+                }));
             }
         }
-        // Whole lines only; at EOF the last line needs no newline.
-        let end = if eof {
-            buf.len()
-        } else {
-            match buf.iter().rposition(|&b| b == b'\n') {
-                Some(i) => i + 1,
-                // A chunk without a newline is one overlong line: answered (as an error)
-                // by itself, its rest then reads as a line of its own.
-                None => buf.len(),
-            }
-        };
-        if end > 0 {
-            let body = buf[..end].strip_suffix(b"\n").unwrap_or(&buf[..end]);
-            out.clear();
-            batch::answer_lines(fast, shared, &q, body, &mut line_no, &mut out, &mut counts);
-            buf.drain(..end);
+        if let Some(h) = inflight.take() {
+            let (out, c) = h.await.context("batch lookup task failed")?;
+            counts.add(&c);
             if !out.is_empty() {
                 let head = serde_json::to_string(&Reply::Item(json!({ "bytes": out.len() })))?;
                 tokio::time::timeout(WRITE_STALL_TIMEOUT, async {
@@ -296,8 +314,12 @@ async fn lookup_batch(
                 .context("client did not read its results in time")??;
             }
         }
+        inflight = next;
+        if eof && inflight.is_none() {
+            break;
+        }
     }
-    drop((buf, out));
+    drop(buf);
     super::fastpath::release_free_memory();
     let mut s = serde_json::to_string(&Reply::Ok(serde_json::to_value(counts)?))?;
     s.push('\n');
