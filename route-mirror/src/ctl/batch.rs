@@ -10,7 +10,6 @@
 //! Malformed lines (not an address, not UTF-8, too long) get an error line of their own
 //! and the stream goes on; blank lines are skipped.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -82,11 +81,8 @@ pub struct BatchQuery {
 
 /// Rendered parts of a route that do not depend on its prefix, per chunk: the
 /// attribute pointer is only meaningful while the chunk's snapshot or lock is held.
-type Cache = HashMap<
-    (bool, u32, usize, u32, u8, u32),
-    (String, String),
-    std::hash::BuildHasherDefault<FxHasher>,
->;
+/// FxHash: the keys are a few integers, and SipHash showed up in batch profiles.
+type Cache = rustc_hash::FxHashMap<(bool, u32, usize, u32, u8, u32), (String, String)>;
 // (from snapshot, table, attrs pointer, metric, tos, interned src/hop id)
 
 /// Answers the complete lines in `input` (no partial last line) into `out`.
@@ -339,34 +335,6 @@ fn dec(v: u8, s: &mut String) {
     s.push(char::from(b'0' + v % 10));
 }
 
-/// FxHash-style hasher for the per-chunk cache: its keys are a few integers, and
-/// SipHash showed up in batch profiles.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn found<C: RouteContext + ?Sized>(
     ctx: &C,
@@ -579,7 +547,7 @@ mod tests {
         let fast = FastPath::default();
         for snapshot in [false, true] {
             if snapshot {
-                fast.rebuild(&sh);
+                assert!(fast.rebuild(&sh));
             }
             let (text, c) = run(&sh, &fast, BatchFormat::Text, &[INPUT]);
             expect_counts(c);

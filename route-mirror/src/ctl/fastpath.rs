@@ -4,8 +4,9 @@
 //! the exact path otherwise.
 //!
 //! Rebuild policy: once the mirror has been quiet for [`QUIET`] (no version change),
-//! the thread takes the read lock only to copy out prefixes and classes
-//! ([`crate::fib::Fib::extract`]), builds the tries without the lock and swaps them in.
+//! the thread copies out prefixes and classes a few pieces at a time under the read
+//! lock ([`ExtractCursor`]; it starts again later if the mirror changes meanwhile),
+//! builds the tries without the lock and swaps them in.
 //! During a burst the snapshot is stale, so lookups answer from the exact trie (correct,
 //! slower, and they share the lock with the writer); BENCHMARKS.md has the numbers.
 
@@ -17,11 +18,13 @@ use arc_swap::ArcSwapOption;
 use serde_json::{json, Value};
 
 use crate::daemon::Shared;
-use crate::fib::fast::FastFib;
+use crate::fib::fast::{ExtractCursor, FastFib, Step};
 use crate::mirror::Names;
 
 /// How long the mirror must stay unchanged before a rebuild.
 pub const QUIET: Duration = Duration::from_millis(50);
+/// Prefixes extracted per read-lock hold: a few milliseconds at most (BENCHMARKS.md).
+pub const PREFIXES_PER_LOCK: usize = 8192;
 /// How often the rebuilder looks at the mirror's version.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -35,6 +38,8 @@ pub struct Snapshot {
 pub struct FastPath {
     snap: ArcSwapOption<Snapshot>,
     builds: AtomicU64,
+    /// Rebuilds given up because the mirror changed during the extract.
+    aborted: AtomicU64,
     last_extract_us: AtomicU64,
     last_build_us: AtomicU64,
     last_heap_bytes: AtomicU64,
@@ -90,12 +95,25 @@ impl FastPath {
             .map(|_| ())
     }
 
-    /// Takes a snapshot now (extract under the read lock, build without it).
-    pub fn rebuild(&self, shared: &Shared) {
+    /// Takes a snapshot now: extracted in pieces under the read lock, released between
+    /// pieces so the core never waits long to write, then built without the lock.
+    /// Returns false (and counts it) when the mirror changed during the extract.
+    pub fn rebuild(&self, shared: &Shared) -> bool {
         let t0 = Instant::now();
-        let (extract, names) = {
-            let Ok(m) = shared.mirror.read() else { return };
-            (m.fib.extract(), m.names())
+        let mut cursor = None;
+        let (extract, names) = loop {
+            let Ok(m) = shared.mirror.read() else {
+                return false;
+            };
+            let c = cursor.get_or_insert_with(|| ExtractCursor::new(&m.fib));
+            match c.step(&m.fib, PREFIXES_PER_LOCK) {
+                Step::More => continue,
+                Step::Done(x) => break (x, m.names()),
+                Step::Changed => {
+                    self.aborted.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            }
         };
         let t1 = Instant::now();
         let fib = extract.build();
@@ -109,6 +127,7 @@ impl FastPath {
         self.last_build_us
             .store((t2 - t1).as_micros() as u64, Ordering::Relaxed);
         release_free_memory();
+        true
     }
 
     pub fn stats(&self) -> Value {
@@ -117,6 +136,7 @@ impl FastPath {
             "current": snap.as_ref().is_some_and(|s| s.fib.is_current()),
             "version": snap.as_ref().map(|s| s.fib.version()),
             "builds": self.builds.load(Ordering::Relaxed),
+            "aborted_builds": self.aborted.load(Ordering::Relaxed),
             "last_extract_us": self.last_extract_us.load(Ordering::Relaxed),
             "last_build_us": self.last_build_us.load(Ordering::Relaxed),
             "heap_bytes": self.last_heap_bytes.load(Ordering::Relaxed),

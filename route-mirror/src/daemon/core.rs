@@ -32,7 +32,10 @@ const BATCH: usize = 64;
 /// A progress line every this many dumped routes (a full table logs a handful).
 const PROGRESS_EVERY: u64 = 250_000;
 /// Ring records applied per drain before looking at commands and the socket again.
-const RING_BATCH: usize = 4096;
+/// Also bounds how long one drain holds the mirror's write lock (about a microsecond
+/// per record): at 4096, single lookups during a 1M-route burst waited up to 2 ms at
+/// p99 (BENCHMARKS.md); one loss-counter read per drain keeps smaller drains cheap.
+const RING_BATCH: usize = 512;
 
 /// What applying events produced, flushed into the status after each batch.
 #[derive(Default)]

@@ -20,7 +20,7 @@
 //! snapshot needs no per-prefix array: the matched prefix is the address masked to the
 //! length.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::poptrie::{Poptrie, NONE};
-use super::{Entry, Fib};
+use super::{Entry, Fib, RouteTable};
 use crate::model::{rtn, Family};
 
 /// Most classes one table can have (values are 31 bits, 8 of them the length).
@@ -92,79 +92,246 @@ pub enum Lookup<'a> {
 impl Fib {
     /// Takes what a [`FastFib`] is built from: each table's prefixes with their best
     /// TOS-0 route. O(routes); the only part of a rebuild that needs the FIB itself.
+    /// [`ExtractCursor`] takes the same in pieces, for callers that must not hold the
+    /// FIB's lock that long.
     pub fn extract(&self) -> Extract {
-        let mut tables = Vec::new();
-        for ((family, id), t) in self.tables() {
-            let mut classes: Vec<Entry> = Vec::new();
-            let mut ids: HashMap<(usize, u32, u32, u8), u32> = HashMap::new();
-            let mut has_tos = false;
-            let mut too_many = false;
-            let mut class_of = |e: &Entry| -> u32 {
-                let key = (
-                    Arc::as_ptr(&e.attrs) as usize,
-                    e.priority,
-                    e.ext.raw(),
-                    e.tos,
-                );
-                *ids.entry(key).or_insert_with(|| {
-                    classes.push(Entry {
-                        stamp: 0,
-                        ..e.clone()
-                    });
-                    classes.len() as u32 - 1
-                })
+        let mut cursor = ExtractCursor::new(self);
+        loop {
+            match cursor.step(self, usize::MAX) {
+                Step::Done(x) => return x,
+                Step::More => continue,
+                Step::Changed => unreachable!("the FIB cannot change while borrowed"),
+            }
+        }
+    }
+}
+
+/// Most prefixes one piece may hold before it is split (into [`SPLIT_BITS`] finer
+/// pieces): about a millisecond of work under the lock.
+const PIECE_LIMIT: usize = 4096;
+const SPLIT_BITS: u8 = 4;
+
+/// A resumable [`Fib::extract`]. Each [`ExtractCursor::step`] takes pieces of the
+/// address space (prefix ranges, split finer where prefixes are dense) until a budget of
+/// prefixes is spent, under the caller's read lock; between steps the caller releases
+/// the lock, so the writer waits for one step at most, never for the whole table (a full
+/// table's extract holds it for about 200 ms, BENCHMARKS.md). The FIB's version is
+/// checked at every step: if it moved, the pieces already taken may disagree with the
+/// rest, and the cursor reports [`Step::Changed`] (start again later).
+pub struct ExtractCursor {
+    version: u64,
+    counter: Arc<AtomicU64>,
+    keys: Vec<(Family, u32)>,
+    /// Next table (index into `keys`).
+    table: usize,
+    /// Pieces of that table still to take, the next one last.
+    pieces: Vec<IpNet>,
+    current: Option<TableExtractor>,
+    done: Vec<((Family, u32), Extracted)>,
+    piece_limit: usize,
+}
+
+/// What one [`ExtractCursor::step`] got to.
+pub enum Step {
+    /// More to take: call again (after releasing the lock, if you hold one).
+    More,
+    Done(Extract),
+    /// The FIB changed since the cursor started: its pieces cannot make one snapshot.
+    Changed,
+}
+
+impl ExtractCursor {
+    pub fn new(fib: &Fib) -> ExtractCursor {
+        ExtractCursor {
+            version: fib.version(),
+            counter: fib.version_counter(),
+            keys: fib.tables().map(|(k, _)| k).collect(),
+            table: 0,
+            pieces: Vec::new(),
+            current: None,
+            done: Vec::new(),
+            piece_limit: PIECE_LIMIT,
+        }
+    }
+
+    /// Splits pieces holding more than `n` prefixes (default [`PIECE_LIMIT`]); tests use
+    /// tiny limits to exercise the splitting on small tables.
+    pub fn with_piece_limit(mut self, n: usize) -> ExtractCursor {
+        self.piece_limit = n;
+        self
+    }
+
+    /// Takes pieces from `fib` (the FIB the cursor was made from) until about `budget`
+    /// prefixes have been visited.
+    pub fn step(&mut self, fib: &Fib, budget: usize) -> Step {
+        if fib.version() != self.version || !Arc::ptr_eq(&fib.version, &self.counter) {
+            return Step::Changed;
+        }
+        let mut spent = 0usize;
+        while let Some(&key @ (family, id)) = self.keys.get(self.table) {
+            let Some(t) = fib.table(family, id) else {
+                return Step::Changed;
             };
-            let items = match family {
-                Family::V4 => {
-                    let mut v = Vec::with_capacity(t.prefixes());
-                    for (net, es) in t.prefix_entries() {
-                        has_tos |= es.iter().any(|e| e.tos != 0);
-                        if let (IpNet::V4(n), Some(e)) = (net, es.iter().find(|e| e.tos == 0)) {
-                            let c = class_of(e);
-                            too_many |= c as usize >= MAX_CLASSES;
-                            v.push((
-                                u32::from(n.network()),
-                                n.prefix_len(),
-                                c << 8 | u32::from(n.prefix_len()),
-                            ));
-                        }
-                    }
-                    ExtractedItems::V4(v)
-                }
-                Family::V6 => {
-                    let mut v = Vec::with_capacity(t.prefixes());
-                    for (net, es) in t.prefix_entries() {
-                        if let (IpNet::V6(n), Some(e)) = (net, es.iter().find(|e| e.tos == 0)) {
-                            let c = class_of(e);
-                            too_many |= c as usize >= MAX_CLASSES;
-                            v.push((
-                                u128::from(n.network()),
-                                n.prefix_len(),
-                                c << 8 | u32::from(n.prefix_len()),
-                            ));
-                        }
-                    }
-                    ExtractedItems::V6(v)
+            let x = match &mut self.current {
+                Some(x) => x,
+                None => {
+                    self.pieces = vec![family.default_net()];
+                    self.current
+                        .insert(TableExtractor::new(family, t.prefixes()))
                 }
             };
-            let items = if too_many {
+            while let Some(net) = self.pieces.pop() {
+                if spent >= budget {
+                    self.pieces.push(net);
+                    return Step::More;
+                }
+                spent += take_piece(t, net, self.piece_limit, x, &mut self.pieces);
+            }
+            let x = self.current.take().expect("extractor of the current table");
+            self.done.push((key, x.finish()));
+            self.table += 1;
+        }
+        Step::Done(Extract {
+            version: self.version,
+            counter: self.counter.clone(),
+            tables: std::mem::take(&mut self.done),
+        })
+    }
+}
+
+/// Adds the prefixes of piece `net` to `x`, or, when it holds more than `limit`,
+/// nothing, and queues its finer pieces instead. Returns the prefixes visited.
+///
+/// Each prefix belongs to exactly one piece of the final partition: the piece holding
+/// its first address. It is inside that piece (found by `prefix_entries_within`) or
+/// covers it, and then starts where the piece starts (found by the cover walk).
+fn take_piece(
+    t: &RouteTable,
+    net: IpNet,
+    limit: usize,
+    x: &mut TableExtractor,
+    pieces: &mut Vec<IpNet>,
+) -> usize {
+    let mark = x.len();
+    let len = net.prefix_len();
+    for (p, es) in t.prefix_entries_covering(&net) {
+        if p.prefix_len() < len && p.network() == net.network() {
+            x.add(p, es);
+        }
+    }
+    let can_split = len + SPLIT_BITS <= net.max_prefix_len();
+    let mut visited = 0;
+    for (p, es) in t.prefix_entries_within(&net) {
+        visited += 1;
+        if visited > limit && can_split {
+            x.truncate(mark);
+            if let Ok(subnets) = net.subnets(len + SPLIT_BITS) {
+                let start = pieces.len();
+                pieces.extend(subnets);
+                pieces[start..].reverse();
+            }
+            return visited;
+        }
+        x.add(p, es);
+    }
+    visited
+}
+
+/// One table's prefixes and classes, as they are taken.
+struct TableExtractor {
+    items: ExtractedItems,
+    classes: Vec<Entry>,
+    // This runs under the FIB's read lock, so it is kept lean: neighbouring prefixes
+    // mostly share a class (one-entry memo), and FxHash otherwise.
+    ids: rustc_hash::FxHashMap<(usize, u32, u32, u8), u32>,
+    last: Option<((usize, u32, u32, u8), u32)>,
+    has_tos: bool,
+    too_many: bool,
+}
+
+impl TableExtractor {
+    fn new(family: Family, prefixes: usize) -> TableExtractor {
+        TableExtractor {
+            items: match family {
+                Family::V4 => ExtractedItems::V4(Vec::with_capacity(prefixes)),
+                Family::V6 => ExtractedItems::V6(Vec::with_capacity(prefixes)),
+            },
+            classes: Vec::new(),
+            ids: Default::default(),
+            last: None,
+            has_tos: false,
+            too_many: false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.items {
+            ExtractedItems::V4(v) => v.len(),
+            ExtractedItems::V6(v) => v.len(),
+            ExtractedItems::TooMany => 0,
+        }
+    }
+
+    fn truncate(&mut self, n: usize) {
+        match &mut self.items {
+            ExtractedItems::V4(v) => v.truncate(n),
+            ExtractedItems::V6(v) => v.truncate(n),
+            ExtractedItems::TooMany => {}
+        }
+    }
+
+    fn add(&mut self, net: IpNet, es: &[Entry]) {
+        self.has_tos |= es.iter().any(|e| e.tos != 0);
+        let Some(e) = es.iter().find(|e| e.tos == 0) else {
+            return;
+        };
+        let c = self.class_of(e);
+        self.too_many |= c as usize >= MAX_CLASSES;
+        let v = c << 8 | u32::from(net.prefix_len());
+        match (&mut self.items, net) {
+            (ExtractedItems::V4(items), IpNet::V4(n)) => {
+                items.push((u32::from(n.network()), n.prefix_len(), v))
+            }
+            (ExtractedItems::V6(items), IpNet::V6(n)) => {
+                items.push((u128::from(n.network()), n.prefix_len(), v))
+            }
+            _ => {}
+        }
+    }
+
+    fn class_of(&mut self, e: &Entry) -> u32 {
+        let key = (
+            Arc::as_ptr(&e.attrs) as usize,
+            e.priority,
+            e.ext.raw(),
+            e.tos,
+        );
+        if let Some((k, c)) = self.last {
+            if k == key {
+                return c;
+            }
+        }
+        let classes = &mut self.classes;
+        let c = *self.ids.entry(key).or_insert_with(|| {
+            classes.push(Entry {
+                stamp: 0,
+                ..e.clone()
+            });
+            classes.len() as u32 - 1
+        });
+        self.last = Some((key, c));
+        c
+    }
+
+    fn finish(self) -> Extracted {
+        Extracted {
+            items: if self.too_many {
                 ExtractedItems::TooMany
             } else {
-                items
-            };
-            tables.push((
-                (family, id),
-                Extracted {
-                    items,
-                    classes,
-                    has_tos,
-                },
-            ));
-        }
-        Extract {
-            version: self.version(),
-            counter: self.version_counter(),
-            tables,
+                self.items
+            },
+            classes: self.classes,
+            has_tos: self.has_tos,
         }
     }
 }
@@ -599,9 +766,65 @@ mod tests {
                 let snap = fib.extract().build();
                 prop_assert!(snap.is_current());
                 check(&fib, &snap, &probes(&all, &extra))?;
+                // Taken in tiny pieces, a few per step: the same answers.
+                let mut c = ExtractCursor::new(&fib).with_piece_limit(1);
+                let split = loop {
+                    match c.step(&fib, 3) {
+                        Step::More => continue,
+                        Step::Done(x) => break x.build(),
+                        Step::Changed => return Err(TestCaseError::fail("changed")),
+                    }
+                };
+                check(&fib, &split, &probes(&all, &extra))?;
                 prev = Some(snap);
             }
         }
+    }
+
+    /// Taken one piece per step, the extract is the same snapshot; a change between
+    /// steps makes the cursor give up instead of mixing two versions.
+    #[test]
+    fn piecewise_extract_matches_and_notices_changes() {
+        let mut fib = Fib::default();
+        let ops: Vec<Op> = [
+            "0.0.0.0/0",
+            "10.0.0.0/7",
+            "10.1.0.0/16",
+            "200.1.2.3/32",
+            "2001:db8::/32",
+            "::/0",
+            "2000::/3",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Op::Upsert {
+            table: 254,
+            net: n.parse().unwrap(),
+            priority: i as u32 % 2,
+            tos: 0,
+            kind: rtn::UNICAST,
+        })
+        .collect();
+        for op in &ops {
+            apply(&mut fib, op);
+        }
+        let mut c = ExtractCursor::new(&fib);
+        let mut steps = 0;
+        let snap = loop {
+            steps += 1;
+            match c.step(&fib, 1) {
+                Step::More => continue,
+                Step::Done(x) => break x.build(),
+                Step::Changed => panic!("nothing changed"),
+            }
+        };
+        assert!(steps > 1, "{steps} steps");
+        check(&fib, &snap, &probes(&ops, &[1, 2, 3])).unwrap();
+
+        let mut c = ExtractCursor::new(&fib);
+        assert!(matches!(c.step(&fib, 1), Step::More));
+        apply(&mut fib, &ops[2]);
+        assert!(matches!(c.step(&fib, 1), Step::Changed));
     }
 
     #[test]

@@ -285,6 +285,38 @@ impl RouteTable {
         }
     }
 
+    /// Prefixes inside `net` (including `net` itself) with their entries.
+    pub fn prefix_entries_within(
+        &self,
+        net: &IpNet,
+    ) -> Box<dyn Iterator<Item = (IpNet, &Entries)> + '_> {
+        match (&self.prefixes, net) {
+            (Prefixes::V4(t), IpNet::V4(n)) => {
+                Box::new(t.children(n).map(|(p, es)| (IpNet::V4(p), es)))
+            }
+            (Prefixes::V6(t), IpNet::V6(n)) => {
+                Box::new(t.children(n).map(|(p, es)| (IpNet::V6(p), es)))
+            }
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+
+    /// Prefixes that contain `net` (including `net` itself), shortest first.
+    pub fn prefix_entries_covering(
+        &self,
+        net: &IpNet,
+    ) -> Box<dyn Iterator<Item = (IpNet, &Entries)> + '_> {
+        match (&self.prefixes, net) {
+            (Prefixes::V4(t), IpNet::V4(n)) => {
+                Box::new(t.cover(n).map(|(p, es)| (IpNet::V4(p), es)))
+            }
+            (Prefixes::V6(t), IpNet::V6(n)) => {
+                Box::new(t.cover(n).map(|(p, es)| (IpNet::V6(p), es)))
+            }
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+
     /// Routes whose prefix lies inside `net` (including `net` itself).
     pub fn iter_within(&self, net: &IpNet) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
         match (&self.prefixes, net) {
