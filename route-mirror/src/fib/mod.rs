@@ -2,6 +2,44 @@
 //!
 //! Each trie node holds every route of one destination prefix (several metrics, TOS
 //! values or IPv6 source prefixes), sorted by [`SubKey`] so the preferred one is first.
+//!
+//! Used as a library (the daemon fills it from netlink; `examples/fib_lookup.rs` fills
+//! it from one dump of this host's tables):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use route_mirror::fib::{fast::Lookup, Entry, Fib, DEFAULT_RULE_TABLES};
+//! use route_mirror::model::{rtn, table, Family, NextHop, RouteAttrs, SubKey};
+//!
+//! let attrs = Arc::new(RouteAttrs {
+//!     protocol: 4, kind: rtn::UNICAST, scope: 0, flags: 0, prefsrc: None, nh_id: None,
+//!     nexthops: vec![NextHop { gateway: Some("198.18.1.2".parse()?), ifindex: 3, weight: 1, flags: 0 }].into(),
+//!     pref: None, mtu: None,
+//! });
+//! let sub = |metric| SubKey { priority: metric, tos: 0, src: None, hop: None };
+//! let mut fib = Fib::default();
+//! let main = fib.table_mut(Family::V4, table::MAIN);
+//! main.upsert(&"10.0.0.0/8".parse()?, Entry::new(sub(0), attrs.clone(), 0));
+//! main.upsert(&"10.1.0.0/16".parse()?, Entry::new(sub(20), attrs.clone(), 0));
+//! main.upsert(&"10.1.0.0/16".parse()?, Entry::new(sub(10), attrs, 0));
+//!
+//! // Exact lookup through the default policy's tables: longest prefix, lowest metric.
+//! let (t, net, e) = fib.lookup("10.1.2.3".parse()?, &DEFAULT_RULE_TABLES, 0).unwrap();
+//! assert_eq!((t, net.to_string(), e.priority()), (table::MAIN, "10.1.0.0/16".into(), 10));
+//!
+//! // A read-optimised snapshot: same answers, one at a time or in batches.
+//! let snap = fib.extract().build();
+//! let addrs = ["10.1.2.3".parse()?, "10.200.0.1".parse()?, "192.0.2.1".parse()?];
+//! let mut out = Vec::new();
+//! snap.lookup_many(&addrs, &DEFAULT_RULE_TABLES, 0, &mut out);
+//! assert!(matches!(out[1], Lookup::Route(_, net, _) if net.to_string() == "10.0.0.0/8"));
+//! assert!(matches!(out[2], Lookup::None));
+//!
+//! // Any change makes the snapshot stale; readers then rebuild or use the exact FIB.
+//! fib.table_mut(Family::V4, table::MAIN).remove(&"10.0.0.0/8".parse()?, &sub(0));
+//! assert!(!snap.is_current());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod ext;
 pub mod fast;
