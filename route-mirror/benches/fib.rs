@@ -223,7 +223,28 @@ fn time_lookups<A: Copy>(addrs: &[A], f: impl Fn(A) -> Option<(u8, u32)>) -> (Du
     (d, hits)
 }
 
+/// [`time_lookups`] through [`Poptrie::lookup_many`], 4096 keys per call.
+fn time_many<K: Key>(t: &Poptrie<K>, addrs: &[K]) -> (Duration, usize) {
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(4096);
+    let (mut hits, mut sum) = (0usize, 0u64);
+    for chunk in addrs.chunks(4096) {
+        out.clear();
+        t.lookup_many(black_box(chunk), &mut out);
+        for &v in &out {
+            if v != route_mirror::fib::poptrie::NONE {
+                hits += 1;
+                sum = sum.wrapping_add(u64::from(v as u8) ^ u64::from(v >> 8));
+            }
+        }
+    }
+    let d = start.elapsed();
+    black_box(sum);
+    (d, hits)
+}
+
 fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
+    let mut batched = Vec::new();
     let (lines, pfx) = load(file);
     let pfx: Vec<(K, u8)> = pfx
         .into_iter()
@@ -296,6 +317,21 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
         assert_eq!(got, check, "poptrie disagrees with the Patricia trie");
         let (rd, rh) = time_lookups(&random, lpm);
         let (id, ih) = time_lookups(&inside, lpm);
+        let (brd, brh) = time_many(&t, &random);
+        let (bid, bih) = time_many(&t, &inside);
+        assert_eq!((brh, bih), (rh, ih), "lookup_many disagrees with lookup");
+        batched.push(Row {
+            family: K::NAME,
+            imp: "route-mirror Poptrie, `lookup_many` (8 keys in lockstep)",
+            prefixes: pfx.len(),
+            build,
+            heap: Some(t.heap_bytes()),
+            rss,
+            random: brd,
+            inside: bid,
+            random_hits: brh,
+            inside_hits: bih,
+        });
         rows.push(Row {
             family: K::NAME,
             imp: "route-mirror Poptrie (new, immutable rebuild)",
@@ -389,6 +425,7 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
             inside_hits: ih,
         });
     }
+    rows.append(&mut batched);
 }
 
 /// Routes of an `ip -batch` file as the kernel would report them (close enough for

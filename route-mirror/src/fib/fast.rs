@@ -506,6 +506,7 @@ impl FastFib {
         out: &mut [Lookup<'a>],
     ) {
         let mut values: Vec<u32> = Vec::with_capacity(pending.len());
+        let mut keys: Vec<K> = Vec::with_capacity(pending.len());
         let mut exact = false;
         for &id in tables {
             if pending.is_empty() {
@@ -525,8 +526,10 @@ impl FastFib {
             let Some(trie) = K::trie(&t.trie) else {
                 continue;
             };
+            keys.clear();
+            keys.extend(pending.iter().map(|&(_, k)| k));
             values.clear();
-            values.extend(pending.iter().map(|&(_, k)| trie.lookup(k).unwrap_or(NONE)));
+            trie.lookup_many(&keys, &mut values);
             let mut kept = 0;
             for j in 0..pending.len() {
                 let (i, k) = pending[j];
