@@ -264,7 +264,8 @@ pub struct NextHop {
 }
 
 /// Attributes of a route other than its key. Interned: many routes share one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// `Default` is an unspecified-type route without next hops (for building test routes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RouteAttrs {
     /// `RTPROT_*`.
     pub protocol: u8,

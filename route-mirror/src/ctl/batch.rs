@@ -453,10 +453,6 @@ mod tests {
                 attrs: Arc::new(RouteAttrs {
                     protocol: 4,
                     kind,
-                    scope: 0,
-                    flags: 0,
-                    prefsrc: None,
-                    nh_id: None,
                     nexthops: gw
                         .map(|g| NextHop {
                             gateway: Some(g.parse().unwrap()),
@@ -466,8 +462,7 @@ mod tests {
                         })
                         .into_iter()
                         .collect(),
-                    pref: None,
-                    mtu: None,
+                    ..Default::default()
                 }),
             },
             replace: false,

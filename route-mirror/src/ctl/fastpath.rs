@@ -176,12 +176,7 @@ mod tests {
 
     fn attrs(gen: u32) -> Arc<RouteAttrs> {
         Arc::new(RouteAttrs {
-            protocol: 4,
             kind: rtn::UNICAST,
-            scope: 0,
-            flags: 0,
-            prefsrc: None,
-            nh_id: None,
             nexthops: vec![NextHop {
                 gateway: None,
                 ifindex: 2,
@@ -189,8 +184,8 @@ mod tests {
                 flags: 0,
             }]
             .into(),
-            pref: None,
             mtu: Some(gen),
+            ..Default::default()
         })
     }
 
