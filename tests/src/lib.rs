@@ -396,7 +396,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if thread::panicking() {
+        // ROUTE_MIRROR_KEEP_LOGS keeps every one (e.g. the logs of a daemon a test
+        // restarted before it failed).
+        if thread::panicking() || std::env::var_os("ROUTE_MIRROR_KEEP_LOGS").is_some() {
             eprintln!("(kept {} for inspection)", self.path.display());
         } else {
             let _ = fs::remove_dir_all(&self.path);
