@@ -411,15 +411,32 @@ async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> R
             .await
         }
         Request::Diff => {
-            let ns = shared.netns.clone();
-            let dump =
-                tokio::task::spawn_blocking(move || crate::netns::run_in(ns, dump_now)).await??;
-            shared.barrier().await?;
-            blocking(move || {
-                let m = shared.mirror.read().expect("mirror lock");
-                ok(diff::compare(&m, &dump))
-            })
-            .await
+            // Dump, barrier, compare. A change the kernel makes after the dump but before
+            // the comparison reaches the mirror (through the barrier) and not the dump: a
+            // false difference (seen as a `local fe80::` route whose DAD finished in that
+            // window). The dump's socket stays subscribed until the comparison is done;
+            // a difference found while it heard of a change is checked again.
+            let mut report = None;
+            for _ in 0..DIFF_TRIES {
+                let ns = shared.netns.clone();
+                let (dump, watch) =
+                    tokio::task::spawn_blocking(move || crate::netns::run_in(ns, dump_now))
+                        .await??;
+                shared.barrier().await?;
+                let sh = shared.clone();
+                let (r, changed) = tokio::task::spawn_blocking(move || {
+                    let r = diff::compare(&sh.mirror.read().expect("mirror lock"), &dump);
+                    (r, heard_changes(&watch))
+                })
+                .await
+                .context("diff task failed")?;
+                let settled = r.is_empty() || !changed;
+                report = Some(r);
+                if settled {
+                    break;
+                }
+            }
+            ok(report)
         }
         Request::Scan {
             wait,
@@ -527,10 +544,13 @@ async fn watch(
 /// count, without NLM_F_DUMP_INTR). `diff` then reported a route the mirror rightly
 /// holds as "mirror only" (a link-local `local fe80::` route whose DAD finished during
 /// the dump: the flaky j_forced_overrun_resyncs).
-fn dump_now() -> Result<Vec<crate::model::Change>> {
-    let mut prev: Option<Vec<crate::model::Change>> = None;
+///
+/// Returns the dump and its socket, still subscribed: [`heard_changes`] tells whether
+/// the kernel changed anything since.
+fn dump_now() -> Result<(Vec<crate::model::Change>, NlSocket)> {
+    let mut prev: Option<(Vec<crate::model::Change>, NlSocket)> = None;
     for attempt in 0..10 {
-        let (dump, quiet) = match dump_once() {
+        let (dump, quiet, sock) = match dump_once() {
             Ok(r) => r,
             // The subscribed socket overran: changes were racing; try again.
             Err(e) if attempt < 9 && is_enobufs(&e) => {
@@ -539,13 +559,31 @@ fn dump_now() -> Result<Vec<crate::model::Change>> {
             }
             Err(e) => return Err(e),
         };
-        if quiet || prev.as_ref() == Some(&dump) {
-            return Ok(dump);
+        if quiet || prev.as_ref().is_some_and(|(p, _)| *p == dump) {
+            return Ok((dump, sock));
         }
-        prev = Some(dump);
+        prev = Some((dump, sock));
         std::thread::sleep(Duration::from_millis(20 * (attempt + 1)));
     }
-    Ok(prev.unwrap_or_default())
+    prev.ok_or_else(|| anyhow::anyhow!("the kernel refused every dump"))
+}
+
+/// How many times `diff` dumps and compares while changes race with it.
+const DIFF_TRIES: usize = 5;
+
+/// Whether notifications reached `sock` since its dump ended (drains them).
+fn heard_changes(sock: &NlSocket) -> bool {
+    let mut buf = Vec::with_capacity(netlink::socket::RECV_BUF);
+    let mut heard = false;
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(0) => return heard,
+            Ok(_) => heard = true,
+            // An overrun means changes too.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => heard = true,
+            Err(_) => return heard,
+        }
+    }
 }
 
 fn is_enobufs(e: &anyhow::Error) -> bool {
@@ -557,8 +595,8 @@ fn is_enobufs(e: &anyhow::Error) -> bool {
 }
 
 /// A fresh dump of routes and nexthop objects on a private socket subscribed to the
-/// route groups; `true` if no notification arrived while it ran.
-fn dump_once() -> Result<(Vec<crate::model::Change>, bool)> {
+/// route groups; `true` if no notification arrived while it ran; the socket.
+fn dump_once() -> Result<(Vec<crate::model::Change>, bool, NlSocket)> {
     let mut sock = NlSocket::open().context("opening a netlink socket for diff")?;
     sock.subscribe(&route_mirror_common::groups::ALL)
         .context("subscribing the diff socket")?;
@@ -589,16 +627,8 @@ fn dump_once() -> Result<(Vec<crate::model::Change>, bool)> {
         )?;
     }
     // Notifications still queued arrived after the last DONE; they may have raced too.
-    let mut buf = Vec::with_capacity(netlink::socket::RECV_BUF);
-    loop {
-        match sock.recv(&mut buf) {
-            Ok(0) => break,
-            Ok(_) => others += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => others += 1,
-            Err(_) => break,
-        }
-    }
-    Ok((out, others == 0))
+    let late = heard_changes(&sock);
+    Ok((out, others == 0 && !late, sock))
 }
 
 /// The process's resident memory (VmRSS), from /proc.
