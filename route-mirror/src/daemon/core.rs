@@ -31,6 +31,16 @@ use route_mirror_common::groups;
 const BATCH: usize = 64;
 /// A progress line every this many dumped routes (a full table logs a handful).
 const PROGRESS_EVERY: u64 = 250_000;
+/// How long applied ring records may wait for a read of the ring's loss counters (one
+/// `bpf` syscall each). Reading them on every drain pass cost ~2 syscalls per 5 records
+/// under load (BENCHMARKS.md). A drop needs a full ring, so records drained after it
+/// start this clock again: every loss is seen within `LOSS_CHECK` of the next drain,
+/// and always before a barrier is answered, a dump is requested or a prune runs.
+const LOSS_CHECK: Duration = Duration::from_millis(5);
+/// Loss counters are read at least this often even with no records (belt and braces).
+const LOSS_CHECK_IDLE: Duration = Duration::from_secs(1);
+/// How often the ring's kernel counters in `stats` are refreshed while busy.
+const RING_STATS_EVERY: Duration = Duration::from_millis(100);
 /// Ring records applied per drain before looking at commands and the socket again.
 /// Also bounds how long one drain holds the mirror's write lock (about a microsecond
 /// per record). Single-lookup p99 during a 1M-route burst measured the same (2 ms) at
@@ -81,6 +91,13 @@ pub struct Core {
     v6_dump_just_done: bool,
     /// The pinned BPF FIB, when `--bpf-fib` asked for one.
     bpf_fib: Option<BpfFib>,
+    /// Ring records were applied since this instant and the loss counters not read
+    /// since (see [`LOSS_CHECK`]).
+    ring_unchecked: Option<Instant>,
+    last_loss_check: Instant,
+    last_ring_stats: Instant,
+    /// A ring loss was found since the ring counters were last published.
+    ring_lost: bool,
 }
 
 impl Core {
@@ -114,6 +131,10 @@ impl Core {
             redumps: 0,
             v6_dump_just_done: false,
             bpf_fib,
+            ring_unchecked: None,
+            last_loss_check: Instant::now(),
+            last_ring_stats: Instant::now(),
+            ring_lost: false,
         }
     }
 
@@ -134,6 +155,7 @@ impl Core {
                 }
             }
             let idle = self.drain();
+            let mut fresh_stats = false;
             // Before barriers are answered: a query that returns saw current maps too.
             if let Some(f) = &mut self.bpf_fib {
                 f.sync(&self.shared.mirror);
@@ -148,16 +170,25 @@ impl Core {
                 if self.check_silent_drops() {
                     continue; // not caught up after all: a resync is queued
                 }
+                if !self.barriers.is_empty() && self.check_ring_loss(true) {
+                    continue; // the ring lost events: a resync is queued
+                }
+                // Queries after a barrier see current ring counters.
+                fresh_stats |= !self.barriers.is_empty();
                 for b in self.barriers.drain(..) {
                     let _ = b.send(());
                 }
                 self.shared.status.lock().expect("status lock").caught_up =
                     Some(std::time::SystemTime::now());
             }
-            self.publish();
+            self.publish(fresh_stats);
             if idle {
-                let wait = self.next_periodic.saturating_duration_since(Instant::now());
-                let ms = wait.as_millis().min(1000) as i32;
+                let mut wait = self.next_periodic.saturating_duration_since(Instant::now());
+                if let Some(t) = self.ring_unchecked {
+                    // Wake in time to read the loss counters.
+                    wait = wait.min((t + LOSS_CHECK).saturating_duration_since(Instant::now()));
+                }
+                let ms = wait.as_millis().clamp(1, 1000) as i32;
                 let ring = self.ebpf.as_ref().map(|e| e.fd());
                 if let Err(e) = self.shared.wait(self.sock.fd(), ring, ms) {
                     error!(error = %e, "poll failed");
@@ -428,8 +459,19 @@ impl Core {
                         self.recover_stalled_dump();
                         false
                     } else {
-                        // Socket idle: the ring is the only source left.
-                        self.drain_ring_ordered() == 0
+                        // Socket idle: the ring is the only source left. Once it is
+                        // drained to empty the core is idle and sleeps until the ring
+                        // or the socket wakes it: trying the socket again after every
+                        // few records was most of the eBPF source's syscalls (a failed
+                        // recvfrom per record, BENCHMARKS.md).
+                        let mut applied = 0;
+                        loop {
+                            let n = self.drain_ring_ordered();
+                            applied += n;
+                            if n == 0 || applied >= RING_BATCH * BATCH {
+                                break n == 0;
+                            }
+                        }
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -645,7 +687,46 @@ impl Core {
     /// Drains the ring to empty (before a dump request and before a prune).
     fn drain_ring_all(&mut self) {
         while self.drain_ring(RING_BATCH) > 0 {}
+        self.check_ring_loss(true);
         self.v6_dump_just_done = false;
+    }
+
+    /// Reads the ring's loss counters when due ([`LOSS_CHECK`]) or when `force`d; on a
+    /// loss, queues a full resync at once. Returns whether events were lost.
+    fn check_ring_loss(&mut self, force: bool) -> bool {
+        let now = Instant::now();
+        let due = force
+            || self.ring_unchecked.is_some_and(|t| now - t >= LOSS_CHECK)
+            || now - self.last_loss_check >= LOSS_CHECK_IDLE;
+        if !due {
+            return false;
+        }
+        let Some(src) = &mut self.ebpf else {
+            return false;
+        };
+        self.ring_unchecked = None;
+        self.last_loss_check = now;
+        let lost = src.take_loss();
+        if lost {
+            self.on_ring_loss();
+        }
+        lost
+    }
+
+    /// Ring loss (ring full, message too long): resync now, as after ENOBUFS.
+    fn on_ring_loss(&mut self) {
+        self.ring_lost = true;
+        warn!("eBPF ring lost notifications (ring full or message too long): resyncing now");
+        marker(
+            &self.shared,
+            "ebpf",
+            "resync",
+            "the ring lost events; refetch after resync-done",
+        );
+        if let Some((scan, _)) = &mut self.scan {
+            scan.overrun_during = true;
+        }
+        self.queue_scan(ScanReason::Overrun, ScanScope::full(), None);
     }
 
     /// Applies up to `max` ring records through the event path; any kernel-side loss
@@ -687,9 +768,6 @@ impl Core {
             publish_deltas(&self.shared, &mut mirror, "ebpf");
             n
         };
-        // Counters are read once per drain (one syscall), also when the ring was empty:
-        // a drop may be the only thing that happened.
-        let lost = src.take_loss();
         self.ebpf = Some(src);
         if risky > 0 {
             if let Some((scan, _)) = &mut self.scan {
@@ -697,18 +775,15 @@ impl Core {
             }
         }
         self.flush_events(acc);
-        if lost || truncated {
-            warn!("eBPF ring lost notifications (ring full or message too long): resyncing now");
-            marker(
-                &self.shared,
-                "ebpf",
-                "resync",
-                "the ring lost events; refetch after resync-done",
-            );
-            if let Some((scan, _)) = &mut self.scan {
-                scan.overrun_during = true;
-            }
-            self.queue_scan(ScanReason::Overrun, ScanScope::full(), None);
+        if n > 0 {
+            self.ring_unchecked.get_or_insert_with(Instant::now);
+        }
+        // A truncated record counts as a loss too: read the counters now (so it is not
+        // reported twice) and resync either way.
+        if truncated && !self.check_ring_loss(true) {
+            self.on_ring_loss();
+        } else if !truncated {
+            self.check_ring_loss(false);
         }
         n
     }
@@ -721,10 +796,21 @@ impl Core {
         }
     }
 
-    /// Copies counters the core keeps privately into the shared status.
-    fn publish(&mut self) {
+    /// Copies counters the core keeps privately into the shared status. The ring's
+    /// kernel counters (a `bpf` syscall each) are re-read every [`RING_STATS_EVERY`],
+    /// or now when `fresh`: reading them on every pass was half the eBPF source's
+    /// syscalls (BENCHMARKS.md).
+    fn publish(&mut self, fresh: bool) {
         let mut st = self.shared.status.lock().expect("status lock");
-        st.ring = self.ebpf.as_ref().map(|e| e.stats());
+        if fresh
+            || self.ring_lost
+            || st.ring.is_none()
+            || self.last_ring_stats.elapsed() >= RING_STATS_EVERY
+        {
+            st.ring = self.ebpf.as_ref().map(|e| e.stats());
+            self.last_ring_stats = Instant::now();
+            self.ring_lost = false;
+        }
         st.bpf_fib = self.bpf_fib.as_ref().map(|f| f.stats());
         st.decode = self.decode.clone();
         st.scan_in_progress = self.scan.as_ref().map(|(s, _)| (s.reason, s.routes_dumped));
