@@ -22,63 +22,26 @@ cd "$REPO"
 BENCH_V4=${BENCH_V4-v4-1m}
 BENCH_V6=${BENCH_V6-v6-230k}
 BENCH_SOURCES=${BENCH_SOURCES:-netlink ebpf}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-900}
-die() { echo "bench: $*" >&2; exit 1; }
-log() { echo "bench: $*" >&2; }
-[ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces)"
+# shellcheck source=bench/lib.sh
+. "$REPO/bench/lib.sh"
+build_bin
 
-SHARED=${ROUTE_MIRROR_SHARED:-}
-if [ -z "$SHARED" ]; then
-    d=$REPO/..
-    while [ ! -d "$d/shared/routes" ] && [ "$(cd "$d" && pwd)" != / ]; do d=$d/..; done
-    SHARED=$(cd "$d/shared" && pwd)
-fi
-ROUTES=$SHARED/routes
-# shellcheck source=/dev/null
-. "$ROUTES/netns.sh"
-
-if [ -n "${ROUTE_MIRROR_BIN:-}" ]; then
-    BIN=$ROUTE_MIRROR_BIN
-else
-    log "building release binary (with the eBPF object)"
-    cargo xtask build --release >&2
-    BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/route-mirror
-fi
-[ -x "$BIN" ] || die "daemon binary $BIN not found"
-
-WORK=$(mktemp -d /tmp/route-mirror-ebpf-bench.XXXXXX)
-SOCK=$WORK/rm.sock
-NS=""
-PID=""
-cleanup() {
-    if [ -n "$PID" ]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
-    [ -n "$NS" ] && ns_delete "$NS"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-now() { date +%s.%N; }
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
-cli() { "$BIN" "$@" --socket "$SOCK"; }
-jq_py() { python3 -c "import json,sys; v=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+BASE_ARGS=("${DAEMON_ARGS[@]}")
 
 ROWS=()
 for SRC in $BENCH_SOURCES; do
     NS=$(ns_new_name)
     ns_create "$NS" || die "cannot create namespace $NS"
-    rm -f "$SOCK"
-    extra=()
-    [ -n "${BENCH_RING_SIZE:-}" ] && extra=(--ring-size "$BENCH_RING_SIZE")
-    [ -n "${BENCH_BPF_FIB:-}" ] && extra+=(--bpf-fib "$BENCH_BPF_FIB")
+    DAEMON_ARGS=("${BASE_ARGS[@]}" --source "${SRC%%+*}")
+    [ -n "${BENCH_RING_SIZE:-}" ] && DAEMON_ARGS+=(--ring-size "$BENCH_RING_SIZE")
+    [ -n "${BENCH_BPF_FIB:-}" ] && DAEMON_ARGS+=(--bpf-fib "$BENCH_BPF_FIB")
     # "ebpf+fib": the eBPF source plus the pinned BPF FIB of main and table 100.
-    [ "${SRC#*+}" = fib ] && extra+=(--bpf-fib "${BENCH_BPF_FIB:-main,100}")
-    "$BIN" run --netns "$NS" --socket "$SOCK" --source "${SRC%%+*}" "${extra[@]}" >"$WORK/$SRC.log" 2>&1 &
-    PID=$!
+    [ "${SRC#*+}" = fib ] && DAEMON_ARGS+=(--bpf-fib "${BENCH_BPF_FIB:-main,100}")
+    start_daemon
+    wait_synced >/dev/null
+    PID=$DAEMON_PID
     deadline=$((SECONDS + BENCH_TIMEOUT))
-    until [ "$(cli stats --json 2>/dev/null | jq_py 'v["synced"]' 2>/dev/null)" = True ]; do
-        kill -0 "$PID" 2>/dev/null || die "daemon ($SRC) exited: $(tail -3 "$WORK/$SRC.log")"
-        [ "$SECONDS" -lt "$deadline" ] || die "daemon ($SRC) not synced"
-        sleep 0.05
-    done
     cpu0=$(cpu_s "$PID")
     SYSC=""
     if command -v perf >/dev/null 2>&1; then
@@ -143,7 +106,7 @@ print(f"| {src} | {float(tl)-float(t0):.1f} | {float(tc)-float(t0):.1f} | {float
 PY
 )
     ROWS+=("$row")
-    kill -TERM "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+    stop_daemon
     ns_delete "$NS"; NS=""
 done
 echo "| source | load s | converged s | daemon CPU s | enobufs / resyncs | ring drops | lag p50 / p99 µs | RSS MiB | BPF maps MiB | syscalls | ring high water B | routes |"
