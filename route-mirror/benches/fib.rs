@@ -473,12 +473,7 @@ fn load_routes(file: &str, devs: &mut Vec<String>, mut out: impl FnMut(Route)) {
                         + 2;
                     match hops.last_mut() {
                         Some(h) if h.ifindex == 0 => h.ifindex = idx,
-                        _ => hops.push(NextHop {
-                            gateway: None,
-                            ifindex: idx,
-                            weight: 1,
-                            flags: 0,
-                        }),
+                        _ => hops.push(NextHop::new(None, idx)),
                     }
                     i += 1
                 }
@@ -498,23 +493,13 @@ fn load_routes(file: &str, devs: &mut Vec<String>, mut out: impl FnMut(Route)) {
             key: RouteKey {
                 table,
                 dst: dst.trunc(),
-                sub: SubKey {
-                    priority: metric,
-                    tos: 0,
-                    src: None,
-                    hop: None,
-                },
+                sub: SubKey::metric(metric),
             },
             attrs: Arc::new(RouteAttrs {
                 protocol: 3,
                 kind,
-                scope: 0,
-                flags: 0,
-                prefsrc: None,
-                nh_id: None,
                 nexthops: hops.into(),
-                pref: None,
-                mtu: None,
+                ..Default::default()
             }),
         });
     }

@@ -762,29 +762,13 @@ mod tests {
             key: RouteKey {
                 table: 254,
                 dst: dst.parse().unwrap(),
-                sub: SubKey {
-                    priority: metric,
-                    tos: 0,
-                    src: None,
-                    hop: None,
-                },
+                sub: SubKey::metric(metric),
             },
             attrs: Arc::new(RouteAttrs {
                 protocol: 4,
                 kind: 1,
-                scope: 0,
-                flags: 0,
-                prefsrc: None,
-                nh_id: None,
-                nexthops: vec![NextHop {
-                    gateway: None,
-                    ifindex,
-                    weight: 1,
-                    flags: 0,
-                }]
-                .into(),
-                pref: None,
-                mtu: None,
+                nexthops: vec![NextHop::new(None, ifindex)].into(),
+                ..Default::default()
             }),
         }
     }
@@ -900,18 +884,8 @@ mod tests {
         let mut m = Mirror::new();
         let mut r = route("2001:db8::/32", 1024, 3);
         let hops = vec![
-            NextHop {
-                gateway: Some("fe80::1".parse().unwrap()),
-                ifindex: 3,
-                weight: 1,
-                flags: 0,
-            },
-            NextHop {
-                gateway: Some("fe80::2".parse().unwrap()),
-                ifindex: 4,
-                weight: 1,
-                flags: 0,
-            },
+            NextHop::new(Some("fe80::1".parse().unwrap()), 3),
+            NextHop::new(Some("fe80::2".parse().unwrap()), 4),
         ];
         Arc::make_mut(&mut r.attrs).nexthops = hops.clone().into();
         let key = r.key;

@@ -251,6 +251,19 @@ impl RouteKey {
     }
 }
 
+impl SubKey {
+    /// The sub-key of an ordinary route: a metric, TOS 0, no source prefix, no hop
+    /// identity.
+    pub fn metric(priority: u32) -> SubKey {
+        SubKey {
+            priority,
+            tos: 0,
+            src: None,
+            hop: None,
+        }
+    }
+}
+
 /// One next hop of a route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NextHop {
@@ -286,6 +299,18 @@ pub struct RouteAttrs {
     pub pref: Option<u8>,
     /// Route MTU from `RTA_METRICS`, if set.
     pub mtu: Option<u32>,
+}
+
+impl NextHop {
+    /// One plain next hop: weight 1, no flags.
+    pub fn new(gateway: Option<IpAddr>, ifindex: u32) -> NextHop {
+        NextHop {
+            gateway,
+            ifindex,
+            weight: 1,
+            flags: 0,
+        }
+    }
 }
 
 impl RouteAttrs {

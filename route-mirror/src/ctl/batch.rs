@@ -443,23 +443,13 @@ mod tests {
                 key: RouteKey {
                     table,
                     dst: dst.parse().unwrap(),
-                    sub: SubKey {
-                        priority: metric,
-                        tos: 0,
-                        src: None,
-                        hop: None,
-                    },
+                    sub: SubKey::metric(metric),
                 },
                 attrs: Arc::new(RouteAttrs {
                     protocol: 4,
                     kind,
                     nexthops: gw
-                        .map(|g| NextHop {
-                            gateway: Some(g.parse().unwrap()),
-                            ifindex: 7,
-                            weight: 1,
-                            flags: 0,
-                        })
+                        .map(|g| NextHop::new(Some(g.parse().unwrap()), 7))
                         .into_iter()
                         .collect(),
                     ..Default::default()

@@ -177,13 +177,7 @@ mod tests {
     fn attrs(gen: u32) -> Arc<RouteAttrs> {
         Arc::new(RouteAttrs {
             kind: rtn::UNICAST,
-            nexthops: vec![NextHop {
-                gateway: None,
-                ifindex: 2,
-                weight: 1,
-                flags: 0,
-            }]
-            .into(),
+            nexthops: vec![NextHop::new(None, 2)].into(),
             mtu: Some(gen),
             ..Default::default()
         })
@@ -191,12 +185,7 @@ mod tests {
 
     /// Generation `gen` of both routes, in one write: a reader must see both or neither.
     fn write_generation(m: &mut Mirror, gen: u32) {
-        let sub = SubKey {
-            priority: 0,
-            tos: 0,
-            src: None,
-            hop: None,
-        };
+        let sub = SubKey::metric(0);
         for net in ["10.0.0.0/8", "2001:db8::/32"] {
             let net = net.parse().unwrap();
             m.fib

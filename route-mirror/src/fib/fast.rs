@@ -592,19 +592,8 @@ mod tests {
         Arc::new(RouteAttrs {
             protocol: 4,
             kind,
-            scope: 0,
-            flags: 0,
-            prefsrc: None,
-            nh_id: None,
-            nexthops: vec![NextHop {
-                gateway: None,
-                ifindex: 2,
-                weight: 1,
-                flags: 0,
-            }]
-            .into(),
-            pref: None,
-            mtu: None,
+            nexthops: vec![NextHop::new(None, 2)].into(),
+            ..Default::default()
         })
     }
 
@@ -636,10 +625,8 @@ mod tests {
 
     fn sub(priority: u32, tos: u8) -> SubKey {
         SubKey {
-            priority,
             tos,
-            src: None,
-            hop: None,
+            ..SubKey::metric(priority)
         }
     }
 

@@ -12,11 +12,12 @@
 //! use route_mirror::model::{rtn, table, Family, NextHop, RouteAttrs, SubKey};
 //!
 //! let attrs = Arc::new(RouteAttrs {
-//!     protocol: 4, kind: rtn::UNICAST, scope: 0, flags: 0, prefsrc: None, nh_id: None,
-//!     nexthops: vec![NextHop { gateway: Some("198.18.1.2".parse()?), ifindex: 3, weight: 1, flags: 0 }].into(),
-//!     pref: None, mtu: None,
+//!     protocol: 4,
+//!     kind: rtn::UNICAST,
+//!     nexthops: vec![NextHop::new(Some("198.18.1.2".parse()?), 3)].into(),
+//!     ..Default::default()
 //! });
-//! let sub = |metric| SubKey { priority: metric, tos: 0, src: None, hop: None };
+//! let sub = SubKey::metric;
 //! let mut fib = Fib::default();
 //! let main = fib.table_mut(Family::V4, table::MAIN);
 //! main.upsert(&"10.0.0.0/8".parse()?, Entry::new(sub(0), attrs.clone(), 0));
@@ -494,28 +495,12 @@ mod tests {
 
     fn entry(priority: u32, kind: u8, stamp: u32) -> Entry {
         Entry::new(
-            SubKey {
-                priority,
-                tos: 0,
-                src: None,
-                hop: None,
-            },
+            SubKey::metric(priority),
             Arc::new(RouteAttrs {
                 protocol: 4,
                 kind,
-                scope: 0,
-                flags: 0,
-                prefsrc: None,
-                nh_id: None,
-                nexthops: vec![NextHop {
-                    gateway: None,
-                    ifindex: 2,
-                    weight: 1,
-                    flags: 0,
-                }]
-                .into(),
-                pref: None,
-                mtu: None,
+                nexthops: vec![NextHop::new(None, 2)].into(),
+                ..Default::default()
             }),
             stamp,
         )
@@ -537,15 +522,7 @@ mod tests {
             panic!()
         };
         assert_eq!(e.attrs.kind, rtn::BLACKHOLE);
-        t.remove(
-            &net,
-            &SubKey {
-                priority: 10,
-                tos: 0,
-                src: None,
-                hop: None,
-            },
-        );
+        t.remove(&net, &SubKey::metric(10));
         let TableLookup::Route(_, e) = t.lookup("10.2.3.4".parse().unwrap(), 0) else {
             panic!()
         };
@@ -667,10 +644,8 @@ mod tests {
 
         fn sub(p: u32, tos: u8) -> SubKey {
             SubKey {
-                priority: p,
                 tos,
-                src: None,
-                hop: None,
+                ..SubKey::metric(p)
             }
         }
 

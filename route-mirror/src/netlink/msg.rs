@@ -44,6 +44,19 @@ pub struct RawMsg<'a> {
     pub payload: &'a [u8],
 }
 
+impl<'a> RawMsg<'a> {
+    /// A message as the kernel multicasts it: no flags, sequence 0, port 0.
+    pub fn notification(ty: u16, payload: &'a [u8]) -> RawMsg<'a> {
+        RawMsg {
+            ty,
+            flags: 0,
+            seq: 0,
+            port: 0,
+            payload,
+        }
+    }
+}
+
 /// Iterates the messages of one datagram. Stops (and reports through
 /// [`Messages::truncated`]) at the first header that does not fit.
 pub struct Messages<'a> {

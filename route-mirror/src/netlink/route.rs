@@ -519,13 +519,7 @@ mod tests {
     }
 
     fn raw(ty: u16, payload: &[u8]) -> RawMsg<'_> {
-        RawMsg {
-            ty,
-            flags: 0,
-            seq: 0,
-            port: 0,
-            payload,
-        }
+        RawMsg::notification(ty, payload)
     }
 
     proptest! {
