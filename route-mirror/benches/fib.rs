@@ -95,6 +95,7 @@ fn mps(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64() / 1e6
 }
 
+#[derive(Clone, Copy)]
 struct Row {
     family: &'static str,
     imp: &'static str,
@@ -320,19 +321,7 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
         let (brd, brh) = time_many(&t, &random);
         let (bid, bih) = time_many(&t, &inside);
         assert_eq!((brh, bih), (rh, ih), "lookup_many disagrees with lookup");
-        batched.push(Row {
-            family: K::NAME,
-            imp: "route-mirror Poptrie, `lookup_many` (8 keys in lockstep)",
-            prefixes: pfx.len(),
-            build,
-            heap: Some(t.heap_bytes()),
-            rss,
-            random: brd,
-            inside: bid,
-            random_hits: brh,
-            inside_hits: bih,
-        });
-        rows.push(Row {
+        let row = Row {
             family: K::NAME,
             imp: "route-mirror Poptrie (new, immutable rebuild)",
             prefixes: pfx.len(),
@@ -343,7 +332,14 @@ fn bench_family<K: Family>(file: &str, rows: &mut Vec<Row>) {
             inside: id,
             random_hits: rh,
             inside_hits: ih,
+        };
+        batched.push(Row {
+            imp: "route-mirror Poptrie, `lookup_many` (8 keys in lockstep)",
+            random: brd,
+            inside: bid,
+            ..row
         });
+        rows.push(row);
     }
 
     // prefix-trie.

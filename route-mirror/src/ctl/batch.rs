@@ -123,6 +123,7 @@ pub fn answer_lines(
     let mut cache = Cache::default();
     let mut s = String::with_capacity(input.len() * 3);
     let (mut used_fast, mut used_exact) = (false, false);
+    let names = snap.as_deref().map(|sn| &sn.names);
     let mut answers = answers.into_iter();
     for (n, parsed) in lines {
         counts.lines += 1;
@@ -135,12 +136,20 @@ pub fn answer_lines(
             }
             Parsed::Addr(addr, text) => (text, (addr, answers.next().unwrap_or(Lookup::Exact))),
         };
-        let names = snap.as_deref().map(|sn| &sn.names);
         match answer {
             (_, Lookup::Route(t, net, e)) => {
                 used_fast = true;
-                let names = names.expect("a snapshot answered");
-                found(names, true, q, text, t, net, e, &mut cache, &mut s);
+                found(
+                    names.expect("a snapshot answered"),
+                    true,
+                    q,
+                    text,
+                    t,
+                    net,
+                    e,
+                    &mut cache,
+                    &mut s,
+                );
                 counts.found += 1;
             }
             (_, Lookup::None) => {
