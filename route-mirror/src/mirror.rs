@@ -757,6 +757,16 @@ mod tests {
     use super::*;
     use crate::model::SubKey;
 
+    /// Link 3, "veth1", with `flags`.
+    fn veth1(flags: u32) -> Link {
+        Link {
+            ifindex: 3,
+            name: "veth1".into(),
+            flags,
+            mtu: 1500,
+        }
+    }
+
     fn route(dst: &str, metric: u32, ifindex: u32) -> Route {
         Route {
             key: RouteKey {
@@ -822,19 +832,13 @@ mod tests {
     #[test]
     fn link_down_removes_v4_routes_through_it_in_all_tables() {
         let mut m = Mirror::new();
-        let link = |flags| Link {
-            ifindex: 3,
-            name: "veth1".into(),
-            flags,
-            mtu: 1500,
-        };
-        m.apply(Change::NewLink(link(libc::IFF_UP as u32)));
+        m.apply(Change::NewLink(veth1(libc::IFF_UP as u32)));
         m.apply(new(route("10.0.0.0/8", 0, 3)));
         let mut r = route("10.0.0.0/8", 5, 3);
         r.key.table = 100;
         m.apply(new(r));
         m.apply(new(route("10.9.0.0/16", 0, 4)));
-        let f = m.apply(Change::NewLink(link(0)));
+        let f = m.apply(Change::NewLink(veth1(0)));
         assert_eq!(f.unwrap().reason, ScanReason::LinkChange);
         assert_eq!(m.fib.len(), 1);
         assert_eq!(m.counters.inferred_removals, 2);
@@ -847,18 +851,12 @@ mod tests {
             tables: vec![254],
             ..Default::default()
         });
-        let link = |flags| Link {
-            ifindex: 3,
-            name: "veth1".into(),
-            flags,
-            mtu: 1500,
-        };
-        m.apply(Change::NewLink(link(libc::IFF_UP as u32)));
+        m.apply(Change::NewLink(veth1(libc::IFF_UP as u32)));
         m.apply(new(route("10.0.0.0/8", 0, 3)));
         m.apply(new(route("10.1.0.0/16", 0, 3)));
         m.apply(new(route("10.2.0.0/16", 0, 3)));
         m.fib_watch.as_mut().unwrap().dirty.clear();
-        m.apply(Change::NewLink(link(0)));
+        m.apply(Change::NewLink(veth1(0)));
         assert_eq!(m.counters.inferred_removals, 3);
         assert_eq!(m.counters.inferred_pending, 3);
         // Every removal reached the BPF FIB hook.
