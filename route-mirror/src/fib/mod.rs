@@ -44,7 +44,6 @@
 
 pub mod ext;
 pub mod fast;
-pub mod patricia;
 pub mod poptrie;
 
 use std::collections::BTreeMap;
@@ -136,7 +135,8 @@ impl Entry {
 pub type Entries = SmallVec<[Entry; 1]>;
 
 /// The LPM trie under each table. prefix-trie's PrefixMap beat our own Patricia trie
-/// ([`patricia`]) on build speed, lookups and memory (BENCHMARKS.md), so it is the one used.
+/// (`benches/fib/patricia.rs`) on build speed, lookups and memory (BENCHMARKS.md), so it
+/// is the one used.
 enum Prefixes {
     V4(PrefixMap<Ipv4Net, Entries>),
     V6(PrefixMap<Ipv6Net, Entries>),

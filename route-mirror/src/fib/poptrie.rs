@@ -1,7 +1,7 @@
 //! A read-optimised longest-prefix-match structure: a poptrie (Asai & Ohara,
 //! SIGCOMM 2015) with 16-bit direct pointing, 6-bit strides and leaf compression.
 //!
-//! Why hand-written: the crates measured in `benches/fib.rs` (prefix-trie's tree-bitmap,
+//! Why hand-written: the crates measured in `benches/fib/` (prefix-trie's tree-bitmap,
 //! ip_network_table's treebitmap) are general mutable maps that return the matched prefix
 //! and a reference to its value; a poptrie answers one question — which `u32` belongs to
 //! the longest prefix covering an address — with one array read plus about one 24-byte
