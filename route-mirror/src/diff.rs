@@ -5,10 +5,10 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ctl::view::{route_view, RouteView};
 use crate::fib::Entry;
 use crate::mirror::Mirror;
 use crate::model::{Change, RouteKey};
+use crate::view::{route_view, RouteView};
 
 /// At most this many routes are listed per kind of difference (all are counted).
 const LIST_MAX: usize = 1000;

@@ -21,3 +21,4 @@ pub mod names;
 pub mod netlink;
 pub mod netns;
 pub mod reconcile;
+pub mod view;

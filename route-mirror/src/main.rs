@@ -12,10 +12,11 @@ use serde_json::Value;
 
 use route_mirror::config::{self, ConfigSource, RunArgs};
 use route_mirror::ctl::batch::{self, BatchFormat};
-use route_mirror::ctl::{self, client, proto::Request, view};
+use route_mirror::ctl::{self, client, proto::Request};
 use route_mirror::daemon;
 use route_mirror::diff::DiffReport;
 use route_mirror::model::Family;
+use route_mirror::view;
 
 #[derive(Parser)]
 #[command(

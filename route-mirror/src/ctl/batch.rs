@@ -19,12 +19,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::fastpath::FastPath;
-use super::view::{format_route, route_view, RouteContext};
 use crate::daemon::Shared;
 use crate::fib::fast::Lookup;
 use crate::fib::Entry;
 use crate::mirror::Mirror;
 use crate::model::Family;
+use crate::view::{format_route, route_view, HopView, RouteContext};
 
 /// Longest input line accepted (an IPv6 address with a zone is under 64 bytes).
 pub const MAX_LINE: usize = 1024;
@@ -386,7 +386,7 @@ fn found<C: RouteContext + ?Sized>(
                 (String::new(), rest)
             }
             BatchFormat::Csv => {
-                let join = |f: &dyn Fn(&super::view::HopView) -> String| {
+                let join = |f: &dyn Fn(&HopView) -> String| {
                     view.nexthops.iter().map(f).collect::<Vec<_>>().join("|")
                 };
                 let gw = join(&|h| h.gateway.map(|g| g.to_string()).unwrap_or_default());

@@ -8,7 +8,6 @@ pub mod client;
 pub mod fastpath;
 pub mod proto;
 pub mod server;
-pub mod view;
 
 use std::path::PathBuf;
 

@@ -20,7 +20,6 @@ use std::sync::atomic::Ordering;
 use super::batch::{self, BatchCounts, BatchQuery};
 use super::fastpath::FastPath;
 use super::proto::{Reply, Request, MAX_REQUEST};
-use super::view::route_view;
 use crate::daemon::{Command, Shared};
 use crate::diff;
 use crate::fib::fast::Lookup;
@@ -30,6 +29,7 @@ use crate::mirror::Mirror;
 use crate::model::Family;
 use crate::netlink::{self, decode::DecodeCounters, msg::DumpKind, socket::NlSocket};
 use crate::reconcile::{ScanReason, ScanScope};
+use crate::view::{route_view, WatchRecord};
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -493,7 +493,7 @@ async fn watch(
 ) -> Result<()> {
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = shared.watch.subscribe();
-    let wanted = |r: &crate::ctl::view::WatchRecord| match &r.route {
+    let wanted = |r: &WatchRecord| match &r.route {
         None => true, // markers go to everyone
         Some(v) => {
             table.is_none_or(|t| t == v.table) && prefix.is_none_or(|p| p.contains(&v.prefix))

@@ -15,7 +15,6 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use super::{Command, Shared};
-use crate::ctl::view::{route_view, WatchRecord};
 use crate::ebpf::fib::BpfFib;
 use crate::ebpf::{self, EbpfSource};
 use crate::mirror::{FollowUp, Mirror};
@@ -24,6 +23,7 @@ use crate::netlink::decode::{self, DecodeCounters};
 use crate::netlink::msg::{self, DumpKind, RawMsg};
 use crate::netlink::socket::{NlSocket, RECV_BUF};
 use crate::reconcile::{ActiveScan, ScanReason, ScanReport, ScanScope};
+use crate::view::{route_view, WatchRecord};
 use route_mirror_common::groups;
 
 /// Datagrams handled before looking at commands again, so queries and barriers stay

@@ -181,7 +181,7 @@ pub struct Shared {
     pub netns: Option<String>,
     pub started: SystemTime,
     /// Changes for `route-mirror watch`; bounded, so a slow watcher lags and is dropped.
-    pub watch: tokio::sync::broadcast::Sender<Arc<crate::ctl::view::WatchRecord>>,
+    pub watch: tokio::sync::broadcast::Sender<Arc<crate::view::WatchRecord>>,
     /// Set when the daemon was started from a configuration it can re-read.
     pub reloadable: Option<Arc<Reloadable>>,
     commands: Mutex<Sender<Command>>,
