@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod diff;
 pub mod ebpf;
+pub mod export;
 pub mod fib;
 pub mod intern;
 pub mod metrics;

@@ -4,7 +4,7 @@
 //! Two entry points change it: [`Mirror::apply`] for events, [`Mirror::mark`] +
 //! [`Mirror::prune`] for dumps (see [`crate::reconcile`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -54,7 +54,8 @@ pub struct ApplyCounters {
     pub inferred_pending: u64,
 }
 
-/// One change to the mirrored routes, journaled while someone watches (`route-mirror watch`).
+/// One change to the mirrored routes, journaled while an export consumes them
+/// ([`crate::export`]).
 #[derive(Debug, Clone)]
 pub struct Delta {
     pub op: DeltaOp,
@@ -85,13 +86,15 @@ pub enum Cause {
     Scan,
 }
 
-/// Prefixes of some tables whose best route may have changed: the hook the pinned BPF
-/// FIB (`--bpf-fib`) is kept in sync through. Every FIB change goes through
-/// [`Mirror::note`], so events, inferred removals and scan corrections all land here.
+/// What changed since the exports last drained it: the one change funnel. Every FIB
+/// change goes through [`Mirror::note`], so events, inferred removals and scan
+/// corrections all land here, in order.
 #[derive(Debug, Default)]
-pub struct FibWatch {
-    pub tables: Vec<u32>,
-    pub dirty: HashSet<(u32, IpNet)>,
+pub struct Journal {
+    pub deltas: Vec<Delta>,
+    /// A nexthop object changed or went away: routes that use objects may forward
+    /// differently without a delta of their own.
+    pub nexthops_changed: bool,
 }
 
 /// Identity of a route in the pending-inference set: a hash, not the key, so a link
@@ -118,10 +121,9 @@ pub struct Mirror {
     interner: Interner,
     generation: u32,
     pub counters: ApplyCounters,
-    /// Route deltas since the last drain, kept only while `Some` (someone watches).
-    pub journal: Option<Vec<Delta>>,
-    /// Dirty-prefix tracking for the BPF FIB, when enabled.
-    pub fib_watch: Option<FibWatch>,
+    /// Changes since the exports last drained them, kept only while `Some` (an export
+    /// consumes them).
+    pub journal: Option<Journal>,
     /// Inferred removals awaiting confirmation: route hash → (family, generation at
     /// removal). A scan confirms only removals older than itself.
     inferred: HashMap<u64, (Family, u32)>,
@@ -175,22 +177,14 @@ impl Mirror {
 
     /// Whether changes must be reported to [`Mirror::note`] (someone consumes them).
     fn tracking(&self) -> bool {
-        self.journal.is_some() || self.fib_watch.is_some()
+        self.journal.is_some()
     }
 
-    /// Marks every watched route that uses a nexthop object dirty: a changed object
-    /// changes their next hops without any route message.
+    /// Tells the exports that nexthop objects changed: the routes using them changed
+    /// their next hops without any route message.
     fn touch_nh_routes(&mut self) {
-        let Some(w) = &mut self.fib_watch else { return };
-        for ((_, id), t) in self.fib.tables() {
-            if !w.tables.contains(&id) {
-                continue;
-            }
-            for (dst, e) in t.iter() {
-                if e.attrs.nh_id.is_some() {
-                    w.dirty.insert((id, dst));
-                }
-            }
+        if let Some(j) = &mut self.journal {
+            j.nexthops_changed = true;
         }
     }
 
@@ -204,13 +198,8 @@ impl Mirror {
     }
 
     fn note(&mut self, op: DeltaOp, cause: Cause, table: u32, dst: IpNet, entry: &Entry) {
-        if let Some(w) = &mut self.fib_watch {
-            if w.tables.contains(&table) {
-                w.dirty.insert((table, dst));
-            }
-        }
         if let Some(j) = &mut self.journal {
-            j.push(Delta {
+            j.deltas.push(Delta {
                 op,
                 cause,
                 table,
@@ -847,20 +836,17 @@ mod tests {
     #[test]
     fn inferred_removals_are_confirmed_or_refuted_by_the_next_dump() {
         let mut m = Mirror::new();
-        m.fib_watch = Some(FibWatch {
-            tables: vec![254],
-            ..Default::default()
-        });
+        m.journal = Some(Journal::default());
         m.apply(Change::NewLink(veth1(libc::IFF_UP as u32)));
         m.apply(new(route("10.0.0.0/8", 0, 3)));
         m.apply(new(route("10.1.0.0/16", 0, 3)));
         m.apply(new(route("10.2.0.0/16", 0, 3)));
-        m.fib_watch.as_mut().unwrap().dirty.clear();
+        m.journal.as_mut().unwrap().deltas.clear();
         m.apply(Change::NewLink(veth1(0)));
         assert_eq!(m.counters.inferred_removals, 3);
         assert_eq!(m.counters.inferred_pending, 3);
-        // Every removal reached the BPF FIB hook.
-        assert_eq!(m.fib_watch.as_ref().unwrap().dirty.len(), 3);
+        // Every removal reached the exports' funnel (the BPF FIB and watch follow it).
+        assert_eq!(m.journal.as_ref().unwrap().deltas.len(), 3);
         // Re-added by an event before the dump: neither confirmed nor refuted.
         m.apply(new(route("10.2.0.0/16", 0, 3)));
         assert_eq!(m.counters.inferred_pending, 2);

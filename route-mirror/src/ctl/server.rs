@@ -492,7 +492,7 @@ async fn watch(
     table: Option<u32>,
 ) -> Result<()> {
     use tokio::sync::broadcast::error::RecvError;
-    let mut rx = shared.watch.subscribe();
+    let mut rx = shared.exports.watch();
     let wanted = |r: &WatchRecord| match &r.route {
         None => true, // markers go to everyone
         Some(v) => {
@@ -698,7 +698,8 @@ fn stats(shared: &Shared) -> Value {
         "scan_pending": st.scan_pending,
         "decode": st.decode,
         "bad_requests": st.bad_requests,
-        "watchers": shared.watch.receiver_count(),
+        "watchers": shared.exports.watchers(),
+        "feeds": shared.exports.feed_stats(),
         "watchers_dropped": st.watchers_dropped,
         "refused_peers": st.refused_peers,
         "busy_refusals": st.busy_refusals,

@@ -15,15 +15,15 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use super::{Command, Shared};
-use crate::ebpf::fib::BpfFib;
 use crate::ebpf::{self, EbpfSource};
+use crate::export::change::Marker;
+use crate::export::hub::Exports;
 use crate::mirror::{FollowUp, Mirror};
 use crate::model::Family;
 use crate::netlink::decode::{self, DecodeCounters};
 use crate::netlink::msg::{self, DumpKind, RawMsg};
 use crate::netlink::socket::{NlSocket, RECV_BUF};
 use crate::reconcile::{ActiveScan, ScanReason, ScanReport, ScanScope};
-use crate::view::{route_view, WatchRecord};
 use route_mirror_common::groups;
 
 /// Datagrams handled before looking at commands again, so queries and barriers stay
@@ -89,8 +89,8 @@ pub struct Core {
     redumps: u32,
     /// An IPv6 route dump just finished: removals still in the ring happened during it.
     v6_dump_just_done: bool,
-    /// The pinned BPF FIB, when `--bpf-fib` asked for one.
-    bpf_fib: Option<BpfFib>,
+    /// Where applied changes go (watch, the BPF FIB, feeds).
+    exports: Exports,
     /// Ring records were applied since this instant and the loss counters not read
     /// since (see [`LOSS_CHECK`]).
     ring_unchecked: Option<Instant>,
@@ -108,7 +108,7 @@ impl Core {
         commands: Receiver<Command>,
         scan_interval: Duration,
         ebpf: Option<EbpfSource>,
-        bpf_fib: Option<BpfFib>,
+        exports: Exports,
     ) -> Core {
         Core {
             sock,
@@ -130,7 +130,7 @@ impl Core {
             ebpf,
             redumps: 0,
             v6_dump_just_done: false,
-            bpf_fib,
+            exports,
             ring_unchecked: None,
             last_loss_check: Instant::now(),
             last_ring_stats: Instant::now(),
@@ -157,9 +157,7 @@ impl Core {
             let idle = self.drain();
             let mut fresh_stats = false;
             // Before barriers are answered: a query that returns saw current maps too.
-            if let Some(f) = &mut self.bpf_fib {
-                f.sync(&self.shared.mirror);
-            }
+            self.exports.flush(&self.shared.mirror);
             if idle && self.drain_first {
                 // The queue was empty at a recv: the kernel has cleared the congestion,
                 // so the resync's dump can start without losing what happens meanwhile.
@@ -321,12 +319,10 @@ impl Core {
             "the kernel dropped notifications silently (socket congested): resyncing"
         );
         self.shared.status.lock().expect("status lock").silent_drops += u64::from(lost);
-        marker(
-            &self.shared,
-            self.source_name(),
-            "resync",
-            "events were lost (socket congested); refetch after resync-done",
-        );
+        self.exports.marker(Marker::ResyncStart {
+            source: self.source_name(),
+            note: "events were lost (socket congested); refetch after resync-done",
+        });
         if let Some((scan, _)) = &mut self.scan {
             scan.overrun_during = true;
         }
@@ -347,24 +343,17 @@ impl Core {
         };
         {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
-            start_journal(&self.shared, &mut mirror);
+            self.exports.begin(&mut mirror);
             mirror.prune(&mut scan);
-            publish_deltas(&self.shared, &mut mirror, self.source_name());
-            // The BPF FIB starts from the synced mirror (one bulk fill, not a million
-            // incremental updates racing the initial dump), then follows every change.
+            self.exports.publish(&mut mirror, source_name(&self.ebpf));
             if scan.reason == ScanReason::Initial {
-                if let Some(f) = &self.bpf_fib {
-                    f.start(&mut mirror);
-                }
+                self.exports.synced(&mirror);
             }
         }
         if scan.reason == ScanReason::Overrun {
-            marker(
-                &self.shared,
-                self.source_name(),
-                "resync-done",
-                "the mirror is exact again as of this resync",
-            );
+            self.exports.marker(Marker::ResyncDone {
+                source: self.source_name(),
+            });
         }
         let report = scan.report(scan.started.elapsed());
         // A dump that may have skipped entries is redone (bounded), else a
@@ -537,12 +526,10 @@ impl Core {
 
     fn overrun(&mut self) {
         warn!("netlink receive queue overrun (ENOBUFS): events were lost, resyncing now");
-        marker(
-            &self.shared,
-            self.source_name(),
-            "resync",
-            "events were lost (ENOBUFS); refetch after resync-done",
-        );
+        self.exports.marker(Marker::ResyncStart {
+            source: self.source_name(),
+            note: "events were lost (ENOBUFS); refetch after resync-done",
+        });
         self.shared.status.lock().expect("status lock").enobufs += 1;
         if let Ok(d) = self.sock.drops() {
             self.drops_seen = d;
@@ -561,7 +548,7 @@ impl Core {
         let mut msgs = msg::messages(buf);
         {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
-            start_journal(&self.shared, &mut mirror);
+            self.exports.begin(&mut mirror);
             for m in msgs.by_ref() {
                 let is_dump = match &self.scan {
                     Some((scan, _)) => {
@@ -631,7 +618,7 @@ impl Core {
                     &mut self.malformed_logged,
                 );
             }
-            publish_deltas(&self.shared, &mut mirror, self.source_name());
+            self.exports.publish(&mut mirror, source_name(&self.ebpf));
         }
         if msgs.truncated() {
             self.decode.malformed += 1;
@@ -717,12 +704,10 @@ impl Core {
     fn on_ring_loss(&mut self) {
         self.ring_lost = true;
         warn!("eBPF ring lost notifications (ring full or message too long): resyncing now");
-        marker(
-            &self.shared,
-            "ebpf",
-            "resync",
-            "the ring lost events; refetch after resync-done",
-        );
+        self.exports.marker(Marker::ResyncStart {
+            source: "ebpf",
+            note: "the ring lost events; refetch after resync-done",
+        });
         if let Some((scan, _)) = &mut self.scan {
             scan.overrun_during = true;
         }
@@ -740,7 +725,7 @@ impl Core {
         let mut risky = 0u64;
         let n = {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
-            start_journal(&self.shared, &mut mirror);
+            self.exports.begin(&mut mirror);
             let scan = self.scan.as_ref().map(|(s, _)| s);
             let v6_done = self.v6_dump_just_done;
             let risky = &mut risky;
@@ -765,7 +750,7 @@ impl Core {
                     dec.malformed += 1;
                 }
             });
-            publish_deltas(&self.shared, &mut mirror, "ebpf");
+            self.exports.publish(&mut mirror, "ebpf");
             n
         };
         self.ebpf = Some(src);
@@ -789,11 +774,7 @@ impl Core {
     }
 
     fn source_name(&self) -> &'static str {
-        if self.ebpf.is_some() {
-            "ebpf"
-        } else {
-            "netlink"
-        }
+        source_name(&self.ebpf)
     }
 
     /// Copies counters the core keeps privately into the shared status. The ring's
@@ -811,7 +792,7 @@ impl Core {
             self.last_ring_stats = Instant::now();
             self.ring_lost = false;
         }
-        st.bpf_fib = self.bpf_fib.as_ref().map(|f| f.stats());
+        st.bpf_fib = self.exports.bpf_fib_stats();
         st.decode = self.decode.clone();
         st.scan_in_progress = self.scan.as_ref().map(|(s, _)| (s.reason, s.routes_dumped));
         st.scan_pending = self.pending.is_some();
@@ -819,55 +800,11 @@ impl Core {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Journals changes only while someone watches; call before changing the mirror.
-fn start_journal(shared: &Shared, mirror: &mut Mirror) {
-    if shared.watch.receiver_count() == 0 {
-        mirror.journal = None;
-    } else if mirror.journal.is_none() {
-        mirror.journal = Some(Vec::new());
-    }
-}
-
-/// Sends the mirror's journaled deltas to watchers.
-fn publish_deltas(shared: &Shared, mirror: &mut Mirror, source: &str) {
-    let Some(mut deltas) = mirror.journal.replace(Vec::new()) else {
-        return;
-    };
-    let ts = now_ms();
-    for d in deltas.drain(..) {
-        let rec = WatchRecord {
-            time_unix_ms: ts,
-            op: serde_json::to_value(d.op)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            cause: serde_json::to_value(d.cause)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string)),
-            source: source.to_string(),
-            route: Some(route_view(mirror, d.table, d.dst, &d.entry)),
-            note: None,
-        };
-        let _ = shared.watch.send(Arc::new(rec));
-    }
-}
-
-fn marker(shared: &Shared, source: &str, op: &str, note: &str) {
-    if shared.watch.receiver_count() > 0 {
-        let _ = shared.watch.send(Arc::new(WatchRecord {
-            time_unix_ms: now_ms(),
-            op: op.to_string(),
-            cause: None,
-            source: source.to_string(),
-            route: None,
-            note: Some(note.to_string()),
-        }));
+fn source_name(ebpf: &Option<EbpfSource>) -> &'static str {
+    if ebpf.is_some() {
+        "ebpf"
+    } else {
+        "netlink"
     }
 }
 

@@ -15,6 +15,8 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::ConfigSource;
+use crate::export::bpf_fib::BpfFib;
+use crate::export::hub::{Exports, Hub};
 use crate::mirror::Mirror;
 use crate::netlink::decode::DecodeCounters;
 use crate::netlink::socket::NlSocket;
@@ -24,9 +26,6 @@ use route_mirror_common::groups;
 /// Longest a query waits for the mirror to catch up (a full resync of a large table
 /// takes a few seconds; this bounds a stuck daemon, not a slow one).
 const BARRIER_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Changes a watcher may fall behind by before it is dropped.
-const WATCH_BUFFER: usize = 65536;
 
 /// Settings of `route-mirror run`, resolved from the configuration file and flags.
 #[derive(Debug, Clone)]
@@ -171,17 +170,17 @@ pub struct Status {
     /// eBPF ring statistics (eBPF source only).
     pub ring: Option<crate::ebpf::RingStats>,
     /// Pinned BPF FIB counters (`--bpf-fib` only).
-    pub bpf_fib: Option<crate::ebpf::fib::BpfFibStats>,
+    pub bpf_fib: Option<crate::export::bpf_fib::BpfFibStats>,
 }
 
 /// State shared between the core thread and the control socket.
 pub struct Shared {
-    pub mirror: RwLock<Mirror>,
+    pub mirror: Arc<RwLock<Mirror>>,
     pub status: Mutex<Status>,
     pub netns: Option<String>,
     pub started: SystemTime,
-    /// Changes for `route-mirror watch`; bounded, so a slow watcher lags and is dropped.
-    pub watch: tokio::sync::broadcast::Sender<Arc<crate::view::WatchRecord>>,
+    /// The change funnel's subscriptions: `watch` clients and feeds ([`crate::export`]).
+    pub exports: Hub,
     /// Set when the daemon was started from a configuration it can re-read.
     pub reloadable: Option<Arc<Reloadable>>,
     commands: Mutex<Sender<Command>>,
@@ -204,12 +203,13 @@ impl Shared {
     /// ([`crate::ctl`]) then serves a mirror the caller fills and changes itself
     /// (tests, benchmarks, embedding). Commands to the core fail.
     pub fn detached(mirror: Mirror) -> std::io::Result<Shared> {
+        let mirror = Arc::new(RwLock::new(mirror));
         Ok(Shared {
-            mirror: RwLock::new(mirror),
+            exports: Hub::new(mirror.clone()),
+            mirror,
             status: Mutex::new(Status::default()),
             netns: None,
             started: SystemTime::now(),
-            watch: tokio::sync::broadcast::channel(WATCH_BUFFER).0,
             reloadable: None,
             commands: Mutex::new(mpsc::channel().0),
             wake: eventfd()?,
@@ -405,7 +405,7 @@ fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Share
     } else {
         let pin_name = cfg.netns.as_deref().unwrap_or("host");
         Some(
-            crate::ebpf::fib::BpfFib::create(cfg.bpf_fib_tables.clone(), pin_name)
+            BpfFib::create(cfg.bpf_fib_tables.clone(), pin_name)
                 .map_err(anyhow::Error::new)
                 .context("--bpf-fib: cannot create the pinned BPF FIB maps")?,
         )
@@ -415,8 +415,10 @@ fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Share
         .context("subscribing to rtnetlink groups")?;
     let wake = eventfd().context("eventfd")?;
     let (tx, rx) = mpsc::channel();
+    let mirror = Arc::new(RwLock::new(Mirror::new()));
+    let hub = Hub::new(mirror.clone());
     let shared = Arc::new(Shared {
-        mirror: RwLock::new(Mirror::new()),
+        mirror,
         status: Mutex::new(Status {
             rcvbuf: granted,
             source,
@@ -428,7 +430,7 @@ fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Share
         netns: cfg.netns.clone(),
         started: SystemTime::now(),
         reloadable,
-        watch: tokio::sync::broadcast::channel(WATCH_BUFFER).0,
+        exports: hub.clone(),
         commands: Mutex::new(tx),
         wake,
     });
@@ -446,7 +448,7 @@ fn build(cfg: &Config, reloadable: Option<Arc<Reloadable>>) -> Result<(Arc<Share
         rx,
         cfg.scan_interval,
         ebpf,
-        bpf_fib,
+        Exports::new(hub, bpf_fib),
     );
     Ok((shared, core))
 }

@@ -7,7 +7,6 @@
 //! `daemon::core`). Lost records (ring full, message too long) are detected from the
 //! kernel's per-CPU counters and force a full resync, exactly like ENOBUFS.
 
-pub mod fib;
 pub mod stats;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
@@ -26,13 +25,15 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/route-mirror";
 pub const FAIL_KNOB: &str = "ROUTE_MIRROR_TEST_EBPF_FAIL";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
+/// The embedded eBPF object: the source's program and ring, and the maps of the BPF FIB
+/// export ([`crate::export::bpf_fib`]).
 #[cfg(has_ebpf_obj)]
-static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+pub(crate) static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
     env!("OUT_DIR"),
     "/route-mirror.bpf.o"
 )));
 #[cfg(not(has_ebpf_obj))]
-static OBJECT: Option<&[u8]> = None;
+pub(crate) static OBJECT: Option<&[u8]> = None;
 
 /// Why the eBPF source is unavailable (shown in the one fallback log line).
 #[derive(Debug, Error)]
@@ -49,7 +50,7 @@ pub enum LoadError {
     Other(String),
 }
 
-fn classify(context: &str, e: impl std::error::Error) -> LoadError {
+pub(crate) fn classify(context: &str, e: impl std::error::Error) -> LoadError {
     // aya wraps the errno deep inside; its Display chain mentions it.
     let mut msg = format!("{context}: {e}");
     let mut src = e.source();
@@ -329,7 +330,7 @@ fn ensure_bpffs() -> anyhow::Result<()> {
 
 /// The pin directory of a namespace, created (bpffs mounted) if needed; old pin
 /// directories of namespaces that are gone are swept on the way.
-fn pin_dir(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn pin_dir(name: &str) -> anyhow::Result<PathBuf> {
     use anyhow::Context;
     ensure_bpffs()?;
     let dir = Path::new(PIN_ROOT).join(sanitize(name));

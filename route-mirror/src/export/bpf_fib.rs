@@ -7,12 +7,14 @@
 //! object but not the socket filter: it works with either event source. Layouts are in
 //! [`route_mirror_common::fib`].
 //!
-//! Sync: the mirror reports every route change of the chosen tables as a dirty prefix
-//! ([`crate::mirror::FibWatch`]); [`BpfFib::sync`] recomputes the best route of each dirty
-//! prefix and writes or deletes its entry. The core calls it after each batch and before
+//! An export on the change funnel ([`crate::export`]): after the initial sync
+//! ([`BpfFib::start`], one bulk fill rather than a million incremental updates racing the
+//! initial dump) every applied change of the chosen tables marks its prefix dirty
+//! ([`BpfFib::changes`]); [`BpfFib::flush`] recomputes the best route of each dirty
+//! prefix and writes or deletes its entry. The core flushes after each batch and before
 //! answering barriers, so a `diff`/`show` that returns also means the maps are current.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -26,8 +28,9 @@ use route_mirror_common::fib::{self as layout, flags, gw, Group, Hop, Key4, Key6
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{LoadError, OBJECT};
-use crate::mirror::{FibWatch, Mirror};
+use super::change::Batch;
+use crate::ebpf::{self, LoadError, OBJECT};
+use crate::mirror::Mirror;
 use crate::model::{rtnh, Family};
 
 type Fib4 = LpmTrie<MapData, [u8; Key4::SIZE], [u8; Value::SIZE]>;
@@ -76,7 +79,11 @@ pub struct BpfFib {
     group_hops: HashMap<u32, Vec<Hop>>,
     free_ids: Vec<u32>,
     next_id: u32,
-    present: std::collections::HashSet<(u32, IpNet)>,
+    present: HashSet<(u32, IpNet)>,
+    /// Prefixes whose best route may have changed since the last flush.
+    dirty: HashSet<(u32, IpNet)>,
+    /// The initial fill was requested: changes are tracked from then on.
+    started: bool,
     stats: BpfFibStats,
     errors_logged: u64,
     /// memlock as last read, and when: `stats` runs every loop turn, fdinfo is read at
@@ -92,14 +99,14 @@ impl BpfFib {
     /// Unlike the source's pins these are the product, so a pin failure is an error.
     pub fn create(tables: Vec<u32>, pin_name: &str) -> Result<BpfFib, LoadError> {
         let obj = OBJECT.ok_or(LoadError::NotBuilt)?;
-        if std::env::var_os(super::FAIL_KNOB).is_some_and(|v| !v.is_empty()) {
+        if std::env::var_os(ebpf::FAIL_KNOB).is_some_and(|v| !v.is_empty()) {
             return Err(LoadError::TestKnob);
         }
         // Only the maps are created here; the program is never loaded by this instance.
         let mut bpf = aya::EbpfLoader::new()
             .load(obj)
-            .map_err(|e| super::classify("creating the BPF FIB maps", e))?;
-        let dir = super::pin_dir(pin_name).map_err(|e| LoadError::Other(format!("{e:#}")))?;
+            .map_err(|e| ebpf::classify("creating the BPF FIB maps", e))?;
+        let dir = ebpf::pin_dir(pin_name).map_err(|e| LoadError::Other(format!("{e:#}")))?;
         for (map, file) in PINS {
             let p = dir.join(file);
             if p.exists() {
@@ -110,7 +117,7 @@ impl BpfFib {
             bpf.map(map)
                 .ok_or_else(|| LoadError::Other(format!("map {map} missing from the object")))?
                 .pin(&p)
-                .map_err(|e| super::classify(&format!("pinning {}", p.display()), e))?;
+                .map_err(|e| ebpf::classify(&format!("pinning {}", p.display()), e))?;
         }
         let mut take = |name: &str| {
             bpf.take_map(name)
@@ -122,9 +129,9 @@ impl BpfFib {
             _ => -1,
         };
         let fds = [raw(&m4), raw(&m6), raw(&mg)];
-        let fib4 = Fib4::try_from(m4).map_err(|e| super::classify("map FIB4", e))?;
-        let fib6 = Fib6::try_from(m6).map_err(|e| super::classify("map FIB6", e))?;
-        let groups = Groups::try_from(mg).map_err(|e| super::classify("map NHGROUPS", e))?;
+        let fib4 = Fib4::try_from(m4).map_err(|e| ebpf::classify("map FIB4", e))?;
+        let fib6 = Fib6::try_from(m6).map_err(|e| ebpf::classify("map FIB6", e))?;
+        let groups = Groups::try_from(mg).map_err(|e| ebpf::classify("map NHGROUPS", e))?;
         info!(dir = %dir.display(), ?tables, "BPF FIB maps pinned (fib4, fib6, nhgroups)");
         Ok(BpfFib {
             _bpf: bpf,
@@ -144,36 +151,61 @@ impl BpfFib {
             group_hops: HashMap::new(),
             free_ids: Vec::new(),
             next_id: 1,
-            present: Default::default(),
+            present: HashSet::new(),
+            dirty: HashSet::new(),
+            started: false,
             errors_logged: 0,
             memlock: Default::default(),
         })
     }
 
     /// Starts tracking (after the initial sync) with every prefix of the chosen tables
-    /// dirty, so the next [`BpfFib::sync`] is the initial fill.
-    pub fn start(&self, mirror: &mut Mirror) {
-        let mut w = FibWatch {
-            tables: self.tables.clone(),
-            ..Default::default()
-        };
+    /// dirty, so the next [`BpfFib::flush`] is the initial fill.
+    pub fn start(&mut self, mirror: &Mirror) {
+        self.started = true;
         for ((_, id), t) in mirror.fib.tables() {
             if self.tables.contains(&id) {
-                w.dirty.extend(t.iter().map(|(dst, _)| (id, dst)));
+                self.dirty.extend(t.iter().map(|(dst, _)| (id, dst)));
             }
         }
-        mirror.fib_watch = Some(w);
+    }
+
+    /// Whether changes are tracked (since [`BpfFib::start`]).
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Marks the prefixes of the chosen tables a batch changed dirty.
+    pub fn changes(&mut self, batch: &Batch, mirror: &Mirror) {
+        if !self.started {
+            return;
+        }
+        for d in &batch.deltas {
+            if self.tables.contains(&d.table) {
+                self.dirty.insert((d.table, d.dst));
+            }
+        }
+        if batch.nexthops_changed {
+            // A changed object changes the next hops of every route that uses one.
+            for ((_, id), t) in mirror.fib.tables() {
+                if !self.tables.contains(&id) {
+                    continue;
+                }
+                for (dst, e) in t.iter() {
+                    if e.attrs.nh_id.is_some() {
+                        self.dirty.insert((id, dst));
+                    }
+                }
+            }
+        }
     }
 
     /// Brings the maps up to date with the mirror for every dirty prefix.
-    pub fn sync(&mut self, mirror: &RwLock<Mirror>) {
-        let dirty = {
-            let mut m = mirror.write().expect("mirror lock");
-            match &mut m.fib_watch {
-                Some(w) if !w.dirty.is_empty() => std::mem::take(&mut w.dirty),
-                _ => return,
-            }
-        };
+    pub fn flush(&mut self, mirror: &RwLock<Mirror>) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
         let started = Instant::now();
         // Values are computed under the read lock, written after it is released: only
         // this thread changes the mirror, so they cannot go stale in between.
