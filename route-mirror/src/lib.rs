@@ -22,4 +22,5 @@ pub mod names;
 pub mod netlink;
 pub mod netns;
 pub mod reconcile;
+pub mod rule;
 pub mod view;

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod msg;
 pub mod nexthop;
 pub mod route;
+pub mod rule;
 pub mod socket;
 
 use std::io;
