@@ -44,6 +44,7 @@
 
 pub mod ext;
 pub mod fast;
+pub mod l3mdev;
 pub mod poptrie;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,7 @@ pub mod nexthop;
 pub mod route;
 pub mod rule;
 pub mod socket;
+pub mod vrf;
 
 use std::io;
 use std::time::{Duration, Instant};
