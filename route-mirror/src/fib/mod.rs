@@ -44,8 +44,11 @@
 
 pub mod ext;
 pub mod fast;
+pub mod flow;
 pub mod l3mdev;
 pub mod poptrie;
+pub mod rule_index;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
