@@ -24,3 +24,4 @@ pub mod netns;
 pub mod reconcile;
 pub mod rule;
 pub mod view;
+pub mod writer;
