@@ -46,6 +46,7 @@ pub mod ext;
 pub mod fast;
 pub mod flow;
 pub mod l3mdev;
+pub mod multipath;
 pub mod poptrie;
 pub mod rule_index;
 pub mod rules;
