@@ -23,5 +23,6 @@ pub mod netlink;
 pub mod netns;
 pub mod reconcile;
 pub mod rule;
+pub mod shared;
 pub mod view;
 pub mod writer;

@@ -16,6 +16,7 @@ use route_mirror::ctl::{self, client, proto::Request};
 use route_mirror::daemon;
 use route_mirror::diff::DiffReport;
 use route_mirror::model::Family;
+use route_mirror::shared::{LogReload, Reloadable};
 use route_mirror::view;
 
 #[derive(Parser)]
@@ -215,7 +216,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let file = source.effective()?;
             let log = init_logs(&file.log_level, args.log_json);
             let cfgs = daemon::Config::resolve(&file)?;
-            let reloadable = std::sync::Arc::new(daemon::Reloadable {
+            let reloadable = std::sync::Arc::new(Reloadable {
                 source,
                 current: std::sync::Mutex::new(file),
                 log: Some(log),
@@ -559,7 +560,7 @@ fn config_source((config, netns, socket): &Globals, args: RunArgs) -> ConfigSour
 }
 
 /// Structured logs to stderr; returns a handle that changes the filter at run time.
-fn init_logs(level: &str, json: bool) -> daemon::LogReload {
+fn init_logs(level: &str, json: bool) -> LogReload {
     use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let (filter, handle) = reload::Layer::new(filter);

@@ -15,7 +15,7 @@ use metrics::{counter, gauge};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tracing::info;
 
-use crate::daemon::Shared;
+use crate::shared::Shared;
 
 /// How stale a scraped value may be.
 pub const REFRESH: Duration = Duration::from_secs(1);

@@ -19,11 +19,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::fastpath::FastPath;
-use crate::daemon::Shared;
 use crate::fib::fast::Lookup;
 use crate::fib::Entry;
 use crate::mirror::Mirror;
 use crate::model::Family;
+use crate::shared::Shared;
 use crate::view::{format_route, route_view, HopView, RouteContext};
 
 /// Longest input line accepted (an IPv6 address with a zone is under 64 bytes).

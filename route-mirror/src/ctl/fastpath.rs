@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use serde_json::{json, Value};
 
-use crate::daemon::Shared;
 use crate::fib::fast::{ExtractCursor, FastFib, Step};
 use crate::mirror::Names;
+use crate::shared::Shared;
 
 /// How long the mirror must stay unchanged before a rebuild.
 pub const QUIET: Duration = Duration::from_millis(50);

@@ -20,7 +20,6 @@ use std::sync::atomic::Ordering;
 use super::batch::{self, BatchCounts, BatchQuery};
 use super::fastpath::FastPath;
 use super::proto::{Reply, Request, MAX_REQUEST};
-use crate::daemon::{Command, Shared};
 use crate::diff;
 use crate::fib::fast::Lookup;
 use crate::fib::DEFAULT_RULE_TABLES;
@@ -29,6 +28,7 @@ use crate::mirror::Mirror;
 use crate::model::Family;
 use crate::netlink::{self, decode::DecodeCounters, msg::DumpKind, socket::NlSocket};
 use crate::reconcile::{ScanReason, ScanScope};
+use crate::shared::{Command, Shared};
 use crate::view::{route_view, WatchRecord};
 
 /// How long a client may take to send its request line.
@@ -470,7 +470,7 @@ async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> R
             shared.command(Command::DropEvents(count))?;
             ok(json!({ "dropping": count }))
         }
-        Request::Reload => ok(crate::daemon::reload(&shared)?),
+        Request::Reload => ok(crate::shared::reload(&shared)?),
         Request::Watch { .. } | Request::LookupBatch { .. } => {
             bail!("a streaming request (handled before dispatch)")
         }

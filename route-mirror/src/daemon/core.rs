@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use super::{Command, Shared};
 use crate::ebpf::{self, EbpfSource};
 use crate::export::change::Marker;
 use crate::export::hub::Exports;
@@ -24,6 +23,7 @@ use crate::netlink::decode::{self, DecodeCounters};
 use crate::netlink::msg::{self, DumpKind, RawMsg};
 use crate::netlink::socket::{NlSocket, RECV_BUF};
 use crate::reconcile::{ActiveScan, ScanReason, ScanReport, ScanScope};
+use crate::shared::{Command, Shared};
 use route_mirror_common::groups;
 
 /// Datagrams handled before looking at commands again, so queries and barriers stay

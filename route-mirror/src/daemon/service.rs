@@ -8,7 +8,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tracing::{debug, warn};
 
-use super::Shared;
+use crate::shared::Shared;
 
 /// The core loop wakes at least once a second; silence much longer than that means it is
 /// stuck, and systemd should restart the daemon.
