@@ -24,5 +24,6 @@ pub mod netns;
 pub mod reconcile;
 pub mod rule;
 pub mod shared;
+pub mod stats;
 pub mod view;
 pub mod writer;

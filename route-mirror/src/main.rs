@@ -17,6 +17,7 @@ use route_mirror::daemon;
 use route_mirror::diff::DiffReport;
 use route_mirror::model::Family;
 use route_mirror::shared::{LogReload, Reloadable};
+use route_mirror::stats::Stats;
 use route_mirror::view;
 
 #[derive(Parser)]
@@ -359,7 +360,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{v}");
             } else {
-                print_stats(&v);
+                print_stats(&serde_json::from_value(v)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -584,120 +585,115 @@ fn init_logs(level: &str, json: bool) -> LogReload {
     })
 }
 
-fn print_stats(v: &Value) {
-    println!("source:            {}", v["source"].as_str().unwrap_or("?"));
+/// A value as JSON prints it (`null` when absent, `1.0` for a whole float), as the
+/// text form always showed these.
+fn as_json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn print_stats(s: &Stats) {
+    println!("source:            {}", s.source);
     println!(
         "synced:            {}  (initial sync {} ms)",
-        v["synced"], v["initial_sync_ms"]
+        s.synced,
+        as_json(&s.initial_sync_ms)
     );
     println!(
         "routes:            {} in {} prefixes",
-        v["routes_total"], v["prefixes_total"]
+        s.routes_total, s.prefixes_total
     );
-    if let Some(fams) = v["routes"].as_object() {
-        for (fam, tables) in fams {
-            if let Some(tables) = tables.as_object() {
-                for (t, n) in tables {
-                    let name = t.parse().map_or_else(
-                        |_| t.clone(),
-                        |id| route_mirror::names::system().table_name(id),
-                    );
-                    println!("  {fam:<6} table {name:<10} {n}");
-                }
-            }
+    for (fam, tables) in &s.routes {
+        for (t, n) in tables {
+            let name = t.parse().map_or_else(
+                |_| t.clone(),
+                |id| route_mirror::names::system().table_name(id),
+            );
+            println!("  {fam:<6} table {name:<10} {n}");
         }
     }
     println!(
         "links/addrs/nh:    {} / {} / {}",
-        v["links"], v["addresses"], v["nexthop_objects"]
+        s.links, s.addresses, s.nexthop_objects
     );
-    println!("attribute sets:    {}", v["attr_sets"]);
-    println!("events applied:    {}", v["events_applied"]);
+    println!("attribute sets:    {}", s.attr_sets);
+    println!("events applied:    {}", s.events_applied);
     println!(
         "sync lag:          {:.3} s",
-        v["sync_lag_s"].as_f64().unwrap_or(f64::NAN)
+        s.sync_lag_s.unwrap_or(f64::NAN)
     );
-    println!("enobufs/resyncs:   {} / {}", v["enobufs"], v["resyncs"]);
-    println!("scans:             {}", v["scans"]);
-    let ver = &v["verdicts"];
+    println!("enobufs/resyncs:   {} / {}", s.enobufs, s.resyncs);
+    println!("scans:             {}", s.scans);
+    let ver = &s.verdicts;
     println!(
         "verdicts (routes): seen {} updated {} created {} deleted {}",
-        ver["seen"], ver["updated"], ver["created"], ver["deleted"]
+        ver.seen, ver.updated, ver.created, ver.deleted
     );
-    let a = &v["apply"];
+    let a = &s.apply;
     println!(
         "inferred removals: {} (confirmed by dump {}, refuted {}, awaiting dump {})",
-        a["inferred_removals"],
-        a["inferred_confirmed"],
-        a["inferred_refuted"],
-        a["inferred_pending"]
+        a.inferred_removals, a.inferred_confirmed, a.inferred_refuted, a.inferred_pending
     );
-    if let Some(s) = v["last_scan"].as_object() {
+    if let Some(l) = &s.last_scan {
         println!(
             "last scan:         {} ({:.1} ms, {:.1} s ago)",
-            s.get("reason").and_then(Value::as_str).unwrap_or("?"),
-            s.get("duration_ms").and_then(Value::as_f64).unwrap_or(0.0),
-            v["last_scan_age_s"].as_f64().unwrap_or(0.0)
+            as_json(&l.reason).trim_matches('"'),
+            l.duration_ms,
+            s.last_scan_age_s.unwrap_or(0.0)
         );
     }
-    println!("malformed msgs:    {}", v["decode"]["malformed"]);
-    println!("rcvbuf:            {}", v["rcvbuf"]);
-    if let Some(why) = v["source_fallback"].as_str() {
+    println!("malformed msgs:    {}", s.decode.malformed);
+    println!("rcvbuf:            {}", s.rcvbuf);
+    if let Some(why) = &s.source_fallback {
         println!("ebpf unavailable:  {why}");
     }
-    if let Some(r) = v["ring"].as_object() {
-        let k = &r["kernel"];
+    if let Some(r) = &s.ring {
+        let k = |name: &str| as_json(&r.kernel.get(name));
         println!(
             "ring:              {} bytes, high water {} ({:.2}%), pinned {}",
-            r["size_bytes"],
-            r["high_water_bytes"],
-            r["high_water_fill"].as_f64().unwrap_or(0.0) * 100.0,
-            r["pinned"].as_str().unwrap_or("no")
+            r.size_bytes,
+            r.high_water_bytes,
+            r.high_water_fill * 100.0,
+            r.pinned.as_deref().unwrap_or("no")
         );
         println!(
             "ring records:      {} read ({} bytes); kernel: {} records, {} drops, {} truncated, {} passed",
-            r["records_read"], r["bytes_read"], k["records"], k["drops"], k["truncated"], k["passed"]
+            r.records_read, r.bytes_read, k("records"), k("drops"), k("truncated"), k("passed")
         );
         println!(
             "ring by type:      route +{} -{}  link +{} -{}  addr +{} -{}  nexthop +{} -{}  other {}",
-            k["newroute"], k["delroute"], k["newlink"], k["dellink"], k["newaddr"],
-            k["deladdr"], k["newnexthop"], k["delnexthop"], k["other"]
+            k("newroute"), k("delroute"), k("newlink"), k("dellink"), k("newaddr"),
+            k("deladdr"), k("newnexthop"), k("delnexthop"), k("other")
         );
-        let l = &r["lag"];
+        let l = &r.lag;
         println!(
             "ring lag:          p50 {} us, p99 {} us, max {} us ({} records)",
-            l["p50_us"], l["p99_us"], l["max_us"], l["count"]
+            as_json(&l.p50_us),
+            as_json(&l.p99_us),
+            as_json(&l.max_us),
+            l.count
         );
-        let b = &r["batch"];
+        let b = &r.batch;
         println!(
             "ring batches:      {} (mean {:.1}, p99 {}, max {}); loss resyncs {}",
-            b["batches"],
-            b["mean"].as_f64().unwrap_or(0.0),
-            b["p99"],
-            b["max"],
-            r["loss_resyncs"]
+            b.batches, b.mean, b.p99, b.max, r.loss_resyncs
         );
     }
-    if let Some(f) = v["bpf_fib"].as_object() {
+    if let Some(f) = &s.bpf_fib {
         println!(
             "bpf fib:           tables {} pinned {}; {} v4 + {} v6 prefixes, {} groups, {:.1} MiB memlock",
-            f["tables"],
-            f["pinned"].as_str().unwrap_or("no"),
-            f["prefixes_v4"],
-            f["prefixes_v6"],
-            f["groups"],
-            f["memlock_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+            as_json(&f.tables),
+            f.pinned.as_deref().unwrap_or("no"),
+            f.prefixes_v4,
+            f.prefixes_v6,
+            f.groups,
+            f.memlock_bytes as f64 / 1048576.0
         );
         println!(
             "bpf fib updates:   {} writes, {} deletes, {} errors; {} syncs (max {:.1} ms)",
-            f["updates"],
-            f["deletes"],
-            f["errors"],
-            f["syncs"],
-            f["max_sync_ms"].as_f64().unwrap_or(0.0)
+            f.updates, f.deletes, f.errors, f.syncs, f.max_sync_ms
         );
     }
-    if let Some(rss) = v["rss_bytes"].as_u64() {
+    if let Some(rss) = s.rss_bytes {
         println!("rss:               {:.1} MiB", rss as f64 / 1048576.0);
     }
 }

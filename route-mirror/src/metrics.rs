@@ -1,8 +1,8 @@
 //! Prometheus metrics (`--metrics-listen ADDR`, off by default).
 //!
-//! The daemon already keeps its counters in [`Status`](crate::daemon::Status) and the
-//! [`Mirror`](crate::mirror::Mirror); a refresh task copies them into the `metrics`
-//! recorder every [`REFRESH`], and metrics-exporter-prometheus serves them over HTTP.
+//! The daemon's statistics are defined once, as [`Stats`] (what `route-mirror stats`
+//! shows); a refresh task copies them into the `metrics` recorder every [`REFRESH`],
+//! and metrics-exporter-prometheus serves them over HTTP.
 //! Names follow Prometheus conventions: `route_mirror_*`, `_total` for counters, base
 //! units (seconds, bytes).
 
@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use tracing::info;
 
 use crate::shared::Shared;
+use crate::stats::{rss_bytes, Stats};
 
 /// How stale a scraped value may be.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -39,7 +40,7 @@ pub fn serve(addr: SocketAddr, instances: Vec<Arc<Shared>>) -> Result<()> {
             for shared in &instances {
                 refresh(shared);
             }
-            if let Some(rss) = crate::ctl::server::rss_bytes() {
+            if let Some(rss) = rss_bytes() {
                 gauge!("process_resident_memory_bytes").set(rss as f64);
             }
         }
@@ -64,57 +65,56 @@ pub fn refresh(shared: &Shared) {
         v.extend_from_slice(extra);
         v
     };
-    let st = shared.status.lock().expect("status lock").clone();
-    {
-        let m = shared.mirror.read().expect("mirror lock");
-        for ((family, table), t) in m.fib.tables() {
+    let st = Stats::collect(shared);
+    for (family, tables) in &st.routes {
+        for (table, n) in tables {
             set_gauge(
                 "route_mirror_routes",
-                &l(&[("family", family.to_string()), ("table", table.to_string())]),
-                t.len() as f64,
+                &l(&[("family", family.clone()), ("table", table.clone())]),
+                *n as f64,
             );
         }
-        set_gauge("route_mirror_links", &l(&[]), m.links.len() as f64);
-        set_gauge("route_mirror_addresses", &l(&[]), m.addrs.len() as f64);
-        set_gauge(
-            "route_mirror_nexthop_objects",
-            &l(&[]),
-            m.nexthops.len() as f64,
-        );
-        set_gauge("route_mirror_attribute_sets", &l(&[]), m.attr_sets() as f64);
-        let c = &m.counters;
-        for (kind, v) in [
-            ("route_add", c.route_adds),
-            ("route_update", c.route_updates),
-            ("route_delete", c.route_deletes),
-            ("route_delete_unknown", c.route_deletes_unknown),
-            ("route_dead", c.dead_routes),
-            ("link", c.link_events),
-            ("address", c.addr_events),
-            ("nexthop", c.nexthop_events),
-        ] {
-            set_total(
-                "route_mirror_events_total",
-                &l(&[("source", st.source.into()), ("type", kind.into())]),
-                v,
-            );
-        }
+    }
+    set_gauge("route_mirror_links", &l(&[]), st.links as f64);
+    set_gauge("route_mirror_addresses", &l(&[]), st.addresses as f64);
+    set_gauge(
+        "route_mirror_nexthop_objects",
+        &l(&[]),
+        st.nexthop_objects as f64,
+    );
+    set_gauge("route_mirror_attribute_sets", &l(&[]), st.attr_sets as f64);
+    let c = &st.apply;
+    for (kind, v) in [
+        ("route_add", c.route_adds),
+        ("route_update", c.route_updates),
+        ("route_delete", c.route_deletes),
+        ("route_delete_unknown", c.route_deletes_unknown),
+        ("route_dead", c.dead_routes),
+        ("link", c.link_events),
+        ("address", c.addr_events),
+        ("nexthop", c.nexthop_events),
+    ] {
         set_total(
-            "route_mirror_inferred_removals_total",
-            &l(&[]),
-            c.inferred_removals,
-        );
-        set_total(
-            "route_mirror_inferred_confirmed_total",
-            &[],
-            c.inferred_confirmed,
-        );
-        set_total(
-            "route_mirror_inferred_refuted_total",
-            &[],
-            c.inferred_refuted,
+            "route_mirror_events_total",
+            &l(&[("source", st.source.clone()), ("type", kind.into())]),
+            v,
         );
     }
+    set_total(
+        "route_mirror_inferred_removals_total",
+        &l(&[]),
+        c.inferred_removals,
+    );
+    set_total(
+        "route_mirror_inferred_confirmed_total",
+        &[],
+        c.inferred_confirmed,
+    );
+    set_total(
+        "route_mirror_inferred_refuted_total",
+        &[],
+        c.inferred_refuted,
+    );
     set_gauge(
         "route_mirror_synced",
         &l(&[]),
@@ -177,10 +177,7 @@ pub fn refresh(shared: &Shared) {
         );
     }
     set_total("route_mirror_bad_requests_total", &l(&[]), st.bad_requests);
-    if let Some(t) = st.caught_up {
-        let lag = std::time::SystemTime::now()
-            .duration_since(t)
-            .unwrap_or_default();
-        set_gauge("route_mirror_sync_lag_seconds", &l(&[]), lag.as_secs_f64());
+    if let Some(lag) = st.sync_lag_s {
+        set_gauge("route_mirror_sync_lag_seconds", &l(&[]), lag);
     }
 }

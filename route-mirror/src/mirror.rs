@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fib::{Entry, Fib};
 use crate::intern::Interner;
@@ -28,7 +28,7 @@ pub struct Stamped<T> {
 }
 
 /// Counts of what the event path applied.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ApplyCounters {
     pub route_adds: u64,
     pub route_updates: u64,

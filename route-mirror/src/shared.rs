@@ -64,20 +64,18 @@ pub enum Command {
     Shutdown,
 }
 
-/// Counters and state the core publishes for `stats`.
-#[derive(Debug, Default, Clone, Serialize)]
+/// Counters and state the core (and the control server) publish; `stats` shows them
+/// as part of [`crate::stats::Stats`].
+#[derive(Debug, Default, Clone)]
 pub struct Status {
     pub synced: bool,
     pub initial_sync_ms: Option<f64>,
     pub events_applied: u64,
     pub events_dropped_by_request: u64,
-    #[serde(skip)]
     pub last_event: Option<SystemTime>,
     /// Last time the core loop went round (the systemd watchdog pings only while recent).
-    #[serde(skip)]
     pub heartbeat: Option<std::time::Instant>,
     /// Last time the core had applied everything queued and had no scan to run.
-    #[serde(skip)]
     pub caught_up: Option<SystemTime>,
     pub enobufs: u64,
     pub resyncs: u64,

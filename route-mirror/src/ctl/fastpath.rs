@@ -15,11 +15,11 @@ use std::sync::{Arc, TryLockError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use serde_json::{json, Value};
 
 use crate::fib::fast::{ExtractCursor, FastFib, Step};
 use crate::mirror::Names;
 use crate::shared::Shared;
+use crate::stats::FastLookupStats;
 
 /// How long the mirror must stay unchanged before a rebuild.
 pub const QUIET: Duration = Duration::from_millis(50);
@@ -130,19 +130,19 @@ impl FastPath {
         true
     }
 
-    pub fn stats(&self) -> Value {
+    pub fn stats(&self) -> FastLookupStats {
         let snap = self.snap.load();
-        json!({
-            "current": snap.as_ref().is_some_and(|s| s.fib.is_current()),
-            "version": snap.as_ref().map(|s| s.fib.version()),
-            "builds": self.builds.load(Ordering::Relaxed),
-            "aborted_builds": self.aborted.load(Ordering::Relaxed),
-            "last_extract_us": self.last_extract_us.load(Ordering::Relaxed),
-            "last_build_us": self.last_build_us.load(Ordering::Relaxed),
-            "heap_bytes": self.last_heap_bytes.load(Ordering::Relaxed),
-            "fast_lookups": self.fast_lookups.load(Ordering::Relaxed),
-            "exact_lookups": self.exact_lookups.load(Ordering::Relaxed),
-        })
+        FastLookupStats {
+            current: snap.as_ref().is_some_and(|s| s.fib.is_current()),
+            version: snap.as_ref().map(|s| s.fib.version()),
+            builds: self.builds.load(Ordering::Relaxed),
+            aborted_builds: self.aborted.load(Ordering::Relaxed),
+            last_extract_us: self.last_extract_us.load(Ordering::Relaxed),
+            last_build_us: self.last_build_us.load(Ordering::Relaxed),
+            heap_bytes: self.last_heap_bytes.load(Ordering::Relaxed),
+            fast_lookups: self.fast_lookups.load(Ordering::Relaxed),
+            exact_lookups: self.exact_lookups.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -3,11 +3,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
 };
@@ -29,6 +29,7 @@ use crate::model::Family;
 use crate::netlink::{self, decode::DecodeCounters, msg::DumpKind, socket::NlSocket};
 use crate::reconcile::{ScanReason, ScanScope};
 use crate::shared::{Command, Shared};
+use crate::stats::Stats;
 use crate::view::{route_view, WatchRecord};
 
 /// How long a client may take to send its request line.
@@ -402,11 +403,12 @@ async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> R
             .await
         }
         Request::Stats => {
-            let fast_stats = fast.stats();
+            let fast_lookup = Some(fast.stats());
             blocking(move || {
-                let mut v = stats(&shared);
-                v["fast_lookup"] = fast_stats;
-                ok(v)
+                ok(Stats {
+                    fast_lookup,
+                    ..Stats::collect(&shared)
+                })
             })
             .await
         }
@@ -629,86 +631,6 @@ fn dump_once() -> Result<(Vec<crate::model::Change>, bool, NlSocket)> {
     // Notifications still queued arrived after the last DONE; they may have raced too.
     let late = heard_changes(&sock);
     Ok((out, others == 0 && !late, sock))
-}
-
-/// The process's resident memory (VmRSS), from /proc.
-pub fn rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    Some(pages * page)
-}
-
-fn stats(shared: &Shared) -> Value {
-    let st = shared.status.lock().expect("status lock").clone();
-    let m = shared.mirror.read().expect("mirror lock");
-    let mut routes = serde_json::Map::new();
-    let mut total = 0usize;
-    let mut prefixes = 0usize;
-    for ((f, t), rt) in m.fib.tables() {
-        total += rt.len();
-        prefixes += rt.prefixes();
-        let fam = routes.entry(f.to_string()).or_insert_with(|| json!({}));
-        fam[t.to_string()] = json!(rt.len());
-    }
-    let now = SystemTime::now();
-    let age = |t: Option<SystemTime>| {
-        t.and_then(|t| now.duration_since(t).ok())
-            .map(|d| d.as_secs_f64())
-    };
-    let last_scan_age = st.last_scan.as_ref().map(|r| {
-        now.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| {
-            d.as_millis() as f64 - r.started_unix_ms as f64 - r.duration_ms
-        }) / 1000.0
-    });
-    json!({
-        "source": st.source,
-        "source_fallback": st.source_fallback,
-        "ring": st.ring,
-        "bpf_fib": st.bpf_fib,
-        "netns": shared.netns,
-        "synced": st.synced,
-        "uptime_s": age(Some(shared.started)),
-        "initial_sync_ms": st.initial_sync_ms,
-        "routes_total": total,
-        "prefixes_total": prefixes,
-        "routes": routes,
-        "links": m.links.len(),
-        "addresses": m.addrs.len(),
-        "nexthop_objects": m.nexthops.len(),
-        "attr_sets": m.attr_sets(),
-        "events_applied": st.events_applied,
-        "events_dropped_by_request": st.events_dropped_by_request,
-        "last_event_age_s": age(st.last_event),
-        // How far behind the kernel the mirror may be: time since it last had applied
-        // everything queued (≈0 when idle; grows during a burst or a scan).
-        "sync_lag_s": age(st.caught_up),
-        "apply": m.counters,
-        "enobufs": st.enobufs,
-        "silent_drops": st.silent_drops,
-        "resyncs": st.resyncs,
-        "scans": st.scans,
-        "scans_by_reason": st.scans_by_reason,
-        "verdicts": st.verdicts,
-        "object_verdicts": st.object_verdicts,
-        "last_scan": st.last_scan,
-        "last_scan_age_s": last_scan_age,
-        "scan_in_progress": st.scan_in_progress,
-        "scan_pending": st.scan_pending,
-        "decode": st.decode,
-        "bad_requests": st.bad_requests,
-        "watchers": shared.exports.watchers(),
-        "feeds": shared.exports.feed_stats(),
-        "watchers_dropped": st.watchers_dropped,
-        "refused_peers": st.refused_peers,
-        "busy_refusals": st.busy_refusals,
-        "rcvbuf": st.rcvbuf,
-        "rcvbuf_requested": st.rcvbuf_requested,
-        "rcvbuf_forced": st.rcvbuf_forced,
-        "socket_resets": st.socket_resets,
-        "rss_bytes": rss_bytes(),
-    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Ring statistics kept by the consumer: lag and batch-size histograms.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A log2 histogram: bucket `i` holds values in `[2^i, 2^(i+1))` (0 goes to bucket 0).
 /// Constant memory and O(1) insert, precise enough for p50/p99 of latencies that span
@@ -68,7 +68,7 @@ impl Log2Hist {
 }
 
 /// Kernel→mirror lag summary, in microseconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LagSummary {
     pub count: u64,
     pub p50_us: f64,
@@ -88,7 +88,7 @@ impl LagSummary {
 }
 
 /// Consumer batch sizes (records per drain that found any).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BatchSummary {
     pub batches: u64,
     pub mean: f64,
@@ -110,7 +110,7 @@ impl BatchSummary {
 }
 
 /// What `stats` shows under `"ring"`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RingStats {
     pub size_bytes: u64,
     /// Kernel counters (summed over CPUs; `high_water` is the max), by name.

@@ -25,7 +25,7 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{LpmTrie, MapData};
 use ipnet::IpNet;
 use route_mirror_common::fib::{self as layout, flags, gw, Group, Hop, Key4, Key6, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::change::Batch;
@@ -38,7 +38,7 @@ type Fib6 = LpmTrie<MapData, [u8; Key6::SIZE], [u8; Value::SIZE]>;
 type Groups = aya::maps::HashMap<MapData, u32, [u8; Group::SIZE]>;
 
 /// Counters of the BPF FIB, shown by `stats`.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct BpfFibStats {
     pub tables: Vec<u32>,
     pub pinned: Option<String>,

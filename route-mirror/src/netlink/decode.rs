@@ -10,7 +10,7 @@ use netlink_packet_core::Parseable;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::AddressFamily;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::msg::{self, RawMsg};
@@ -33,7 +33,7 @@ impl DecodeError {
 }
 
 /// What the decoder met that was valid but unusual. Shown by `route-mirror stats`.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct DecodeCounters {
     /// Messages that failed to parse and were skipped.
     pub malformed: u64,
