@@ -12,7 +12,9 @@
 //! * `cargo xtask fuzz [--seconds N] [--target T]` — build the cargo-fuzz targets in
 //!   `fuzz/` (nightly) and run each for N seconds from the committed seed corpora
 //!   ([`fuzz`]).
-//! * `cargo xtask dist` — release build, man pages, completions and the .deb ([`dist`]).
+//! * `cargo xtask dist` — release build, man pages, completions, the .deb and its
+//!   `-dbgsym` ([`dist`]), held to lintian and `systemd-analyze verify`
+//!   ([`package_check`]).
 //!
 //! Shared by all: [`paths`] (where things are) and [`process`] (running commands).
 
@@ -20,10 +22,12 @@ mod build;
 mod build_ebpf;
 mod dist;
 mod fuzz;
+mod package_check;
 mod paths;
 mod process;
 mod run;
 mod test;
+mod tools;
 
 use std::env;
 use std::process::ExitCode;
@@ -69,7 +73,8 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
-    /// Release build, man pages, completions and the .deb (target/debian/).
+    /// Release build, man pages, completions, the .deb and its -dbgsym (target/debian/),
+    /// checked with lintian and systemd-analyze verify.
     Dist,
 }
 
@@ -86,7 +91,7 @@ fn main() -> ExitCode {
                 .or_else(|| (env::var("CI").as_deref() == Ok("true")).then_some(CI_FUZZ_SECONDS)),
         ),
         Cmd::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
-        Cmd::Dist => dist::dist().map(|_| ()),
+        Cmd::Dist => dist::dist().and_then(|p| package_check::check_packages(&p)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

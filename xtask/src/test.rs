@@ -6,15 +6,19 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 use crate::build_ebpf::{build_ebpf, ensure_ebpf_prerequisites};
-use crate::dist::{check_deb, dist};
+use crate::dist::dist;
 use crate::fuzz::fuzz;
+use crate::package_check::check_packages;
 use crate::paths::{daemon_bin, ebpf_object, repo_root};
-use crate::process::{as_root, cargo, exec, probe, probe_cargo, show, step};
+use crate::process::{cargo, exec, probe, probe_cargo, show, step};
+use crate::tools::{apt_install, promtool};
 
 pub fn test(fuzz_seconds: Option<u64>) -> Result<()> {
     step("prerequisites");
     ensure_prerequisites()?;
     ensure_ebpf_prerequisites()?;
+    // The metrics tests lint live scrapes with it.
+    let promtool = promtool()?;
 
     step("rustfmt check");
     let mut c = cargo();
@@ -71,16 +75,18 @@ pub fn test(fuzz_seconds: Option<u64>) -> Result<()> {
         }
         c.env("ROUTE_MIRROR_BIN", &bin);
         c.env("ROUTE_MIRROR_SOURCE", source);
+        c.env("PROMTOOL", &promtool);
         println!(
-            "  ROUTE_MIRROR_BIN={} ROUTE_MIRROR_SOURCE={source}",
-            bin.display()
+            "  ROUTE_MIRROR_BIN={} ROUTE_MIRROR_SOURCE={source} PROMTOOL={}",
+            bin.display(),
+            promtool.display()
         );
         totals.add(exec_tests(c)?);
     }
 
     if std::env::var_os("CI").is_some() {
-        let deb = dist()?;
-        check_deb(&deb)?;
+        let packages = dist()?;
+        check_packages(&packages)?;
     }
 
     if let Some(secs) = fuzz_seconds.filter(|&s| s > 0) {
@@ -183,15 +189,7 @@ fn ensure_prerequisites() -> Result<()> {
     if missing.is_empty() {
         println!("iproute2, gzip and bpftool: present");
     } else {
-        println!("installing: {}", missing.join(" "));
-        let mut c = as_root("apt-get");
-        c.arg("update");
-        exec(c)?;
-        let mut c = as_root("apt-get");
-        c.env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing);
-        exec(c)?;
+        apt_install(&missing)?;
         if !probe("ip", &["-V"]) {
             bail!("`ip` still not runnable after installing iproute2");
         }
