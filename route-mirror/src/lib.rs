@@ -8,6 +8,7 @@
 #![recursion_limit = "256"]
 
 pub mod config;
+pub mod copy;
 pub mod ctl;
 pub mod daemon;
 pub mod diff;
