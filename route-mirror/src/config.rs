@@ -48,6 +48,17 @@ pub struct Config {
     /// no BPF FIB. In the file either `"main,100"` or `["main", 100]`.
     #[serde(deserialize_with = "tables_de")]
     pub bpf_fib_tables: Vec<String>,
+    /// gNMI server address (OpenConfig AFT telemetry), e.g. `[::]:9339`; unset: off.
+    pub gnmi_listen: Option<SocketAddr>,
+    /// Allow plaintext gNMI (only on a loopback address).
+    pub gnmi_insecure: bool,
+    /// gNMI TLS server certificate chain (PEM).
+    pub gnmi_tls_cert: Option<PathBuf>,
+    /// gNMI TLS private key (PEM).
+    pub gnmi_tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that gNMI client certificates must chain to; unset: clients are
+    /// not asked for certificates.
+    pub gnmi_tls_client_ca: Option<PathBuf>,
 }
 
 /// Accepts `"main,100"`, `["main", "100"]` or `["main", 100]`.
@@ -86,6 +97,17 @@ pub fn split_tables(s: &str) -> Vec<String> {
 }
 
 impl Config {
+    /// The gNMI export's settings.
+    pub fn gnmi(&self) -> crate::export::gnmi::GnmiConfig {
+        crate::export::gnmi::GnmiConfig {
+            listen: self.gnmi_listen,
+            insecure: self.gnmi_insecure,
+            tls_cert: self.gnmi_tls_cert.clone(),
+            tls_key: self.gnmi_tls_key.clone(),
+            tls_client_ca: self.gnmi_tls_client_ca.clone(),
+        }
+    }
+
     /// The BPF FIB tables as ids (validated: every entry resolves).
     pub fn bpf_fib_table_ids(&self) -> Vec<u32> {
         let names = crate::names::Names::load();
@@ -112,6 +134,11 @@ impl Default for Config {
             metrics_listen: None,
             log_level: "info".to_string(),
             bpf_fib_tables: Vec::new(),
+            gnmi_listen: None,
+            gnmi_insecure: false,
+            gnmi_tls_cert: None,
+            gnmi_tls_key: None,
+            gnmi_tls_client_ca: None,
         }
     }
 }
@@ -210,6 +237,9 @@ impl Config {
                 }
             }
         }
+        if let Err(msg) = self.gnmi().check() {
+            return bad("gnmi_listen", msg);
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return bad(
                 "log_level",
@@ -238,6 +268,14 @@ impl Config {
             ("ring_size", self.ring_size != new.ring_size),
             ("metrics_listen", self.metrics_listen != new.metrics_listen),
             ("bpf_fib_tables", self.bpf_fib_tables != new.bpf_fib_tables),
+            ("gnmi_listen", self.gnmi_listen != new.gnmi_listen),
+            ("gnmi_insecure", self.gnmi_insecure != new.gnmi_insecure),
+            ("gnmi_tls_cert", self.gnmi_tls_cert != new.gnmi_tls_cert),
+            ("gnmi_tls_key", self.gnmi_tls_key != new.gnmi_tls_key),
+            (
+                "gnmi_tls_client_ca",
+                self.gnmi_tls_client_ca != new.gnmi_tls_client_ca,
+            ),
         ] {
             if differs {
                 restart.push(key);
@@ -274,6 +312,23 @@ pub struct RunArgs {
     /// [default: off]
     #[arg(long, value_name = "TABLES")]
     pub bpf_fib: Option<String>,
+    /// Serve the forwarding tables over gNMI (OpenConfig AFT) on ADDR, e.g. [::]:9339;
+    /// needs --gnmi-tls-cert/--gnmi-tls-key, or --gnmi-insecure on a loopback address
+    /// [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub gnmi_listen: Option<SocketAddr>,
+    /// Serve gNMI without TLS (refused unless the address is loopback)
+    #[arg(long)]
+    pub gnmi_insecure: bool,
+    /// gNMI TLS certificate chain (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub gnmi_tls_cert: Option<PathBuf>,
+    /// gNMI TLS private key (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub gnmi_tls_key: Option<PathBuf>,
+    /// Require gNMI client certificates signed by this CA bundle (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub gnmi_tls_client_ca: Option<PathBuf>,
     /// Log as JSON lines instead of text
     #[arg(long)]
     pub log_json: bool,
@@ -308,6 +363,21 @@ impl RunArgs {
         }
         if let Some(v) = &self.bpf_fib {
             cfg.bpf_fib_tables = split_tables(v);
+        }
+        if let Some(v) = self.gnmi_listen {
+            cfg.gnmi_listen = Some(v);
+        }
+        if self.gnmi_insecure {
+            cfg.gnmi_insecure = true;
+        }
+        for (flag, key) in [
+            (&self.gnmi_tls_cert, &mut cfg.gnmi_tls_cert),
+            (&self.gnmi_tls_key, &mut cfg.gnmi_tls_key),
+            (&self.gnmi_tls_client_ca, &mut cfg.gnmi_tls_client_ca),
+        ] {
+            if let Some(v) = flag {
+                *key = Some(v.clone());
+            }
         }
     }
 }

@@ -115,6 +115,38 @@ pub fn daemon_bin() -> PathBuf {
     target.join("debug").join("route-mirror")
 }
 
+/// The Python of the venv holding the third-party test clients (pygnmi, nats-py):
+/// `$ROUTE_MIRROR_TEST_PYTHON`, else `<workspace>/target/test-venv/bin/python`
+/// (`cargo xtask test` makes it). `None` (with a note) when absent outside CI; in CI
+/// its absence fails the test.
+pub fn test_python() -> Option<PathBuf> {
+    let p = std::env::var_os("ROUTE_MIRROR_TEST_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/test-venv/bin/python"));
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "test venv {} missing: `cargo xtask test` installs it",
+        p.display()
+    );
+    eprintln!(
+        "skipping: no test venv at {} (run `cargo xtask test` once to create it)",
+        p.display()
+    );
+    None
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
 // ---------------------------------------------------------------------------
 // prerequisites
 

@@ -20,6 +20,7 @@
 
 mod build;
 mod build_ebpf;
+mod clients;
 mod dist;
 mod fuzz;
 mod package_check;

@@ -19,6 +19,7 @@ pub fn test(fuzz_seconds: Option<u64>) -> Result<()> {
     ensure_ebpf_prerequisites()?;
     // The metrics tests lint live scrapes with it.
     let promtool = promtool()?;
+    crate::clients::ensure_clients()?;
 
     step("rustfmt check");
     let mut c = cargo();
@@ -76,6 +77,7 @@ pub fn test(fuzz_seconds: Option<u64>) -> Result<()> {
         c.env("ROUTE_MIRROR_BIN", &bin);
         c.env("ROUTE_MIRROR_SOURCE", source);
         c.env("PROMTOOL", &promtool);
+        c.env("ROUTE_MIRROR_TEST_PYTHON", crate::clients::venv_python());
         println!(
             "  ROUTE_MIRROR_BIN={} ROUTE_MIRROR_SOURCE={source} PROMTOOL={}",
             bin.display(),

@@ -33,6 +33,8 @@ pub struct Config {
     pub ring_size: u64,
     /// Tables of the pinned BPF FIB (empty: none).
     pub bpf_fib_tables: Vec<u32>,
+    /// The gNMI export (one server for every namespace).
+    pub gnmi: crate::export::gnmi::GnmiConfig,
 }
 
 /// `--source`: which event source to use.
@@ -66,6 +68,7 @@ impl Config {
                 source: c.source,
                 ring_size: c.ring_size as u64,
                 bpf_fib_tables: c.bpf_fib_table_ids(),
+                gnmi: c.gnmi(),
             })
             .collect())
     }
@@ -246,6 +249,16 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
     }
     if let Some(addr) = cfgs.first().and_then(|c| c.metrics_listen) {
         crate::metrics::serve(addr, shareds.clone())?;
+    }
+    if let Some(g) = cfgs.first().map(|c| &c.gnmi).filter(|g| g.listen.is_some()) {
+        let hubs = shareds
+            .iter()
+            .map(|s| crate::export::afts::Afts::start(s))
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("starting the AFT export threads")?;
+        crate::export::gnmi::serve(g, hubs)
+            .await
+            .context("--gnmi-listen")?;
     }
     service::spawn(shareds.clone());
     let mut term = signal(SignalKind::terminate())?;

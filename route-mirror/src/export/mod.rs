@@ -17,7 +17,8 @@
 //!   change for `route-mirror watch`; a client that falls behind is dropped) and
 //!   [`bpf_fib`] (the pinned BPF FIB: marks dirty prefixes, writes its maps when the
 //!   core flushes, before barriers are answered).
-//! * On their own thread or task, through a [`feed::Feed`] (kernel copies, gNMI, NATS):
+//! * On their own thread or task, through a [`feed::Feed`] (kernel copies, [`gnmi`]
+//!   through [`afts`], NATS):
 //!   a bounded queue the core only appends to. A feed that falls behind stops
 //!   receiving changes and is told to resnapshot, and `stats` counts it (`feeds`), so a
 //!   slow export never slows the core and never silently misses a change.
@@ -67,8 +68,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod aft;
+pub mod afts;
 pub mod bpf_fib;
 pub mod change;
 pub mod feed;
+pub mod gnmi;
 pub mod hub;
 pub mod watch;

@@ -1,0 +1,511 @@
+//! The OpenConfig AFT (abstract forwarding table) view of one namespace's mirror: what
+//! the gNMI export serves under `/network-instances/network-instance[name]/afts`.
+//!
+//! One network instance per mirrored table. Each prefix carries its *best* route (the
+//! one the kernel forwards with: the first TOS-0 route in sub-key order, lowest metric
+//! first), as `ipv4-entry`/`ipv6-entry`. Next hops and next-hop groups are shared
+//! objects with ids: a next hop per distinct (gateway, interface), a group per distinct
+//! weighted hop set, both reference-counted and deleted when their last user goes, as a
+//! vendor router's AFT does. Non-unicast routes (blackhole, unreachable, local...) point
+//! at a group without next hops; their type is in `entry-metadata`.
+//!
+//! [`Aft::set`] turns "the best route of this prefix is now X (or none)" into the
+//! ordered AFT operations a collector applies: objects before the entries that use them
+//! on the way in, entries before their objects on the way out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::fib::Entry;
+use crate::mirror::{Mirror, Names};
+use crate::model::{Family, RouteAttrs};
+
+/// What resolving a route's next hops needs: the mirror itself, or the [`Names`] a feed
+/// snapshot carries.
+pub trait Resolve {
+    fn hops(&self, attrs: &RouteAttrs) -> Vec<crate::model::NextHop>;
+    fn link(&self, ifindex: u32) -> Option<&str>;
+}
+
+impl Resolve for Mirror {
+    fn hops(&self, attrs: &RouteAttrs) -> Vec<crate::model::NextHop> {
+        self.effective_hops(attrs)
+    }
+    fn link(&self, ifindex: u32) -> Option<&str> {
+        self.link_name(ifindex)
+    }
+}
+
+impl Resolve for Names {
+    fn hops(&self, attrs: &RouteAttrs) -> Vec<crate::model::NextHop> {
+        self.effective_hops(attrs)
+    }
+    fn link(&self, ifindex: u32) -> Option<&str> {
+        self.link_name(ifindex)
+    }
+}
+
+/// A next hop as the AFT shows it (`afts/next-hops/next-hop[index]/state`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NextHop {
+    /// `state/ip-address`; none for a directly connected route.
+    pub ip: Option<IpAddr>,
+    pub ifindex: u32,
+    /// `interface-ref/state/interface`: the link's name when the route was last set.
+    pub interface: Option<Arc<str>>,
+}
+
+/// One member of a next-hop group: next-hop index and weight.
+pub type Member = (u64, u64);
+
+/// An AFT prefix entry (`ipv4-entry[prefix]/state`), without its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry4 {
+    /// `state/next-hop-group`.
+    pub nhg: u64,
+    /// The route's metric (`RTA_PRIORITY`), in `entry-metadata`.
+    pub metric: u32,
+    /// `RTN_*` route type, in `entry-metadata`.
+    pub kind: u8,
+    /// `RTPROT_*`: mapped to `origin-protocol`, and in `entry-metadata`.
+    pub protocol: u8,
+}
+
+/// The best route of a prefix, as the AFT needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Best {
+    pub metric: u32,
+    pub kind: u8,
+    pub protocol: u8,
+    /// Next hops and weights, in the route's order.
+    pub hops: Vec<(NextHop, u64)>,
+}
+
+/// One AFT operation, in the order a collector must apply them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    NextHop { index: u64, hop: NextHop },
+    NextHopDelete { index: u64 },
+    Group { id: u64, members: Arc<[Member]> },
+    GroupDelete { id: u64 },
+    Entry { prefix: IpNet, entry: Entry4 },
+    EntryDelete { prefix: IpNet },
+}
+
+/// An [`Op`] in a network instance (a table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub table: u32,
+    pub op: Op,
+}
+
+/// Reference-counted objects with small ids, deduplicated by value.
+#[derive(Debug, Clone)]
+struct Pool<V: std::hash::Hash + Eq + Clone> {
+    ids: HashMap<V, (u64, u64)>,
+    values: BTreeMap<u64, V>,
+    next: u64,
+}
+
+impl<V: std::hash::Hash + Eq + Clone> Default for Pool<V> {
+    fn default() -> Self {
+        Pool {
+            ids: HashMap::new(),
+            values: BTreeMap::new(),
+            next: 1,
+        }
+    }
+}
+
+impl<V: std::hash::Hash + Eq + Clone> Pool<V> {
+    /// Takes a reference to `v`; `Some(id)` when it is new (the caller announces it).
+    fn take(&mut self, v: &V) -> (u64, bool) {
+        if let Some((id, refs)) = self.ids.get_mut(v) {
+            *refs += 1;
+            return (*id, false);
+        }
+        let id = self.next;
+        self.next += 1;
+        self.ids.insert(v.clone(), (id, 1));
+        self.values.insert(id, v.clone());
+        (id, true)
+    }
+
+    /// Drops a reference; true when it was the last (the caller deletes the object).
+    fn release(&mut self, id: u64) -> bool {
+        let Some(v) = self.values.get(&id) else {
+            return false;
+        };
+        let (_, refs) = self.ids.get_mut(v).expect("pool maps agree");
+        *refs -= 1;
+        if *refs > 0 {
+            return false;
+        }
+        let v = self.values.remove(&id).expect("present");
+        self.ids.remove(&v);
+        true
+    }
+
+    fn get(&self, id: u64) -> Option<&V> {
+        self.values.get(&id)
+    }
+}
+
+/// One network instance: a mirrored table.
+#[derive(Debug, Clone, Default)]
+pub struct Instance {
+    pub v4: HashMap<Ipv4Net, Entry4>,
+    pub v6: HashMap<Ipv6Net, Entry4>,
+    hops: Pool<NextHop>,
+    groups: Pool<Arc<[Member]>>,
+}
+
+impl Instance {
+    pub fn entry(&self, prefix: &IpNet) -> Option<&Entry4> {
+        match prefix {
+            IpNet::V4(p) => self.v4.get(p),
+            IpNet::V6(p) => self.v6.get(p),
+        }
+    }
+
+    pub fn entries(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn next_hops(&self) -> impl Iterator<Item = (u64, &NextHop)> {
+        self.hops.values.iter().map(|(&i, h)| (i, h))
+    }
+
+    pub fn next_hop(&self, index: u64) -> Option<&NextHop> {
+        self.hops.get(index)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (u64, &Arc<[Member]>)> {
+        self.groups.values.iter().map(|(&i, g)| (i, g))
+    }
+
+    pub fn group(&self, id: u64) -> Option<&Arc<[Member]>> {
+        self.groups.get(id)
+    }
+
+    /// Entries of one family, unordered.
+    pub fn family_entries(&self, f: Family) -> Box<dyn Iterator<Item = (IpNet, &Entry4)> + '_> {
+        match f {
+            Family::V4 => Box::new(self.v4.iter().map(|(p, e)| (IpNet::V4(*p), e))),
+            Family::V6 => Box::new(self.v6.iter().map(|(p, e)| (IpNet::V6(*p), e))),
+        }
+    }
+
+    fn take_group(&mut self, best: &Best, out: &mut Vec<Op>) -> u64 {
+        let mut members = Vec::with_capacity(best.hops.len());
+        for (hop, weight) in &best.hops {
+            let (index, new) = self.hops.take(hop);
+            if new {
+                out.push(Op::NextHop {
+                    index,
+                    hop: hop.clone(),
+                });
+            }
+            members.push((index, *weight));
+        }
+        let members: Arc<[Member]> = members.into();
+        let (id, new) = self.groups.take(&members);
+        if new {
+            out.push(Op::Group { id, members });
+        } else {
+            // The group existed: the hop references just taken are not its own.
+            for (index, _) in members.iter() {
+                self.hops.release(*index);
+            }
+        }
+        id
+    }
+
+    fn release_group(&mut self, id: u64, out: &mut Vec<Op>) {
+        let members = self.groups.get(id).cloned();
+        if self.groups.release(id) {
+            out.push(Op::GroupDelete { id });
+            for (index, _) in members.iter().flat_map(|m| m.iter()) {
+                if self.hops.release(*index) {
+                    out.push(Op::NextHopDelete { index: *index });
+                }
+            }
+        }
+    }
+
+    /// Sets the best route of `prefix` (or removes it), appending the AFT operations.
+    pub fn set(&mut self, prefix: IpNet, best: Option<&Best>, out: &mut Vec<Op>) {
+        let old = self.entry(&prefix).copied();
+        let Some(best) = best else {
+            if let Some(old) = old {
+                self.remove(&prefix);
+                out.push(Op::EntryDelete { prefix });
+                self.release_group(old.nhg, out);
+            }
+            return;
+        };
+        let nhg = self.take_group(best, out);
+        let entry = Entry4 {
+            nhg,
+            metric: best.metric,
+            kind: best.kind,
+            protocol: best.protocol,
+        };
+        if old == Some(entry) {
+            self.release_group(nhg, out); // our extra reference; never the last
+            return;
+        }
+        match prefix {
+            IpNet::V4(p) => self.v4.insert(p, entry),
+            IpNet::V6(p) => self.v6.insert(p, entry),
+        };
+        out.push(Op::Entry { prefix, entry });
+        if let Some(old) = old {
+            self.release_group(old.nhg, out);
+        }
+    }
+
+    fn remove(&mut self, prefix: &IpNet) {
+        match prefix {
+            IpNet::V4(p) => self.v4.remove(p),
+            IpNet::V6(p) => self.v6.remove(p),
+        };
+    }
+}
+
+/// The AFTs of one namespace: a network instance per table that has routes.
+#[derive(Debug, Clone, Default)]
+pub struct Aft {
+    pub instances: BTreeMap<u32, Instance>,
+}
+
+impl Aft {
+    /// The AFTs of every route in `routes` (a feed snapshot: each prefix's routes
+    /// adjacent, in sub-key order).
+    pub fn build_from(routes: &[(u32, IpNet, Entry)], names: &impl Resolve) -> Aft {
+        let mut aft = Aft::default();
+        let mut sink = Vec::new();
+        let mut i = 0;
+        while i < routes.len() {
+            let (table, dst) = (routes[i].0, routes[i].1);
+            let n = routes[i..]
+                .iter()
+                .take_while(|r| r.0 == table && r.1 == dst)
+                .count();
+            let best = best_of(names, routes[i..i + n].iter().map(|r| &r.2));
+            aft.set(table, dst, best.as_ref(), &mut sink);
+            sink.clear();
+            i += n;
+        }
+        aft
+    }
+
+    /// Sets the best route of `table`/`prefix`, appending the changes to `out`.
+    pub fn set(&mut self, table: u32, prefix: IpNet, best: Option<&Best>, out: &mut Vec<Change>) {
+        let mut ops = Vec::new();
+        match self.instances.get_mut(&table) {
+            Some(i) => i.set(prefix, best, &mut ops),
+            None if best.is_some() => {
+                let mut i = Instance::default();
+                i.set(prefix, best, &mut ops);
+                self.instances.insert(table, i);
+            }
+            None => {}
+        }
+        if self.instances.get(&table).is_some_and(|i| i.entries() == 0) {
+            self.instances.remove(&table);
+        }
+        out.extend(ops.into_iter().map(|op| Change { table, op }));
+    }
+
+    /// Re-reads `table`/`prefix` from the mirror.
+    pub fn refresh(&mut self, m: &Mirror, table: u32, prefix: IpNet, out: &mut Vec<Change>) {
+        let best = best_route(m, table, &prefix);
+        self.set(table, prefix, best.as_ref(), out);
+    }
+
+    pub fn entries(&self) -> usize {
+        self.instances.values().map(Instance::entries).sum()
+    }
+}
+
+/// The best route of `table`/`dst` in the mirror, as the AFT shows it.
+pub fn best_route(m: &Mirror, table: u32, dst: &IpNet) -> Option<Best> {
+    let entries = m.fib.table(Family::of_net(dst), table)?.get(dst)?;
+    best_of(m, entries.iter())
+}
+
+/// The route the kernel forwards with among one prefix's routes (sorted by sub-key):
+/// the first with TOS 0, as [`crate::fib::RouteTable::lookup`] picks it.
+fn best_of<'a>(m: &impl Resolve, mut entries: impl Iterator<Item = &'a Entry>) -> Option<Best> {
+    let e = entries.find(|e| e.tos() == 0)?;
+    let hops = m
+        .hops(&e.attrs)
+        .into_iter()
+        .map(|h| {
+            let hop = NextHop {
+                ip: h.gateway,
+                ifindex: h.ifindex,
+                interface: (h.ifindex != 0)
+                    .then(|| m.link(h.ifindex).map(Arc::from))
+                    .flatten(),
+            };
+            (hop, u64::from(h.weight.max(1)))
+        })
+        .collect();
+    Some(Best {
+        metric: e.priority(),
+        kind: e.attrs.kind,
+        protocol: e.attrs.protocol,
+        hops,
+    })
+}
+
+/// `entry-metadata` (at most 8 bytes in the model): metric (u32, big-endian), `RTN_*`
+/// route type, `RTPROT_*` protocol. Documented in README ("gNMI").
+pub fn metadata(e: &Entry4) -> [u8; 6] {
+    let m = e.metric.to_be_bytes();
+    [m[0], m[1], m[2], m[3], e.kind, e.protocol]
+}
+
+/// `origin-protocol`: the OpenConfig `INSTALL_PROTOCOL_TYPE` identity for a kernel
+/// `RTPROT_*` value. Kernel-made routes (connected subnets, local addresses) are
+/// `DIRECTLY_CONNECTED`; routing daemons tag theirs with their protocol number
+/// (FRR: bgp 186, isis 187, ospf 188; BIRD uses 12 for all and says nothing more).
+/// Anything else, including `boot` (`ip route add`), is `STATIC`.
+pub fn origin_protocol(protocol: u8, kind: u8) -> &'static str {
+    use crate::model::rtn;
+    if kind == rtn::LOCAL {
+        return "openconfig-policy-types:LOCAL";
+    }
+    match protocol {
+        2 => "openconfig-policy-types:DIRECTLY_CONNECTED",
+        186 => "openconfig-policy-types:BGP",
+        187 => "openconfig-policy-types:ISIS",
+        188 => "openconfig-policy-types:OSPF",
+        _ => "openconfig-policy-types:STATIC",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hop(gw: &str, ifindex: u32) -> NextHop {
+        NextHop {
+            ip: Some(gw.parse().unwrap()),
+            ifindex,
+            interface: Some(format!("veth{ifindex}").into()),
+        }
+    }
+
+    fn best(metric: u32, hops: &[(&str, u32, u64)]) -> Best {
+        Best {
+            metric,
+            kind: 1,
+            protocol: 4,
+            hops: hops.iter().map(|&(g, i, w)| (hop(g, i), w)).collect(),
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn ops(out: &[Change]) -> Vec<String> {
+        out.iter()
+            .map(|c| match &c.op {
+                Op::NextHop { index, .. } => format!("nh {index}"),
+                Op::NextHopDelete { index } => format!("-nh {index}"),
+                Op::Group { id, members } => format!("nhg {id} {members:?}"),
+                Op::GroupDelete { id } => format!("-nhg {id}"),
+                Op::Entry { prefix, entry } => format!("e {prefix} {}", entry.nhg),
+                Op::EntryDelete { prefix } => format!("-e {prefix}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn objects_come_before_entries_and_go_after_them() {
+        let mut aft = Aft::default();
+        let mut out = Vec::new();
+        let ecmp = best(10, &[("198.18.1.2", 3, 1), ("198.18.2.2", 4, 2)]);
+        aft.set(254, net("10.0.0.0/8"), Some(&ecmp), &mut out);
+        assert_eq!(
+            ops(&out),
+            ["nh 1", "nh 2", "nhg 1 [(1, 1), (2, 2)]", "e 10.0.0.0/8 1"]
+        );
+        out.clear();
+        // A second prefix on the same hop set shares the group: only its entry is new.
+        aft.set(254, net("10.1.0.0/16"), Some(&ecmp), &mut out);
+        assert_eq!(ops(&out), ["e 10.1.0.0/16 1"]);
+        out.clear();
+        // Setting the same best route again says nothing.
+        aft.set(254, net("10.1.0.0/16"), Some(&ecmp), &mut out);
+        assert!(out.is_empty());
+        // Moving one prefix to a single hop makes a new group and keeps hop 1.
+        aft.set(
+            254,
+            net("10.1.0.0/16"),
+            Some(&best(10, &[("198.18.1.2", 3, 1)])),
+            &mut out,
+        );
+        assert_eq!(ops(&out), ["nhg 2 [(1, 1)]", "e 10.1.0.0/16 2"]);
+        out.clear();
+        // Removing the ECMP prefix frees its group and hop 2, not hop 1.
+        aft.set(254, net("10.0.0.0/8"), None, &mut out);
+        assert_eq!(ops(&out), ["-e 10.0.0.0/8", "-nhg 1", "-nh 2"]);
+        out.clear();
+        aft.set(254, net("10.1.0.0/16"), None, &mut out);
+        assert_eq!(ops(&out), ["-e 10.1.0.0/16", "-nhg 2", "-nh 1"]);
+        assert!(
+            aft.instances.is_empty(),
+            "an emptied table leaves no instance"
+        );
+        // Deleting what is not there says nothing.
+        out.clear();
+        aft.set(254, net("10.1.0.0/16"), None, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn metric_change_replaces_the_entry_in_place() {
+        let mut aft = Aft::default();
+        let mut out = Vec::new();
+        let b = best(10, &[("198.18.1.2", 3, 1)]);
+        aft.set(100, net("2001:db8::/32"), Some(&b), &mut out);
+        out.clear();
+        aft.set(
+            100,
+            net("2001:db8::/32"),
+            Some(&Best { metric: 20, ..b }),
+            &mut out,
+        );
+        assert_eq!(ops(&out), ["e 2001:db8::/32 1"]);
+        let i = &aft.instances[&100];
+        assert_eq!(i.entry(&net("2001:db8::/32")).unwrap().metric, 20);
+        assert_eq!(i.groups().count(), 1);
+        assert_eq!(i.next_hops().count(), 1);
+    }
+
+    #[test]
+    fn metadata_and_origin() {
+        let e = Entry4 {
+            nhg: 1,
+            metric: 0x0102_0304,
+            kind: 6,
+            protocol: 186,
+        };
+        assert_eq!(metadata(&e), [1, 2, 3, 4, 6, 186]);
+        assert_eq!(origin_protocol(186, 1), "openconfig-policy-types:BGP");
+        assert_eq!(
+            origin_protocol(2, 1),
+            "openconfig-policy-types:DIRECTLY_CONNECTED"
+        );
+        assert_eq!(origin_protocol(2, 2), "openconfig-policy-types:LOCAL");
+        assert_eq!(origin_protocol(3, 1), "openconfig-policy-types:STATIC");
+    }
+}

@@ -1,0 +1,260 @@
+//! One namespace's AFT, kept current from the change funnel and shared by the gNMI
+//! subscribers: a consistent snapshot plus the ordered changes after it.
+//!
+//! A pump thread follows its [`Feed`]: it builds the AFT from a feed snapshot (copied
+//! under the mirror's read lock, converted after it), then for each batch re-reads the
+//! best route of every touched prefix from the mirror (one read lock per batch; every
+//! prefix using a nexthop object when one changed) and broadcasts the resulting AFT
+//! operations. The broadcast is bounded: a subscriber that falls behind gets `Lagged`
+//! and starts over from a fresh snapshot, so a slow collector never slows the daemon
+//! and never keeps a silently wrong copy. When the feed itself falls behind
+//! (`Resnapshot`), or the mirror finishes a resync, every subscriber starts over.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use ipnet::IpNet;
+use tokio::sync::broadcast;
+use tracing::{debug, warn};
+
+use super::aft::{Aft, Change};
+use super::feed::{Feed, Update};
+use crate::mirror::Mirror;
+
+/// Batches a subscriber may fall behind by before it starts over (each holds at most
+/// [`BATCH_MAX`] changes). `ROUTE_MIRROR_GNMI_QUEUE_BATCHES` overrides it: a test knob
+/// that makes an overflow cheap to provoke.
+const QUEUE_BATCHES: usize = 1024;
+/// Changes per broadcast batch.
+const BATCH_MAX: usize = 1024;
+/// Route changes the pump's feed may fall behind by (a full table's worth: a burst
+/// the size of the table is one resnapshot anyway).
+const FEED_CAPACITY: usize = 2 << 20;
+
+fn queue_batches() -> usize {
+    std::env::var("ROUTE_MIRROR_GNMI_QUEUE_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(QUEUE_BATCHES)
+}
+
+/// What subscribers receive after their snapshot.
+#[derive(Debug)]
+pub enum Batch {
+    /// AFT operations, in order, applied at `time_ns` (Unix epoch).
+    Changes { time_ns: i64, changes: Vec<Change> },
+    /// The mirror resynced (or the pump lost track): start over from a fresh snapshot.
+    Resync { time_ns: i64 },
+}
+
+/// A snapshot taken together with the stream of what follows it.
+pub struct Subscription {
+    pub snapshot: Aft,
+    pub time_ns: i64,
+    pub rx: broadcast::Receiver<Arc<Batch>>,
+}
+
+/// Counters of one namespace's AFT.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct AftsStats {
+    pub entries: u64,
+    pub batches: u64,
+    pub changes: u64,
+    /// Times the AFT was rebuilt from a snapshot because its feed fell behind.
+    pub rebuilds: u64,
+    /// Resync brackets sent to subscribers (mirror resyncs and rebuilds).
+    pub resyncs: u64,
+}
+
+pub struct Afts {
+    /// The namespace's name (`ip netns` name), or `host` for the daemon's own.
+    pub name: String,
+    state: Mutex<Option<Aft>>,
+    tx: broadcast::Sender<Arc<Batch>>,
+    ready: tokio::sync::watch::Sender<bool>,
+    pub stats: Mutex<AftsStats>,
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl Afts {
+    /// Subscribes to `shared`'s change funnel and starts the pump thread.
+    pub fn start(shared: &crate::daemon::Shared) -> std::io::Result<Arc<Afts>> {
+        let afts = Arc::new(Afts::detached(
+            shared.netns.clone().unwrap_or_else(|| "host".into()),
+        ));
+        let feed = shared.exports.subscribe("gnmi", FEED_CAPACITY);
+        let mirror = shared.mirror.clone();
+        let a = afts.clone();
+        std::thread::Builder::new()
+            .name(format!("rm-aft-{}", a.name).chars().take(15).collect())
+            .spawn(move || a.pump(feed, &mirror))?;
+        Ok(afts)
+    }
+
+    /// AFTs that nothing feeds: tests and embedders drive them with [`Afts::reset`]
+    /// and [`Afts::apply`].
+    pub fn detached(name: String) -> Afts {
+        Afts {
+            name,
+            state: Mutex::new(None),
+            tx: broadcast::channel(queue_batches()).0,
+            ready: tokio::sync::watch::channel(false).0,
+            stats: Mutex::new(AftsStats::default()),
+        }
+    }
+
+    /// Waits for the first snapshot, then returns it with the stream that follows it.
+    pub async fn subscribe(&self) -> Subscription {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+        let state = self.state.lock().expect("afts lock");
+        Subscription {
+            snapshot: state.clone().unwrap_or_default(),
+            time_ns: now_ns(),
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// Lets subscribers in (the pump does it once the mirror is synced).
+    pub fn mark_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// A copy of the current AFT (after the first snapshot exists).
+    pub async fn snapshot(&self) -> Aft {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+        self.state
+            .lock()
+            .expect("afts lock")
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` on the current AFT under the hub's lock (for reads of a few objects:
+    /// the pump waits meanwhile).
+    pub async fn with<R>(&self, f: impl FnOnce(&Aft) -> R) -> R {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+        let state = self.state.lock().expect("afts lock");
+        f(state.as_ref().unwrap_or(&Aft::default()))
+    }
+
+    /// Replaces the AFT (first build, rebuild) and tells subscribers to start over.
+    pub fn reset(&self, aft: Aft) {
+        let mut state = self.state.lock().expect("afts lock");
+        let had = state.replace(aft).is_some();
+        let mut st = self.stats.lock().expect("afts stats");
+        st.entries = state.as_ref().map_or(0, |a| a.entries() as u64);
+        if had {
+            st.resyncs += 1;
+            let _ = self.tx.send(Arc::new(Batch::Resync { time_ns: now_ns() }));
+        }
+    }
+
+    /// Tells subscribers to start over from a fresh snapshot (the mirror resynced).
+    pub fn resync(&self) {
+        let _state = self.state.lock().expect("afts lock");
+        self.stats.lock().expect("afts stats").resyncs += 1;
+        let _ = self.tx.send(Arc::new(Batch::Resync { time_ns: now_ns() }));
+    }
+
+    /// Applies `f` to the AFT and broadcasts the changes it reports, atomically with
+    /// respect to [`Hub::subscribe`].
+    pub fn apply(&self, f: impl FnOnce(&mut Aft, &mut Vec<Change>)) {
+        let mut state = self.state.lock().expect("afts lock");
+        let Some(aft) = state.as_mut() else { return };
+        let mut changes = Vec::new();
+        f(aft, &mut changes);
+        let entries = aft.entries() as u64;
+        if changes.is_empty() {
+            return;
+        }
+        let time_ns = now_ns();
+        let mut st = self.stats.lock().expect("afts stats");
+        st.entries = entries;
+        st.changes += changes.len() as u64;
+        for chunk in changes.chunks(BATCH_MAX) {
+            st.batches += 1;
+            let _ = self.tx.send(Arc::new(Batch::Changes {
+                time_ns,
+                changes: chunk.to_vec(),
+            }));
+        }
+    }
+
+    /// Builds the AFT from a feed snapshot: the copy under the read lock, the
+    /// conversion after it.
+    fn rebuild(&self, feed: &mut Feed) -> bool {
+        let snap = feed.snapshot();
+        self.reset(Aft::build_from(&snap.routes, &snap.names));
+        snap.synced
+    }
+
+    fn pump(&self, mut feed: Feed, mirror: &RwLock<Mirror>) {
+        let mut synced = self.rebuild(&mut feed);
+        if synced {
+            self.ready.send_replace(true);
+        }
+        let mut touched: Vec<(u32, IpNet)> = Vec::new();
+        while let Some(first) = feed.recv_blocking() {
+            let (mut resync, mut lagged, mut nexthops) = (false, false, false);
+            // Take whatever else is queued: one mirror read for all of it.
+            let mut next = Some(first);
+            while let Some(u) = next {
+                match u {
+                    Update::Changes(b) => {
+                        touched.extend(b.deltas.iter().map(|d| (d.table, d.dst)));
+                        nexthops |= b.nexthops_changed;
+                    }
+                    Update::ResyncDone { .. } => resync = true,
+                    Update::ResyncStart { .. } => {}
+                    Update::Synced => synced = true,
+                    Update::Resnapshot => lagged = true,
+                }
+                if touched.len() >= 1 << 16 {
+                    break;
+                }
+                next = feed.try_recv();
+            }
+            if lagged {
+                warn!(netns = %self.name, "AFT export fell behind the mirror: rebuilding it");
+                self.stats.lock().expect("afts stats").rebuilds += 1;
+                synced |= self.rebuild(&mut feed);
+            } else if !touched.is_empty() || nexthops {
+                let m = mirror.read().expect("mirror lock");
+                if nexthops {
+                    // A nexthop object changed: every route using one may forward
+                    // differently without a delta of its own.
+                    for ((_, table), t) in m.fib.tables() {
+                        for (dst, e) in t.iter() {
+                            if e.attrs.nh_id.is_some() {
+                                touched.push((table, dst));
+                            }
+                        }
+                    }
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                debug!(netns = %self.name, prefixes = touched.len(), "AFT batch");
+                self.apply(|aft, out| {
+                    for (table, prefix) in &touched {
+                        aft.refresh(&m, *table, *prefix, out);
+                    }
+                });
+            }
+            touched.clear();
+            if synced {
+                self.ready.send_replace(true);
+            }
+            if resync && !lagged {
+                self.resync();
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The gNMI export read by a client nobody here wrote: pygnmi (tests/clients/gnmi_client.py,
+//! in the venv `cargo xtask test` makes) against `route-mirror run --gnmi-listen`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use route_mirror_tests::{batch, free_port, test_python, workspace_root, Daemon, Netns};
+use serde_json::Value;
+
+const NI: &str = "/network-instances/network-instance[name=main]/afts";
+
+struct Gnmi {
+    python: std::path::PathBuf,
+    addr: String,
+}
+
+impl Gnmi {
+    /// A daemon on `ns` serving gNMI in plaintext on a free loopback port.
+    fn start(ns: &Netns, env: &[(&str, &str)]) -> Option<(Daemon, Gnmi)> {
+        let python = test_python()?;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let d = Daemon::start_env(ns, &["--gnmi-listen", &addr, "--gnmi-insecure"], env);
+        d.wait_synced(Duration::from_secs(30));
+        Some((d, Gnmi { python, addr }))
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.python);
+        c.arg(workspace_root().join("tests/clients/gnmi_client.py"))
+            .arg(&self.addr)
+            .args(args);
+        c
+    }
+
+    /// Runs one operation to its end; its JSON lines.
+    fn run(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.cmd(args).output().expect("running the pygnmi client");
+        assert!(
+            out.status.success(),
+            "pygnmi {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Starts a long-running operation; its JSON lines arrive on the channel.
+    fn spawn(&self, args: &[&str]) -> (Child, mpsc::Receiver<Value>) {
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the pygnmi client");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&l) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        (child, rx)
+    }
+}
+
+/// Every leaf of pygnmi's parsed notifications: (prefix + "/" + path) → value.
+fn leaves(msgs: &[Value]) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let mut add = |n: &Value| {
+        let prefix = n["prefix"].as_str().unwrap_or("");
+        for u in n["update"].as_array().into_iter().flatten() {
+            let p = u["path"].as_str().unwrap_or("");
+            out.insert(format!("{prefix}/{p}"), u["val"].clone());
+        }
+    };
+    for m in msgs {
+        // Get: {"get": {"notification": [...]}}; Subscribe: {"update": {...}}.
+        for n in m["get"]["notification"].as_array().into_iter().flatten() {
+            add(n);
+        }
+        if m["update"].is_object() {
+            add(&m["update"]);
+        }
+    }
+    out
+}
+
+fn wait_for(rx: &mpsc::Receiver<Value>, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if f(&v) => return v,
+            Ok(_) => {}
+            Err(_) => panic!("no matching gNMI message within {timeout:?}"),
+        }
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Capabilities, Get of a prefix (its next-hop group and next hops, compared with
+/// `route-mirror lookup`), NOT_FOUND for an absent one, and Subscribe ONCE with as
+/// many entries as the mirror has prefixes.
+#[test]
+fn pygnmi_reads_the_mirror() {
+    let ns = Netns::new();
+    ns.ip(&[
+        "route",
+        "add",
+        "10.0.0.0/8",
+        "metric",
+        "7",
+        "nexthop",
+        "via",
+        "198.18.1.2",
+        "weight",
+        "1",
+        "nexthop",
+        "via",
+        "198.18.2.2",
+        "weight",
+        "3",
+    ]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:9::/48",
+        "via",
+        "2001:2:0:1::2",
+        "metric",
+        "5",
+    ]);
+    ns.ip(&["route", "add", "blackhole", "192.0.2.0/24"]);
+    ns.load_batch(batch("v4-10k"));
+    let Some((d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+
+    let caps = &g.run(&["caps"])[0];
+    let encs: Vec<&str> = caps["supported_encodings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(encs.contains(&"json") && encs.contains(&"proto"), "{caps}");
+    assert!(caps["supported_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["name"] == "openconfig-aft"));
+
+    // Get of one prefix, then of its group and hops (PROTO: typed values).
+    let get = |path: &str, enc: &str| leaves(&g.run(&["get", path, enc]));
+    let e = get(
+        &format!("{NI}/ipv4-unicast/ipv4-entry[prefix=10.0.0.0/8]"),
+        "proto",
+    );
+    let key = |leaf: &str| {
+        format!("network-instances/network-instance[name=main]/afts/ipv4-unicast/ipv4-entry[prefix=10.0.0.0/8]/state/{leaf}")
+    };
+    assert_eq!(e[&key("prefix")], "10.0.0.0/8");
+    assert_eq!(e[&key("origin-protocol")], "openconfig-policy-types:STATIC");
+    let nhg = e[&key("next-hop-group")]
+        .as_u64()
+        .expect("next-hop-group is a uint");
+    let group = get(
+        &format!("{NI}/next-hop-groups/next-hop-group[id={nhg}]"),
+        "proto",
+    );
+    let mut hops = Vec::new();
+    for (path, v) in &group {
+        if path.ends_with("/state/weight") {
+            let index: u64 = path
+                .split("next-hop[index=")
+                .nth(1)
+                .unwrap()
+                .split(']')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let hop = get(&format!("{NI}/next-hops/next-hop[index={index}]"), "json");
+            let find = |suffix: &str| {
+                hop.iter()
+                    .find(|(p, _)| p.ends_with(suffix))
+                    .map(|(_, v)| v.as_str().unwrap().to_string())
+            };
+            hops.push((
+                find("/state/ip-address").unwrap(),
+                find("/interface-ref/state/interface").unwrap(),
+                v.as_u64().unwrap(),
+            ));
+        }
+    }
+    hops.sort();
+    let route = d.lookup("10.1.2.3", None).expect("lookup finds 10.0.0.0/8");
+    let mut want: Vec<(String, String, u64)> = route["nexthops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["gateway"].as_str().unwrap().to_string(),
+                h["dev"].as_str().unwrap().to_string(),
+                h["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(
+        hops, want,
+        "gNMI next hops of 10.0.0.0/8 = route-mirror lookup's"
+    );
+    // entry-metadata: metric (u32 BE) and route type, base64 in JSON.
+    let meta = get(
+        &format!("{NI}/ipv4-unicast/ipv4-entry[prefix=10.0.0.0/8]/state/entry-metadata"),
+        "json",
+    );
+    assert_eq!(
+        meta.values().next().unwrap(),
+        "AAAABwED",
+        "metric 7, RTN_UNICAST 1, RTPROT_BOOT 3"
+    );
+    let bh = get(
+        &format!("{NI}/ipv4-unicast/ipv4-entry[prefix=192.0.2.0/24]/state/entry-metadata"),
+        "json",
+    );
+    assert_eq!(
+        bh.values().next().unwrap(),
+        "AAAAAAYD",
+        "metric 0, RTN_BLACKHOLE 6, RTPROT_BOOT 3"
+    );
+    let v6 = get(
+        &format!("{NI}/ipv6-unicast/ipv6-entry[prefix=2001:db8:9::/48]"),
+        "json",
+    );
+    assert_eq!(v6.len(), 4, "{v6:?}");
+
+    let missing = g.run(&[
+        "get",
+        &format!("{NI}/ipv4-unicast/ipv4-entry[prefix=10.99.0.0/16]"),
+    ]);
+    assert!(
+        missing[0]["error"].as_str().unwrap().contains("not found"),
+        "NOT_FOUND: {missing:?}"
+    );
+
+    // ONCE over every network instance: one entry per (table, prefix) the mirror has.
+    let once = g.run(&["once", "/network-instances"]);
+    assert!(
+        once.iter().any(|m| m["sync_response"] == true),
+        "ONCE ends with sync_response"
+    );
+    let entries: HashSet<String> = leaves(&once)
+        .keys()
+        .filter(|p| p.ends_with("/state/prefix") && p.contains("-entry["))
+        .cloned()
+        .collect();
+    let routes = d.cli_json(&["show", "--table", "all", "--json"]);
+    let prefixes: HashSet<(u64, String)> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["tos"].as_u64().unwrap_or(0) == 0)
+        .map(|r| {
+            (
+                r["table"].as_u64().unwrap(),
+                r["prefix"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(prefixes.len() > 9_000, "{} prefixes", prefixes.len());
+    assert_eq!(
+        entries.len(),
+        prefixes.len(),
+        "ONCE entries = the mirror's prefixes"
+    );
+}
+
+/// STREAM ON_CHANGE: a route added then deleted in the namespace arrives as an update
+/// and then a delete, each within 1 s; a subscription to a single entry sees that
+/// entry only.
+#[test]
+fn stream_follows_changes_in_order() {
+    let ns = Netns::new();
+    let Some((_d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+    let (mut all, rx) = g.spawn(&["stream", &format!("{NI}/ipv4-unicast"), "20"]);
+    let one_path = format!("{NI}/ipv4-unicast/ipv4-entry[prefix=198.51.100.0/24]");
+    let (mut one, rx1) = g.spawn(&["stream", &one_path, "20"]);
+    wait_for(&rx, Duration::from_secs(10), |m| m["sync_response"] == true);
+    wait_for(&rx1, Duration::from_secs(10), |m| {
+        m["sync_response"] == true
+    });
+
+    let has = |m: &Value, what: &str, prefix: &str| {
+        m["update"][what].as_array().into_iter().flatten().any(|u| {
+            let p = u["path"].as_str().or_else(|| u.as_str()).unwrap_or("");
+            p.contains(&format!("[prefix={prefix}]"))
+        })
+    };
+    for prefix in ["203.0.113.0/24", "198.51.100.0/24"] {
+        let t0 = now();
+        ns.ip(&["route", "add", prefix, "via", "198.18.1.2"]);
+        let m = wait_for(&rx, Duration::from_secs(5), |m| has(m, "update", prefix));
+        let lag = m["t"].as_f64().unwrap() - t0;
+        assert!(lag < 1.0, "add of {prefix} arrived after {lag:.3}s");
+        let t1 = now();
+        ns.ip(&["route", "del", prefix]);
+        let m = wait_for(&rx, Duration::from_secs(5), |m| has(m, "delete", prefix));
+        let lag = m["t"].as_f64().unwrap() - t1;
+        assert!(lag < 1.0, "delete of {prefix} arrived after {lag:.3}s");
+    }
+    // The single-entry subscription saw its entry come and go, and nothing else.
+    let _ = all.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = one.kill();
+    let seen: Vec<Value> = rx1.try_iter().collect();
+    assert!(
+        seen.iter().any(|m| has(m, "update", "198.51.100.0/24")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|m| has(m, "delete", "198.51.100.0/24")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|m| has(m, "update", "203.0.113.0/24")),
+        "filtered out: {seen:?}"
+    );
+    let _ = all.wait();
+    let _ = one.wait();
+}
+
+/// A collector that stops reading while the table changes is not cut off and does not
+/// slow the daemon: once it reads again it gets a delete of what it holds, a fresh
+/// snapshot and a new sync_response.
+#[test]
+fn slow_subscriber_gets_a_fresh_snapshot() {
+    let ns = Netns::new();
+    // A 2-batch queue: the 10k-route load below overflows it.
+    let Some((d, g)) = Gnmi::start(&ns, &[("ROUTE_MIRROR_GNMI_QUEUE_BATCHES", "2")]) else {
+        return;
+    };
+    let (mut slow, rx) = g.spawn(&["slow", NI, "6", "40"]);
+    wait_for(&rx, Duration::from_secs(10), |m| m["paused"].is_number());
+    ns.load_batch(batch("v4-10k"));
+    // The daemon kept up meanwhile.
+    let out = d.cli(&["diff"]);
+    assert!(
+        out.status.success(),
+        "diff while a subscriber stalls: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The bracket opens with a delete of the subscribed root (the afts container:
+    // the empty path relative to the notification's prefix).
+    let del = wait_for(&rx, Duration::from_secs(30), |m| {
+        m["deletes"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|p| p == ""))
+    });
+    assert!(del["kind"] == "update", "{del}");
+    wait_for(&rx, Duration::from_secs(30), |m| {
+        m["kind"] == "sync_response"
+    });
+    let _ = slow.kill();
+    let _ = slow.wait();
+}
