@@ -83,7 +83,7 @@ pub fn now_ns() -> i64 {
 
 impl Afts {
     /// Subscribes to `shared`'s change funnel and starts the pump thread.
-    pub fn start(shared: &crate::daemon::Shared) -> std::io::Result<Arc<Afts>> {
+    pub fn start(shared: &crate::shared::Shared) -> std::io::Result<Arc<Afts>> {
         let afts = Arc::new(Afts::detached(
             shared.netns.clone().unwrap_or_else(|| "host".into()),
         ));
