@@ -1,6 +1,8 @@
 //! `route-mirror run`: wires the netlink source, the core loop and the control socket.
 
 pub mod core;
+pub mod events;
+pub mod scans;
 pub mod service;
 
 use std::path::PathBuf;

@@ -7,6 +7,7 @@
 //! `daemon::core`). Lost records (ring full, message too long) are detected from the
 //! kernel's per-CPU counters and force a full resync, exactly like ENOBUFS.
 
+pub mod clock;
 pub mod stats;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
