@@ -7,7 +7,7 @@ use route_mirror::mirror::Mirror;
 use route_mirror::netlink::{decode, msg};
 
 fuzz_target!(|data: &[u8]| {
-    let mut counters = decode::DecodeCounters::default();
+    let mut counters = msg::DecodeCounters::default();
     let mut mirror = Mirror::new();
     let mut it = msg::messages(data);
     for m in it.by_ref() {

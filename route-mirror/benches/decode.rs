@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use route_mirror::mirror::Mirror;
 use route_mirror::model::Family;
-use route_mirror::netlink::decode::{decode, DecodeCounters};
+use route_mirror::netlink::decode::decode;
+use route_mirror::netlink::msg::DecodeCounters;
 use route_mirror::netlink::msg::{RawMsg, RTM_NEWROUTE};
 use route_mirror::reconcile::{ActiveScan, ScanReason, ScanScope};
 

@@ -22,8 +22,8 @@ use route_mirror::fib::{Entry, DEFAULT_RULE_TABLES};
 use route_mirror::intern::Interner;
 use route_mirror::mirror::Mirror;
 use route_mirror::model::{rtn, Family};
-use route_mirror::netlink::decode::DecodeCounters;
 use route_mirror::netlink::dump_blocking;
+use route_mirror::netlink::msg::DecodeCounters;
 use route_mirror::netlink::msg::DumpKind;
 use route_mirror::netlink::socket::NlSocket;
 

@@ -18,7 +18,7 @@ use tracing::info;
 use crate::config::ConfigSource;
 use crate::export::hub::Hub;
 use crate::mirror::Mirror;
-use crate::netlink::decode::DecodeCounters;
+use crate::netlink::msg::DecodeCounters;
 use crate::reconcile::{ScanReason, ScanReport, ScanScope, Verdicts};
 
 /// Longest a query waits for the mirror to catch up (a full resync of a large table

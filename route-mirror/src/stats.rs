@@ -11,7 +11,7 @@ use crate::ebpf::RingStats;
 use crate::export::bpf_fib::BpfFibStats;
 use crate::export::feed::FeedStats;
 use crate::mirror::ApplyCounters;
-use crate::netlink::decode::DecodeCounters;
+use crate::netlink::msg::DecodeCounters;
 use crate::reconcile::{ScanReason, ScanReport, Verdicts};
 use crate::shared::Shared;
 

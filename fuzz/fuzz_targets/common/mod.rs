@@ -18,7 +18,7 @@ pub fn one_message(data: &[u8], new_ty: u16, del_ty: u16) {
         port: 0,
         payload,
     };
-    let mut counters = decode::DecodeCounters::default();
+    let mut counters = msg::DecodeCounters::default();
     if let Ok(Some(change)) = decode::decode(&m, &mut counters) {
         let mut mirror = Mirror::new();
         let _ = mirror.apply(change);

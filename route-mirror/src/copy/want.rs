@@ -176,8 +176,9 @@ pub const DEFAULT_KINDS: [u8; 5] = [
 mod tests {
     use super::*;
     use crate::model::Change;
-    use crate::netlink::decode::{decode, DecodeCounters};
+    use crate::netlink::decode::decode;
     use crate::netlink::msg::messages;
+    use crate::netlink::msg::DecodeCounters;
     use crate::writer::encode::{route, RouteOp};
 
     fn links(name: &str) -> Option<u32> {

@@ -23,10 +23,8 @@ use super::proto::{Reply, Request, MAX_REQUEST};
 use crate::diff;
 use crate::fib::fast::Lookup;
 use crate::fib::DEFAULT_RULE_TABLES;
-use crate::intern::Interner;
 use crate::mirror::Mirror;
 use crate::model::Family;
-use crate::netlink::{self, decode::DecodeCounters, msg::DumpKind, socket::NlSocket};
 use crate::reconcile::{ScanReason, ScanScope};
 use crate::shared::{Command, Shared};
 use crate::stats::Stats;
@@ -412,34 +410,7 @@ async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> R
             })
             .await
         }
-        Request::Diff => {
-            // Dump, barrier, compare. A change the kernel makes after the dump but before
-            // the comparison reaches the mirror (through the barrier) and not the dump: a
-            // false difference (seen as a `local fe80::` route whose DAD finished in that
-            // window). The dump's socket stays subscribed until the comparison is done;
-            // a difference found while it heard of a change is checked again.
-            let mut report = None;
-            for _ in 0..DIFF_TRIES {
-                let ns = shared.netns.clone();
-                let (dump, watch) =
-                    tokio::task::spawn_blocking(move || crate::netns::run_in(ns, dump_now))
-                        .await??;
-                shared.barrier().await?;
-                let sh = shared.clone();
-                let (r, changed) = tokio::task::spawn_blocking(move || {
-                    let r = diff::compare(&sh.mirror.read().expect("mirror lock"), &dump);
-                    (r, heard_changes(&watch))
-                })
-                .await
-                .context("diff task failed")?;
-                let settled = r.is_empty() || !changed;
-                report = Some(r);
-                if settled {
-                    break;
-                }
-            }
-            ok(report)
-        }
+        Request::Diff => ok(diff::against_kernel(&shared).await?),
         Request::Scan {
             wait,
             family,
@@ -538,99 +509,6 @@ async fn watch(
             }
         }
     }
-}
-
-/// Dumps the kernel until a dump ran with no change notified meanwhile (at most 10
-/// tries, then until two consecutive dumps agree): an IPv6 route dump that overlaps a
-/// change can skip an entry that existed throughout (the fib6 walker resumes by
-/// count, without NLM_F_DUMP_INTR). `diff` then reported a route the mirror rightly
-/// holds as "mirror only" (a link-local `local fe80::` route whose DAD finished during
-/// the dump: the flaky j_forced_overrun_resyncs).
-///
-/// Returns the dump and its socket, still subscribed: [`heard_changes`] tells whether
-/// the kernel changed anything since.
-fn dump_now() -> Result<(Vec<crate::model::Change>, NlSocket)> {
-    let mut prev: Option<(Vec<crate::model::Change>, NlSocket)> = None;
-    for attempt in 0..10 {
-        let (dump, quiet, sock) = match dump_once() {
-            Ok(r) => r,
-            // The subscribed socket overran: changes were racing; try again.
-            Err(e) if attempt < 9 && is_enobufs(&e) => {
-                std::thread::sleep(Duration::from_millis(20 * (attempt + 1)));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if quiet || prev.as_ref().is_some_and(|(p, _)| *p == dump) {
-            return Ok((dump, sock));
-        }
-        prev = Some((dump, sock));
-        std::thread::sleep(Duration::from_millis(20 * (attempt + 1)));
-    }
-    prev.ok_or_else(|| anyhow::anyhow!("the kernel refused every dump"))
-}
-
-/// How many times `diff` dumps and compares while changes race with it.
-const DIFF_TRIES: usize = 5;
-
-/// Whether notifications reached `sock` since its dump ended (drains them).
-fn heard_changes(sock: &NlSocket) -> bool {
-    let mut buf = Vec::with_capacity(netlink::socket::RECV_BUF);
-    let mut heard = false;
-    loop {
-        match sock.recv(&mut buf) {
-            Ok(0) => return heard,
-            Ok(_) => heard = true,
-            // An overrun means changes too.
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => heard = true,
-            Err(_) => return heard,
-        }
-    }
-}
-
-fn is_enobufs(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(c.downcast_ref::<netlink::DumpError>(), Some(netlink::DumpError::Io(io)) if io.raw_os_error() == Some(libc::ENOBUFS))
-            || c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.raw_os_error() == Some(libc::ENOBUFS))
-    })
-}
-
-/// A fresh dump of routes and nexthop objects on a private socket subscribed to the
-/// route groups; `true` if no notification arrived while it ran; the socket.
-fn dump_once() -> Result<(Vec<crate::model::Change>, bool, NlSocket)> {
-    let mut sock = NlSocket::open().context("opening a netlink socket for diff")?;
-    sock.subscribe(&route_mirror_common::groups::ALL)
-        .context("subscribing the diff socket")?;
-    let _ = sock.set_rcvbuf(32 << 20);
-    let mut counters = DecodeCounters::default();
-    let mut interner = Interner::default();
-    let mut out = Vec::new();
-    let mut others = 0;
-    match netlink::dump_blocking_counting(
-        &mut sock,
-        DumpKind::Nexthops,
-        &mut counters,
-        &mut interner,
-        &mut out,
-    ) {
-        Ok(n) => others += n,
-        // Kernels without nexthop objects refuse the dump; routes still compare.
-        Err(netlink::DumpError::Refused { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    for f in Family::ALL {
-        others += netlink::dump_blocking_counting(
-            &mut sock,
-            DumpKind::Routes(f, None),
-            &mut counters,
-            &mut interner,
-            &mut out,
-        )?;
-    }
-    // Notifications still queued arrived after the last DONE; they may have raced too.
-    let late = heard_changes(&sock);
-    Ok((out, others == 0 && !late, sock))
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use tracing::warn;
 
 use crate::mirror::{FollowUp, Mirror};
 use crate::model::Change;
-use crate::netlink::decode::{self, DecodeCounters};
+use crate::netlink::decode;
+use crate::netlink::msg::DecodeCounters;
 use crate::netlink::msg::{self, RawMsg};
 use crate::reconcile::ActiveScan;
 

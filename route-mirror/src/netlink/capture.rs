@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::msg::attrs;
 use super::msg::{self, DumpKind, RawMsg, NLMSG_HDRLEN};
-use super::nexthop::attrs;
 use super::socket::{NlSocket, RECV_BUF};
 use crate::model::Family;
 use route_mirror_common::groups;

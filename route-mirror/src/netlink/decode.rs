@@ -4,50 +4,16 @@
 //! through our own decoder ([`super::nexthop`]), as the crate has no `RTM_*NEXTHOP`.
 //! Nothing here panics on kernel input: a malformed message is an error for the caller
 //! to count and skip, odd-but-valid content (unknown attributes, route types, families)
-//! is counted in [`DecodeCounters`] and either kept or skipped.
+//! is counted in [`DecodeCounters`](super::msg::DecodeCounters) and either kept or skipped.
 
 use netlink_packet_core::Parseable;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::AddressFamily;
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use super::msg::{self, RawMsg};
+use super::msg::{self, DecodeCounters, DecodeError, RawMsg};
 use super::{nexthop, route};
 use crate::model::{Address, Change, Link};
-
-#[derive(Debug, Error)]
-pub enum DecodeError {
-    #[error("malformed {what}: {detail}")]
-    Malformed { what: &'static str, detail: String },
-}
-
-impl DecodeError {
-    pub(crate) fn malformed(what: &'static str, detail: impl ToString) -> Self {
-        DecodeError::Malformed {
-            what,
-            detail: detail.to_string(),
-        }
-    }
-}
-
-/// What the decoder met that was valid but unusual. Shown by `route-mirror stats`.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct DecodeCounters {
-    /// Messages that failed to parse and were skipped.
-    pub malformed: u64,
-    /// Attributes we do not model (kept out of the mirror, counted).
-    pub unknown_attrs: u64,
-    /// Routes with an `RTN_*` type beyond the known ones (kept, shown by number).
-    pub unknown_route_types: u64,
-    /// Routes of other families (MPLS, multicast routing tables): skipped.
-    pub other_families: u64,
-    /// Route cache clones (`RTM_F_CLONED`): not part of the FIB, skipped.
-    pub cloned: u64,
-    /// Message types we did not subscribe to or do not handle: skipped.
-    pub unknown_messages: u64,
-}
 
 /// Decodes one message. `Ok(None)` means "nothing for the mirror" (already counted).
 pub fn decode(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, DecodeError> {

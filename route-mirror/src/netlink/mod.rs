@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::intern::Interner;
 use crate::model::Change;
-use decode::DecodeCounters;
+use msg::DecodeCounters;
 use msg::DumpKind;
 use socket::NlSocket;
 

@@ -1,8 +1,13 @@
-//! Netlink framing: splitting a received datagram into messages, building dump requests.
+//! Netlink framing: splitting a received datagram into messages and a message into
+//! attributes, building dump requests; and the decoding errors and counters every
+//! decoder above (route, link, address, nexthop, rule) shares.
 //!
 //! Written by hand (not through netlink-packet-core's typed message) so that one bad
 //! message costs only itself, and so message types the crate does not know
 //! (`RTM_*NEXTHOP`) reach our own decoder.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::model::Family;
 
@@ -171,6 +176,73 @@ fn push_attr_u32(b: &mut Vec<u8>, ty: u16, v: u32) {
     b.extend_from_slice(&8u16.to_ne_bytes());
     b.extend_from_slice(&ty.to_ne_bytes());
     b.extend_from_slice(&v.to_ne_bytes());
+}
+
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("malformed {what}: {detail}")]
+    Malformed { what: &'static str, detail: String },
+}
+
+impl DecodeError {
+    pub(crate) fn malformed(what: &'static str, detail: impl ToString) -> Self {
+        DecodeError::Malformed {
+            what,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// What the decoder met that was valid but unusual. Shown by `route-mirror stats`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct DecodeCounters {
+    /// Messages that failed to parse and were skipped.
+    pub malformed: u64,
+    /// Attributes we do not model (kept out of the mirror, counted).
+    pub unknown_attrs: u64,
+    /// Routes with an `RTN_*` type beyond the known ones (kept, shown by number).
+    pub unknown_route_types: u64,
+    /// Routes of other families (MPLS, multicast routing tables): skipped.
+    pub other_families: u64,
+    /// Route cache clones (`RTM_F_CLONED`): not part of the FIB, skipped.
+    pub cloned: u64,
+    /// Message types we did not subscribe to or do not handle: skipped.
+    pub unknown_messages: u64,
+}
+
+/// Iterates `(type, value)` of netlink attributes; errors on a length that runs past the end.
+pub fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeError>> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff; // strip NLA_F_NESTED / BYTEORDER
+        if len < 4 || len > b.len() {
+            b = &[];
+            return Some(Err(DecodeError::malformed(
+                "attribute",
+                format!("length {len}"),
+            )));
+        }
+        let val = &b[4..len];
+        let aligned = (len + 3) & !3;
+        b = if aligned >= b.len() {
+            &[]
+        } else {
+            &b[aligned..]
+        };
+        Some(Ok((ty, val)))
+    })
+}
+
+/// A `u32` attribute (native byte order), named `what` in the error.
+pub fn u32_attr(v: &[u8], what: &'static str) -> Result<u32, DecodeError> {
+    let b: [u8; 4] = v
+        .get(..4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| DecodeError::malformed(what, format!("{} bytes, want 4", v.len())))?;
+    Ok(u32::from_ne_bytes(b))
 }
 
 #[cfg(test)]

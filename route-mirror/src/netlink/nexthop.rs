@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::decode::{DecodeCounters, DecodeError};
+use super::msg::{attrs, u32_attr, DecodeCounters, DecodeError};
 use crate::model::{rtnh, Family, GroupMember, NexthopKind, NexthopObject};
 
 const NHMSG_LEN: usize = 8;
@@ -29,40 +29,6 @@ const NEXTHOP_GRP_TYPE_RES: u16 = 1;
 /// `struct nexthop_grp { u32 id; u8 weight; u8 weight_high; u16 resvd2; }`
 const NEXTHOP_GRP_LEN: usize = 8;
 
-/// Iterates `(type, value)` of netlink attributes; errors on a length that runs past the end.
-pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), DecodeError>> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff; // strip NLA_F_NESTED / BYTEORDER
-        if len < 4 || len > b.len() {
-            b = &[];
-            return Some(Err(DecodeError::malformed(
-                "attribute",
-                format!("length {len}"),
-            )));
-        }
-        let val = &b[4..len];
-        let aligned = (len + 3) & !3;
-        b = if aligned >= b.len() {
-            &[]
-        } else {
-            &b[aligned..]
-        };
-        Some(Ok((ty, val)))
-    })
-}
-
-fn u32_of(v: &[u8], what: &'static str) -> Result<u32, DecodeError> {
-    let b: [u8; 4] = v
-        .get(..4)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| DecodeError::malformed(what, format!("{} bytes, want 4", v.len())))?;
-    Ok(u32::from_ne_bytes(b))
-}
-
 pub fn decode(payload: &[u8], c: &mut DecodeCounters) -> Result<NexthopObject, DecodeError> {
     if payload.len() < NHMSG_LEN {
         return Err(DecodeError::malformed("nexthop", "shorter than nhmsg"));
@@ -75,8 +41,8 @@ pub fn decode(payload: &[u8], c: &mut DecodeCounters) -> Result<NexthopObject, D
     for a in attrs(&payload[NHMSG_LEN..]) {
         let (ty, v) = a?;
         match ty {
-            NHA_ID => id = Some(u32_of(v, "NHA_ID")?),
-            NHA_OIF => oif = u32_of(v, "NHA_OIF")?,
+            NHA_ID => id = Some(u32_attr(v, "NHA_ID")?),
+            NHA_OIF => oif = u32_attr(v, "NHA_OIF")?,
             NHA_BLACKHOLE => blackhole = true,
             NHA_GATEWAY => {
                 gateway = Some(match v.len() {

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
-use super::decode::{DecodeCounters, DecodeError};
-use super::msg::{self, RawMsg};
-use super::nexthop::attrs;
+use super::msg::{self, attrs, u32_attr, DecodeCounters, DecodeError, RawMsg};
 use crate::model::{
     rtn, rtnh, Change, Family, HopId, NextHop, Route, RouteAttrs, RouteKey, SubKey,
 };
@@ -71,12 +69,6 @@ pub(crate) struct RawRoute {
     /// `RTA_MULTIPATH` hops with their raw `RTNH_F_*` flags.
     pub multipath: Option<SmallVec<[NextHop; 2]>>,
     pub unknown_attrs: u64,
-}
-
-fn u32_at(v: &[u8], what: &'static str) -> Result<u32, DecodeError> {
-    v.get(..4)
-        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| DecodeError::malformed(what, format!("{} bytes, want 4", v.len())))
 }
 
 /// An address attribute of the route's family: 4 or 16 bytes.
@@ -161,10 +153,10 @@ pub(crate) fn parse(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             RTA_GATEWAY => r.gateway = Some(addr(v, "RTA_GATEWAY")?),
             RTA_VIA => r.gateway = Some(via(v)?),
             RTA_PREFSRC => r.prefsrc = Some(addr(v, "RTA_PREFSRC")?),
-            RTA_OIF => r.oif = u32_at(v, "RTA_OIF")?,
-            RTA_PRIORITY => r.priority = u32_at(v, "RTA_PRIORITY")?,
-            RTA_TABLE => r.table = u32_at(v, "RTA_TABLE")?,
-            RTA_NH_ID => r.nh_id = Some(u32_at(v, "RTA_NH_ID")?),
+            RTA_OIF => r.oif = u32_attr(v, "RTA_OIF")?,
+            RTA_PRIORITY => r.priority = u32_attr(v, "RTA_PRIORITY")?,
+            RTA_TABLE => r.table = u32_attr(v, "RTA_TABLE")?,
+            RTA_NH_ID => r.nh_id = Some(u32_attr(v, "RTA_NH_ID")?),
             RTA_PREF => {
                 r.pref = Some(
                     *v.first()
@@ -176,7 +168,7 @@ pub(crate) fn parse(payload: &[u8]) -> Result<RawRoute, DecodeError> {
                 for m in attrs(v) {
                     let (mty, mv) = m?;
                     if mty == RTAX_MTU {
-                        r.mtu = Some(u32_at(mv, "RTAX_MTU")?);
+                        r.mtu = Some(u32_attr(mv, "RTAX_MTU")?);
                     }
                 }
             }

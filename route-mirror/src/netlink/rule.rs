@@ -12,7 +12,7 @@ use netlink_packet_core::{Nla, Parseable};
 use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
 
-use super::decode::{DecodeCounters, DecodeError};
+use super::msg::{DecodeCounters, DecodeError};
 use crate::model::Family;
 use crate::rule::{flags, fra, RawAttr, Rule};
 

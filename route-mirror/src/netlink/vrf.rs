@@ -10,7 +10,7 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVrf, LinkAttribute, LinkInfo, LinkMessage,
 };
 
-use super::decode::DecodeError;
+use super::msg::DecodeError;
 use crate::fib::l3mdev::LinkFacts;
 
 /// The facts of an already parsed link message.

@@ -405,8 +405,9 @@ fn end_attr(buf: &mut Vec<u8>, at: usize) {
 mod tests {
     use super::*;
     use crate::model::{rtn, Change, GroupMember, HopId, NextHop, Route, SubKey};
-    use crate::netlink::decode::{decode, DecodeCounters};
+    use crate::netlink::decode::decode;
     use crate::netlink::msg::messages;
+    use crate::netlink::msg::DecodeCounters;
 
     fn key(dst: &str, metric: u32) -> RouteKey {
         RouteKey {

@@ -324,7 +324,7 @@ fn parse_error(m: &msg::RawMsg<'_>) -> Option<(u32, Option<KernelError>)> {
             4 + u32::from_ne_bytes([req[0], req[1], req[2], req[3]]) as usize
         };
         if let Some(tlvs) = m.payload.get(skip..) {
-            for (ty, v) in crate::netlink::nexthop::attrs(tlvs).flatten() {
+            for (ty, v) in crate::netlink::msg::attrs(tlvs).flatten() {
                 if ty == NLMSGERR_ATTR_MSG {
                     let s = v.split(|&b| b == 0).next().unwrap_or(v);
                     text = Some(String::from_utf8_lossy(s).into_owned());
