@@ -59,6 +59,18 @@ pub struct Config {
     /// CA bundle (PEM) that gNMI client certificates must chain to; unset: clients are
     /// not asked for certificates.
     pub gnmi_tls_client_ca: Option<PathBuf>,
+    /// NATS server URL (`nats://127.0.0.1:4222`); unset: no NATS export.
+    pub nats_url: Option<String>,
+    /// The `<host>` token of the NATS subjects; unset: the system's host name.
+    pub nats_host: Option<String>,
+    /// JetStream stream name (created if missing, subjects `route-mirror.>`).
+    pub nats_stream: String,
+    /// Seconds between full snapshots on the control subject (0: only at start,
+    /// reconnect and lag).
+    pub nats_snapshot_interval: f64,
+    /// Route changes buffered while the NATS server is unreachable or slow; beyond it
+    /// changes are dropped (counted) and a snapshot follows.
+    pub nats_buffer: usize,
 }
 
 /// Accepts `"main,100"`, `["main", "100"]` or `["main", 100]`.
@@ -108,6 +120,18 @@ impl Config {
         }
     }
 
+    /// The NATS export's settings.
+    pub fn nats(&self) -> crate::export::nats::NatsConfig {
+        crate::export::nats::NatsConfig {
+            url: self.nats_url.clone(),
+            host: self.nats_host.clone(),
+            stream: self.nats_stream.clone(),
+            snapshot_interval: std::time::Duration::from_secs_f64(self.nats_snapshot_interval),
+            buffer: self.nats_buffer,
+            ..Default::default()
+        }
+    }
+
     /// The BPF FIB tables as ids (validated: every entry resolves).
     pub fn bpf_fib_table_ids(&self) -> Vec<u32> {
         let names = crate::names::Names::load();
@@ -139,6 +163,11 @@ impl Default for Config {
             gnmi_tls_cert: None,
             gnmi_tls_key: None,
             gnmi_tls_client_ca: None,
+            nats_url: None,
+            nats_host: None,
+            nats_stream: "route-mirror".into(),
+            nats_snapshot_interval: 300.0,
+            nats_buffer: 1 << 20,
         }
     }
 }
@@ -237,6 +266,21 @@ impl Config {
                 }
             }
         }
+        if !(self.nats_snapshot_interval >= 0.0 && self.nats_snapshot_interval.is_finite()) {
+            return bad(
+                "nats_snapshot_interval",
+                format!("{} is not a number of seconds", self.nats_snapshot_interval),
+            );
+        }
+        if self.nats_stream.is_empty() || self.nats_stream.contains(['.', '*', '>', ' ']) {
+            return bad(
+                "nats_stream",
+                format!("{:?} is not a stream name", self.nats_stream),
+            );
+        }
+        if self.nats_buffer == 0 {
+            return bad("nats_buffer", "must be at least 1".into());
+        }
         if let Err(msg) = self.gnmi().check() {
             return bad("gnmi_listen", msg);
         }
@@ -329,6 +373,16 @@ pub struct RunArgs {
     /// Require gNMI client certificates signed by this CA bundle (PEM)
     #[arg(long, value_name = "FILE")]
     pub gnmi_tls_client_ca: Option<PathBuf>,
+    /// Publish every applied route change to this NATS server's JetStream, e.g.
+    /// nats://127.0.0.1:4222 [default: off]
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Host token of the NATS subjects [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub nats_host: Option<String>,
+    /// Seconds between full snapshots on NATS (0: only at start, reconnect and lag) [default: 300]
+    #[arg(long, value_name = "SECS")]
+    pub nats_snapshot_interval: Option<f64>,
     /// Log as JSON lines instead of text
     #[arg(long)]
     pub log_json: bool,
@@ -366,6 +420,15 @@ impl RunArgs {
         }
         if let Some(v) = self.gnmi_listen {
             cfg.gnmi_listen = Some(v);
+        }
+        if let Some(v) = &self.nats_url {
+            cfg.nats_url = Some(v.clone());
+        }
+        if let Some(v) = &self.nats_host {
+            cfg.nats_host = Some(v.clone());
+        }
+        if let Some(v) = self.nats_snapshot_interval {
+            cfg.nats_snapshot_interval = v;
         }
         if self.gnmi_insecure {
             cfg.gnmi_insecure = true;

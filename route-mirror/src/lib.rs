@@ -15,6 +15,7 @@ pub mod diff;
 pub mod ebpf;
 pub mod export;
 pub mod fib;
+pub mod fleet;
 pub mod intern;
 pub mod metrics;
 pub mod mirror;

@@ -42,9 +42,34 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum FleetCmd {
+    /// The route router R (`host/netns`, or `netns` alone) uses for each ADDR
+    Lookup { router: String, addrs: Vec<IpAddr> },
+    /// Every router's routes as JSON ({"host/netns": {"state", "seq", "routes"}})
+    Dump { router: Option<String> },
+    /// The routers, their state (current, stale, waiting), seq and route count
+    Routers,
+    /// Follow the stream: one JSON line per applied change (router, seq, op, prefix,
+    /// the daemon's time_ms and the arrival time recv_ms)
+    Follow,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon in the foreground
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Read a fleet's routes from NATS JetStream (what `run --nats-url` publishes):
+    /// one FIB per router, rebuilt from the stream's snapshots and changes
+    Fleet {
+        /// NATS server
+        #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// JetStream stream
+        #[arg(long, default_value = "route-mirror")]
+        stream: String,
+        #[command(subcommand)]
+        what: FleetCmd,
+    },
     /// Validate the configuration file and print the effective configuration
     CheckConfig,
     /// Make the daemon re-read its configuration file (like SIGHUP)
@@ -213,7 +238,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     let globals = (cli.config.clone(), cli.netns.clone(), cli.socket.clone());
     match cli.cmd {
         Cmd::Run(args) => {
-            let source = config_source(&globals, args.clone());
+            let source = config_source(&globals, (*args).clone());
             let file = source.effective()?;
             let log = init_logs(&file.log_level, args.log_json);
             let cfgs = daemon::Config::resolve(&file)?;
@@ -256,6 +281,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("need a restart:     {}", list("restart_required"));
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Fleet {
+            nats_url,
+            stream,
+            what,
+        } => fleet_cmd(nats_url, stream, what),
         Cmd::Lookup {
             addr: None,
             batch,
@@ -727,4 +757,97 @@ fn print_diff(d: &DiffReport) {
         d.differing_count,
         d.nexthop_differences
     );
+}
+
+fn fleet_cmd(url: String, stream: String, what: FleetCmd) -> Result<ExitCode> {
+    use route_mirror::fleet::{follow, Source, State};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let src = Source {
+        url,
+        stream,
+        subject_prefix: "route-mirror".into(),
+    };
+    if let FleetCmd::Follow = what {
+        use std::io::Write;
+        let mut seen: std::collections::HashMap<String, u64> = Default::default();
+        rt.block_on(follow(&src, false, |fleet, _| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for (name, r) in &fleet.routers {
+                if seen.get(name) != Some(&r.seq) {
+                    seen.insert(name.clone(), r.seq);
+                    let line = serde_json::json!({"router": name, "seq": r.seq,
+                        "state": r.state, "routes": r.fib.len(), "time_ms": r.last_change_ms,
+                        "recv_ms": now});
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            }
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fleet = rt.block_on(follow(&src, true, |_, _| {}))?;
+    let describe = |name: &str, r: &route_mirror::fleet::Router| {
+        serde_json::json!({"router": name, "state": r.state, "seq": r.seq,
+            "routes": r.fib.len(), "gaps": r.gaps, "snapshots": r.snapshots})
+    };
+    match what {
+        FleetCmd::Routers => {
+            for (name, r) in &fleet.routers {
+                println!("{}", describe(name, r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCmd::Dump { router } => {
+            let mut out = serde_json::Map::new();
+            for (name, r) in &fleet.routers {
+                if router
+                    .as_deref()
+                    .is_some_and(|x| fleet.router(x).map(|y| std::ptr::eq(y, r)) != Some(true))
+                {
+                    continue;
+                }
+                let mut v = describe(name, r);
+                v["routes"] = serde_json::to_value(r.fib.routes())?;
+                out.insert(name.clone(), v);
+            }
+            println!("{}", serde_json::Value::Object(out));
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCmd::Lookup { router, addrs } => {
+            let Some(r) = fleet.router(&router) else {
+                anyhow::bail!(
+                    "no router {router:?} on the stream (have: {})",
+                    fleet.routers.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            };
+            if r.state != State::Current {
+                anyhow::bail!(
+                    "router {router:?} has no current copy ({:?}): wait for its next snapshot",
+                    r.state
+                );
+            }
+            let mut missing = false;
+            for a in addrs {
+                match r.fib.lookup(a) {
+                    Some(v) => println!("{}", serde_json::to_string(v)?),
+                    None => {
+                        missing = true;
+                        println!("null");
+                    }
+                }
+            }
+            Ok(if missing {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        FleetCmd::Follow => unreachable!("handled above"),
+    }
 }

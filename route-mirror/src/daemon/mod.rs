@@ -37,6 +37,8 @@ pub struct Config {
     pub bpf_fib_tables: Vec<u32>,
     /// The gNMI export (one server for every namespace).
     pub gnmi: crate::export::gnmi::GnmiConfig,
+    /// The NATS export (one connection for every namespace).
+    pub nats: crate::export::nats::NatsConfig,
 }
 
 /// `--source`: which event source to use.
@@ -71,6 +73,7 @@ impl Config {
                 ring_size: c.ring_size as u64,
                 bpf_fib_tables: c.bpf_fib_table_ids(),
                 gnmi: c.gnmi(),
+                nats: c.nats(),
             })
             .collect())
     }
@@ -261,6 +264,11 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
         crate::export::gnmi::serve(g, hubs)
             .await
             .context("--gnmi-listen")?;
+    }
+    if let Some(n) = cfgs.first().map(|c| &c.nats).filter(|n| n.url.is_some()) {
+        crate::export::nats::start(n, &shareds)
+            .await
+            .context("--nats-url")?;
     }
     service::spawn(shareds.clone());
     let mut term = signal(SignalKind::terminate())?;

@@ -20,33 +20,9 @@ use std::sync::Arc;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::fib::Entry;
-use crate::mirror::{Mirror, Names};
-use crate::model::{Family, RouteAttrs};
-
-/// What resolving a route's next hops needs: the mirror itself, or the [`Names`] a feed
-/// snapshot carries.
-pub trait Resolve {
-    fn hops(&self, attrs: &RouteAttrs) -> Vec<crate::model::NextHop>;
-    fn link(&self, ifindex: u32) -> Option<&str>;
-}
-
-impl Resolve for Mirror {
-    fn hops(&self, attrs: &RouteAttrs) -> Vec<crate::model::NextHop> {
-        self.effective_hops(attrs)
-    }
-    fn link(&self, ifindex: u32) -> Option<&str> {
-        self.link_name(ifindex)
-    }
-}
-
-impl Resolve for Names {
-    fn hops(&self, attrs: &RouteAttrs) -> Vec<crate::model::NextHop> {
-        self.effective_hops(attrs)
-    }
-    fn link(&self, ifindex: u32) -> Option<&str> {
-        self.link_name(ifindex)
-    }
-}
+use crate::mirror::Mirror;
+use crate::model::Family;
+use crate::view::RouteContext;
 
 /// A next hop as the AFT shows it (`afts/next-hops/next-hop[index]/state`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -285,7 +261,7 @@ pub struct Aft {
 impl Aft {
     /// The AFTs of every route in `routes` (a feed snapshot: each prefix's routes
     /// adjacent, in sub-key order).
-    pub fn build_from(routes: &[(u32, IpNet, Entry)], names: &impl Resolve) -> Aft {
+    pub fn build_from(routes: &[(u32, IpNet, Entry)], names: &impl RouteContext) -> Aft {
         let mut aft = Aft::default();
         let mut sink = Vec::new();
         let mut i = 0;
@@ -340,17 +316,20 @@ pub fn best_route(m: &Mirror, table: u32, dst: &IpNet) -> Option<Best> {
 
 /// The route the kernel forwards with among one prefix's routes (sorted by sub-key):
 /// the first with TOS 0, as [`crate::fib::RouteTable::lookup`] picks it.
-fn best_of<'a>(m: &impl Resolve, mut entries: impl Iterator<Item = &'a Entry>) -> Option<Best> {
+fn best_of<'a>(
+    m: &impl RouteContext,
+    mut entries: impl Iterator<Item = &'a Entry>,
+) -> Option<Best> {
     let e = entries.find(|e| e.tos() == 0)?;
     let hops = m
-        .hops(&e.attrs)
+        .effective_hops(&e.attrs)
         .into_iter()
         .map(|h| {
             let hop = NextHop {
                 ip: h.gateway,
                 ifindex: h.ifindex,
                 interface: (h.ifindex != 0)
-                    .then(|| m.link(h.ifindex).map(Arc::from))
+                    .then(|| m.link_name(h.ifindex).map(Arc::from))
                     .flatten(),
             };
             (hop, u64::from(h.weight.max(1)))

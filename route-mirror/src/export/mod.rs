@@ -75,4 +75,5 @@ pub mod change;
 pub mod feed;
 pub mod gnmi;
 pub mod hub;
+pub mod nats;
 pub mod watch;

@@ -1,0 +1,440 @@
+//! The fleet consumer: follows the NATS JetStream stream that route-mirror daemons
+//! publish to ([`crate::export::nats`]), keeps one FIB per router, and answers "which
+//! route does router R use for X". It is the reference for consumers of the format:
+//!
+//! * a router is `<host>/<netns>` (the subject's second and third tokens);
+//! * its copy starts at a `snapshot-start` (a new copy is built from the `snapshot`
+//!   chunks) and becomes current at the matching `snapshot-end`;
+//! * changes then apply in `seq` order; a gap in `seq`, or a new `epoch` (the daemon
+//!   restarted), marks the copy stale until the next snapshot ends, so it is never
+//!   silently wrong.
+//!
+//! `route-mirror fleet` drives it from the command line (lookup, dump, follow).
+//! Routes are keyed by (table, prefix, `id`): the identity the daemon sends with each.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prefix_trie::PrefixMap;
+use serde::Serialize;
+
+use crate::export::nats::message::{Body, Keyed, Msg};
+use crate::model::table;
+use crate::view::RouteView;
+
+/// The routes of one router.
+#[derive(Default)]
+pub struct Tables {
+    v4: BTreeMap<u32, PrefixMap<Ipv4Net, Vec<Keyed>>>,
+    v6: BTreeMap<u32, PrefixMap<Ipv6Net, Vec<Keyed>>>,
+    len: usize,
+}
+
+impl Tables {
+    fn slot(&mut self, table: u32, p: IpNet) -> Option<&mut Vec<Keyed>> {
+        match p {
+            IpNet::V4(n) => self.v4.get_mut(&table)?.get_mut(&n),
+            IpNet::V6(n) => self.v6.get_mut(&table)?.get_mut(&n),
+        }
+    }
+
+    pub fn upsert(&mut self, k: Keyed) {
+        let r = &k.route;
+        let list = match r.prefix {
+            IpNet::V4(n) => self.v4.entry(r.table).or_default().entry(n).or_default(),
+            IpNet::V6(n) => self.v6.entry(r.table).or_default().entry(n).or_default(),
+        };
+        match list.iter_mut().find(|x| x.id == k.id) {
+            Some(x) => *x = k,
+            None => {
+                let at = list
+                    .iter()
+                    .position(|x| (x.route.metric, x.route.tos) > (r.metric, r.tos))
+                    .unwrap_or(list.len());
+                list.insert(at, k);
+                self.len += 1;
+            }
+        }
+    }
+
+    pub fn remove(&mut self, k: &Keyed) {
+        let r = &k.route;
+        let Some(list) = self.slot(r.table, r.prefix) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|x| x.id != k.id);
+        let (removed, empty) = (before - list.len(), list.is_empty());
+        self.len -= removed;
+        if empty {
+            match r.prefix {
+                IpNet::V4(n) => {
+                    self.v4.get_mut(&r.table).map(|t| t.remove(&n));
+                }
+                IpNet::V6(n) => {
+                    self.v6.get_mut(&r.table).map(|t| t.remove(&n));
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every route, ordered by table, family, prefix, metric.
+    pub fn routes(&self) -> Vec<&RouteView> {
+        let mut out = Vec::with_capacity(self.len);
+        for t in self.v4.values() {
+            out.extend(t.iter().flat_map(|(_, l)| l.iter().map(|k| &k.route)));
+        }
+        for t in self.v6.values() {
+            out.extend(t.iter().flat_map(|(_, l)| l.iter().map(|k| &k.route)));
+        }
+        out
+    }
+
+    /// Longest-prefix match in one table: the lowest-metric TOS-0 route.
+    fn lpm(&self, table: u32, addr: IpAddr) -> Option<&RouteView> {
+        let list = match addr {
+            IpAddr::V4(a) => self.v4.get(&table)?.get_lpm(&Ipv4Net::from(a))?.1,
+            IpAddr::V6(a) => self.v6.get(&table)?.get_lpm(&Ipv6Net::from(a))?.1,
+        };
+        list.iter().map(|k| &k.route).find(|r| r.tos == 0)
+    }
+
+    /// The route the router uses for `addr` under the default policy rules (local,
+    /// main, default; a `throw` moves on), as `route-mirror lookup` answers.
+    pub fn lookup(&self, addr: IpAddr) -> Option<&RouteView> {
+        [table::LOCAL, table::MAIN, table::DEFAULT]
+            .into_iter()
+            .filter_map(|t| self.lpm(t, addr))
+            .find(|r| r.kind != "throw")
+    }
+}
+
+/// What a router's copy is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// No snapshot seen yet.
+    Waiting,
+    /// Exact as of `seq`.
+    Current,
+    /// A gap or a restart: waiting for the next snapshot.
+    Stale,
+}
+
+/// One router's copy.
+pub struct Router {
+    pub fib: Tables,
+    building: Option<(u64, Tables)>,
+    pub epoch: u64,
+    pub seq: u64,
+    pub state: State,
+    /// Gaps in `seq` seen (each made the copy stale until a snapshot).
+    pub gaps: u64,
+    pub snapshots: u64,
+    /// Time of the last change applied (Unix ms, as the daemon stamped it).
+    pub last_change_ms: u64,
+}
+
+impl Default for Router {
+    fn default() -> Router {
+        Router {
+            fib: Tables::default(),
+            building: None,
+            epoch: 0,
+            seq: 0,
+            state: State::Waiting,
+            gaps: 0,
+            snapshots: 0,
+            last_change_ms: 0,
+        }
+    }
+}
+
+impl Router {
+    /// Applies one message of this router, in stream order.
+    pub fn apply(&mut self, m: Msg) {
+        if m.epoch != self.epoch {
+            if self.state == State::Current {
+                self.state = State::Stale;
+            }
+            self.epoch = m.epoch;
+            self.building = None;
+        } else if m.seq != self.seq + 1 && self.seq != 0 {
+            if self.state == State::Current {
+                self.state = State::Stale;
+            }
+            self.gaps += 1;
+            self.building = None;
+        }
+        self.seq = m.seq;
+        match m.body {
+            Body::SnapshotStart { snapshot, .. } => {
+                self.building = Some((snapshot, Tables::default()))
+            }
+            Body::Snapshot { snapshot, routes } => {
+                if let Some((id, t)) = &mut self.building {
+                    if *id == snapshot {
+                        routes.into_iter().for_each(|r| t.upsert(r));
+                    }
+                }
+            }
+            Body::SnapshotEnd { snapshot } => {
+                if let Some((id, t)) = self.building.take() {
+                    if id == snapshot {
+                        self.fib = t;
+                        self.state = State::Current;
+                        self.snapshots += 1;
+                    }
+                }
+            }
+            Body::Change { op, id, route, .. } => {
+                self.last_change_ms = m.time_ms;
+                let k = Keyed { id, route: *route };
+                if op == "delete" {
+                    self.fib.remove(&k);
+                } else {
+                    self.fib.upsert(k);
+                }
+            }
+            Body::ResyncStart { .. } | Body::ResyncEnd => {}
+        }
+    }
+}
+
+/// Every router seen on the stream.
+#[derive(Default)]
+pub struct Fleet {
+    pub routers: BTreeMap<String, Router>,
+    /// Messages that did not parse (counted, skipped).
+    pub bad: u64,
+}
+
+impl Fleet {
+    /// Applies one stream message (`subject`, `payload`); `prefix` is the subject
+    /// prefix (`route-mirror`).
+    pub fn apply(&mut self, prefix: &str, subject: &str, payload: &[u8]) {
+        let mut tokens = subject
+            .strip_prefix(prefix)
+            .unwrap_or("")
+            .split('.')
+            .skip(1);
+        let (Some(host), Some(netns)) = (tokens.next(), tokens.next()) else {
+            self.bad += 1;
+            return;
+        };
+        match serde_json::from_slice::<Msg>(payload) {
+            Ok(m) => self
+                .routers
+                .entry(format!("{host}/{netns}"))
+                .or_default()
+                .apply(m),
+            Err(_) => self.bad += 1,
+        }
+    }
+
+    /// A router by `host/netns`, or by `netns` alone when only one host has it.
+    pub fn router(&self, name: &str) -> Option<&Router> {
+        if let Some(r) = self.routers.get(name) {
+            return Some(r);
+        }
+        let mut it = self
+            .routers
+            .iter()
+            .filter(|(k, _)| k.rsplit('/').next() == Some(name));
+        match (it.next(), it.next()) {
+            (Some((_, r)), None) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Family;
+
+    fn route(prefix: &str, table: u32, metric: u32, kind: &str) -> Keyed {
+        let prefix: IpNet = prefix.parse().unwrap();
+        Keyed {
+            id: format!("{metric}/0/-/-"),
+            route: RouteView {
+                family: Family::of_net(&prefix),
+                prefix,
+                table,
+                metric,
+                tos: 0,
+                from: None,
+                kind: kind.into(),
+                protocol: "boot".into(),
+                scope: "global".into(),
+                prefsrc: None,
+                nhid: None,
+                mtu: None,
+                pref: None,
+                flags: vec![],
+                nexthops: vec![],
+            },
+        }
+    }
+
+    fn msg(seq: u64, body: Body) -> Msg {
+        Msg {
+            epoch: 1,
+            seq,
+            time_ms: 0,
+            body,
+        }
+    }
+
+    fn change(seq: u64, op: &str, r: Keyed) -> Msg {
+        msg(
+            seq,
+            Body::Change {
+                op: op.into(),
+                cause: "event".into(),
+                id: r.id,
+                route: Box::new(r.route),
+            },
+        )
+    }
+
+    #[test]
+    fn snapshot_then_changes_then_gap() {
+        let mut r = Router::default();
+        r.apply(msg(
+            1,
+            Body::SnapshotStart {
+                snapshot: 1,
+                routes: 2,
+                reason: "start".into(),
+                synced: true,
+            },
+        ));
+        r.apply(msg(
+            2,
+            Body::Snapshot {
+                snapshot: 1,
+                routes: vec![
+                    route("10.0.0.0/8", 254, 10, "unicast"),
+                    route("10.1.0.0/16", 254, 5, "unicast"),
+                ],
+            },
+        ));
+        assert_eq!(r.state, State::Waiting, "not current before snapshot-end");
+        r.apply(msg(3, Body::SnapshotEnd { snapshot: 1 }));
+        assert_eq!((r.state, r.fib.len()), (State::Current, 2));
+        let addr = "10.1.2.3".parse().unwrap();
+        assert_eq!(
+            r.fib.lookup(addr).unwrap().prefix.to_string(),
+            "10.1.0.0/16"
+        );
+        r.apply(change(4, "delete", route("10.1.0.0/16", 254, 5, "unicast")));
+        assert_eq!(r.fib.lookup(addr).unwrap().prefix.to_string(), "10.0.0.0/8");
+        // A lower metric on the same prefix wins; a throw in local falls through to main.
+        r.apply(change(5, "add", route("10.0.0.0/8", 254, 1, "blackhole")));
+        r.apply(change(6, "add", route("10.0.0.0/8", 255, 0, "throw")));
+        assert_eq!(r.fib.lookup(addr).unwrap().kind, "blackhole");
+        assert_eq!(r.fib.len(), 3);
+        // Seq 8 after 6: a gap makes the copy stale until the next snapshot.
+        r.apply(change(8, "add", route("192.0.2.0/24", 254, 0, "unicast")));
+        assert_eq!((r.state, r.gaps), (State::Stale, 1));
+        r.apply(msg(
+            9,
+            Body::SnapshotStart {
+                snapshot: 2,
+                routes: 0,
+                reason: "periodic".into(),
+                synced: true,
+            },
+        ));
+        r.apply(msg(10, Body::SnapshotEnd { snapshot: 2 }));
+        assert_eq!((r.state, r.fib.len()), (State::Current, 0));
+    }
+
+    #[test]
+    fn fleet_keys_routers_by_subject() {
+        let mut f = Fleet::default();
+        let m = serde_json::to_vec(&msg(
+            1,
+            Body::SnapshotStart {
+                snapshot: 1,
+                routes: 0,
+                reason: "start".into(),
+                synced: true,
+            },
+        ))
+        .unwrap();
+        f.apply("route-mirror", "route-mirror.r1.blue.control", &m);
+        f.apply("route-mirror", "route-mirror.r1.blue.control", b"garbage");
+        assert!(f.router("r1/blue").is_some() && f.router("blue").is_some());
+        assert_eq!(f.bad, 1);
+    }
+}
+
+/// Where the fleet's stream is.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+}
+
+/// Follows the stream from its first retained message. `until_caught_up`: stop once
+/// every message published before the call was applied; else follow forever, calling
+/// `each` after every message with the fleet and whether it is caught up.
+pub async fn follow(
+    src: &Source,
+    until_caught_up: bool,
+    mut each: impl FnMut(&Fleet, bool),
+) -> anyhow::Result<Fleet> {
+    use anyhow::Context;
+    use async_nats::jetstream;
+    use tokio_stream::StreamExt;
+    let client = async_nats::connect(&src.url)
+        .await
+        .with_context(|| format!("connecting to {}", src.url))?;
+    let js = jetstream::new(client);
+    let mut stream = js
+        .get_stream(&src.stream)
+        .await
+        .with_context(|| format!("JetStream stream {}", src.stream))?;
+    let last = stream
+        .info()
+        .await
+        .context("stream info")?
+        .state
+        .last_sequence;
+    let mut fleet = Fleet::default();
+    if until_caught_up && last == 0 {
+        return Ok(fleet);
+    }
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.>", src.subject_prefix),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .context("creating an ordered consumer")?;
+    let mut msgs = consumer.messages().await.context("consuming")?;
+    while let Some(m) = msgs.next().await {
+        let m = m.context("reading the stream")?;
+        fleet.apply(&src.subject_prefix, m.subject.as_str(), &m.payload);
+        let info = m.info().ok();
+        let caught_up = info.as_ref().is_some_and(|i| i.pending == 0);
+        each(&fleet, caught_up);
+        if until_caught_up && info.is_some_and(|i| i.stream_sequence >= last) {
+            break;
+        }
+    }
+    Ok(fleet)
+}

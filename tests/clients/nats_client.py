@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""nats-py, driven by tests/tests/nats.rs: prints every message of a JetStream stream
+as a JSON line {"subject", "stream_seq", "msg"} and exits once it has read them all.
+
+  nats_client.py URL STREAM
+"""
+import asyncio
+import json
+import sys
+
+import nats
+
+
+async def main(url, stream):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    last = info.state.last_seq
+    if last == 0:
+        await nc.close()
+        return
+    sub = await js.subscribe("route-mirror.>",
+                             ordered_consumer=True,
+                             deliver_policy=nats.js.api.DeliverPolicy.ALL)
+    while True:
+        m = await sub.next_msg(timeout=10)
+        print(json.dumps({"subject": m.subject, "stream_seq": m.metadata.sequence.stream,
+                          "msg": json.loads(m.data)}), flush=True)
+        if m.metadata.sequence.stream >= last:
+            break
+    await nc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

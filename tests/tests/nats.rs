@@ -1,0 +1,333 @@
+//! The NATS JetStream export against Debian's `nats-server -js` on loopback, read back
+//! with nats-py (tests/clients/nats_client.py) and with `route-mirror fleet`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use route_mirror_tests::{
+    batch, daemon_bin, free_port, poll, test_python, workspace_root, Daemon, Netns, TempDir,
+};
+use serde_json::Value;
+
+/// `nats-server -js` on a free loopback port with its store in `dir`; killed on drop.
+struct NatsServer {
+    child: Child,
+    url: String,
+    port: u16,
+}
+
+impl NatsServer {
+    fn start(dir: &Path, port: u16) -> NatsServer {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (cargo xtask test installs it)");
+        let url = format!("nats://127.0.0.1:{port}");
+        poll(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .expect("nats-server listening");
+        NatsServer { child, url, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every message of the stream, read by nats-py.
+fn stream_messages(python: &Path, url: &str) -> Vec<Value> {
+    let out = Command::new(python)
+        .arg(workspace_root().join("tests/clients/nats_client.py"))
+        .args([url, "route-mirror"])
+        .output()
+        .expect("running nats-py");
+    assert!(
+        out.status.success(),
+        "nats-py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn fleet(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(daemon_bin())
+        .args(["fleet", "--nats-url", url])
+        .args(args)
+        .output()
+        .expect("route-mirror fleet")
+}
+
+/// (table, prefix, metric, type, gateways) of a route object.
+fn key(r: &Value) -> String {
+    let gws: Vec<String> = r["nexthops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            format!(
+                "{}@{}",
+                h["gateway"].as_str().unwrap_or("-"),
+                h["dev"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    format!(
+        "{} {} {} {} {}",
+        r["table"],
+        r["prefix"],
+        r["metric"],
+        r["type"],
+        gws.join(",")
+    )
+}
+
+/// The routes `route-mirror fleet dump` holds for `router`, as keys.
+fn fleet_routes(url: &str, router: &str) -> (String, BTreeSet<String>) {
+    let out = fleet(url, &["dump"]);
+    if !out.status.success() {
+        // No stream yet (the daemon creates it once connected).
+        return ("missing".into(), BTreeSet::new());
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v[router];
+    let routes = r["routes"]
+        .as_array()
+        .map(|a| a.iter().map(key).collect())
+        .unwrap_or_default();
+    (r["state"].as_str().unwrap_or("missing").to_string(), routes)
+}
+
+fn mirror_routes(d: &Daemon) -> BTreeSet<String> {
+    d.cli_json(&["show", "--table", "all", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(key)
+        .collect()
+}
+
+/// Subjects, sequence numbers and snapshots as nats-py reads them; the fleet consumer
+/// rebuilds the mirror exactly and answers lookups like `route-mirror lookup`; an outage
+/// of the server loses nothing: the daemon keeps mirroring and resends a snapshot.
+#[test]
+fn jetstream_carries_the_mirror() {
+    let Some(python) = test_python() else { return };
+    let dir = TempDir::new("rm-nats").unwrap();
+    let port = free_port();
+    let mut server = NatsServer::start(dir.path(), port);
+    let ns = Netns::new();
+    ns.ip(&[
+        "route",
+        "add",
+        "10.0.0.0/8",
+        "nexthop",
+        "via",
+        "198.18.1.2",
+        "weight",
+        "1",
+        "nexthop",
+        "via",
+        "198.18.2.2",
+        "weight",
+        "3",
+    ]);
+    let d = Daemon::start_synced(
+        &ns,
+        &[
+            "--nats-url",
+            &server.url,
+            "--nats-host",
+            "r1",
+            "--nats-snapshot-interval",
+            "0",
+        ],
+    );
+    let router = format!("r1/{}", ns.name());
+    // The changes below must come after the first snapshot to be changes.
+    poll(Duration::from_secs(10), || {
+        (fleet_routes(&server.url, &router).0 == "current").then_some(())
+    })
+    .expect("first snapshot");
+    ns.ip(&[
+        "route",
+        "add",
+        "198.51.100.0/24",
+        "via",
+        "198.18.1.2",
+        "metric",
+        "5",
+    ]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:7::/48",
+        "via",
+        "2001:2:0:1::2",
+    ]);
+    ns.ip(&[
+        "route",
+        "del",
+        "198.51.100.0/24",
+        "via",
+        "198.18.1.2",
+        "metric",
+        "5",
+    ]);
+    d.diff_empty();
+
+    // nats-py: the snapshot on the control subject, then the changes on their
+    // table/family subjects, seq 1, 2, 3... without gaps.
+    let base = format!("route-mirror.r1.{}", ns.name());
+    let msgs = poll(Duration::from_secs(10), || {
+        let m = stream_messages(&python, &server.url);
+        let deletes = m.iter().filter(|m| m["msg"]["op"] == "delete").count();
+        (deletes >= 1).then_some(m)
+    })
+    .expect("the delete reached the stream");
+    let seqs: Vec<u64> = msgs
+        .iter()
+        .map(|m| m["msg"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "per-mirror seq without gaps"
+    );
+    assert_eq!(msgs[0]["subject"], format!("{base}.control"));
+    assert_eq!(msgs[0]["msg"]["type"], "snapshot-start");
+    assert_eq!(msgs[0]["msg"]["reason"], "start");
+    let changes: Vec<(String, String, String)> = msgs
+        .iter()
+        .filter(|m| m["msg"]["type"] == "change")
+        .map(|m| {
+            (
+                m["subject"].as_str().unwrap().to_string(),
+                m["msg"]["op"].as_str().unwrap().to_string(),
+                m["msg"]["route"]["prefix"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let v4 = format!("{base}.main.ipv4");
+    let v6 = format!("{base}.main.ipv6");
+    assert!(
+        changes.contains(&(v4.clone(), "add".into(), "198.51.100.0/24".into())),
+        "{changes:?}"
+    );
+    assert!(
+        changes.contains(&(v6, "add".into(), "2001:db8:7::/48".into())),
+        "{changes:?}"
+    );
+    let add = changes
+        .iter()
+        .position(|c| c == &(v4.clone(), "add".into(), "198.51.100.0/24".into()));
+    let del = changes
+        .iter()
+        .position(|c| c == &(v4.clone(), "delete".into(), "198.51.100.0/24".into()));
+    assert!(add < del && del.is_some(), "add before delete: {changes:?}");
+
+    // The fleet consumer's copy is the mirror's, and it answers like `lookup`.
+    let (state, routes) = fleet_routes(&server.url, &router);
+    assert_eq!(state, "current");
+    let want = mirror_routes(&d);
+    assert!(
+        routes == want,
+        "consumer != mirror: {} vs {} routes",
+        routes.len(),
+        want.len()
+    );
+    let out = fleet(&server.url, &["lookup", &router, "10.9.8.7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(key(&got), key(&d.lookup("10.9.8.7", None).unwrap()));
+
+    // Outage: the daemon keeps mirroring; after the server is back a snapshot brings
+    // the consumer up to date (the stream's store survives the restart).
+    server.stop();
+    ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.2.2"]);
+    ns.load_batch(batch("v4-10k"));
+    d.diff_empty();
+    let mut server = NatsServer::start(dir.path(), server.port);
+    let want = mirror_routes(&d);
+    let caught_up = poll(Duration::from_secs(30), || {
+        let (s, r) = fleet_routes(&server.url, &router);
+        (s == "current" && r == want).then_some(())
+    });
+    if caught_up.is_none() {
+        let (s, r) = fleet_routes(&server.url, &router);
+        panic!(
+            "consumer != mirror after the outage: state {s}, {} vs {} routes, e.g. {:?} / {:?}",
+            r.len(),
+            want.len(),
+            r.difference(&want).take(3).collect::<Vec<_>>(),
+            want.difference(&r).take(3).collect::<Vec<_>>()
+        );
+    }
+    let msgs = stream_messages(&python, &server.url);
+    assert!(
+        msgs.iter().any(|m| m["msg"]["reason"] == "reconnect"),
+        "a snapshot after reconnecting"
+    );
+    server.stop();
+}
+
+/// A bounded buffer: with the server gone and more changes than `nats_buffer`, the
+/// excess is dropped and counted (the `nats` feed in `stats`), and a snapshot follows.
+#[test]
+fn outage_beyond_the_buffer_is_counted_and_resnapshotted() {
+    if test_python().is_none() {
+        return;
+    }
+    let dir = TempDir::new("rm-nats").unwrap();
+    let port = free_port();
+    let mut server = NatsServer::start(dir.path(), port);
+    let conf = dir.path().join("rm.toml");
+    std::fs::write(&conf, "nats_buffer = 1000\nnats_host = \"r1\"\n").unwrap();
+    let ns = Netns::new();
+    let conf_s = conf.to_str().unwrap();
+    let d = Daemon::start_synced(&ns, &["--config", conf_s, "--nats-url", &server.url]);
+    let router = format!("r1/{}", ns.name());
+    poll(Duration::from_secs(10), || {
+        (fleet_routes(&server.url, &router).0 == "current").then_some(())
+    })
+    .expect("first snapshot");
+    server.stop();
+    ns.load_batch(batch("v4-10k"));
+    d.diff_empty();
+    let feed = poll(Duration::from_secs(10), || {
+        let st = d.stats();
+        st["feeds"]
+            .as_array()?
+            .iter()
+            .find(|f| f["name"] == "nats" && f["dropped"].as_u64() > Some(0))
+            .cloned()
+    })
+    .expect("drops counted in stats.feeds");
+    assert!(feed["resnapshots"].as_u64() >= Some(1), "{feed}");
+    let server = NatsServer::start(dir.path(), port);
+    poll(Duration::from_secs(30), || {
+        let (s, r) = fleet_routes(&server.url, &router);
+        (s == "current" && r == mirror_routes(&d)).then_some(())
+    })
+    .expect("consumer = mirror after the lagged snapshot");
+}
