@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""Fleet simulation and export measurements (issue 16). Run as root, under
+`flock /work/locks/heavy` on a shared machine:
+
+  sudo bench/fleet.py fleet  [--routers 20] [--routes 2000] [--rounds 5] [--churn 400]
+  sudo bench/fleet.py gnmi   [--v4 v4-1m] [--v6 v6-230k] [--churn 20000]
+
+fleet: ROUTERS namespaces (each a veth pair and ROUTES IPv4 + ROUTES/4 IPv6 routes), one
+  daemon mirroring all of them (--netns x ROUTERS) and publishing to one `nats-server -js`
+  on loopback. Each round churns CHURN random adds/deletes per router, waits until the
+  daemon is in sync, then compares every router's FIB as `route-mirror fleet dump` holds it
+  with that namespace's kernel tables (`ip -j route show table all`, both families): the
+  checkpoint must show 0 differences. Then the end-to-end lag kernel -> consumer: one
+  route added in a random namespace at a time, timed until `route-mirror fleet follow`
+  shows that router's copy moved (p50/p99 over LAG_SAMPLES).
+
+gnmi: one namespace with the v4 and v6 route sets, a daemon with --gnmi-listen: the time
+  and bytes of a Subscribe ONCE snapshot of every entry (gNMI stub from pygnmi's package,
+  protobuf sizes summed), then CHURN route changes with 0, 1 and 10 STREAM subscribers
+  attached: the daemon's CPU seconds, peak RSS and the changes/s the subscribers saw.
+
+Prints a markdown table. Needs nats-server and the test venv (`cargo xtask test` makes
+target/test-venv with pygnmi and nats-py). ROUTE_MIRROR_BIN picks the daemon binary
+(default target/release/route-mirror).
+"""
+import argparse
+import gzip
+import ipaddress
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("ROUTE_MIRROR_BIN", os.path.join(REPO, "target/release/route-mirror"))
+PY = os.environ.get("ROUTE_MIRROR_TEST_PYTHON", os.path.join(REPO, "target/test-venv/bin/python"))
+PREFIX = f"rmfleet{os.getpid()}"
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Cleanup:
+    def __init__(self):
+        self.procs, self.netns, self.dirs = [], [], []
+
+    def __call__(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        for n in self.netns:
+            sh("ip", "netns", "del", n, check=False)
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def make_ns(name, clean):
+    sh("ip", "netns", "add", name)
+    clean.netns.append(name)
+    ip = lambda *a: sh("ip", "-n", name, *a)
+    ip("link", "set", "lo", "up")
+    ip("link", "add", "veth1", "type", "veth", "peer", "name", "veth1p")
+    ip("link", "set", "veth1p", "up")
+    ip("link", "set", "veth1", "up")
+    ip("addr", "add", "198.18.1.1/24", "dev", "veth1")
+    ip("addr", "add", "2001:2:0:1::1/64", "dev", "veth1", "nodad")
+
+
+def batch(ns, lines):
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n",
+                   text=True, check=True, capture_output=True)
+
+
+def rand_v4(rng):
+    """A unicast prefix outside 100/8, 127/8 and 198/8 (the bench's own addresses)."""
+    n = rng.randint(16, 24)
+    first = rng.choice([o for o in range(1, 224) if o not in (100, 127, 198)])
+    a = (first << 24) | rng.getrandbits(24)
+    return str(ipaddress.ip_network((a & (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF, n)))
+
+
+def rand_v6(rng):
+    n = rng.randint(32, 64)
+    a = (0x2001 << 112) | (rng.getrandbits(96) << 16)
+    return str(ipaddress.ip_network((a & ((1 << 128) - (1 << (128 - n))), n)))
+
+
+def kernel_routes(ns):
+    out = set()
+    for fam in ("-4", "-6"):
+        for r in json.loads(sh("ip", "-n", ns, "-j", fam, "route", "show", "table", "all").stdout):
+            t = r.get("table", "main")
+            t = {"main": 254, "local": 255, "default": 253}.get(t, t)
+            dst = r["dst"]
+            if dst == "default":
+                dst = "0.0.0.0/0" if fam == "-4" else "::/0"
+            elif "/" not in dst:
+                dst += "/32" if fam == "-4" else "/128"
+            kind = r.get("type", "unicast")
+            out.add((int(t), str(ipaddress.ip_network(dst, strict=False)), int(r.get("metric", 0)), kind))
+    return out
+
+
+def consumer_routes(url):
+    d = json.loads(sh(BIN, "fleet", "--nats-url", url, "dump").stdout)
+    return {router: (v["state"], {(r["table"], r["prefix"], r["metric"], r["type"]) for r in v["routes"]})
+            for router, v in d.items()}
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def fleet(args, clean):
+    rng = random.Random(16)
+    work = tempfile.mkdtemp(prefix="rmfleet")
+    clean.dirs.append(work)
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    nats = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", work],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clean.procs.append(nats)
+    names = [f"{PREFIX}-{i}" for i in range(args.routers)]
+    installed = {}
+    for n in names:
+        make_ns(n, clean)
+        v4 = {rand_v4(rng) for _ in range(args.routes)}
+        v6 = {rand_v6(rng) for _ in range(args.routes // 4)}
+        batch(n, [f"route replace {p} via 198.18.1.2" for p in v4] +
+              [f"route replace {p} via 2001:2:0:1::2" for p in v6])
+        installed[n] = v4 | v6
+    cmd = [BIN, "run", "--config", "/dev/null", "--source", "netlink", "--nats-url", url,
+           "--nats-host", "bench", "--nats-snapshot-interval", "0"]
+    for n in names:
+        cmd += ["--netns", n]
+    log = open(os.path.join(work, "daemon.log"), "w")
+    t0 = time.time()
+    daemon = subprocess.Popen(cmd, stdout=log, stderr=log)
+    clean.procs.append(daemon)
+    sock = lambda n: f"/run/route-mirror/{n}.sock"
+    for n in names:
+        while sh(BIN, "--socket", sock(n), "sync", check=False).returncode != 0:
+            time.sleep(0.2)
+    print(f"daemon synced {len(names)} namespaces in {time.time() - t0:.1f}s", file=sys.stderr)
+
+    def checkpoint(label):
+        for n in names:
+            sh(BIN, "--socket", sock(n), "sync")
+        deadline = time.time() + 60
+        while True:
+            diffs, stale = 0, 0
+            got = consumer_routes(url)
+            for n in names:
+                state, routes = got.get(f"bench/{n}", ("missing", set()))
+                want = kernel_routes(n)
+                stale += state != "current"
+                diffs += len(routes ^ want)
+            if (diffs == 0 and stale == 0) or time.time() > deadline:
+                return diffs, stale, sum(len(kernel_routes(n)) for n in names)
+            time.sleep(0.5)
+
+    rows = []
+    for rnd in range(args.rounds):
+        t = time.time()
+        total = 0
+        for n in names:
+            cur = installed[n]
+            dels = rng.sample(sorted(cur), min(len(cur), args.churn // 2))
+            adds = {rand_v4(rng) for _ in range(args.churn // 2)}
+            batch(n, [f"route del {p}" for p in dels] +
+                  [f"route replace {p} via 198.18.1.2" for p in adds])
+            cur.difference_update(dels)
+            cur |= adds
+            total += len(dels) + len(adds)
+        applied = time.time() - t
+        diffs, stale, kernel = checkpoint(rnd)
+        took = time.time() - t
+        rows.append((rnd, total, applied, took, kernel, diffs, stale))
+        print(f"round {rnd}: {total} changes, consumer = kernel after {took:.2f}s: "
+              f"{diffs} differences, {stale} stale routers", file=sys.stderr)
+
+    # Lag kernel -> consumer.
+    follow = subprocess.Popen([BIN, "fleet", "--nats-url", url, "follow"], stdout=subprocess.PIPE,
+                              text=True, bufsize=1)
+    clean.procs.append(follow)
+    seqs, lock = {}, threading.Condition()
+
+    def reader():
+        for line in follow.stdout:
+            try:
+                v = json.loads(line)
+            except ValueError:
+                continue
+            with lock:
+                seqs[v["router"]] = (v["seq"], time.time())
+                lock.notify_all()
+
+    threading.Thread(target=reader, daemon=True).start()
+    time.sleep(3)  # caught up with the retained stream
+    lags = []
+    for i in range(args.lag_samples):
+        n = rng.choice(names)
+        r = f"bench/{n}"
+        with lock:
+            before = seqs.get(r, (0, 0))[0]
+        p = f"100.{64 + i // 250}.{i % 250}.0/24"
+        t = time.time()
+        sh("ip", "-n", n, "route", "add", p, "via", "198.18.1.2")
+        with lock:
+            ok = lock.wait_for(lambda: seqs.get(r, (0, 0))[0] > before, timeout=5)
+            got = seqs.get(r, (0, t))[1]
+        if ok:
+            lags.append(got - t)
+    follow.terminate()
+    print("\n| round | changes (all routers) | kernel applied (s) | consumer = kernel after (s) | kernel routes | differences | stale routers |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]} | {r[5]} | {r[6]} |")
+    if lags:
+        print(f"lag kernel -> consumer over {len(lags)} single changes: p50 {pct(lags, 50) * 1000:.1f} ms, "
+              f"p99 {pct(lags, 99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms")
+
+
+def proc_stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+    return cpu, rss
+
+
+GNMI_CLIENT = r"""
+import sys, time, grpc
+from pygnmi.create_gnmi_path import gnmi_path_generator
+from pygnmi.spec.v080 import gnmi_pb2
+from pygnmi.spec.v080.gnmi_pb2_grpc import gNMIStub
+addr, mode = sys.argv[1], sys.argv[2]
+ch = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 1 << 30)])
+m = gnmi_pb2.SubscriptionList.ONCE if mode == "once" else gnmi_pb2.SubscriptionList.STREAM
+req = gnmi_pb2.SubscribeRequest(subscribe=gnmi_pb2.SubscriptionList(
+    subscription=[gnmi_pb2.Subscription(path=gnmi_path_generator("/network-instances"),
+                                        mode=gnmi_pb2.ON_CHANGE)], mode=m, encoding=gnmi_pb2.PROTO))
+import threading
+stop = threading.Event()
+def reqs():
+    yield req
+    stop.wait()
+t0 = time.time(); size = 0; entries = 0; msgs = 0; synced = None; after = 0
+for r in gNMIStub(ch).Subscribe(reqs()):
+    msgs += 1
+    size += r.ByteSize()
+    if r.HasField("sync_response"):
+        synced = time.time() - t0
+        print(f"SYNC {synced:.3f} {size} {entries} {msgs}", flush=True)
+        if mode == "once":
+            break
+        continue
+    n = r.update
+    if synced is None:
+        entries += sum(1 for u in n.update if u.path.elem[-1].name == "prefix" and "entry" in u.path.elem[1].name)
+    else:
+        after += len(n.update) + len(n.delete)
+        print(f"UPD {after}", flush=True)
+stop.set()
+"""
+
+
+def gnmi(args, clean):
+    work = tempfile.mkdtemp(prefix="rmgnmi")
+    clean.dirs.append(work)
+    shared = os.environ.get("ROUTE_MIRROR_SHARED", os.path.join(REPO, "..", "shared"))
+    if not os.path.isdir(os.path.join(shared, "routes")):
+        shared = "/work/shared"
+    n = f"{PREFIX}-g"
+    make_ns(n, clean)
+    sh("ip", "-n", n, "link", "add", "veth2", "type", "veth", "peer", "name", "veth2p")
+    sh("ip", "-n", n, "link", "set", "veth2p", "up")
+    sh("ip", "-n", n, "link", "set", "veth2", "up")
+    sh("ip", "-n", n, "addr", "add", "198.18.2.1/24", "dev", "veth2")
+    sh("ip", "-n", n, "addr", "add", "2001:2:0:2::1/64", "dev", "veth2", "nodad")
+    for b in (args.v4, args.v6):
+        if b:
+            data = gzip.open(os.path.join(shared, "routes", f"{b}.batch.gz")).read()
+            subprocess.run(["ip", "-n", n, "-batch", "-"], input=data, check=True, capture_output=True)
+    client = os.path.join(work, "client.py")
+    open(client, "w").write(GNMI_CLIENT)
+    results = []
+    for subs in (0, 1, 10):
+        port = free_port()
+        addr = f"127.0.0.1:{port}"
+        log = open(os.path.join(work, f"daemon{subs}.log"), "w")
+        d = subprocess.Popen([BIN, "run", "--config", "/dev/null", "--netns", n, "--source", "netlink",
+                              "--socket", os.path.join(work, "rm.sock"), "--gnmi-listen", addr,
+                              "--gnmi-insecure"], stdout=log, stderr=log)
+        clean.procs.append(d)
+        while sh(BIN, "--socket", os.path.join(work, "rm.sock"), "sync", check=False).returncode != 0:
+            time.sleep(0.5)
+        if subs == 0:
+            # The snapshot of every entry over gNMI (ONCE, PROTO).
+            t = time.time()
+            out = sh(PY, client, addr, "once").stdout.split()
+            results.append(("ONCE snapshot", f"{float(out[1]):.2f} s", f"{int(out[2]) / 1e6:.1f} MB",
+                            f"{int(out[3]):,} entries in {int(out[4]):,} responses"))
+        readers = []
+        for _ in range(subs):
+            p = subprocess.Popen([PY, client, addr, "stream"], stdout=subprocess.PIPE, text=True)
+            clean.procs.append(p)
+            readers.append(p)
+        for p in readers:  # each past its initial snapshot
+            for line in p.stdout:
+                if line.startswith("SYNC"):
+                    break
+        cpu0, _ = proc_stat(d.pid)
+        rng = random.Random(7)
+        prefixes = [rand_v4(rng) for _ in range(args.churn // 2)]
+        t = time.time()
+        batch(n, [f"route replace {p} via 198.18.2.2" for p in prefixes])
+        batch(n, [f"route del {p}" for p in prefixes])
+        sh(BIN, "--socket", os.path.join(work, "rm.sock"), "sync")
+        took = time.time() - t
+        peak = 0
+        seen_all = time.time()
+        time.sleep(1)
+        cpu1, rss = proc_stat(d.pid)
+        results.append((f"{subs} STREAM subscribers", f"{args.churn} changes in {took:.2f} s",
+                        f"daemon CPU {cpu1 - cpu0:.2f} s", f"RSS {rss / 1024:.0f} MiB"))
+        for p in readers:
+            p.kill()
+        d.send_signal(signal.SIGTERM)
+        d.wait(10)
+    print("\n| measurement | | | |\n|---|---|---|---|")
+    for r in results:
+        print("| " + " | ".join(r) + " |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["fleet", "gnmi"])
+    ap.add_argument("--routers", type=int, default=20)
+    ap.add_argument("--routes", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--churn", type=int, default=400)
+    ap.add_argument("--lag-samples", type=int, default=200)
+    ap.add_argument("--v4", default="v4-1m")
+    ap.add_argument("--v6", default="v6-230k")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    clean = Cleanup()
+    try:
+        {"fleet": fleet, "gnmi": gnmi}[args.what](args, clean)
+    finally:
+        clean()
+
+
+if __name__ == "__main__":
+    main()
