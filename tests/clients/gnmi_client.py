@@ -14,6 +14,7 @@ lines on stdout (each with "t", the wall-clock time it arrived).
       sync_response, reads nothing for PAUSE_SECONDS, then prints what follows.
 """
 import json
+import os
 import sys
 import time
 
@@ -28,7 +29,17 @@ def out(obj):
 def main():
     host, port = sys.argv[1].rsplit(":", 1)
     op = sys.argv[2]
-    with gNMIclient(target=(host, int(port)), insecure=True, gnmi_timeout=10) as gc:
+    # TLS when GNMI_TLS_ROOT is set (the CA to trust); GNMI_TLS_CERT/GNMI_TLS_KEY add a
+    # client certificate.
+    tls = {}
+    if os.environ.get("GNMI_TLS_ROOT"):
+        if os.environ.get("GNMI_TLS_CERT"):
+            tls = {"path_root": os.environ["GNMI_TLS_ROOT"], "path_cert": os.environ["GNMI_TLS_CERT"],
+                   "path_key": os.environ["GNMI_TLS_KEY"]}
+        else:
+            tls = {"path_cert": os.environ["GNMI_TLS_ROOT"]}
+    with gNMIclient(target=(host, int(port)), insecure=not tls,
+                    gnmi_timeout=float(os.environ.get("GNMI_TIMEOUT", "10")), **tls) as gc:
         if op == "caps":
             out(gc.capabilities())
         elif op == "get":

@@ -382,3 +382,176 @@ fn slow_subscriber_gets_a_fresh_snapshot() {
     let _ = slow.kill();
     let _ = slow.wait();
 }
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate with openssl.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    for who in ["server", "client"] {
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &format!("/CN={who}"),
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &format!("{who}.pem"),
+        ]);
+    }
+}
+
+/// TLS with client-certificate checks: pygnmi with the client certificate is served,
+/// without one it is refused; plaintext on a non-loopback address is refused at start.
+#[test]
+fn tls_and_client_certificates() {
+    let Some(python) = test_python() else { return };
+    let dir = route_mirror_tests::TempDir::new("rm-gnmi-tls").unwrap();
+    let d_ = dir.path();
+    make_certs(d_);
+    let p = |f: &str| d_.join(f).to_str().unwrap().to_string();
+    let ns = Netns::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(
+        &ns,
+        &[
+            "--gnmi-listen",
+            &addr,
+            "--gnmi-tls-cert",
+            &p("server.pem"),
+            "--gnmi-tls-key",
+            &p("server.key"),
+            "--gnmi-tls-client-ca",
+            &p("ca.pem"),
+        ],
+    );
+    d.wait_synced(Duration::from_secs(30));
+    let g = Gnmi { python, addr };
+    let caps = |env: &[(&str, String)]| {
+        let mut c = g.cmd(&["caps"]);
+        c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        c.output().expect("pygnmi")
+    };
+    let ok = caps(&[
+        ("GNMI_TLS_ROOT", p("ca.pem")),
+        ("GNMI_TLS_CERT", p("client.pem")),
+        ("GNMI_TLS_KEY", p("client.key")),
+    ]);
+    assert!(
+        ok.status.success(),
+        "with a client certificate: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("openconfig-aft"));
+    let refused = caps(&[("GNMI_TLS_ROOT", p("ca.pem")), ("GNMI_TIMEOUT", "3".into())]);
+    assert!(
+        !refused.status.success(),
+        "no client certificate must be refused"
+    );
+    let plain = caps(&[("GNMI_TIMEOUT", "3".into())]);
+    assert!(
+        !plain.status.success(),
+        "plaintext to a TLS server must fail"
+    );
+
+    // Plaintext anywhere but loopback: the daemon refuses to start.
+    let bad = Daemon::start(&ns, &["--gnmi-listen", "0.0.0.0:1", "--gnmi-insecure"]);
+    let status = route_mirror_tests::poll(Duration::from_secs(10), || bad.exited()).expect("exits");
+    assert!(!status.success());
+    assert!(
+        bad.log_tail(20).contains("only on a loopback address"),
+        "{}",
+        bad.log_tail(20)
+    );
+}
+
+/// `ip nexthop replace` re-routes every route using the object without a route message:
+/// the AFT follows (a new next hop for the entry's group).
+#[test]
+fn nexthop_object_replace_reaches_subscribers() {
+    let ns = Netns::new();
+    ns.ip(&[
+        "nexthop",
+        "add",
+        "id",
+        "10",
+        "via",
+        "198.18.1.2",
+        "dev",
+        "veth1",
+    ]);
+    ns.ip(&["route", "add", "192.0.2.0/24", "nhid", "10"]);
+    let Some((_d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+    let (mut sub, rx) = g.spawn(&["stream", NI, "20"]);
+    let first = wait_for(&rx, Duration::from_secs(10), |m| m["sync_response"] == true);
+    assert!(leaves(&[first]).values().any(|v| v == "198.18.1.2"));
+    ns.ip(&[
+        "nexthop",
+        "replace",
+        "id",
+        "10",
+        "via",
+        "198.18.2.2",
+        "dev",
+        "veth2",
+    ]);
+    let m = wait_for(&rx, Duration::from_secs(5), |m| {
+        leaves(std::slice::from_ref(m))
+            .iter()
+            .any(|(p, v)| p.ends_with("/state/ip-address") && v == "198.18.2.2")
+    });
+    assert!(m["update"].is_object());
+    let _ = sub.kill();
+    let _ = sub.wait();
+}
