@@ -37,14 +37,7 @@ pub fn ensure_ebpf_prerequisites() -> Result<()> {
         }
         Ok(())
     })();
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if !in_ci() => {
-            println!("warning: eBPF toolchain unavailable ({e:#}); building netlink-only");
-            Ok(())
-        }
-        Err(e) => Err(e.context("CI must build the eBPF object")),
-    }
+    required_in_ci(r, "eBPF toolchain unavailable", "building netlink-only")
 }
 
 /// Builds `route-mirror-ebpf` (excluded from the workspace) with nightly for
@@ -77,10 +70,20 @@ pub fn build_ebpf(_release: bool) -> Result<()> {
         println!("eBPF object: {}", ebpf_object().display());
         Ok(())
     })();
+    required_in_ci(
+        r,
+        "eBPF object not built",
+        "the daemon will run netlink-only",
+    )
+}
+
+/// eBPF is an accelerator: outside CI a failure is a warning (`what (error); then`);
+/// CI must build the object.
+fn required_in_ci(r: Result<()>, what: &str, then: &str) -> Result<()> {
     match r {
         Ok(()) => Ok(()),
         Err(e) if !in_ci() => {
-            println!("warning: eBPF object not built ({e:#}); the daemon will run netlink-only");
+            println!("warning: {what} ({e:#}); {then}");
             Ok(())
         }
         Err(e) => Err(e.context("CI must build the eBPF object")),
