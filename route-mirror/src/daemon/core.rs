@@ -370,40 +370,16 @@ impl Core {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
             self.exports.begin(&mut mirror);
             for m in msgs.by_ref() {
-                let dump = self
-                    .scans
-                    .running_mut()
-                    .filter(|s| m.port == port && s.current.is_some_and(|(_, seq)| seq == m.seq));
-                if let Some(scan) = dump {
-                    scan.current_replied = true;
-                    match m.ty {
-                        msg::NLMSG_DONE => dump_done = Some(None),
-                        msg::NLMSG_ERROR => {
-                            let code = msg::error_code(m.payload).unwrap_or(libc::EIO);
-                            if code != 0 {
-                                dump_done = Some(Some(code));
-                            }
-                        }
-                        _ => {
-                            if m.flags & msg::NLM_F_DUMP_INTR != 0 {
-                                scan.interrupted += 1;
-                            }
-                            if let Some(change) = self.events.decode(&m) {
-                                self.scans.mark(&mut mirror, change);
-                            }
-                        }
+                if self.scans.is_dump_reply(&m, port) {
+                    if let Some(end) = self.scans.dump_reply(&mut mirror, &m, &mut self.events) {
+                        dump_done = Some(end);
                     }
                     continue;
                 }
                 if events::is_reply(&m) {
                     continue; // a reply to a request we no longer wait for
                 }
-                // A removal during an IPv6 route dump can make it skip entries.
-                if let Some(scan) = self.scans.running_mut() {
-                    if scans::may_skip_v6_dump_entries(scan, &m) {
-                        scan.interrupted += 1;
-                    }
-                }
+                self.scans.event_during_dump(&m);
                 let scan = self.scans.running();
                 self.events.apply(&mut mirror, scan, &m, &mut applied);
             }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use super::events::EventPath;
 use crate::mirror::Mirror;
 use crate::model::{Change, Family};
 use crate::netlink::msg::{self, DumpKind, RawMsg};
@@ -100,9 +101,53 @@ impl Scans {
         }
     }
 
+    /// Whether `m` answers the running scan's dump request (our port, its sequence).
+    pub fn is_dump_reply(&self, m: &RawMsg<'_>, port: u32) -> bool {
+        self.running()
+            .is_some_and(|s| m.port == port && s.current.is_some_and(|(_, seq)| seq == m.seq))
+    }
+
+    /// Takes one reply of the running dump: an entry is marked into the mirror; the
+    /// dump's end comes back, with the kernel's error if it refused the dump.
+    pub fn dump_reply(
+        &mut self,
+        mirror: &mut Mirror,
+        m: &RawMsg<'_>,
+        events: &mut EventPath,
+    ) -> Option<Option<i32>> {
+        let scan = self.running_mut()?;
+        scan.current_replied = true;
+        match m.ty {
+            msg::NLMSG_DONE => Some(None),
+            msg::NLMSG_ERROR => {
+                let code = msg::error_code(m.payload).unwrap_or(libc::EIO);
+                (code != 0).then_some(Some(code))
+            }
+            _ => {
+                if m.flags & msg::NLM_F_DUMP_INTR != 0 {
+                    scan.interrupted += 1;
+                }
+                if let Some(change) = events.decode(m) {
+                    self.mark(mirror, change);
+                }
+                None
+            }
+        }
+    }
+
+    /// An event arrived while the running scan dumps: a removal during an IPv6 route
+    /// dump can make it skip entries.
+    pub fn event_during_dump(&mut self, m: &RawMsg<'_>) {
+        if let Some(scan) = self.running_mut() {
+            if may_skip_v6_dump_entries(scan, m) {
+                scan.interrupted += 1;
+            }
+        }
+    }
+
     /// Marks one object the running scan's dump listed into the mirror (logging
     /// progress on large dumps).
-    pub fn mark(&mut self, mirror: &mut Mirror, change: Change) {
+    fn mark(&mut self, mirror: &mut Mirror, change: Change) {
         let Some(scan) = self.running_mut() else {
             return;
         };
@@ -258,7 +303,7 @@ fn record(st: &mut Status, report: &ScanReport) {
 /// throughout (found by tests/tests/soak.rs: a daemon restarted mid-storm missed an
 /// IPv6 blackhole route). A removal-type event during an IPv6 route dump therefore
 /// marks the scan as interrupted.
-pub fn may_skip_v6_dump_entries(scan: &ActiveScan, m: &RawMsg<'_>) -> bool {
+fn may_skip_v6_dump_entries(scan: &ActiveScan, m: &RawMsg<'_>) -> bool {
     matches!(scan.current, Some((DumpKind::Routes(Family::V6, _), _))) && removal_may_skip_v6(m)
 }
 
