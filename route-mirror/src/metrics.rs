@@ -1,183 +1,529 @@
-//! Prometheus metrics (`--metrics-listen ADDR`, off by default).
+//! Prometheus metrics (`--metrics-listen ADDR`, off by default): `GET /metrics` in the
+//! Prometheus text format (0.0.4).
 //!
-//! The daemon's statistics are defined once, as [`Stats`] (what `route-mirror stats`
-//! shows); a refresh task copies them into the `metrics` recorder every [`REFRESH`],
-//! and metrics-exporter-prometheus serves them over HTTP.
-//! Names follow Prometheus conventions: `route_mirror_*`, `_total` for counters, base
-//! units (seconds, bytes).
+//! Each scrape reads every mirrored namespace's [`Stats`] (what `route-mirror stats`
+//! shows, [`Stats::collect`]) and encodes it there and then: nothing is copied ahead, so
+//! a scrape is exactly as fresh as `stats`, and the eBPF ring's kernel→mirror lag is
+//! exported as the ring's own histogram (its buckets, count and sum), so Prometheus and
+//! `stats` agree by construction.
+//!
+//! Why prometheus-client and not metrics + metrics-exporter-prometheus (used before):
+//! that exporter builds histograms only from samples recorded into its process-global
+//! recorder (it keeps them until a scrape), so the ring's histogram could only have been
+//! re-recorded approximately, and its values came from a refresh task, up to a second
+//! stale. prometheus-client's [`Collector`] encodes families from our own counters at
+//! scrape time. Its Prometheus text encoder, not its OpenMetrics one, because
+//! `promtool check metrics` (Debian's prometheus 2.42) parses the Prometheus format and
+//! reads an OpenMetrics counter (`# TYPE x counter` then `x_total`) as a family without
+//! HELP. HTTP is hyper's (one route).
+//!
+//! Conventions, which CI checks with `promtool check metrics` on a live scrape
+//! (tests/tests/ops.rs): names `route_mirror_*`, counters end in `_total`, base units
+//! (seconds, bytes), HELP and TYPE on every family, and every series carries `netns`
+//! (`host` for the daemon's own namespace) but `process_resident_memory_bytes`, which
+//! is the whole process's.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use metrics::{counter, gauge};
-use metrics_exporter_prometheus::PrometheusBuilder;
-use tracing::info;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
 
 use crate::shared::Shared;
 use crate::stats::{rss_bytes, Stats};
 
-/// How stale a scraped value may be.
-pub const REFRESH: Duration = Duration::from_secs(1);
-
-/// Starts the HTTP listener and the refresh task. Must run inside the tokio runtime.
+/// Binds `addr` and serves the namespaces' metrics there. Must run inside the tokio
+/// runtime; a bind failure is returned, not logged.
 pub fn serve(addr: SocketAddr, instances: Vec<Arc<Shared>>) -> Result<()> {
-    let (recorder, exporter) = PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .build()
+    let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("starting the metrics listener on {addr}"))?;
-    metrics::set_global_recorder(recorder).context("installing the metrics recorder")?;
-    tokio::spawn(exporter);
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "metrics are served beyond loopback");
+        warn!(%addr, "metrics are served beyond loopback");
     }
     info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Namespaces(instances)));
+    let registry = Arc::new(registry);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REFRESH);
         loop {
-            tick.tick().await;
-            for shared in &instances {
-                refresh(shared);
-            }
-            if let Some(rss) = rss_bytes() {
-                gauge!("process_resident_memory_bytes").set(rss as f64);
-            }
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let registry = registry.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, registry).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "metrics connection ended");
+                }
+            });
         }
     });
     Ok(())
 }
 
-fn set_total(name: &'static str, labels: &[(&'static str, String)], v: u64) {
-    counter!(name, labels).absolute(v);
-}
-
-fn set_gauge(name: &'static str, labels: &[(&'static str, String)], v: f64) {
-    gauge!(name, labels).set(v);
-}
-
-/// Copies one namespace's counters into the recorder, labelled `netns` (`host` for the
-/// daemon's own namespace).
-pub fn refresh(shared: &Shared) {
-    let ns = shared.netns.clone().unwrap_or_else(|| "host".to_string());
-    let l = |extra: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
-        let mut v = vec![("netns", ns.clone())];
-        v.extend_from_slice(extra);
-        v
+async fn respond(
+    req: &Request<hyper::body::Incoming>,
+    registry: Arc<Registry>,
+) -> Response<Full<Bytes>> {
+    let reply = |status, content_type, body: String| {
+        Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts")
     };
-    let st = Stats::collect(shared);
-    for (family, tables) in &st.routes {
-        for (table, n) in tables {
-            set_gauge(
-                "route_mirror_routes",
-                &l(&[("family", family.clone()), ("table", table.clone())]),
-                *n as f64,
+    if req.uri().path() != "/metrics" {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into());
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", String::new());
+    }
+    // Collecting takes the mirror's read lock: off the async workers.
+    let text = tokio::task::spawn_blocking(move || render(&registry)).await;
+    match text {
+        Ok(Ok(text)) => reply(
+            StatusCode::OK,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            text,
+        ),
+        _ => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            "encoding failed\n".into(),
+        ),
+    }
+}
+
+fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, registry)?;
+    Ok(text)
+}
+
+/// The mirrored namespaces, read at each scrape.
+struct Namespaces(Vec<Arc<Shared>>);
+
+impl std::fmt::Debug for Namespaces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.0.iter().map(|s| &s.netns).collect();
+        f.debug_tuple("Namespaces").field(&names).finish()
+    }
+}
+
+impl Collector for Namespaces {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let all: Vec<(String, Stats)> = self
+            .0
+            .iter()
+            .map(|s| {
+                let st = Stats::collect(s);
+                (st.netns.clone().unwrap_or_else(|| "host".into()), st)
+            })
+            .collect();
+        for family in families(&all) {
+            family.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// Label pairs of one series (`netns` first).
+type Labels = Vec<(&'static str, String)>;
+
+enum Value {
+    Counter(u64),
+    Gauge(f64),
+}
+
+/// One metric family and its series from every namespace.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(Labels, Value)>,
+}
+
+impl Family {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some((_, first)) = self.series.first() else {
+            return Ok(());
+        };
+        let (name, kind) = match first {
+            // The encoder appends `_total` to counters; the catalogue spells it out.
+            Value::Counter(_) => (
+                self.name.strip_suffix("_total").unwrap_or(self.name),
+                MetricType::Counter,
+            ),
+            Value::Gauge(_) => (self.name, MetricType::Gauge),
+        };
+        let mut family = encoder.encode_descriptor(name, self.help, None, kind)?;
+        for (labels, value) in &self.series {
+            let mut series = family.encode_family(labels)?;
+            match value {
+                Value::Counter(v) => ConstCounter::new(*v).encode(series)?,
+                Value::Gauge(v) => series.encode_gauge(v)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds families over every namespace: `each` adds one namespace's series.
+struct Catalogue<'a> {
+    all: &'a [(String, Stats)],
+    out: Vec<Family>,
+}
+
+/// One namespace's series of the family being built.
+struct Series<'a> {
+    netns: &'a str,
+    out: &'a mut Vec<(Labels, Value)>,
+}
+
+impl Series<'_> {
+    fn labelled(&mut self, labels: &[(&'static str, &str)], v: Value) {
+        let mut l: Labels = vec![("netns", self.netns.to_string())];
+        l.extend(labels.iter().map(|&(k, v)| (k, v.to_string())));
+        self.out.push((l, v));
+    }
+    fn counter(&mut self, v: u64) {
+        self.labelled(&[], Value::Counter(v));
+    }
+    fn gauge(&mut self, v: f64) {
+        self.labelled(&[], Value::Gauge(v));
+    }
+}
+
+impl Catalogue<'_> {
+    fn family(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        each: impl Fn(&Stats, &mut Series),
+    ) {
+        let mut series = Vec::new();
+        for (netns, st) in self.all {
+            each(
+                st,
+                &mut Series {
+                    netns,
+                    out: &mut series,
+                },
             );
         }
+        self.out.push(Family { name, help, series });
     }
-    set_gauge("route_mirror_links", &l(&[]), st.links as f64);
-    set_gauge("route_mirror_addresses", &l(&[]), st.addresses as f64);
-    set_gauge(
-        "route_mirror_nexthop_objects",
-        &l(&[]),
-        st.nexthop_objects as f64,
+}
+
+/// Every family, in exposition order. Counts of things the kernel reported are
+/// counters; sizes and states are gauges.
+fn families(all: &[(String, Stats)]) -> Vec<Family> {
+    let mut c = Catalogue {
+        all,
+        out: Vec::new(),
+    };
+    c.family(
+        "route_mirror_build_info",
+        "route-mirror's version and the namespace's active event source (ebpf or netlink); always 1.",
+        |st, s| {
+            s.labelled(
+                &[("version", env!("CARGO_PKG_VERSION")), ("source", &st.source)],
+                Value::Gauge(1.0),
+            )
+        },
     );
-    set_gauge("route_mirror_attribute_sets", &l(&[]), st.attr_sets as f64);
-    let c = &st.apply;
-    for (kind, v) in [
-        ("route_add", c.route_adds),
-        ("route_update", c.route_updates),
-        ("route_delete", c.route_deletes),
-        ("route_delete_unknown", c.route_deletes_unknown),
-        ("route_dead", c.dead_routes),
-        ("link", c.link_events),
-        ("address", c.addr_events),
-        ("nexthop", c.nexthop_events),
-    ] {
-        set_total(
-            "route_mirror_events_total",
-            &l(&[("source", st.source.clone()), ("type", kind.into())]),
-            v,
-        );
-    }
-    set_total(
-        "route_mirror_inferred_removals_total",
-        &l(&[]),
-        c.inferred_removals,
-    );
-    set_total(
-        "route_mirror_inferred_confirmed_total",
-        &[],
-        c.inferred_confirmed,
-    );
-    set_total(
-        "route_mirror_inferred_refuted_total",
-        &[],
-        c.inferred_refuted,
-    );
-    set_gauge(
+    c.family(
         "route_mirror_synced",
-        &l(&[]),
-        if st.synced { 1.0 } else { 0.0 },
+        "1 once the initial full sync is done.",
+        |st, s| s.gauge(f64::from(u8::from(st.synced))),
     );
-    set_total("route_mirror_enobufs_total", &l(&[]), st.enobufs);
-    set_total("route_mirror_silent_drops_total", &l(&[]), st.silent_drops);
-    set_total(
+    c.family(
+        "route_mirror_sync_lag_seconds",
+        "How far the mirror may be behind the kernel: 0 while it is idle with nothing queued; else the time since it last was (events being applied, or a resync after lost events).",
+        |st, s| {
+            if let Some(lag) = st.sync_lag_s {
+                s.gauge(lag)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_routes",
+        "Routes in the mirror, by family and table id.",
+        |st, s| {
+            for (family, tables) in &st.routes {
+                for (table, n) in tables {
+                    s.labelled(
+                        &[("family", family), ("table", table)],
+                        Value::Gauge(*n as f64),
+                    );
+                }
+            }
+        },
+    );
+    c.family("route_mirror_links", "Links in the mirror.", |st, s| {
+        s.gauge(st.links as f64)
+    });
+    c.family(
+        "route_mirror_addresses",
+        "Interface addresses in the mirror.",
+        |st, s| s.gauge(st.addresses as f64),
+    );
+    c.family(
+        "route_mirror_nexthop_objects",
+        "Nexthop objects in the mirror.",
+        |st, s| s.gauge(st.nexthop_objects as f64),
+    );
+    c.family(
+        "route_mirror_attribute_sets",
+        "Distinct route attribute sets shared by all routes.",
+        |st, s| s.gauge(st.attr_sets as f64),
+    );
+    c.family(
+        "route_mirror_events_total",
+        "Kernel notifications applied to the mirror, by event source and type.",
+        |st, s| {
+            let a = &st.apply;
+            for (kind, v) in [
+                ("route_add", a.route_adds),
+                ("route_update", a.route_updates),
+                ("route_delete", a.route_deletes),
+                ("route_delete_unknown", a.route_deletes_unknown),
+                ("route_dead", a.dead_routes),
+                ("link", a.link_events),
+                ("address", a.addr_events),
+                ("nexthop", a.nexthop_events),
+            ] {
+                s.labelled(&[("source", &st.source), ("type", kind)], Value::Counter(v));
+            }
+        },
+    );
+    c.family(
+        "route_mirror_inferred_removals_total",
+        "IPv4 routes removed because their device, source address or nexthop object went away (the kernel sends no delete for these).",
+        |st, s| s.counter(st.apply.inferred_removals),
+    );
+    c.family(
+        "route_mirror_inferred_confirmed_total",
+        "Inferred removals a later full dump confirmed.",
+        |st, s| s.counter(st.apply.inferred_confirmed),
+    );
+    c.family(
+        "route_mirror_inferred_refuted_total",
+        "Inferred removals a later full dump refuted (the scan put the routes back).",
+        |st, s| s.counter(st.apply.inferred_refuted),
+    );
+    c.family(
+        "route_mirror_enobufs_total",
+        "Netlink receive queue overruns (ENOBUFS): events were lost and a resync followed.",
+        |st, s| s.counter(st.enobufs),
+    );
+    c.family(
+        "route_mirror_silent_drops_total",
+        "Notifications the kernel dropped without reporting ENOBUFS (socket drop counter).",
+        |st, s| s.counter(st.silent_drops),
+    );
+    c.family(
         "route_mirror_resyncs_total",
-        &l(&[("reason", "overrun".into())]),
-        st.resyncs,
+        "Full resyncs started because events were lost.",
+        |st, s| s.labelled(&[("reason", "overrun")], Value::Counter(st.resyncs)),
     );
-    set_total(
+    c.family(
         "route_mirror_socket_resets_total",
-        &l(&[]),
-        st.socket_resets,
+        "Netlink sockets replaced because a dump stalled after an overrun.",
+        |st, s| s.counter(st.socket_resets),
     );
-    for (reason, n) in &st.scans_by_reason {
-        set_total(
-            "route_mirror_scans_total",
-            &l(&[("reason", reason.clone())]),
-            *n,
-        );
+    c.family(
+        "route_mirror_scans_total",
+        "Completed full scans (mark and sweep against a fresh dump), by reason.",
+        |st, s| {
+            for (reason, n) in &st.scans_by_reason {
+                s.labelled(&[("reason", reason)], Value::Counter(*n));
+            }
+        },
+    );
+    c.family(
+        "route_mirror_prune_verdicts_total",
+        "Routes judged by full scans: seen (unchanged), updated, created or deleted (the last three repaired lost events).",
+        |st, s| {
+            let v = &st.verdicts;
+            for (verdict, n) in [
+                ("seen", v.seen),
+                ("updated", v.updated),
+                ("created", v.created),
+                ("deleted", v.deleted),
+            ] {
+                s.labelled(&[("verdict", verdict)], Value::Counter(n));
+            }
+        },
+    );
+    c.family(
+        "route_mirror_last_scan_duration_seconds",
+        "Duration of the last completed full scan.",
+        |st, s| {
+            if let Some(r) = &st.last_scan {
+                s.gauge(r.duration_ms / 1000.0)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_last_scan_timestamp_seconds",
+        "Unix time the last completed full scan started.",
+        |st, s| {
+            if let Some(r) = &st.last_scan {
+                s.gauge(r.started_unix_ms as f64 / 1000.0)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_decode_issues_total",
+        "Netlink messages or attributes the decoder skipped or did not model, by kind.",
+        |st, s| {
+            let d = &st.decode;
+            for (kind, n) in [
+                ("malformed", d.malformed),
+                ("unknown_attribute", d.unknown_attrs),
+                ("unknown_route_type", d.unknown_route_types),
+                ("unknown_message", d.unknown_messages),
+            ] {
+                s.labelled(&[("kind", kind)], Value::Counter(n));
+            }
+        },
+    );
+    c.family(
+        "route_mirror_bad_requests_total",
+        "Control socket requests that did not parse (garbage, truncated, oversized, timed out).",
+        |st, s| s.counter(st.bad_requests),
+    );
+    c.family(
+        "route_mirror_watchers",
+        "route-mirror watch clients connected.",
+        |st, s| s.gauge(st.watchers as f64),
+    );
+    c.family(
+        "route_mirror_watchers_dropped_total",
+        "route-mirror watch clients dropped for falling behind.",
+        |st, s| s.counter(st.watchers_dropped),
+    );
+    ring_families(&mut c);
+    let mut out = c.out;
+    if let Some(rss) = rss_bytes() {
+        out.push(Family {
+            name: "process_resident_memory_bytes",
+            help: "Resident memory of the route-mirror process (all namespaces).",
+            series: vec![(Vec::new(), Value::Gauge(rss as f64))],
+        });
     }
-    for (verdict, v) in [
-        ("seen", st.verdicts.seen),
-        ("updated", st.verdicts.updated),
-        ("created", st.verdicts.created),
-        ("deleted", st.verdicts.deleted),
-    ] {
-        set_total(
-            "route_mirror_prune_verdicts_total",
-            &l(&[("verdict", verdict.into())]),
-            v,
-        );
-    }
-    if let Some(s) = &st.last_scan {
-        set_gauge(
-            "route_mirror_last_scan_duration_seconds",
-            &l(&[]),
-            s.duration_ms / 1000.0,
-        );
-        set_gauge(
-            "route_mirror_last_scan_timestamp_seconds",
-            &l(&[]),
-            s.started_unix_ms as f64 / 1000.0,
-        );
-    }
-    let d = &st.decode;
-    for (kind, v) in [
-        ("malformed", d.malformed),
-        ("unknown_attribute", d.unknown_attrs),
-        ("unknown_route_type", d.unknown_route_types),
-        ("unknown_message", d.unknown_messages),
-    ] {
-        set_total(
-            "route_mirror_decode_issues_total",
-            &l(&[("kind", kind.into())]),
-            v,
-        );
-    }
-    set_total("route_mirror_bad_requests_total", &l(&[]), st.bad_requests);
-    if let Some(lag) = st.sync_lag_s {
-        set_gauge("route_mirror_sync_lag_seconds", &l(&[]), lag);
-    }
+    out
+}
+
+/// The eBPF source's ring buffer (namespaces using it only).
+fn ring_families(c: &mut Catalogue) {
+    let kernel = |st: &Stats, name: &str| {
+        st.ring
+            .as_ref()
+            .map(|r| r.kernel.get(name).copied().unwrap_or(0))
+    };
+    c.family(
+        "route_mirror_ring_size_bytes",
+        "Size of the eBPF ring buffer.",
+        |st, s| {
+            if let Some(r) = &st.ring {
+                s.gauge(r.size_bytes as f64)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_ring_high_water_bytes",
+        "Highest fill of the eBPF ring buffer seen (bytes written, not yet read).",
+        |st, s| {
+            if let Some(r) = &st.ring {
+                s.gauge(r.high_water_bytes as f64)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_ring_records_total",
+        "Records the socket filter wrote to the eBPF ring buffer.",
+        |st, s| {
+            if let Some(n) = kernel(st, "records") {
+                s.counter(n)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_ring_bytes_total",
+        "Bytes the socket filter wrote to the eBPF ring buffer (record headers included).",
+        |st, s| {
+            if let Some(n) = kernel(st, "bytes") {
+                s.counter(n)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_ring_drops_total",
+        "Notifications lost because the eBPF ring buffer was full (each forces a resync).",
+        |st, s| {
+            if let Some(n) = kernel(st, "drops") {
+                s.counter(n)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_ring_truncated_total",
+        "Notifications too long for a ring record (each forces a resync).",
+        |st, s| {
+            if let Some(n) = kernel(st, "truncated") {
+                s.counter(n)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_ring_read_records_total",
+        "Records the daemon read from the eBPF ring buffer.",
+        |st, s| {
+            if let Some(r) = &st.ring {
+                s.counter(r.records_read)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_ring_read_bytes_total",
+        "Bytes the daemon read from the eBPF ring buffer.",
+        |st, s| {
+            if let Some(r) = &st.ring {
+                s.counter(r.bytes_read)
+            }
+        },
+    );
+    c.family(
+        "route_mirror_ring_loss_resyncs_total",
+        "Resyncs forced by ring drops or truncated records.",
+        |st, s| {
+            if let Some(r) = &st.ring {
+                s.counter(r.loss_resyncs)
+            }
+        },
+    );
 }

@@ -75,8 +75,11 @@ pub struct Status {
     pub last_event: Option<SystemTime>,
     /// Last time the core loop went round (the systemd watchdog pings only while recent).
     pub heartbeat: Option<std::time::Instant>,
-    /// Last time the core had applied everything queued and had no scan to run.
+    /// The last instant the mirror held everything the kernel had reported (None
+    /// before the initial sync); see [`crate::stats::Stats::sync_lag_s`].
     pub caught_up: Option<SystemTime>,
+    /// The core is asleep with nothing queued and no resync owed: the mirror is current.
+    pub current: bool,
     pub enobufs: u64,
     pub resyncs: u64,
     pub scans: u64,

@@ -42,8 +42,13 @@ pub struct Stats {
     pub events_applied: u64,
     pub events_dropped_by_request: u64,
     pub last_event_age_s: Option<f64>,
-    /// How far behind the kernel the mirror may be: time since it last had applied
-    /// everything queued (≈0 when idle; grows during a burst or a scan).
+    /// How far behind the kernel the mirror may be, in seconds: 0 while the core sleeps
+    /// with nothing queued and no resync owed (a caught-up mirror); otherwise the time
+    /// since it last was: since it woke to apply what arrived (a burst reads its real
+    /// delay as it is worked off), since events were lost (until the resync is done),
+    /// or since start (until the initial sync is done). Periodic scans do not count:
+    /// events keep the mirror current while they run. The eBPF ring's per-notification
+    /// delay is `ring.lag`.
     pub sync_lag_s: Option<f64>,
     /// What the event path applied.
     pub apply: ApplyCounters,
@@ -146,7 +151,11 @@ impl Stats {
             events_applied: st.events_applied,
             events_dropped_by_request: st.events_dropped_by_request,
             last_event_age_s: age(st.last_event),
-            sync_lag_s: age(st.caught_up),
+            sync_lag_s: if st.current {
+                Some(0.0)
+            } else {
+                age(st.caught_up.or(Some(shared.started)))
+            },
             apply: m.counters.clone(),
             enobufs: st.enobufs,
             silent_drops: st.silent_drops,

@@ -139,6 +139,35 @@ pub fn test_python() -> Option<PathBuf> {
     None
 }
 
+/// promtool (lints Prometheus scrapes): `$PROMTOOL`, else `promtool` on PATH, else
+/// `<workspace>/target/tools/usr/bin/promtool` (`cargo xtask test` unpacks it there from
+/// Debian's prometheus package). `None` (with a note) when absent outside CI; in CI its
+/// absence fails the test.
+pub fn promtool() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("PROMTOOL")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+        Some(PathBuf::from("promtool")),
+        Some(workspace_root().join("target/tools/usr/bin/promtool")),
+    ];
+    let runs = |p: &PathBuf| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(p) = candidates.into_iter().flatten().find(runs) {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "promtool missing: `cargo xtask test` unpacks it into target/tools (or set PROMTOOL)"
+    );
+    eprintln!("skipping: no promtool (run `cargo xtask test` once, or set PROMTOOL)");
+    None
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

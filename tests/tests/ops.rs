@@ -5,7 +5,9 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use route_mirror_tests::{daemon_bin, poll, Daemon, Netns, TempDir};
+use route_mirror_tests::{
+    batch, daemon_bin, ebpf_object_present, free_port, poll, promtool, Daemon, Netns, TempDir,
+};
 
 /// GET http://ADDR/metrics over loopback (the daemon serves metrics in its own
 /// namespace, for every namespace it mirrors).
@@ -17,6 +19,39 @@ fn scrape(addr: &str) -> Option<String> {
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
+}
+
+/// The body of a scrape (what follows the HTTP headers).
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// `promtool check metrics` on a scrape's body: its complaints (empty when clean).
+fn promtool_complaints(promtool: &std::path::Path, text: &str) -> String {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        String::new()
+    } else {
+        format!("promtool {}: {said}", out.status)
+    }
 }
 
 /// The value of the first sample line starting with `prefix` (name plus labels).
@@ -275,4 +310,181 @@ fn tables_by_name_or_number() {
         text.contains("198.51.100.0/24 via 198.18.1.2 dev veth1 table local"),
         "{text}"
     );
+}
+
+/// A live scrape of a daemon mirroring two namespaces (the eBPF source when its object
+/// is built, so the ring's families and lag histogram are in it), taken while routes
+/// change, passes `promtool check metrics`: HELP and TYPE on every family, each family
+/// once, counters named `_total`. Every series carries `netns` but the process's own.
+#[test]
+fn live_scrape_passes_promtool_while_routes_change() {
+    let Some(promtool) = promtool() else { return };
+    let (a, b) = (Netns::new(), Netns::new());
+    let source = if ebpf_object_present() {
+        "ebpf"
+    } else {
+        "netlink"
+    };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = TempDir::new("rm-promtool").unwrap();
+    let logf = std::fs::File::create(log.path().join("daemon.log")).unwrap();
+    let ring = (64u64 << 20).to_string();
+    let _d = Running(
+        Command::new(daemon_bin())
+            .args(["--config", "/dev/null", "run", "--metrics-listen", &addr])
+            .args(["--netns", a.name(), "--netns", b.name(), "--source", source])
+            .args(["--ring-size", &ring])
+            .stderr(logf)
+            .spawn()
+            .unwrap(),
+    );
+    let synced = |t: &str| {
+        [&a, &b]
+            .iter()
+            .all(|ns| t.contains(&format!("route_mirror_synced{{netns=\"{}\"}} 1", ns.name())))
+    };
+    let first = poll(Duration::from_secs(20), || {
+        scrape(&addr).filter(|t| synced(t))
+    });
+    let daemon_log = || std::fs::read_to_string(log.path().join("daemon.log")).unwrap_or_default();
+    let first = first.unwrap_or_else(|| panic!("both namespaces synced: {}", daemon_log()));
+    assert_eq!(promtool_complaints(&promtool, body(&first)), "");
+
+    // 1000 routes come and go in `a` while it is scraped.
+    let churn = log.path().join("churn.batch");
+    let mut lines = String::new();
+    for op in ["add", "del"] {
+        for i in 0..1000 {
+            lines += &format!(
+                "route {op} 10.99.{}.{}/32 via 198.18.1.2\n",
+                i / 256,
+                i % 256
+            );
+        }
+    }
+    std::fs::write(&churn, lines).unwrap();
+    let mut ip = Command::new("ip")
+        .args(["-n", a.name(), "-batch"])
+        .arg(&churn)
+        .spawn()
+        .unwrap();
+    let mut scrapes = 0;
+    while scrapes < 3 || ip.try_wait().unwrap().is_none() {
+        let t = scrape(&addr).expect("scrape");
+        assert_eq!(promtool_complaints(&promtool, body(&t)), "", "{t}");
+        scrapes += 1;
+    }
+    assert!(ip.wait().unwrap().success());
+    let adds = |t: &str| {
+        let prefix = format!(
+            "route_mirror_events_total{{netns=\"{}\",source=\"{source}\",type=\"route_add\"}}",
+            a.name()
+        );
+        sample(t, &prefix).unwrap_or(0.0)
+    };
+    // The ring's kernel counters are published at intervals: wait for them too.
+    let ring_records = |t: &str| {
+        let name = format!("route_mirror_ring_records_total{{netns=\"{}\"}}", a.name());
+        sample(t, &name).unwrap_or(0.0)
+    };
+    let last = poll(Duration::from_secs(10), || {
+        scrape(&addr)
+            .filter(|t| adds(t) >= 1000.0 && (source != "ebpf" || ring_records(t) >= 2000.0))
+    })
+    .unwrap_or_else(|| panic!("1000 route adds counted: {}", daemon_log()));
+    let text = body(&last);
+    assert_eq!(promtool_complaints(&promtool, text), "");
+
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(
+            line.contains("netns=\"") || line.starts_with("process_"),
+            "series without netns: {line}"
+        );
+    }
+    for ns in [&a, &b] {
+        let info = format!(
+            "route_mirror_build_info{{netns=\"{}\",version=\"{}\",source=\"{source}\"}} 1",
+            ns.name(),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&info), "no {info}:\n{text}");
+        let refuted = format!(
+            "route_mirror_inferred_refuted_total{{netns=\"{}\"}}",
+            ns.name()
+        );
+        assert!(text.contains(&refuted), "no {refuted}:\n{text}");
+    }
+    if source == "ebpf" {
+        let ns = a.name();
+        for name in [
+            "route_mirror_ring_high_water_bytes",
+            "route_mirror_ring_drops_total",
+        ] {
+            assert!(
+                text.contains(&format!("{name}{{netns=\"{ns}\"}}")),
+                "no {name}"
+            );
+        }
+    }
+}
+
+/// `sync_lag_s` reads 0 on a caught-up, idle daemon (it read up to a second, the core's
+/// poll timeout, when it was the time since the core last went round), and the time the
+/// core has been working off a backlog while it is behind.
+#[test]
+fn sync_lag_is_zero_when_caught_up_and_the_delay_while_behind() {
+    let ns = Netns::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_synced(&ns, &["--source", "netlink", "--metrics-listen", &addr]);
+    for _ in 0..8 {
+        let lag = d.stats()["sync_lag_s"].as_f64();
+        assert_eq!(lag, Some(0.0), "idle and caught up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lag_of = |t: &str| {
+        sample(
+            t,
+            &format!("route_mirror_sync_lag_seconds{{netns=\"{}\"}}", ns.name()),
+        )
+    };
+    assert_eq!(scrape(&addr).as_deref().and_then(lag_of), Some(0.0));
+
+    // Stopped while the kernel installs 100k routes, the daemon finds them queued when
+    // it resumes: while it applies them the mirror is behind.
+    d.pause();
+    ns.load_batch(batch("v4-100k"));
+    let resumed = std::time::Instant::now();
+    d.resume();
+    let mut seen = Vec::new();
+    let routes = format!("route_mirror_routes{{netns=\"{}\",", ns.name());
+    let mirrored = |t: &str| {
+        let n: f64 = t
+            .lines()
+            .filter(|l| l.starts_with(&routes))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        n >= 100_000.0
+    };
+    let done = poll(Duration::from_secs(60), || {
+        let t = scrape(&addr)?;
+        seen.push((resumed.elapsed().as_secs_f64(), lag_of(&t)?));
+        mirrored(&t).then_some(())
+    });
+    assert!(done.is_some(), "100k routes mirrored: {seen:?}");
+    let behind: Vec<_> = seen.iter().filter(|(_, lag)| *lag > 0.0).collect();
+    assert!(
+        !behind.is_empty(),
+        "no read while behind showed a lag: {seen:?}"
+    );
+    for (at, lag) in &behind {
+        assert!(
+            lag <= at,
+            "lag {lag} s read {at} s after resuming: {seen:?}"
+        );
+    }
+    d.cli(&["sync"]);
+    assert_eq!(d.stats()["sync_lag_s"].as_f64(), Some(0.0));
 }

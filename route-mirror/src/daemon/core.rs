@@ -177,12 +177,19 @@ impl Core {
                 for b in self.barriers.drain(..) {
                     let _ = b.send(());
                 }
-                self.shared.status.lock().expect("status lock").caught_up =
-                    Some(std::time::SystemTime::now());
             }
-            self.publish(fresh_stats);
+            // Idle (nothing queued) and no resync owed: the mirror is current until
+            // the core wakes (see Stats::sync_lag_s).
+            let current = idle && !self.resync_owed();
+            self.publish(fresh_stats, current);
             if idle {
                 self.sleep();
+                if current {
+                    // Whatever woke the core arrived just now: current up to here.
+                    let mut st = self.shared.status.lock().expect("status lock");
+                    st.current = false;
+                    st.caught_up = Some(std::time::SystemTime::now());
+                }
             }
         }
     }
@@ -601,10 +608,22 @@ impl Core {
         source_name(&self.ebpf)
     }
 
+    /// The mirror is known to miss changes until this resync is done: events were lost
+    /// (overrun, ring loss, silent drops), or the initial sync. Periodic, manual and
+    /// confirming scans run while events keep the mirror current.
+    fn resync_owed(&self) -> bool {
+        self.drain_first || self.scans.resync_owed()
+    }
+
     /// Copies counters the core keeps privately into the shared status. The ring's
     /// kernel counters are re-read when the [`RingClock`] says so, or now when `fresh`.
-    fn publish(&mut self, fresh: bool) {
+    /// `current`: the core is about to sleep with nothing queued and no resync owed.
+    fn publish(&mut self, fresh: bool, current: bool) {
         let mut st = self.shared.status.lock().expect("status lock");
+        st.current = current;
+        if current {
+            st.caught_up = Some(std::time::SystemTime::now());
+        }
         if self.ring_clock.stats_due(fresh || st.ring.is_none()) {
             st.ring = self.ebpf.as_ref().map(|e| e.stats());
         }

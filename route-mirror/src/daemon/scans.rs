@@ -75,6 +75,14 @@ impl Scans {
         self.pending.is_some()
     }
 
+    /// The initial sync or a resync after lost events is running or queued: until it
+    /// is done the mirror is known to miss changes (other scans only confirm it).
+    pub fn resync_owed(&self) -> bool {
+        let owed = |r: ScanReason| matches!(r, ScanReason::Initial | ScanReason::Overrun);
+        self.running().is_some_and(|s| owed(s.reason))
+            || self.pending.as_ref().is_some_and(|p| owed(p.reason))
+    }
+
     /// Queues a scan, merging it into the pending one.
     pub fn queue(
         &mut self,
