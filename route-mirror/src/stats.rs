@@ -74,6 +74,12 @@ pub struct Stats {
     pub watchers_dropped: u64,
     /// The exports' feeds ([`crate::export::feed`]).
     pub feeds: Vec<FeedStats>,
+    /// The gNMI server (`--gnmi-listen`): subscribers, notifications, overflows...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gnmi: Option<serde_json::Value>,
+    /// The NATS export (`--nats-url`): published, bytes, snapshots, publish errors...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<serde_json::Value>,
     /// Control clients refused because they are not root (SO_PEERCRED).
     pub refused_peers: u64,
     /// Control clients refused because too many were being served.
@@ -173,6 +179,8 @@ impl Stats {
             watchers: shared.exports.watchers(),
             watchers_dropped: st.watchers_dropped,
             feeds: shared.exports.feed_stats(),
+            gnmi: crate::export::GNMI_STATS.get().map(|s| s.json()),
+            nats: crate::export::NATS_STATS.get().map(|s| s.json()),
             refused_peers: st.refused_peers,
             busy_refusals: st.busy_refusals,
             rcvbuf: st.rcvbuf,

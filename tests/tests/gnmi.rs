@@ -354,13 +354,14 @@ fn stream_follows_changes_in_order() {
 #[test]
 fn slow_subscriber_gets_a_fresh_snapshot() {
     let ns = Netns::new();
-    // A 2-batch queue: the 10k-route load below overflows it.
+    // A 2-batch queue. The 100k-route load below overflows it whatever the client's
+    // gRPC window absorbs (10k routes, about 4 MB, did not always: flaky under load).
     let Some((d, g)) = Gnmi::start(&ns, &[("ROUTE_MIRROR_GNMI_QUEUE_BATCHES", "2")]) else {
         return;
     };
-    let (mut slow, rx) = g.spawn(&["slow", NI, "6", "40"]);
+    let (mut slow, rx) = g.spawn(&["slow", NI, "8", "90"]);
     wait_for(&rx, Duration::from_secs(10), |m| m["paused"].is_number());
-    ns.load_batch(batch("v4-10k"));
+    ns.load_batch(batch("v4-100k"));
     // The daemon kept up meanwhile.
     let out = d.cli(&["diff"]);
     assert!(
@@ -370,15 +371,21 @@ fn slow_subscriber_gets_a_fresh_snapshot() {
     );
     // The bracket opens with a delete of the subscribed root (the afts container:
     // the empty path relative to the notification's prefix).
-    let del = wait_for(&rx, Duration::from_secs(30), |m| {
+    let del = wait_for(&rx, Duration::from_secs(60), |m| {
         m["deletes"]
             .as_array()
             .is_some_and(|d| d.iter().any(|p| p == ""))
     });
     assert!(del["kind"] == "update", "{del}");
-    wait_for(&rx, Duration::from_secs(30), |m| {
+    wait_for(&rx, Duration::from_secs(60), |m| {
         m["kind"] == "sync_response"
     });
+    let st = d.stats();
+    assert!(
+        st["gnmi"]["overflows"].as_u64() >= Some(1),
+        "counted: {}",
+        st["gnmi"]
+    );
     let _ = slow.kill();
     let _ = slow.wait();
 }

@@ -288,6 +288,12 @@ fn jetstream_carries_the_mirror() {
         msgs.iter().any(|m| m["msg"]["reason"] == "reconnect"),
         "a snapshot after reconnecting"
     );
+    let st = d.stats();
+    assert!(
+        st["nats"]["reconnects"].as_u64() >= Some(1),
+        "{}",
+        st["nats"]
+    );
     server.stop();
 }
 

@@ -261,14 +261,16 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
             .map(|s| crate::export::afts::Afts::start(s))
             .collect::<std::io::Result<Vec<_>>>()
             .context("starting the AFT export threads")?;
-        crate::export::gnmi::serve(g, hubs)
+        let running = crate::export::gnmi::serve(g, hubs)
             .await
             .context("--gnmi-listen")?;
+        let _ = crate::export::GNMI_STATS.set(running.stats);
     }
     if let Some(n) = cfgs.first().map(|c| &c.nats).filter(|n| n.url.is_some()) {
-        crate::export::nats::start(n, &shareds)
+        let stats = crate::export::nats::start(n, &shareds)
             .await
             .context("--nats-url")?;
+        let _ = crate::export::NATS_STATS.set(stats);
     }
     service::spawn(shareds.clone());
     let mut term = signal(SignalKind::terminate())?;

@@ -68,6 +68,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// Counters of the network exports (one each per process), shown by `stats`.
+pub static GNMI_STATS: std::sync::OnceLock<std::sync::Arc<gnmi::service::GnmiStats>> =
+    std::sync::OnceLock::new();
+pub static NATS_STATS: std::sync::OnceLock<std::sync::Arc<nats::NatsStats>> =
+    std::sync::OnceLock::new();
+
 pub mod aft;
 pub mod afts;
 pub mod bpf_fib;
