@@ -2,8 +2,10 @@
 //!
 //! Data path, top-down: [`netlink`] (source: multicast events and dumps on one socket)
 //! → [`netlink::decode`] → [`mirror`] (apply events; [`reconcile`] mark-and-sweep on
-//! dumps) → [`fib`] (an LPM trie per family and table) → [`ctl`] (queries, stats) and
-//! [`diff`] (the correctness oracle).
+//! dumps) → [`fib`] (an LPM trie per family and table) → [`export`] (everything that
+//! follows the mirror's changes: watch, the BPF FIB, feeds) and [`ctl`] (queries,
+//! [`stats`]), with [`diff`] the correctness oracle. The core loop ([`daemon`]) owns the
+//! order; [`shared`] is where it meets its readers.
 
 #![recursion_limit = "256"]
 

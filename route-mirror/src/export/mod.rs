@@ -23,6 +23,9 @@
 //!   receiving changes and is told to resnapshot, and `stats` counts it (`feeds`), so a
 //!   slow export never slows the core and never silently misses a change.
 //!
+//! Counters are not changes: `stats` and the Prometheus metrics read them as
+//! [`crate::stats::Stats`], the feeds' own counters included.
+//!
 //! A feed's life, FRR's provider callbacks in Rust terms: `subscribe` (name, start),
 //! `snapshot` then `recv` in a loop (work), drop (fini). [`feed::Feed::snapshot`] is
 //! exact: changes queued before it are in it, changes received after it are not.
