@@ -74,6 +74,28 @@ def main():
                     time.sleep(pause)
             out({"end": True})
             s.close()
+        elif op == "poll":
+            # POLL: the list, then one Poll per "poll" line on stdin; each answer printed.
+            sub = {"subscription": [{"path": sys.argv[3]}], "mode": "poll", "encoding": "json"}
+            s = gc.subscribe_poll(subscribe=sub)
+            for line in sys.stdin:
+                out({"poll": s.get_update(timeout=10)})
+            out({"end": True})
+            s.close()
+        elif op == "sample":
+            # STREAM with SAMPLE every MS milliseconds, for SECONDS.
+            path, ms, seconds = sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+            sub = {"subscription": [{"path": path, "mode": "sample", "sample_interval": ms * 1000000}],
+                   "mode": "stream", "encoding": "json"}
+            s = gc.subscribe_stream(subscribe=sub)
+            end = time.time() + seconds
+            while time.time() < end:
+                try:
+                    out(s.get_update(timeout=max(0.05, end - time.time())))
+                except Exception:
+                    break
+            out({"end": True})
+            s.close()
         elif op == "slow":
             slow(sys.argv[1], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
         else:

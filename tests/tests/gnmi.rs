@@ -562,3 +562,66 @@ fn nexthop_object_replace_reaches_subscribers() {
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+/// POLL answers each Poll with the state at that moment; SAMPLE resends an entry every
+/// interval whether it changed or not.
+#[test]
+fn poll_and_sample() {
+    use std::io::Write;
+    let ns = Netns::new();
+    ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.1.2"]);
+    let Some((_d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+    let entry = format!("{NI}/ipv4-unicast/ipv4-entry[prefix=203.0.113.0/24]");
+    let mut poll = g
+        .cmd(&["poll", &format!("{NI}/ipv4-unicast")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = poll.stdin.take().unwrap();
+    let mut lines = BufReader::new(poll.stdout.take().unwrap()).lines();
+    let mut next_poll = || -> Value {
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .find(|v| v["poll"].is_object())
+            .expect("a poll answer")
+    };
+    writeln!(stdin, "poll").unwrap();
+    stdin.flush().unwrap();
+    let mut polls = vec![next_poll()];
+    ns.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.1.2"]);
+    // pygnmi sends a Poll and then reads one answer: the first it read was the state
+    // the SubscriptionList itself returns (as openconfig/gnmi's reference server
+    // does), so the answer to a Poll sent after the change is the third.
+    for _ in 0..2 {
+        writeln!(stdin, "poll").unwrap();
+        stdin.flush().unwrap();
+        polls.push(next_poll());
+    }
+    drop(stdin);
+    let _ = poll.wait();
+    let has = |v: &Value, p: &str| v.to_string().contains(&format!("[prefix={p}]"));
+    assert!(has(&polls[0], "203.0.113.0/24") && !has(&polls[0], "198.51.100.0/24"));
+    let counts: Vec<usize> = polls
+        .iter()
+        .map(|p| p.to_string().matches("/state/prefix").count())
+        .collect();
+    assert!(
+        has(&polls[2], "198.51.100.0/24"),
+        "a poll sent after the change sees the new route (entries per poll: {counts:?})"
+    );
+
+    let samples = g.run(&["sample", &entry, "300", "2"]);
+    let resent = samples
+        .iter()
+        .filter(|m| m["update"]["update"].is_array() && has(m, "203.0.113.0/24"))
+        .count();
+    assert!(
+        resent >= 3,
+        "an unchanged entry resent every 300 ms for 2 s: {resent}"
+    );
+}
