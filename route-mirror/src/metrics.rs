@@ -38,6 +38,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
+use crate::ebpf::RingStats;
 use crate::shared::Shared;
 use crate::stats::{rss_bytes, Stats};
 
@@ -438,92 +439,77 @@ fn families(all: &[(String, Stats)]) -> Vec<Family> {
     out
 }
 
+/// Name, help and value of a ring family.
+type RingFamily = (&'static str, &'static str, fn(&RingStats) -> u64);
+
+/// A kernel-side ring counter (summed over CPUs).
+fn kernel(r: &RingStats, name: &str) -> u64 {
+    r.kernel.get(name).copied().unwrap_or(0)
+}
+
 /// The eBPF source's ring buffer (namespaces using it only).
 fn ring_families(c: &mut Catalogue) {
-    let kernel = |st: &Stats, name: &str| {
-        st.ring
-            .as_ref()
-            .map(|r| r.kernel.get(name).copied().unwrap_or(0))
-    };
-    c.family(
-        "route_mirror_ring_size_bytes",
-        "Size of the eBPF ring buffer.",
-        |st, s| {
+    let gauges: [RingFamily; 2] = [
+        (
+            "route_mirror_ring_size_bytes",
+            "Size of the eBPF ring buffer.",
+            |r| r.size_bytes,
+        ),
+        (
+            "route_mirror_ring_high_water_bytes",
+            "Highest fill of the eBPF ring buffer seen (bytes written, not yet read).",
+            |r| r.high_water_bytes,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        c.family(name, help, |st, s| {
             if let Some(r) = &st.ring {
-                s.gauge(r.size_bytes as f64)
+                s.gauge(value(r) as f64)
             }
-        },
-    );
-    c.family(
-        "route_mirror_ring_high_water_bytes",
-        "Highest fill of the eBPF ring buffer seen (bytes written, not yet read).",
-        |st, s| {
+        });
+    }
+    let counters: [RingFamily; 7] = [
+        (
+            "route_mirror_ring_records_total",
+            "Records the socket filter wrote to the eBPF ring buffer.",
+            |r| kernel(r, "records"),
+        ),
+        (
+            "route_mirror_ring_bytes_total",
+            "Bytes the socket filter wrote to the eBPF ring buffer (record headers included).",
+            |r| kernel(r, "bytes"),
+        ),
+        (
+            "route_mirror_ring_drops_total",
+            "Notifications lost because the eBPF ring buffer was full (each forces a resync).",
+            |r| kernel(r, "drops"),
+        ),
+        (
+            "route_mirror_ring_truncated_total",
+            "Notifications too long for a ring record (each forces a resync).",
+            |r| kernel(r, "truncated"),
+        ),
+        (
+            "route_mirror_ring_read_records_total",
+            "Records the daemon read from the eBPF ring buffer.",
+            |r| r.records_read,
+        ),
+        (
+            "route_mirror_ring_read_bytes_total",
+            "Bytes the daemon read from the eBPF ring buffer.",
+            |r| r.bytes_read,
+        ),
+        (
+            "route_mirror_ring_loss_resyncs_total",
+            "Resyncs forced by ring drops or truncated records.",
+            |r| r.loss_resyncs,
+        ),
+    ];
+    for (name, help, value) in counters {
+        c.family(name, help, |st, s| {
             if let Some(r) = &st.ring {
-                s.gauge(r.high_water_bytes as f64)
+                s.counter(value(r))
             }
-        },
-    );
-    c.family(
-        "route_mirror_ring_records_total",
-        "Records the socket filter wrote to the eBPF ring buffer.",
-        |st, s| {
-            if let Some(n) = kernel(st, "records") {
-                s.counter(n)
-            }
-        },
-    );
-    c.family(
-        "route_mirror_ring_bytes_total",
-        "Bytes the socket filter wrote to the eBPF ring buffer (record headers included).",
-        |st, s| {
-            if let Some(n) = kernel(st, "bytes") {
-                s.counter(n)
-            }
-        },
-    );
-    c.family(
-        "route_mirror_ring_drops_total",
-        "Notifications lost because the eBPF ring buffer was full (each forces a resync).",
-        |st, s| {
-            if let Some(n) = kernel(st, "drops") {
-                s.counter(n)
-            }
-        },
-    );
-    c.family(
-        "route_mirror_ring_truncated_total",
-        "Notifications too long for a ring record (each forces a resync).",
-        |st, s| {
-            if let Some(n) = kernel(st, "truncated") {
-                s.counter(n)
-            }
-        },
-    );
-    c.family(
-        "route_mirror_ring_read_records_total",
-        "Records the daemon read from the eBPF ring buffer.",
-        |st, s| {
-            if let Some(r) = &st.ring {
-                s.counter(r.records_read)
-            }
-        },
-    );
-    c.family(
-        "route_mirror_ring_read_bytes_total",
-        "Bytes the daemon read from the eBPF ring buffer.",
-        |st, s| {
-            if let Some(r) = &st.ring {
-                s.counter(r.bytes_read)
-            }
-        },
-    );
-    c.family(
-        "route_mirror_ring_loss_resyncs_total",
-        "Resyncs forced by ring drops or truncated records.",
-        |st, s| {
-            if let Some(r) = &st.ring {
-                s.counter(r.loss_resyncs)
-            }
-        },
-    );
+        });
+    }
 }
