@@ -8,16 +8,20 @@ pub mod groups {
     pub const LINK: u32 = 1;
     pub const IPV4_IFADDR: u32 = 5;
     pub const IPV4_ROUTE: u32 = 7;
+    pub const IPV4_RULE: u32 = 8;
     pub const IPV6_IFADDR: u32 = 9;
     pub const IPV6_ROUTE: u32 = 11;
+    pub const IPV6_RULE: u32 = 19;
     pub const NEXTHOP: u32 = 32;
     /// All groups the mirror needs, in subscription order.
-    pub const ALL: [u32; 6] = [
+    pub const ALL: [u32; 8] = [
         LINK,
         IPV4_IFADDR,
         IPV4_ROUTE,
+        IPV4_RULE,
         IPV6_IFADDR,
         IPV6_ROUTE,
+        IPV6_RULE,
         NEXTHOP,
     ];
 }

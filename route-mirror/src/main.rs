@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use route_mirror::config::{self, ConfigSource, RunArgs};
 use route_mirror::ctl::batch::{self, BatchFormat};
+use route_mirror::ctl::lookup::FlowArgs;
 use route_mirror::ctl::{self, client, proto::Request};
 use route_mirror::daemon;
 use route_mirror::diff::DiffReport;
@@ -88,21 +89,53 @@ enum Cmd {
         /// With --batch: CSV output (with a header line)
         #[arg(long, conflicts_with = "json")]
         csv: bool,
-        /// Table id or name; default: the default rules' tables local, main, default
+        /// A plain longest match in this table (id or name) instead of the rules
         #[arg(long, value_parser = parse_table)]
         table: Option<u32>,
-        /// IPv4 TOS of the packet
-        #[arg(long, default_value_t = 0)]
+        /// TOS / DS field of the packet (0x10, 16, or a name like CS1)
+        #[arg(long, default_value = "0", value_parser = route_mirror::fib::flow::parse_tos)]
         tos: u8,
+        /// Source address (with --iif: forwarded traffic from it; without: sent from this
+        /// host, so it must be one of its addresses, as for `ip route get`)
+        #[arg(long, value_name = "SRC")]
+        from: Option<IpAddr>,
+        /// Input device: a forwarding lookup, as `ip route get ... iif DEV`
+        #[arg(long, value_name = "DEV")]
+        iif: Option<String>,
+        /// Output device
+        #[arg(long, value_name = "DEV")]
+        oif: Option<String>,
+        /// Look up in VRF NAME (its device as output device, as `ip route get ... vrf NAME`)
+        #[arg(long, value_name = "NAME")]
+        vrf: Option<String>,
+        /// Firewall mark, N or N/MASK (the mark is N & MASK)
+        #[arg(long, value_name = "N[/MASK]", value_parser = route_mirror::fib::flow::parse_mark)]
+        mark: Option<u32>,
+        /// User id of the sending socket [default: 0, as root's `ip route get`]
+        #[arg(long)]
+        uid: Option<u32>,
+        /// IP protocol: tcp, udp, icmp, ipv6-icmp or a number
+        #[arg(long, value_parser = route_mirror::fib::flow::parse_ipproto)]
+        ipproto: Option<u8>,
+        #[arg(long)]
+        sport: Option<u16>,
+        #[arg(long)]
+        dport: Option<u16>,
         #[arg(long)]
         json: bool,
     },
-    /// Routes in `ip route` style (PREFIX: that prefix and everything inside it)
+    /// Routes in `ip route` style (PREFIX: that prefix and everything inside it), or
+    /// with `rules` the policy rules in `ip rule` style
     Show {
-        prefix: Option<IpNet>,
+        /// A prefix, or `rules`
+        #[arg(value_name = "PREFIX|rules")]
+        what: Option<String>,
         /// Table id or name, or `all` [default: main]
         #[arg(long, default_value = "main")]
         table: String,
+        /// The table of VRF NAME (as `ip route show vrf NAME`)
+        #[arg(long, value_name = "NAME", conflicts_with = "table")]
+        vrf: Option<String>,
         /// 4 or 6
         #[arg(long, value_parser = parse_family)]
         family: Option<Family>,
@@ -293,6 +326,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             tos,
             json,
             csv,
+            ..
         } => {
             let format = if json {
                 BatchFormat::Json
@@ -329,31 +363,103 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             addr: Some(addr),
             table,
             tos,
+            from,
+            iif,
+            oif,
+            vrf,
+            mark,
+            uid,
+            ipproto,
+            sport,
+            dport,
             json,
             ..
         } => {
-            let v = call(&Request::Lookup { addr, table, tos }, short)?;
+            let flow = FlowArgs {
+                from,
+                iif,
+                oif,
+                vrf,
+                mark,
+                uid,
+                ipproto,
+                sport,
+                dport,
+            };
+            let v = call(
+                &Request::Lookup {
+                    addr,
+                    table,
+                    tos,
+                    flow,
+                },
+                short,
+            )?;
             if json {
                 println!("{v}");
-            } else if !v.is_null() {
-                let r: view::RouteView = serde_json::from_value(v.clone())?;
-                println!("{}", view::format_route(&r, true));
             } else {
-                println!("no route to {addr}");
+                println!("{}", route_mirror::ctl::lookup::format_answer(addr, &v)?);
             }
-            Ok(if v.is_null() {
-                ExitCode::from(1)
-            } else {
+            // 0: a route the kernel would forward with; 1: no route, or the kernel answers
+            // with an error (blackhole, unreachable, prohibit).
+            let routed = v.get("result").and_then(|r| r.as_str()) == Some("route");
+            Ok(if routed {
                 ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             })
         }
         Cmd::Show {
-            prefix,
+            what: Some(what),
+            family,
+            json,
+            ..
+        } if what == "rules" => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            use std::io::Write;
+            let mut items = Vec::new();
+            client::call(&socket, &Request::ShowRules { family }, None, |item| {
+                items.push(item);
+                Ok(())
+            })?;
+            if json {
+                writeln!(out, "{}", Value::Array(items))?;
+            } else {
+                let both = family.is_none();
+                let mut last = None;
+                for it in &items {
+                    let f: Family = serde_json::from_value(it["family"].clone())?;
+                    if both && last != Some(f) {
+                        writeln!(out, "{}", route_mirror::rule::show::family_heading(f))?;
+                        last = Some(f);
+                    }
+                    writeln!(out, "{}", it["text"].as_str().unwrap_or_default())?;
+                }
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Show {
+            what,
             table,
+            vrf,
             family,
             json,
         } => {
-            let table = if table == "all" {
+            let prefix = what
+                .map(|w| {
+                    w.parse::<IpNet>()
+                        .map_err(|_| anyhow!("{w:?} is neither a prefix nor `rules`"))
+                })
+                .transpose()?;
+            let table = if let Some(v) = &vrf {
+                let r = call(&Request::VrfTable { name: v.clone() }, short)?;
+                Some(
+                    r.as_u64()
+                        .ok_or_else(|| anyhow!("vrf {v:?}: no such VRF device"))?
+                        as u32,
+                )
+            } else if table == "all" {
                 None
             } else {
                 Some(parse_table(&table).map_err(|e| anyhow!(e))?)

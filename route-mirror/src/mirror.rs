@@ -95,6 +95,8 @@ pub struct Journal {
     /// A nexthop object changed or went away: routes that use objects may forward
     /// differently without a delta of their own.
     pub nexthops_changed: bool,
+    /// Policy rules added or removed.
+    pub rules: Vec<crate::rule::mirror::RuleDelta>,
 }
 
 /// Identity of a route in the pending-inference set: a hash, not the key, so a link
@@ -118,6 +120,8 @@ pub struct Mirror {
     pub links: HashMap<u32, Stamped<Link>>,
     pub addrs: HashMap<Address, u32>,
     pub nexthops: HashMap<u32, Stamped<NexthopObject>>,
+    /// Policy rules and the link facts they name ([`crate::rule::mirror`]).
+    pub rules: crate::rule::mirror::RuleMirror,
     interner: Interner,
     generation: u32,
     pub counters: ApplyCounters,
@@ -197,6 +201,16 @@ impl Mirror {
         self.counters.inferred_pending = self.inferred.len() as u64;
     }
 
+    fn note_rule(&mut self, added: bool, rule: &crate::rule::Rule, cause: &'static str) {
+        if let Some(j) = &mut self.journal {
+            j.rules.push(crate::rule::mirror::RuleDelta {
+                added,
+                rule: rule.clone(),
+                cause,
+            });
+        }
+    }
+
     fn note(&mut self, op: DeltaOp, cause: Cause, table: u32, dst: IpNet, entry: &Entry) {
         if let Some(j) = &mut self.journal {
             j.deltas.push(Delta {
@@ -261,6 +275,7 @@ impl Mirror {
             Change::NewLink(_) | Change::DelLink { .. } => DumpKind::Links,
             Change::NewAddr(a) | Change::DelAddr(a) => DumpKind::Addrs(Family::of(&a.addr)),
             Change::NewNexthop(_) | Change::DelNexthop { .. } => DumpKind::Nexthops,
+            Change::NewRule(r) | Change::DelRule(r) => DumpKind::Rules(r.family),
         };
         scope.dumps().contains(&kind).then_some(kind)
     }
@@ -271,6 +286,18 @@ impl Mirror {
         // Links, addresses and nexthop objects change what lookups render too.
         self.fib.touch();
         match change {
+            Change::NewRule(rule) => {
+                if self.rules.add(rule.clone(), gen) {
+                    self.note_rule(true, &rule, "event");
+                }
+                None
+            }
+            Change::DelRule(rule) => {
+                if self.rules.remove(&rule) {
+                    self.note_rule(false, &rule, "event");
+                }
+                None
+            }
             Change::NewRoute { route, replace } => {
                 let (key, entry) = self.entry(route, gen);
                 if replace && key.family() == Family::V6 {
@@ -321,6 +348,7 @@ impl Mirror {
                 let ifindex = link.ifindex;
                 let up = link.is_up();
                 let was_up = self.links.get(&ifindex).map(|l| l.value.is_up());
+                self.rules.link(&link);
                 self.links.insert(
                     ifindex,
                     Stamped {
@@ -343,6 +371,7 @@ impl Mirror {
             Change::DelLink { ifindex } => {
                 self.counters.link_events += 1;
                 self.links.remove(&ifindex);
+                self.rules.unlink(ifindex);
                 self.addrs.retain(|a, _| a.ifindex != ifindex);
                 self.remove_v4_via_dev(ifindex, true);
                 Some(link_followup())
@@ -564,7 +593,20 @@ impl Mirror {
             // Dead routes are as good as gone: leave them unmarked for the prune.
             Change::DeadRoute { .. } => scan.routes_dumped += 1,
             Change::DelRoute { .. } => {}
+            Change::NewRule(rule) => {
+                let seen = self.rules.mark(rule.clone(), gen);
+                scan.object_verdicts.count(if seen {
+                    Verdict::Seen
+                } else {
+                    Verdict::Created
+                });
+                if !seen {
+                    self.note_rule(true, &rule, "scan");
+                }
+            }
+            Change::DelRule(_) => {}
             Change::NewLink(link) => {
+                self.rules.link(&link);
                 let v = match self.links.get(&link.ifindex) {
                     None => Verdict::Created,
                     Some(l) if l.value == link => Verdict::Seen,
@@ -655,7 +697,20 @@ impl Mirror {
         if scan.dumped(DumpKind::Links) {
             let before = self.links.len();
             self.links.retain(|_, l| l.stamp == gen);
+            if self.links.len() != before {
+                let links: Vec<Link> = self.links.values().map(|l| l.value.clone()).collect();
+                self.rules.relink(links.iter());
+            }
             objects += before - self.links.len();
+        }
+        for f in Family::ALL {
+            if scan.dumped(DumpKind::Rules(f)) {
+                let gone = self.rules.prune(f, gen);
+                for r in &gone {
+                    self.note_rule(false, r, "scan");
+                }
+                objects += gone.len();
+            }
         }
         for f in Family::ALL {
             if scan.dumped(DumpKind::Addrs(f)) {
@@ -753,6 +808,7 @@ mod tests {
             name: "veth1".into(),
             flags,
             mtu: 1500,
+            ..Default::default()
         }
     }
 

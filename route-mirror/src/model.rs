@@ -366,13 +366,22 @@ pub struct GroupMember {
 }
 
 /// A network interface as far as routing cares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Link {
     pub ifindex: u32,
     pub name: String,
     /// `IFF_*` flags.
     pub flags: u32,
     pub mtu: u32,
+    /// `IFLA_MASTER` (0: none), for VRF ports.
+    #[serde(default)]
+    pub master: u32,
+    /// `IFLA_GROUP` (`suppress_ifgroup`).
+    #[serde(default)]
+    pub group: u32,
+    /// `IFLA_VRF_TABLE` when the link is a VRF device.
+    #[serde(default)]
+    pub vrf_table: Option<u32>,
 }
 
 impl Link {
@@ -424,4 +433,8 @@ pub enum Change {
     DelNexthop {
         id: u32,
     },
+    /// `RTM_NEWRULE` (an event, or a dump entry).
+    NewRule(crate::rule::Rule),
+    /// `RTM_DELRULE`: the whole rule, as the kernel reports the one it removed.
+    DelRule(crate::rule::Rule),
 }

@@ -65,6 +65,9 @@ pub struct ScanScope {
     pub links: bool,
     pub addrs: bool,
     pub nexthops: bool,
+    /// Policy rules of both families.
+    #[serde(default)]
+    pub rules: bool,
 }
 
 impl ScanScope {
@@ -75,6 +78,7 @@ impl ScanScope {
             links: true,
             addrs: true,
             nexthops: true,
+            rules: true,
         }
     }
 
@@ -86,6 +90,7 @@ impl ScanScope {
             links: false,
             addrs: false,
             nexthops: true,
+            rules: false,
         }
     }
 
@@ -103,6 +108,7 @@ impl ScanScope {
         self.links |= o.links;
         self.addrs |= o.addrs;
         self.nexthops |= o.nexthops;
+        self.rules |= o.rules;
     }
 
     /// The dumps to run, in an order where what routes refer to comes first.
@@ -116,6 +122,9 @@ impl ScanScope {
         }
         if self.nexthops {
             d.push(DumpKind::Nexthops);
+        }
+        if self.rules {
+            d.extend(Family::ALL.iter().map(|f| DumpKind::Rules(*f)));
         }
         d.extend(
             self.families
@@ -285,6 +294,6 @@ mod tests {
             .position(|k| matches!(k, DumpKind::Routes(..)))
             .unwrap();
         assert!(nh < r);
-        assert_eq!(d.len(), 6);
+        assert_eq!(d.len(), 8);
     }
 }

@@ -235,6 +235,9 @@ pub struct WatchRecord {
     pub route: Option<RouteView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A policy rule added or removed: its family and `ip rule` line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 pub fn format_watch(w: &WatchRecord) -> String {
@@ -248,6 +251,7 @@ pub fn format_watch(w: &WatchRecord) -> String {
         _ => "!",
     };
     let what = match (&w.route, &w.note) {
+        _ if w.rule.is_some() => format!("rule {}", w.rule.as_deref().unwrap_or_default()),
         (Some(r), _) => format_route(r, true)
             .replace(" \n\t", " ")
             .replace('\n', " "),

@@ -477,6 +477,7 @@ mod tests {
             name: "up,link".into(),
             flags: libc::IFF_UP as u32,
             mtu: 1500,
+            ..Default::default()
         }));
         m.apply(route(
             254,

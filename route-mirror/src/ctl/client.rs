@@ -148,6 +148,7 @@ pub fn lookup_latency(
             addr,
             table: None,
             tos: 0,
+            flow: Default::default(),
         };
         let t = std::time::Instant::now();
         let ok = call(socket, &req, Some(Duration::from_secs(30)), |_| Ok(())).is_ok();

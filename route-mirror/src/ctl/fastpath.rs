@@ -32,6 +32,8 @@ const POLL: Duration = Duration::from_millis(10);
 pub struct Snapshot {
     pub fib: FastFib,
     pub names: Names,
+    /// The policy rules at the same moment (any change makes the snapshot stale).
+    pub rules: Arc<crate::fib::rules::RuleSet>,
 }
 
 #[derive(Default)]
@@ -101,14 +103,14 @@ impl FastPath {
     pub fn rebuild(&self, shared: &Shared) -> bool {
         let t0 = Instant::now();
         let mut cursor = None;
-        let (extract, names) = loop {
+        let (extract, (names, rules)) = loop {
             let Ok(m) = shared.mirror.read() else {
                 return false;
             };
             let c = cursor.get_or_insert_with(|| ExtractCursor::new(&m.fib));
             match c.step(&m.fib, PREFIXES_PER_LOCK) {
                 Step::More => continue,
-                Step::Done(x) => break (x, m.names()),
+                Step::Done(x) => break (x, (m.names(), m.rules.set())),
                 Step::Changed => {
                     self.aborted.fetch_add(1, Ordering::Relaxed);
                     return false;
@@ -120,7 +122,8 @@ impl FastPath {
         let t2 = Instant::now();
         self.last_heap_bytes
             .store(fib.heap_bytes() as u64, Ordering::Relaxed);
-        self.snap.store(Some(Arc::new(Snapshot { fib, names })));
+        self.snap
+            .store(Some(Arc::new(Snapshot { fib, names, rules })));
         self.builds.fetch_add(1, Ordering::Relaxed);
         self.last_extract_us
             .store((t1 - t0).as_micros() as u64, Ordering::Relaxed);

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod client;
 pub mod fastpath;
+pub mod lookup;
 pub mod proto;
 pub mod server;
 

@@ -14,13 +14,23 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
-    /// The route the kernel would use for `addr`: in `table`, or through the default
-    /// rules' tables (local, main, default) when `None`.
+    /// The route the kernel would use for `addr`: a plain longest match in `table`, or
+    /// through the mirrored policy rules when `None` (with the flow's other fields).
     Lookup {
         addr: IpAddr,
         table: Option<u32>,
         #[serde(default)]
         tos: u8,
+        #[serde(default, flatten)]
+        flow: super::lookup::FlowArgs,
+    },
+    /// Policy rules (`ip rule`), one family or both.
+    ShowRules {
+        family: Option<Family>,
+    },
+    /// The table of VRF device `name` (`null`: no such VRF).
+    VrfTable {
+        name: String,
     },
     /// Many lookups: after this line the client sends addresses, one per line, and
     /// closes its sending side; the reply is framed chunks of result lines (see

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 use tokio::io::{
@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 
 use super::batch::{self, BatchCounts, BatchQuery};
 use super::fastpath::FastPath;
+use super::lookup;
 use super::proto::{Reply, Request, MAX_REQUEST};
 use crate::diff;
 use crate::fib::fast::Lookup;
@@ -337,9 +338,14 @@ async fn lookup_batch(
 async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> Result<Vec<u8>> {
     let shared = shared.clone();
     match req {
-        Request::Lookup { addr, table, tos } => {
-            let tables: Vec<u32> = table.map_or_else(|| DEFAULT_RULE_TABLES.to_vec(), |t| vec![t]);
-            // Lock-free while the snapshot is current; the exact trie otherwise.
+        Request::Lookup {
+            addr,
+            table: Some(table),
+            tos,
+            ..
+        } => {
+            // `--table`: a plain longest match in that table.
+            let tables = [table];
             if let Some(snap) = fast.current() {
                 let found = match snap.fib.lookup(addr, &tables, tos) {
                     Lookup::Route(t, net, e) => Some(Some(route_view(&snap.names, t, net, e))),
@@ -366,6 +372,95 @@ async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> R
                 return exact(&m);
             }
             blocking(move || exact(&shared.mirror.read().expect("mirror lock"))).await
+        }
+        Request::Lookup {
+            addr,
+            table: None,
+            tos,
+            flow,
+        } => {
+            // Through the rules. A lookup with only an address, under rules that reduce
+            // to a chain of tables (the default three), stays on the lock-free snapshot.
+            if flow.is_empty() {
+                if let Some(snap) = fast.current() {
+                    if let Some(chain) = snap.rules.chain(Family::of(&addr)) {
+                        if chain.last.is_none() {
+                            let tables: Vec<u32> = chain.tables.iter().map(|t| t.1).collect();
+                            let found = match snap.fib.lookup(addr, &tables, tos) {
+                                Lookup::Route(t, net, e) => {
+                                    let rule = chain.tables.iter().find(|x| x.1 == t).map(|x| x.0);
+                                    let mut v =
+                                        serde_json::to_value(route_view(&snap.names, t, net, e))?;
+                                    lookup::decorate(&mut v, rule, e.attrs.kind);
+                                    Some(v)
+                                }
+                                Lookup::None => Some(serde_json::Value::Null),
+                                Lookup::Exact => None,
+                            };
+                            // Multipath answers need the hash: the exact path has it.
+                            if let Some(v) = found.filter(|v| {
+                                v.get("nexthops")
+                                    .and_then(|h| h.as_array())
+                                    .is_none_or(|h| h.len() < 2)
+                            }) {
+                                fast.fast_lookups.fetch_add(1, Ordering::Relaxed);
+                                return ok(v);
+                            }
+                        }
+                    }
+                }
+            }
+            fast.exact_lookups.fetch_add(1, Ordering::Relaxed);
+            let ns = shared.netns.clone();
+            let hash = tokio::task::spawn_blocking(move || lookup::hash_config(ns))
+                .await
+                .ok();
+            let exact = move |m: &Mirror| -> Result<Vec<u8>> {
+                let f = lookup::flow(m, addr, tos, &flow).map_err(|e| anyhow!(e))?;
+                let v = lookup::answer(m, &f, hash.as_ref()).map_err(|e| anyhow!(e))?;
+                ok(v)
+            };
+            if let Ok(m) = shared.mirror.try_read() {
+                return exact(&m);
+            }
+            blocking(move || exact(&shared.mirror.read().expect("mirror lock"))).await
+        }
+        Request::VrfTable { name } => {
+            let m = shared.mirror.read().expect("mirror lock");
+            let t = m.rules.links.vrf_by_name(&name).map(|(_, t)| t);
+            drop(m);
+            ok(t)
+        }
+        Request::ShowRules { family } => {
+            blocking(move || {
+                let m = shared.mirror.read().expect("mirror lock");
+                let names = crate::names::system();
+                let exists = |n: &str| m.rules.links.ifindex(n).is_some();
+                let mut out = Vec::new();
+                let mut n = 0usize;
+                for f in Family::ALL {
+                    if family.is_some_and(|x| x != f) {
+                        continue;
+                    }
+                    let all = m.rules.list(f).to_vec();
+                    let ctx = crate::rule::show::ShowCtx {
+                        names,
+                        rules: &all,
+                        link_exists: &exists,
+                    };
+                    for r in &all {
+                        let (text, mut j) = crate::rule::show::render(r, &ctx);
+                        j["family"] = json!(f);
+                        j["text"] = json!(text);
+                        out.extend(reply_line(&Reply::Item(j)));
+                        n += 1;
+                    }
+                }
+                drop(m);
+                out.extend(reply_line(&Reply::Ok(json!({ "count": n }))));
+                Ok(out)
+            })
+            .await
         }
         Request::Show {
             prefix,
@@ -467,7 +562,8 @@ async fn watch(
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = shared.exports.watch();
     let wanted = |r: &WatchRecord| match &r.route {
-        None => true, // markers go to everyone
+        // Markers go to everyone; rule changes to those not watching one prefix.
+        None => r.rule.is_none() || prefix.is_none(),
         Some(v) => {
             table.is_none_or(|t| t == v.table) && prefix.is_none_or(|p| p.contains(&v.prefix))
         }

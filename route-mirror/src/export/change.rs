@@ -17,6 +17,8 @@ pub struct Batch {
     /// A nexthop object changed or went away: routes that use objects may forward
     /// differently without a delta of their own (read them from the mirror).
     pub nexthops_changed: bool,
+    /// Policy rules added or removed.
+    pub rules: Vec<crate::rule::mirror::RuleDelta>,
 }
 
 impl Batch {
@@ -26,11 +28,12 @@ impl Batch {
             source,
             deltas: journal.deltas,
             nexthops_changed: journal.nexthops_changed,
+            rules: journal.rules,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.deltas.is_empty() && !self.nexthops_changed
+        self.deltas.is_empty() && !self.nexthops_changed && self.rules.is_empty()
     }
 }
 

@@ -106,7 +106,7 @@ impl Exports {
         let Some(journal) = mirror.journal.replace(Journal::default()) else {
             return;
         };
-        if journal.deltas.is_empty() && !journal.nexthops_changed {
+        if journal.deltas.is_empty() && !journal.nexthops_changed && journal.rules.is_empty() {
             return;
         }
         let batch = Batch::new(journal, source);

@@ -50,6 +50,29 @@ impl Watch {
                 source: batch.source.to_string(),
                 route: Some(route_view(mirror, d.table, d.dst, &d.entry)),
                 note: None,
+                rule: None,
+            };
+            let _ = self.tx.send(Arc::new(rec));
+        }
+        for d in &batch.rules {
+            let f = d.rule.family;
+            let all = mirror.rules.list(f).to_vec();
+            let exists = |n: &str| mirror.rules.links.ifindex(n).is_some();
+            let names = crate::names::system();
+            let ctx = crate::rule::show::ShowCtx {
+                names,
+                rules: &all,
+                link_exists: &exists,
+            };
+            let (line, _) = crate::rule::show::render(&d.rule, &ctx);
+            let rec = WatchRecord {
+                time_unix_ms: batch.time_unix_ms,
+                op: if d.added { "add" } else { "delete" }.to_string(),
+                cause: Some(d.cause.to_string()),
+                source: batch.source.to_string(),
+                route: None,
+                note: None,
+                rule: Some(format!("{f} {}", line.replacen(":\t", ": ", 1))),
             };
             let _ = self.tx.send(Arc::new(rec));
         }
@@ -66,6 +89,7 @@ impl Watch {
             source: m.source().to_string(),
             route: None,
             note: Some(m.note().to_string()),
+            rule: None,
         }));
     }
 }

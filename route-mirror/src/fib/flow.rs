@@ -65,6 +65,19 @@ impl Flow {
         Family::of(&self.dst)
     }
 
+    /// Protocol and ports of the IPv4 packet `ip route get` builds (and forwarding lookups
+    /// and the multipath hash dissect): UDP when no protocol is given (measured: the
+    /// kernel's hash matches a UDP packet then), ports only for TCP and UDP.
+    pub fn packet_v4(&self) -> (u8, Option<(u16, u16)>) {
+        let proto = if self.ipproto == 0 {
+            IPPROTO_UDP
+        } else {
+            self.ipproto
+        };
+        let ports = matches!(proto, IPPROTO_TCP | IPPROTO_UDP).then_some((self.sport, self.dport));
+        (proto, ports)
+    }
+
     /// Whether the flow carries anything beyond its destination.
     pub fn is_plain(&self) -> bool {
         *self == Flow::to(self.dst)
@@ -79,14 +92,10 @@ impl Flow {
         let l3 = update_flow(links, self.oif.unwrap_or(0), iif);
         let (uid, ipproto, sport, dport) = match (family, input) {
             (Family::V4, true) => {
-                let has_ports = matches!(self.ipproto, IPPROTO_TCP | IPPROTO_UDP);
                 if dissect {
-                    let (s, d) = if has_ports {
-                        (self.sport, self.dport)
-                    } else {
-                        (0, 0)
-                    };
-                    (DEFAULT_UID, self.ipproto, s, d)
+                    let (proto, ports) = self.packet_v4();
+                    let (s, d) = ports.unwrap_or((0, 0));
+                    (DEFAULT_UID, proto, s, d)
                 } else {
                     (DEFAULT_UID, 0, 0, 0)
                 }

@@ -20,7 +20,7 @@ use std::path::Path;
 use serde::Serialize;
 use siphasher::sip::SipHasher24;
 
-use super::flow::{Flow, IPPROTO_TCP, IPPROTO_UDP};
+use super::flow::Flow;
 use crate::model::Family;
 
 /// The sysctls that decide multipath hashing in one namespace.
@@ -180,9 +180,8 @@ pub fn flow_hash(cfg: &HashConfig, f: &Flow) -> Result<u32, PerFlow> {
                 0 | 2 => Ok(hash_keys(cfg.seed, src, f.dst, None, 0, 0)),
                 1 => {
                     // Dissected from the packet `ip route get` builds.
-                    let ports = matches!(f.ipproto, IPPROTO_TCP | IPPROTO_UDP)
-                        .then_some((f.sport, f.dport));
-                    Ok(hash_keys(cfg.seed, src, f.dst, ports, f.ipproto, 0))
+                    let (proto, ports) = f.packet_v4();
+                    Ok(hash_keys(cfg.seed, src, f.dst, ports, proto, 0))
                 }
                 p => Err(PerFlow::Policy(p)),
             }

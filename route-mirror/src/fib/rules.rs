@@ -29,7 +29,7 @@ use super::flow::KernelFlow;
 use super::l3mdev::LinkMap;
 use super::rule_index::{Index, Scratch};
 use crate::model::{rtn, table, Family};
-use crate::rule::{action, flags, fra, port_range_set, Rule};
+use crate::rule::{action, flags, fra, port_match, port_range_set, Rule};
 
 /// What one table answers for a flow (`fib_table_lookup` / `ip6_pol_route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +167,8 @@ pub(crate) struct Compiled {
     pub ip_proto: u8,
     pub sport: Option<(u16, u16)>,
     pub dport: Option<(u16, u16)>,
+    pub sport_mask: Option<u16>,
+    pub dport_mask: Option<u16>,
     pub suppress_prefixlen: i32,
     pub suppress_ifgroup: Option<u32>,
     /// Why the rule cannot be evaluated (raw attributes).
@@ -251,8 +253,10 @@ impl Compiled {
             uid: r.uid_range.unwrap_or((0, u32::MAX)),
             tos: r.tos,
             ip_proto: r.ip_proto,
-            sport: r.sport.filter(|p| port_range_set(*p)),
-            dport: r.dport.filter(|p| port_range_set(*p)),
+            sport: r.sport,
+            dport: r.dport,
+            sport_mask: r.sport_mask,
+            dport_mask: r.dport_mask,
             suppress_prefixlen: r.suppress_prefixlen.map_or(-1, |p| p as i32),
             suppress_ifgroup: r.suppress_ifgroup,
             opaque,
@@ -326,15 +330,10 @@ impl Compiled {
         if self.ip_proto != 0 && self.ip_proto != f.ipproto {
             return Some(false);
         }
-        if let Some((a, b)) = self.sport {
-            if f.sport < a || f.sport > b {
-                return Some(false);
-            }
-        }
-        if let Some((a, b)) = self.dport {
-            if f.dport < a || f.dport > b {
-                return Some(false);
-            }
+        if !port_match(self.sport, self.sport_mask, f.sport)
+            || !port_match(self.dport, self.dport_mask, f.dport)
+        {
+            return Some(false);
         }
         Some(true)
     }
@@ -369,7 +368,9 @@ impl FamilyRules {
             r.iif.as_deref() != Some("lo")
                 && (r.ip_proto != 0
                     || r.sport.is_some_and(port_range_set)
-                    || r.dport.is_some_and(port_range_set))
+                    || r.dport.is_some_and(port_range_set)
+                    || r.sport_mask.is_some_and(|m| m != 0)
+                    || r.dport_mask.is_some_and(|m| m != 0))
         });
         let index = (compiled.len() > INDEX_FROM).then(|| Index::new(&compiled));
         FamilyRules {

@@ -12,7 +12,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::AddressFamily;
 
 use super::msg::{self, DecodeCounters, DecodeError, RawMsg};
-use super::{nexthop, route};
+use super::{nexthop, route, rule, vrf};
 use crate::model::{Address, Change, Link};
 
 /// Decodes one message. `Ok(None)` means "nothing for the mirror" (already counted).
@@ -29,6 +29,8 @@ pub fn decode(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, 
         msg::RTM_DELNEXTHOP => {
             nexthop::decode(m.payload, c).map(|n| Some(Change::DelNexthop { id: n.id }))
         }
+        msg::RTM_NEWRULE => Ok(rule::decode(m.payload, c)?.map(Change::NewRule)),
+        msg::RTM_DELRULE => Ok(rule::decode(m.payload, c)?.map(Change::DelRule)),
         _ => {
             c.unknown_messages += 1;
             Ok(None)
@@ -38,11 +40,15 @@ pub fn decode(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, 
 
 fn decode_link(payload: &[u8], _c: &mut DecodeCounters) -> Result<Link, DecodeError> {
     let lm = LinkMessage::parse(payload).map_err(|e| DecodeError::malformed("link", e))?;
+    let l3 = vrf::facts(&lm);
     let mut link = Link {
         ifindex: lm.header.index,
         name: String::new(),
         flags: lm.header.flags.bits(),
         mtu: 0,
+        master: l3.master,
+        group: l3.group,
+        vrf_table: l3.vrf_table,
     };
     for a in &lm.attributes {
         match a {

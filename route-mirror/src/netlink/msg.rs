@@ -27,6 +27,9 @@ pub const RTM_GETADDR: u16 = 22;
 pub const RTM_NEWROUTE: u16 = 24;
 pub const RTM_DELROUTE: u16 = 25;
 pub const RTM_GETROUTE: u16 = 26;
+pub const RTM_NEWRULE: u16 = 32;
+pub const RTM_DELRULE: u16 = 33;
+pub const RTM_GETRULE: u16 = 34;
 pub const RTM_NEWNEXTHOP: u16 = 104;
 pub const RTM_DELNEXTHOP: u16 = 105;
 pub const RTM_GETNEXTHOP: u16 = 106;
@@ -132,6 +135,8 @@ pub enum DumpKind {
     Links,
     Addrs(Family),
     Nexthops,
+    /// Policy rules of one family.
+    Rules(Family),
     /// Routes of one family; `Some(table)` dumps only that table (strict checking).
     Routes(Family, Option<u32>),
 }
@@ -150,6 +155,12 @@ pub fn dump_request(kind: DumpKind, seq: u32) -> Vec<u8> {
         }
         // nhmsg: family, scope, protocol, resvd, flags
         DumpKind::Nexthops => (RTM_GETNEXTHOP, vec![0u8; 8]),
+        // fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
+        DumpKind::Rules(f) => {
+            let mut b = vec![0u8; 12];
+            b[0] = f.af();
+            (RTM_GETRULE, b)
+        }
         // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
         DumpKind::Routes(f, table) => {
             let mut b = vec![0u8; 12];

@@ -71,6 +71,20 @@ pub fn decode(payload: &[u8], c: &mut DecodeCounters) -> Result<Option<Rule>, De
             RuleAttribute::SourcePortRange(p) => r.sport = Some((p.start, p.end)),
             RuleAttribute::DestinationPortRange(p) => r.dport = Some((p.start, p.end)),
             RuleAttribute::Other(nla) if nla.kind() == fra::PAD => {}
+            RuleAttribute::Other(nla)
+                if matches!(nla.kind(), fra::SPORT_MASK | fra::DPORT_MASK) =>
+            {
+                let mut v = vec![0u8; nla.value_len()];
+                nla.emit_value(&mut v);
+                let mask = <[u8; 2]>::try_from(v.as_slice())
+                    .map(u16::from_ne_bytes)
+                    .map_err(|_| DecodeError::malformed("rule", "port mask of the wrong size"))?;
+                if nla.kind() == fra::SPORT_MASK {
+                    r.sport_mask = Some(mask);
+                } else {
+                    r.dport_mask = Some(mask);
+                }
+            }
             other => {
                 c.unknown_attrs += 1;
                 let mut value = vec![0u8; other.value_len()];

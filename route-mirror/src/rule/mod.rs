@@ -12,6 +12,7 @@
 //! not ask for `NLM_F_EXCL`). [`list::RuleList`] keeps that order.
 
 pub mod list;
+pub mod mirror;
 pub mod show;
 
 use std::net::IpAddr;
@@ -151,6 +152,10 @@ pub struct Rule {
     /// `sport` / `dport` ranges (inclusive).
     pub sport: Option<(u16, u16)>,
     pub dport: Option<(u16, u16)>,
+    /// `FRA_SPORT_MASK` / `FRA_DPORT_MASK` (6.15+): the port matches when
+    /// `(start ^ port) & mask == 0`. The kernel sets 0xffff itself for a single port.
+    pub sport_mask: Option<u16>,
+    pub dport_mask: Option<u16>,
     /// Attributes not decoded here, in the order received.
     pub raw: Vec<RawAttr>,
 }
@@ -183,6 +188,8 @@ impl Rule {
             ip_proto: 0,
             sport: None,
             dport: None,
+            sport_mask: None,
+            dport_mask: None,
             raw: Vec::new(),
         }
     }
@@ -237,6 +244,8 @@ impl Rule {
             && self.ip_proto == 0
             && self.sport.is_none_or(|r| !port_range_set(r))
             && self.dport.is_none_or(|r| !port_range_set(r))
+            && self.sport_mask.is_none_or(|m| m == 0)
+            && self.dport_mask.is_none_or(|m| m == 0)
             && self.flags & (flags::INVERT | flags::FIND_SADDR) == 0
             && self.raw.is_empty()
     }
@@ -245,6 +254,16 @@ impl Rule {
 /// `fib_rule_port_range_set`: a range counts only when both ends are nonzero.
 pub fn port_range_set((start, end): (u16, u16)) -> bool {
     start != 0 && end != 0
+}
+
+/// `fib_rule_port_match`: with a mask, `(start ^ port) & mask == 0`; without, the range.
+pub fn port_match(range: Option<(u16, u16)>, mask: Option<u16>, port: u16) -> bool {
+    let (start, end) = range.unwrap_or((0, 0));
+    let mask = mask.unwrap_or(0);
+    if (start ^ port) & mask != 0 {
+        return false;
+    }
+    mask != 0 || !port_range_set((start, end)) || (start..=end).contains(&port)
 }
 
 #[cfg(test)]

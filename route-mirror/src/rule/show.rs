@@ -101,8 +101,18 @@ fn prefix_text(net: &ipnet::IpNet) -> (String, Option<u8>) {
     (net.addr().to_string(), len)
 }
 
-fn range(out: &mut String, json: &mut Map<String, Value>, key: &str, (a, b): (u16, u16)) {
-    if a == b {
+fn range(
+    out: &mut String,
+    json: &mut Map<String, Value>,
+    key: &str,
+    (a, b): (u16, u16),
+    mask: Option<u16>,
+) {
+    if let Some(m) = mask.filter(|m| *m != u16::MAX) {
+        let _ = write!(out, " {key} {a}/{m:#x}");
+        json.insert(key.into(), json!(a));
+        json.insert(format!("{key}_mask"), json!(format!("{m:#x}")));
+    } else if a == b {
         let _ = write!(out, " {key} {a}");
         json.insert(key.into(), json!(a));
     } else {
@@ -183,10 +193,10 @@ pub fn render(rule: &Rule, ctx: &ShowCtx<'_>) -> (String, Value) {
         j.insert("ipproto".into(), json!(p));
     }
     if let Some(r) = rule.sport {
-        range(&mut s, &mut j, "sport", r);
+        range(&mut s, &mut j, "sport", r, rule.sport_mask);
     }
     if let Some(r) = rule.dport {
-        range(&mut s, &mut j, "dport", r);
+        range(&mut s, &mut j, "dport", r, rule.dport_mask);
     }
     if let Some(t) = rule.tun_id {
         let _ = write!(s, " tun_id {t}");
