@@ -35,6 +35,16 @@ pub struct DiffReport {
     /// Same key, other attributes: (kernel, mirror).
     pub differing: Vec<(RouteView, RouteView)>,
     pub nexthop_details: Vec<String>,
+    /// Policy rules (both families) in the kernel and in the mirror.
+    #[serde(default)]
+    pub kernel_rules: u64,
+    #[serde(default)]
+    pub mirror_rules: u64,
+    /// Rules one side has and the other lacks, or in another order.
+    #[serde(default)]
+    pub rule_differences: u64,
+    #[serde(default)]
+    pub rule_details: Vec<String>,
 }
 
 impl DiffReport {
@@ -43,6 +53,7 @@ impl DiffReport {
             && self.extra_count == 0
             && self.differing_count == 0
             && self.nexthop_differences == 0
+            && self.rule_differences == 0
     }
 }
 
@@ -102,6 +113,21 @@ pub fn compare(m: &Mirror, dump: &[Change]) -> DiffReport {
             }
             _ => {}
         }
+    }
+    for f in crate::model::Family::ALL {
+        let kernel: Vec<crate::rule::Rule> = dump
+            .iter()
+            .filter_map(|c| match c {
+                Change::NewRule(r) if r.family == f => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let mine = m.rules.list(f).to_vec();
+        r.kernel_rules += kernel.len() as u64;
+        r.mirror_rules += mine.len() as u64;
+        let d = crate::rule::diff::compare(&kernel, &mine);
+        r.rule_differences += d.len() as u64;
+        r.rule_details.extend(d);
     }
     for id in m.nexthops.keys() {
         if !kernel_nh.contains(id) {
@@ -249,6 +275,15 @@ fn dump_once() -> Result<(Vec<Change>, bool, NlSocket)> {
         // Kernels without nexthop objects refuse the dump; routes still compare.
         Err(netlink::DumpError::Refused { .. }) => {}
         Err(e) => return Err(e.into()),
+    }
+    for f in Family::ALL {
+        others += netlink::dump_blocking_counting(
+            &mut sock,
+            DumpKind::Rules(f),
+            &mut counters,
+            &mut interner,
+            &mut out,
+        )?;
     }
     for f in Family::ALL {
         others += netlink::dump_blocking_counting(

@@ -751,6 +751,10 @@ fn print_stats(s: &Stats) {
         "links/addrs/nh:    {} / {} / {}",
         s.links, s.addresses, s.nexthop_objects
     );
+    println!(
+        "rules (v4/v6):     {} / {} ({} VRFs)",
+        s.rules.inet, s.rules.inet6, s.rules.vrfs
+    );
     println!("attribute sets:    {}", s.attr_sets);
     println!("events applied:    {}", s.events_applied);
     println!(
@@ -854,14 +858,21 @@ fn print_diff(d: &DiffReport) {
     for n in &d.nexthop_details {
         println!("~ {n}");
     }
+    for n in &d.rule_details {
+        println!("~ {n}");
+    }
     println!(
-        "{} kernel routes, {} mirrored; {} missing, {} extra, {} differing, {} nexthop differences",
+        "{} kernel routes, {} mirrored; {} missing, {} extra, {} differing, {} nexthop differences; \
+         {} kernel rules, {} mirrored, {} rule differences",
         d.kernel_routes,
         d.mirror_routes,
         d.missing_count,
         d.extra_count,
         d.differing_count,
-        d.nexthop_differences
+        d.nexthop_differences,
+        d.kernel_rules,
+        d.mirror_rules,
+        d.rule_differences
     );
 }
 

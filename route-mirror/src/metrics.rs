@@ -302,6 +302,15 @@ fn families(all: &[(String, Stats)]) -> Vec<Family> {
         |st, s| s.gauge(st.attr_sets as f64),
     );
     c.family(
+        "route_mirror_rules",
+        "Policy routing rules mirrored, by family.",
+        |st, s| {
+            for (family, n) in [("inet", st.rules.inet), ("inet6", st.rules.inet6)] {
+                s.labelled(&[("family", family)], Value::Gauge(n as f64));
+            }
+        },
+    );
+    c.family(
         "route_mirror_events_total",
         "Kernel notifications applied to the mirror, by event source and type.",
         |st, s| {
@@ -315,6 +324,7 @@ fn families(all: &[(String, Stats)]) -> Vec<Family> {
                 ("link", a.link_events),
                 ("address", a.addr_events),
                 ("nexthop", a.nexthop_events),
+                ("rule", st.rules.counters.rule_events),
             ] {
                 s.labelled(&[("source", &st.source), ("type", kind)], Value::Counter(v));
             }

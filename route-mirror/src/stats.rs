@@ -37,6 +37,9 @@ pub struct Stats {
     pub links: usize,
     pub addresses: usize,
     pub nexthop_objects: usize,
+    /// Policy rules mirrored.
+    #[serde(default)]
+    pub rules: RuleStats,
     /// Distinct attribute sets shared by all routes.
     pub attr_sets: usize,
     pub events_applied: u64,
@@ -153,6 +156,12 @@ impl Stats {
             links: m.links.len(),
             addresses: m.addrs.len(),
             nexthop_objects: m.nexthops.len(),
+            rules: RuleStats {
+                inet: m.rules.list(crate::model::Family::V4).len(),
+                inet6: m.rules.list(crate::model::Family::V6).len(),
+                vrfs: m.rules.links.iter().filter(|l| l.vrf_table.is_some()).count(),
+                counters: m.rules.counters.clone(),
+            },
             attr_sets: m.attr_sets(),
             events_applied: st.events_applied,
             events_dropped_by_request: st.events_dropped_by_request,
@@ -193,6 +202,15 @@ impl Stats {
     }
 }
 
+/// Rules per family, VRF devices, and rule events.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RuleStats {
+    pub inet: usize,
+    pub inet6: usize,
+    pub vrfs: usize,
+    pub counters: crate::rule::mirror::RuleCounters,
+}
+
 /// The process's resident memory (VmRSS), from /proc.
 pub fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -229,6 +247,7 @@ mod tests {
             "links",
             "addresses",
             "nexthop_objects",
+            "rules",
             "attr_sets",
             "events_applied",
             "events_dropped_by_request",

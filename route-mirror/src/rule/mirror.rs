@@ -22,7 +22,7 @@ pub struct RuleDelta {
     pub cause: &'static str,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct RuleCounters {
     pub rule_events: u64,
     /// `RTM_DELRULE` for a rule the mirror did not hold.

@@ -11,6 +11,7 @@
 //! keep the order they were added in, and duplicates are possible (a client that does
 //! not ask for `NLM_F_EXCL`). [`list::RuleList`] keeps that order.
 
+pub mod diff;
 pub mod list;
 pub mod mirror;
 pub mod show;
