@@ -74,9 +74,15 @@ impl BatchCounts {
 /// What one batch looks up in.
 #[derive(Debug, Clone)]
 pub struct BatchQuery {
+    /// `--table T`, or the tables of the default rules (used only while the rules
+    /// reduce to them; see [`answer_lines`]).
     pub tables: Vec<u32>,
     pub tos: u8,
     pub format: BatchFormat,
+    /// Through the policy rules (no `--table`).
+    pub rules: bool,
+    /// The multipath hash sysctls, read once per batch.
+    pub hash: Option<crate::fib::multipath::HashConfig>,
 }
 
 /// Rendered parts of a route that do not depend on its prefix, per chunk: the
@@ -102,20 +108,34 @@ pub fn answer_lines(
 ) {
     let mut lines = Vec::new();
     let mut addrs = Vec::new();
+    let mut flows = false;
     for raw in input.split(|&b| b == b'\n') {
         *line_no += 1;
         let parsed = parse_line(raw);
         match parsed {
             Parsed::Blank => continue,
             Parsed::Addr(a, _) => addrs.push(a),
+            Parsed::Flow(..) => flows = true,
             Parsed::Bad(..) => {}
         }
         lines.push((*line_no, parsed));
     }
     let snap = fast.current();
+    // Through the rules: while they reduce to a chain of tables (the default rules) and
+    // lines carry only addresses, the table walk below answers as before; otherwise
+    // each line walks the rules.
+    let tables = match (&snap, q.rules) {
+        (_, false) => Some(q.tables.clone()),
+        (Some(sn), true) if !flows => chain_tables(sn),
+        _ => None,
+    };
+    let Some(tables) = tables else {
+        rule_lines(fast, shared, snap.as_deref(), q, lines, out, counts);
+        return;
+    };
     let mut answers = Vec::new();
     if let Some(sn) = &snap {
-        sn.fib.lookup_many(&addrs, &q.tables, q.tos, &mut answers);
+        sn.fib.lookup_many(&addrs, &tables, q.tos, &mut answers);
     } else {
         answers.resize(addrs.len(), Lookup::Exact);
     }
@@ -128,7 +148,7 @@ pub fn answer_lines(
     for (n, parsed) in lines {
         counts.lines += 1;
         let (text, answer) = match parsed {
-            Parsed::Blank => continue,
+            Parsed::Blank | Parsed::Flow(..) => continue,
             Parsed::Bad(raw, msg) => {
                 counts.errors += 1;
                 error_line(q.format, n, raw, msg, &mut s);
@@ -171,7 +191,7 @@ pub fn answer_lines(
                     }
                 }
                 let Some(m) = guard.as_deref() else { continue };
-                match m.fib.lookup(addr, &q.tables, q.tos) {
+                match m.fib.lookup(addr, &tables, q.tos) {
                     Some((t, net, e)) => {
                         found(m, false, q, text, t, net, e, &mut cache, &mut s);
                         counts.found += 1;
@@ -196,6 +216,329 @@ pub fn answer_lines(
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The tables the snapshot's rules reduce to for both families, if they do: the IPv4
+/// chain when the IPv6 one is the same but for tables IPv6 does not have (the default
+/// rules: IPv6 has no `32767 default` rule).
+fn chain_tables(sn: &super::fastpath::Snapshot) -> Option<Vec<u32>> {
+    let c4 = sn.rules.chain(Family::V4)?;
+    let c6 = sn.rules.chain(Family::V6)?;
+    if c4.last.is_some() || c6.last.is_some() {
+        return None;
+    }
+    let t4: Vec<u32> = c4.tables.iter().map(|t| t.1).collect();
+    let t6: Vec<u32> = c6.tables.iter().map(|t| t.1).collect();
+    let t4_only_absent_in_v6 = t4
+        .iter()
+        .filter(|t| !t6.contains(t))
+        .all(|t| !sn.fib.has_table(Family::V6, *t));
+    let same_order = t4.iter().filter(|t| t6.contains(t)).eq(t6.iter());
+    (same_order && t4_only_absent_in_v6).then_some(t4)
+}
+
+/// A flow line: `{"addr": ..., "from": ..., "iif": ..., ...}` (JSON), or
+/// `ADDR,FROM,IIF,OIF,MARK,UID,IPPROTO,SPORT,DPORT,TOS` (CSV, trailing fields optional,
+/// empty fields absent).
+#[derive(Debug, Clone, Default, Deserialize)]
+struct FlowLine {
+    addr: String,
+    #[serde(default, flatten)]
+    args: super::lookup::FlowArgs,
+    #[serde(default)]
+    tos: Option<u8>,
+}
+
+/// CSV columns of a flow line, in order.
+pub const FLOW_COLUMNS: &str = "addr,from,iif,oif,mark,uid,ipproto,sport,dport,tos";
+
+fn parse_flow(text: &str) -> Result<FlowLine, String> {
+    if text.starts_with('{') {
+        // `ipproto` may be a name in JSON too.
+        let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(p) = v.get("ipproto").and_then(|p| p.as_str()) {
+            v["ipproto"] = crate::fib::flow::parse_ipproto(p)?.into();
+        }
+        if let Some(m) = v.get("mark").and_then(|p| p.as_str()) {
+            v["mark"] = crate::fib::flow::parse_mark(m)?.into();
+        }
+        if let Some(t) = v.get("tos").and_then(|p| p.as_str()) {
+            v["tos"] = crate::fib::flow::parse_tos(t)?.into();
+        }
+        return serde_json::from_value(v).map_err(|e| e.to_string());
+    }
+    let f: Vec<&str> = text.split(',').map(str::trim).collect();
+    if f.len() > 10 {
+        return Err(format!("more than the 10 columns {FLOW_COLUMNS}"));
+    }
+    let get = |i: usize| f.get(i).copied().filter(|s| !s.is_empty());
+    let num = |i: usize, what: &str| -> Result<Option<u32>, String> {
+        get(i)
+            .map(|s| s.parse::<u32>().map_err(|_| format!("bad {what} {s:?}")))
+            .transpose()
+    };
+    let port = |i: usize, what: &str| -> Result<Option<u16>, String> {
+        get(i)
+            .map(|s| s.parse::<u16>().map_err(|_| format!("bad {what} {s:?}")))
+            .transpose()
+    };
+    Ok(FlowLine {
+        addr: f[0].to_string(),
+        args: super::lookup::FlowArgs {
+            from: get(1)
+                .map(|s| s.parse().map_err(|_| format!("bad from {s:?}")))
+                .transpose()?,
+            iif: get(2).map(str::to_string),
+            oif: get(3).map(str::to_string),
+            vrf: None,
+            mark: get(4).map(crate::fib::flow::parse_mark).transpose()?,
+            uid: num(5, "uid")?,
+            ipproto: get(6).map(crate::fib::flow::parse_ipproto).transpose()?,
+            sport: port(7, "sport")?,
+            dport: port(8, "dport")?,
+        },
+        tos: get(9).map(crate::fib::flow::parse_tos).transpose()?,
+    })
+}
+
+/// Answers lines through the rule walk: from the snapshot where it can, else under the
+/// mirror's read lock.
+fn rule_lines(
+    fast: &FastPath,
+    shared: &Shared,
+    snap: Option<&super::fastpath::Snapshot>,
+    q: &BatchQuery,
+    lines: Vec<(u64, Parsed<'_>)>,
+    out: &mut Vec<u8>,
+    counts: &mut BatchCounts,
+) {
+    use crate::fib::rules::{ExactTables, FastTables};
+    let mut guard: Option<RwLockReadGuard<'_, Mirror>> = None;
+    let mut scratch = crate::fib::rule_index::Scratch::default();
+    let mut s = String::new();
+    let (mut used_fast, mut used_exact) = (false, false);
+    for (n, parsed) in lines {
+        counts.lines += 1;
+        let (text, fl) = match parsed {
+            Parsed::Blank => continue,
+            Parsed::Bad(raw, msg) => {
+                counts.errors += 1;
+                error_line(q.format, n, raw, msg, &mut s);
+                continue;
+            }
+            Parsed::Addr(a, text) => (
+                text,
+                FlowLine {
+                    addr: a.to_string(),
+                    ..Default::default()
+                },
+            ),
+            Parsed::Flow(text) => match parse_flow(text) {
+                Ok(f) => (text, f),
+                Err(e) => {
+                    counts.errors += 1;
+                    error_line(q.format, n, text.as_bytes(), &e, &mut s);
+                    continue;
+                }
+            },
+        };
+        let Ok(addr) = fl.addr.parse::<IpAddr>() else {
+            counts.errors += 1;
+            error_line(q.format, n, text.as_bytes(), "not an IP address", &mut s);
+            continue;
+        };
+        let tos = fl.tos.unwrap_or(q.tos);
+        // From the snapshot: its rules, links and tables, unless a table needs the exact
+        // FIB or the flow names a device the snapshot does not know.
+        let mut answer = None;
+        if let Some(sn) = snap {
+            if let Ok(f) = snapshot_flow(sn, addr, tos, &fl.args) {
+                if let Some(v) = super::lookup::bad_source(&f, |a| sn.local.contains(&a)) {
+                    answer = Some((f, Ok(v)));
+                } else {
+                    let kf = f.kernel(&sn.links, sn.rules.dissects(f.family()));
+                    let t = FastTables::new(&sn.fib);
+                    let o = sn.rules.decide_with(&kf, &t, &sn.links, &mut scratch);
+                    if !t.fell_back() {
+                        used_fast = true;
+                        answer = Some((
+                            f,
+                            super::lookup::outcome_value(&sn.names, o, &f, q.hash.as_ref()),
+                        ));
+                    }
+                }
+            }
+        }
+        let (_, v) = match answer {
+            Some(a) => a,
+            None => {
+                used_exact = true;
+                if guard.is_none() {
+                    match shared.mirror.read() {
+                        Ok(g) => guard = Some(g),
+                        Err(_) => {
+                            error_line(q.format, n, text.as_bytes(), "mirror unavailable", &mut s);
+                            counts.errors += 1;
+                            continue;
+                        }
+                    }
+                }
+                let Some(m) = guard.as_deref() else { continue };
+                match super::lookup::flow(m, addr, tos, &fl.args) {
+                    Ok(f) => {
+                        let set = m.rules.set();
+                        let kf = f.kernel(&m.rules.links, set.dissects(f.family()));
+                        let v = match super::lookup::bad_source(&f, |a| {
+                            m.addrs.keys().any(|x| x.addr == a)
+                        }) {
+                            Some(v) => Ok(v),
+                            None => {
+                                let o = set.decide_with(
+                                    &kf,
+                                    &ExactTables(&m.fib),
+                                    &m.rules.links,
+                                    &mut scratch,
+                                );
+                                super::lookup::outcome_value(m, o, &f, q.hash.as_ref())
+                            }
+                        };
+                        (f, v)
+                    }
+                    Err(e) => {
+                        counts.errors += 1;
+                        error_line(q.format, n, text.as_bytes(), &e, &mut s);
+                        continue;
+                    }
+                }
+            }
+        };
+        match v {
+            Err(e) => {
+                counts.errors += 1;
+                error_line(q.format, n, text.as_bytes(), &e, &mut s);
+            }
+            Ok(v) => {
+                if v.get("prefix").is_some() {
+                    counts.found += 1;
+                } else {
+                    counts.no_route += 1;
+                }
+                rule_line(q.format, &fl.addr, addr, &v, &mut s);
+            }
+        }
+    }
+    drop(guard);
+    counts.fast_chunks += u64::from(used_fast);
+    counts.exact_chunks += u64::from(used_exact);
+    if used_fast {
+        fast.fast_lookups.fetch_add(1, Ordering::Relaxed);
+    }
+    if used_exact {
+        fast.exact_lookups.fetch_add(1, Ordering::Relaxed);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The flow of a line with the snapshot's links (`Err`: a device it does not know).
+fn snapshot_flow(
+    sn: &super::fastpath::Snapshot,
+    addr: IpAddr,
+    tos: u8,
+    a: &super::lookup::FlowArgs,
+) -> Result<crate::fib::flow::Flow, ()> {
+    let dev = |n: &Option<String>| -> Result<Option<u32>, ()> {
+        n.as_deref()
+            .map(|n| sn.links.ifindex(n).ok_or(()))
+            .transpose()
+    };
+    let mut oif = dev(&a.oif)?;
+    if let Some(v) = &a.vrf {
+        oif = Some(sn.links.vrf_by_name(v).ok_or(())?.0);
+    }
+    Ok(crate::fib::flow::Flow {
+        dst: addr,
+        src: a.from,
+        iif: dev(&a.iif)?,
+        oif,
+        mark: a.mark.unwrap_or(0),
+        uid: a.uid,
+        ipproto: a.ipproto.unwrap_or(0),
+        sport: a.sport.unwrap_or(0),
+        dport: a.dport.unwrap_or(0),
+        tos,
+    })
+}
+
+/// One result line of the rule walk in the batch's format.
+fn rule_line(
+    format: BatchFormat,
+    addr_text: &str,
+    addr: IpAddr,
+    v: &serde_json::Value,
+    s: &mut String,
+) {
+    match format {
+        BatchFormat::Json => {
+            let mut o = if v.is_null() {
+                serde_json::json!({ "prefix": null })
+            } else {
+                v.clone()
+            };
+            o["addr"] = addr_text.into();
+            let _ = writeln!(s, "{o}");
+        }
+        BatchFormat::Text => {
+            let t = super::lookup::format_answer(addr, v).unwrap_or_default();
+            let one = t
+                .replace(" \n\t", " ")
+                .replace("\n    ", " ")
+                .replace('\n', " ");
+            if v.get("prefix").is_some() {
+                let _ = writeln!(s, "{addr_text} {one}");
+            } else {
+                let _ = writeln!(s, "{one}");
+            }
+        }
+        BatchFormat::Csv => {
+            if v.is_null() {
+                let _ = writeln!(s, "{addr_text},,,,,,,no route");
+                return;
+            }
+            let r: Result<crate::view::RouteView, _> = serde_json::from_value(v.clone());
+            let rule = v
+                .get("rule")
+                .map(|r| format!("rule {r}"))
+                .unwrap_or_default();
+            let err = v.get("error").and_then(|e| e.as_str()).unwrap_or_default();
+            match r {
+                Ok(view) => {
+                    let join = |f: &dyn Fn(&HopView) -> String| {
+                        view.nexthops.iter().map(f).collect::<Vec<_>>().join("|")
+                    };
+                    let gw = join(&|h| h.gateway.map(|g| g.to_string()).unwrap_or_default());
+                    let dev = join(&|h| h.dev.clone().unwrap_or_default());
+                    let _ = writeln!(
+                        s,
+                        "{addr_text},{},{},{},{gw},{},{},{}",
+                        view.prefix,
+                        view.table,
+                        view.kind,
+                        csv_field(&dev),
+                        view.metric,
+                        csv_field([rule, err.to_string()].join(" ").trim())
+                    );
+                }
+                Err(_) => {
+                    let kind = v.get("result").and_then(|r| r.as_str()).unwrap_or("error");
+                    let _ = writeln!(
+                        s,
+                        "{addr_text},,,{kind},,,,{}",
+                        csv_field(&format!("{rule}: {err}"))
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One input line, parsed.
 #[derive(Clone, Copy)]
 enum Parsed<'a> {
@@ -203,6 +546,8 @@ enum Parsed<'a> {
     Blank,
     /// The address and its text as given (it parsed, so it needs no escaping).
     Addr(IpAddr, &'a str),
+    /// A line with flow fields (JSON object or CSV columns), parsed later.
+    Flow(&'a str),
     /// What to show of the line and why it is not an address.
     Bad(&'a [u8], &'static str),
 }
@@ -223,6 +568,13 @@ fn parse_line(raw: &[u8]) -> Parsed<'_> {
     }
     if raw.len() > MAX_LINE {
         return Parsed::Bad(&raw[..64], "line too long");
+    }
+    if text.starts_with('{') || text.contains(',') {
+        // A CSV header line (`addr,from,...`) is not a lookup.
+        if text.starts_with("addr,") {
+            return Parsed::Blank;
+        }
+        return Parsed::Flow(text);
     }
     match text.parse::<IpAddr>() {
         Ok(a) => Parsed::Addr(a, text),
@@ -517,6 +869,8 @@ mod tests {
             tables: crate::fib::DEFAULT_RULE_TABLES.to_vec(),
             tos: 0,
             format,
+            rules: false,
+            hash: None,
         };
         let (mut out, mut counts, mut line_no) = (Vec::new(), BatchCounts::default(), 0);
         for c in chunks {

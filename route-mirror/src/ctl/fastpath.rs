@@ -32,8 +32,12 @@ const POLL: Duration = Duration::from_millis(10);
 pub struct Snapshot {
     pub fib: FastFib,
     pub names: Names,
-    /// The policy rules at the same moment (any change makes the snapshot stale).
+    /// The policy rules at the same moment (any change makes the snapshot stale), and
+    /// the links they and lookups name.
     pub rules: Arc<crate::fib::rules::RuleSet>,
+    pub links: crate::fib::l3mdev::LinkMap,
+    /// The host's addresses (an output lookup from another source fails).
+    pub local: std::collections::HashSet<std::net::IpAddr>,
 }
 
 #[derive(Default)]
@@ -103,14 +107,17 @@ impl FastPath {
     pub fn rebuild(&self, shared: &Shared) -> bool {
         let t0 = Instant::now();
         let mut cursor = None;
-        let (extract, (names, rules)) = loop {
+        let (extract, (names, rules, links, local)) = loop {
             let Ok(m) = shared.mirror.read() else {
                 return false;
             };
             let c = cursor.get_or_insert_with(|| ExtractCursor::new(&m.fib));
             match c.step(&m.fib, PREFIXES_PER_LOCK) {
                 Step::More => continue,
-                Step::Done(x) => break (x, (m.names(), m.rules.set())),
+                Step::Done(x) => {
+                    let local = m.addrs.keys().map(|a| a.addr).collect();
+                    break (x, (m.names(), m.rules.set(), m.rules.links.clone(), local));
+                }
                 Step::Changed => {
                     self.aborted.fetch_add(1, Ordering::Relaxed);
                     return false;
@@ -122,8 +129,13 @@ impl FastPath {
         let t2 = Instant::now();
         self.last_heap_bytes
             .store(fib.heap_bytes() as u64, Ordering::Relaxed);
-        self.snap
-            .store(Some(Arc::new(Snapshot { fib, names, rules })));
+        self.snap.store(Some(Arc::new(Snapshot {
+            fib,
+            names,
+            rules,
+            links,
+            local,
+        })));
         self.builds.fetch_add(1, Ordering::Relaxed);
         self.last_extract_us
             .store((t1 - t0).as_micros() as u64, Ordering::Relaxed);

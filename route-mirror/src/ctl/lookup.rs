@@ -11,10 +11,11 @@ use serde_json::{json, Value};
 use crate::fib::flow::Flow;
 use crate::fib::multipath::{flow_hash, select, HashConfig};
 use crate::fib::rules::{ExactTables, Outcome};
+use crate::fib::Entry;
 use crate::mirror::Mirror;
 use crate::model::{rtn, rtnh, Family};
 use crate::rule::action;
-use crate::view::route_view;
+use crate::view::{route_view, RouteContext};
 
 /// The flow fields of a lookup beyond its address and TOS (all optional; names of
 /// devices are resolved by the daemon).
@@ -130,32 +131,47 @@ pub fn hash_config(ns: Option<String>) -> HashConfig {
 /// object for a rule action (`{"result": "blackhole", "rule": N, ...}`), or `null` when
 /// nothing routes it. `Err`: a rule on the way cannot be evaluated, or bad arguments.
 pub fn answer(m: &Mirror, f: &Flow, hash: Option<&HashConfig>) -> Result<Value, String> {
-    // An output lookup from a source address the host does not have fails in the
-    // kernel (`ip_route_output_key_hash_rcu`): say so rather than answer a route.
-    if let (None, Some(s), Family::V4) = (f.iif, f.src, f.family()) {
-        if !s.is_unspecified() && !m.addrs.keys().any(|a| a.addr == s) {
-            return Ok(json!({
-                "result": "error",
-                "error": strerror(libc::ENETUNREACH),
-                "why": format!("{s} is not a local address: an output lookup from it fails \
-                               (give --iif for traffic forwarded from it)"),
-            }));
-        }
+    if let Some(v) = bad_source(f, |s| m.addrs.keys().any(|a| a.addr == s)) {
+        return Ok(v);
     }
     let set = m.rules.set();
     let links = &m.rules.links;
     let kf = f.kernel(links, set.dissects(f.family()));
-    match set.decide(&kf, &ExactTables(&m.fib), links) {
+    outcome_value(m, set.decide(&kf, &ExactTables(&m.fib), links), f, hash)
+}
+
+/// An output lookup from a source address the host does not have fails in the kernel
+/// (`ip_route_output_key_hash_rcu`): say so rather than answer a route.
+pub fn bad_source(f: &Flow, local: impl Fn(IpAddr) -> bool) -> Option<Value> {
+    match (f.iif, f.src, f.family()) {
+        (None, Some(s), Family::V4) if !s.is_unspecified() && !local(s) => Some(json!({
+            "result": "error",
+            "error": strerror(libc::ENETUNREACH),
+            "why": format!("{s} is not a local address: an output lookup from it fails \
+                           (give --iif for traffic forwarded from it)"),
+        })),
+        _ => None,
+    }
+}
+
+/// The JSON of a rule walk's outcome, rendered with `ctx`'s names.
+pub fn outcome_value<C: RouteContext + ?Sized>(
+    ctx: &C,
+    o: Outcome<(ipnet::IpNet, &Entry)>,
+    f: &Flow,
+    hash: Option<&HashConfig>,
+) -> Result<Value, String> {
+    match o {
         Outcome::Route {
             rule,
             table,
             route: (net, e),
             kind,
         } => {
-            let mut v = serde_json::to_value(route_view(m, table, net, e)).unwrap_or(Value::Null);
+            let mut v = serde_json::to_value(route_view(ctx, table, net, e)).unwrap_or(Value::Null);
             decorate(&mut v, Some(rule), kind);
             let err = crate::fib::rules::route_errno(kind);
-            let hops = m.effective_hops(&e.attrs);
+            let hops = ctx.effective_hops(&e.attrs);
             if err.is_none() && hops.len() > 1 {
                 let usable: Vec<(u32, bool)> = hops
                     .iter()

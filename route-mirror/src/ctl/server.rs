@@ -190,10 +190,20 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>, fast: Arc<FastPath>) ->
                 return watch(BufWriter::new(wr), &shared, prefix, table).await
             }
             Ok(Some(Request::LookupBatch { table, tos, format })) => {
+                let hash = if table.is_none() {
+                    let ns = shared.netns.clone();
+                    tokio::task::spawn_blocking(move || lookup::hash_config(ns))
+                        .await
+                        .ok()
+                } else {
+                    None
+                };
                 let q = BatchQuery {
                     tables: table.map_or_else(|| DEFAULT_RULE_TABLES.to_vec(), |t| vec![t]),
                     tos,
                     format,
+                    rules: table.is_none(),
+                    hash,
                 };
                 return lookup_batch(rd, BufWriter::new(wr), &shared, &fast, q).await;
             }

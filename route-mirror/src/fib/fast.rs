@@ -554,6 +554,11 @@ impl FastFib {
         }
     }
 
+    /// Whether table `id` of `family` has routes (or was left out: unknown here).
+    pub fn has_table(&self, family: Family, id: u32) -> bool {
+        self.tables.contains_key(&(family, id)) || self.left_out(family, id)
+    }
+
     fn left_out(&self, family: Family, id: u32) -> bool {
         self.exact_only.contains(&(family, id))
     }

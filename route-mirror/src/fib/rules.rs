@@ -608,6 +608,51 @@ fn chain(rules: &[Rule]) -> Option<Chain> {
     Some(c)
 }
 
+/// A FIB snapshot as [`Tables`]. A table the snapshot cannot answer for (TOS routes,
+/// left out) answers "next rule" and sets [`FastTables::fell_back`]: the caller must
+/// then ask the exact FIB instead.
+pub struct FastTables<'a> {
+    fib: &'a super::fast::FastFib,
+    fell_back: std::cell::Cell<bool>,
+}
+
+impl<'a> FastTables<'a> {
+    pub fn new(fib: &'a super::fast::FastFib) -> FastTables<'a> {
+        FastTables {
+            fib,
+            fell_back: std::cell::Cell::new(false),
+        }
+    }
+
+    pub fn fell_back(&self) -> bool {
+        self.fell_back.get()
+    }
+}
+
+impl<'a> Tables for FastTables<'a> {
+    type Route = (ipnet::IpNet, &'a super::Entry);
+
+    fn lookup(&self, family: Family, id: u32, f: &KernelFlow) -> TableAnswer<Self::Route> {
+        let tos = match family {
+            Family::V4 => f.legacy_tos(),
+            Family::V6 => 0,
+        };
+        match self.fib.lookup(f.dst, &[id], tos) {
+            super::fast::Lookup::Route(_, net, e) => TableAnswer::Route {
+                route: (net, e),
+                kind: e.attrs.kind,
+                prefix_len: net.prefix_len(),
+                dev: e.attrs.nexthops.first().map_or(0, |h| h.ifindex),
+            },
+            super::fast::Lookup::None => TableAnswer::Continue,
+            super::fast::Lookup::Exact => {
+                self.fell_back.set(true);
+                TableAnswer::Continue
+            }
+        }
+    }
+}
+
 /// The exact FIB as [`Tables`]: `RouteTable::lookup` with the flow's TOS.
 #[derive(Clone, Copy)]
 pub struct ExactTables<'a>(pub &'a super::Fib);
