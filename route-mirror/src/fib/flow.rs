@@ -106,7 +106,16 @@ impl Flow {
                 self.sport,
                 self.dport,
             ),
-            (_, false) => (
+            // IPv4 route-get requests without a protocol are UDP to the rules too
+            // (measured: a plain `ip route get` matches an `ipproto udp` rule); IPv6's
+            // are not.
+            (Family::V4, false) => (
+                self.uid.unwrap_or(DEFAULT_UID),
+                self.packet_v4().0,
+                self.sport,
+                self.dport,
+            ),
+            (Family::V6, false) => (
                 self.uid.unwrap_or(DEFAULT_UID),
                 self.ipproto,
                 self.sport,
@@ -224,6 +233,11 @@ mod tests {
     fn output_lookups_run_from_lo_as_root() {
         let k = flow("192.0.2.1").kernel(&links(), false);
         assert_eq!((k.iif, k.uid, k.input, k.src), (1, 0, false, None));
+        assert_eq!(
+            k.ipproto, IPPROTO_UDP,
+            "IPv4 route get without a protocol is UDP"
+        );
+        assert_eq!(flow("2001:db8::1").kernel(&links(), false).ipproto, 0);
     }
 
     #[test]
