@@ -159,7 +159,12 @@ impl Stats {
             rules: RuleStats {
                 inet: m.rules.list(crate::model::Family::V4).len(),
                 inet6: m.rules.list(crate::model::Family::V6).len(),
-                vrfs: m.rules.links.iter().filter(|l| l.vrf_table.is_some()).count(),
+                vrfs: m
+                    .rules
+                    .links
+                    .iter()
+                    .filter(|l| l.vrf_table.is_some())
+                    .count(),
                 counters: m.rules.counters.clone(),
             },
             attr_sets: m.attr_sets(),
