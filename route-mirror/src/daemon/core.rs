@@ -3,12 +3,12 @@
 //!
 //! It reads the socket's one queue in order: dump replies (our port and the running
 //! scan's sequence number) are *marked* into the mirror, everything else is an event
-//! and is *applied* ([`events`](super::events)). Scans run one at a time; requests
-//! arriving meanwhile merge into one pending scan ([`scans`](super::scans)). With the
-//! eBPF source, events arrive on the ring instead and are applied where they cannot
-//! overtake an older dump chunk. Every change goes to the exports
-//! ([`crate::export`]) before the mirror's write lock is released. Runs on its own
-//! thread: a million-route dump is CPU work that should not sit on the async runtime.
+//! and is *applied* ([`events`]). Scans run one at a time; requests arriving meanwhile
+//! merge into one pending scan ([`scans`]). With the eBPF source, events arrive on the
+//! ring instead and are applied where they cannot overtake an older dump chunk. Every
+//! change goes to the exports ([`crate::export`]) before the mirror's write lock is
+//! released. Runs on its own thread: a million-route dump is CPU work that should not
+//! sit on the async runtime.
 
 use std::io;
 use std::sync::mpsc::{Receiver, TryRecvError};
