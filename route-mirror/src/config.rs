@@ -99,6 +99,60 @@ fn tables_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
     })
 }
 
+/// `--gnmi-*` settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GnmiConfig {
+    pub listen: Option<SocketAddr>,
+    pub insecure: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl GnmiConfig {
+    /// Checks the security rules; returns why not when they are broken.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let Some(addr) = self.listen else {
+            return Ok(());
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_)) if self.insecure => {
+                Err("--gnmi-insecure and TLS certificate files are mutually exclusive".into())
+            }
+            (Some(_), Some(_)) => Ok(()),
+            (Some(_), None) | (None, Some(_)) => {
+                Err("TLS needs both a certificate (gnmi_tls_cert) and its key (gnmi_tls_key)".into())
+            }
+            (None, None) if !self.insecure => Err(format!(
+                "gNMI on {addr} needs TLS (gnmi_tls_cert + gnmi_tls_key), or gnmi_insecure on a loopback address"
+            )),
+            (None, None) if !addr.ip().is_loopback() => Err(format!(
+                "plaintext gNMI (gnmi_insecure) is allowed only on a loopback address, not {addr}"
+            )),
+            (None, None) => {
+                if self.tls_client_ca.is_some() {
+                    Err("gnmi_tls_client_ca needs TLS (gnmi_tls_cert + gnmi_tls_key)".into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The gNMI export's settings.
+    pub fn gnmi(&self) -> GnmiConfig {
+        GnmiConfig {
+            listen: self.gnmi_listen,
+            insecure: self.gnmi_insecure,
+            tls_cert: self.gnmi_tls_cert.clone(),
+            tls_key: self.gnmi_tls_key.clone(),
+            tls_client_ca: self.gnmi_tls_client_ca.clone(),
+        }
+    }
+}
+
 /// `main,100` → `["main", "100"]`.
 pub fn split_tables(s: &str) -> Vec<String> {
     s.split(',')
@@ -109,29 +163,6 @@ pub fn split_tables(s: &str) -> Vec<String> {
 }
 
 impl Config {
-    /// The gNMI export's settings.
-    pub fn gnmi(&self) -> crate::export::gnmi::GnmiConfig {
-        crate::export::gnmi::GnmiConfig {
-            listen: self.gnmi_listen,
-            insecure: self.gnmi_insecure,
-            tls_cert: self.gnmi_tls_cert.clone(),
-            tls_key: self.gnmi_tls_key.clone(),
-            tls_client_ca: self.gnmi_tls_client_ca.clone(),
-        }
-    }
-
-    /// The NATS export's settings.
-    pub fn nats(&self) -> crate::export::nats::NatsConfig {
-        crate::export::nats::NatsConfig {
-            url: self.nats_url.clone(),
-            host: self.nats_host.clone(),
-            stream: self.nats_stream.clone(),
-            snapshot_interval: std::time::Duration::from_secs_f64(self.nats_snapshot_interval),
-            buffer: self.nats_buffer,
-            ..Default::default()
-        }
-    }
-
     /// The BPF FIB tables as ids (validated: every entry resolves).
     pub fn bpf_fib_table_ids(&self) -> Vec<u32> {
         let names = crate::names::Names::load();

@@ -156,7 +156,7 @@ impl Shared {
     ) -> std::io::Result<Shared> {
         let mirror = Arc::new(RwLock::new(mirror));
         Ok(Shared {
-            exports: Hub::new(mirror.clone()),
+            exports: Hub::new(netns.as_deref(), mirror.clone()),
             mirror,
             status: Mutex::new(status),
             netns,

@@ -36,7 +36,7 @@ pub struct Config {
     /// Tables of the pinned BPF FIB (empty: none).
     pub bpf_fib_tables: Vec<u32>,
     /// The gNMI export (one server for every namespace).
-    pub gnmi: crate::export::gnmi::GnmiConfig,
+    pub gnmi: crate::config::GnmiConfig,
     /// The NATS export (one connection for every namespace).
     pub nats: crate::export::nats::NatsConfig,
 }
@@ -73,7 +73,7 @@ impl Config {
                 ring_size: c.ring_size as u64,
                 bpf_fib_tables: c.bpf_fib_table_ids(),
                 gnmi: c.gnmi(),
-                nats: c.nats(),
+                nats: c.into(),
             })
             .collect())
     }
@@ -258,7 +258,7 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
     if let Some(g) = cfgs.first().map(|c| &c.gnmi).filter(|g| g.listen.is_some()) {
         let hubs = shareds
             .iter()
-            .map(|s| crate::export::afts::Afts::start(s))
+            .map(|s| crate::export::afts::Afts::start(&s.exports))
             .collect::<std::io::Result<Vec<_>>>()
             .context("starting the AFT export threads")?;
         let running = crate::export::gnmi::serve(g, hubs)
@@ -267,7 +267,8 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
         let _ = crate::export::GNMI_STATS.set(running.stats);
     }
     if let Some(n) = cfgs.first().map(|c| &c.nats).filter(|n| n.url.is_some()) {
-        let stats = crate::export::nats::start(n, &shareds)
+        let hubs: Vec<_> = shareds.iter().map(|s| s.exports.clone()).collect();
+        let stats = crate::export::nats::start(n, &hubs)
             .await
             .context("--nats-url")?;
         let _ = crate::export::NATS_STATS.set(stats);

@@ -10,15 +10,15 @@
 //! and never keeps a silently wrong copy. When the feed itself falls behind
 //! (`Resnapshot`), or the mirror finishes a resync, every subscriber starts over.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use super::aft::{Aft, Change};
-use super::feed::{Feed, Update};
-use crate::mirror::Mirror;
+use super::feed::{Feed, MirrorReader, Update};
+use super::hub::Hub;
 
 /// Batches a subscriber may fall behind by before it starts over (each holds at most
 /// [`BATCH_MAX`] changes). `ROUTE_MIRROR_GNMI_QUEUE_BATCHES` overrides it: a test knob
@@ -82,13 +82,11 @@ pub fn now_ns() -> i64 {
 }
 
 impl Afts {
-    /// Subscribes to `shared`'s change funnel and starts the pump thread.
-    pub fn start(shared: &crate::shared::Shared) -> std::io::Result<Arc<Afts>> {
-        let afts = Arc::new(Afts::detached(
-            shared.netns.clone().unwrap_or_else(|| "host".into()),
-        ));
-        let feed = shared.exports.subscribe("gnmi", FEED_CAPACITY);
-        let mirror = shared.mirror.clone();
+    /// Subscribes to a namespace's change funnel and starts the pump thread.
+    pub fn start(hub: &Hub) -> std::io::Result<Arc<Afts>> {
+        let afts = Arc::new(Afts::detached(hub.netns().to_string()));
+        let feed = hub.subscribe("gnmi", FEED_CAPACITY);
+        let mirror = feed.reader();
         let a = afts.clone();
         std::thread::Builder::new()
             .name(format!("rm-aft-{}", a.name).chars().take(15).collect())
@@ -196,7 +194,7 @@ impl Afts {
         snap.synced
     }
 
-    fn pump(&self, mut feed: Feed, mirror: &RwLock<Mirror>) {
+    fn pump(&self, mut feed: Feed, mirror: &MirrorReader) {
         let mut synced = self.rebuild(&mut feed);
         if synced {
             self.ready.send_replace(true);
@@ -227,7 +225,7 @@ impl Afts {
                 self.stats.lock().expect("afts stats").rebuilds += 1;
                 synced |= self.rebuild(&mut feed);
             } else if !touched.is_empty() || nexthops {
-                let m = mirror.read().expect("mirror lock");
+                let m = mirror.read();
                 if nexthops {
                     // A nexthop object changed: every route using one may forward
                     // differently without a delta of its own.

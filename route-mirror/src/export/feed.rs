@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -278,6 +278,23 @@ impl Feed {
 
     pub fn stats(&self) -> FeedStats {
         self.tap.stats()
+    }
+
+    /// Read access to the mirror as it is now (names for rendering, the routes a change
+    /// touched), without restarting the feed.
+    pub fn reader(&self) -> MirrorReader {
+        MirrorReader(self.mirror.clone())
+    }
+}
+
+/// Read-only access to the mirror for an export: never a write, never the sources.
+#[derive(Clone)]
+pub struct MirrorReader(Arc<RwLock<Mirror>>);
+
+impl MirrorReader {
+    /// The mirror under its read lock: the core waits for it, so hold it briefly.
+    pub fn read(&self) -> RwLockReadGuard<'_, Mirror> {
+        self.0.read().expect("mirror lock")
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Hub {
 }
 
 struct Inner {
+    /// The mirrored namespace (`host`: the daemon's own).
+    netns: String,
     mirror: Arc<RwLock<Mirror>>,
     watch: Watch,
     feeds: Mutex<Vec<Arc<Tap>>>,
@@ -28,15 +30,22 @@ struct Inner {
 }
 
 impl Hub {
-    pub fn new(mirror: Arc<RwLock<Mirror>>) -> Hub {
+    pub fn new(netns: Option<&str>, mirror: Arc<RwLock<Mirror>>) -> Hub {
         Hub {
             inner: Arc::new(Inner {
+                netns: netns.unwrap_or("host").to_string(),
                 mirror,
                 watch: Watch::default(),
                 feeds: Mutex::new(Vec::new()),
                 progress: Arc::default(),
             }),
         }
+    }
+
+    /// The mirrored namespace's name (`host` for the daemon's own), for exports that
+    /// label what they publish.
+    pub fn netns(&self) -> &str {
+        &self.inner.netns
     }
 
     /// A `route-mirror watch` client's stream of rendered changes.
@@ -200,7 +209,7 @@ mod tests {
 
     fn setup() -> (Arc<RwLock<Mirror>>, Hub, Exports) {
         let mirror = Arc::new(RwLock::new(Mirror::new()));
-        let hub = Hub::new(mirror.clone());
+        let hub = Hub::new(None, mirror.clone());
         let core = Exports::new(hub.clone(), None);
         (mirror, hub, core)
     }

@@ -37,7 +37,7 @@
 //! use route_mirror::model::{rtn, Change, NextHop, Route, RouteAttrs, RouteKey, SubKey};
 //!
 //! let mirror = Arc::new(RwLock::new(Mirror::new()));
-//! let hub = Hub::new(mirror.clone()); // in the daemon: `shared.exports`
+//! let hub = Hub::new(None, mirror.clone()); // in the daemon: `shared.exports`
 //!
 //! // An export: subscribe, copy the mirror, then follow its changes.
 //! let mut feed = hub.subscribe("example", 1 << 20);

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tracing::info;
 
+use crate::config::GnmiConfig;
 use crate::export::afts::Afts;
 
 /// The generated gNMI types and service trait (`third_party/gnmi`, built by build.rs).
@@ -28,47 +29,6 @@ pub mod proto {
     }
     pub mod gnmi {
         tonic::include_proto!("gnmi");
-    }
-}
-
-/// `--gnmi-*` settings.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GnmiConfig {
-    pub listen: Option<SocketAddr>,
-    pub insecure: bool,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-}
-
-impl GnmiConfig {
-    /// Checks the security rules; returns why not when they are broken.
-    pub fn check(&self) -> std::result::Result<(), String> {
-        let Some(addr) = self.listen else {
-            return Ok(());
-        };
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(_), Some(_)) if self.insecure => {
-                Err("--gnmi-insecure and TLS certificate files are mutually exclusive".into())
-            }
-            (Some(_), Some(_)) => Ok(()),
-            (Some(_), None) | (None, Some(_)) => {
-                Err("TLS needs both a certificate (gnmi_tls_cert) and its key (gnmi_tls_key)".into())
-            }
-            (None, None) if !self.insecure => Err(format!(
-                "gNMI on {addr} needs TLS (gnmi_tls_cert + gnmi_tls_key), or gnmi_insecure on a loopback address"
-            )),
-            (None, None) if !addr.ip().is_loopback() => Err(format!(
-                "plaintext gNMI (gnmi_insecure) is allowed only on a loopback address, not {addr}"
-            )),
-            (None, None) => {
-                if self.tls_client_ca.is_some() {
-                    Err("gnmi_tls_client_ca needs TLS (gnmi_tls_cert + gnmi_tls_key)".into())
-                } else {
-                    Ok(())
-                }
-            }
-        }
     }
 }
 

@@ -12,7 +12,7 @@
 pub mod message;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -21,9 +21,8 @@ use async_nats::jetstream;
 use tracing::{info, warn};
 
 use self::message::{base, family_token, route_id, Body, Keyed, Msg, SNAPSHOT_CHUNK};
-use super::feed::{Feed, Update};
-use crate::mirror::Mirror;
-use crate::shared::Shared;
+use super::feed::{Feed, MirrorReader, Update};
+use super::hub::Hub;
 use crate::view::{route_view, RouteView};
 
 /// `--nats-*` settings.
@@ -41,6 +40,20 @@ pub struct NatsConfig {
     pub buffer: usize,
     /// Oldest messages the stream keeps (must exceed `snapshot_interval`).
     pub max_age: Duration,
+}
+
+impl From<&crate::config::Config> for NatsConfig {
+    /// The `nats_*` keys of the configuration file (and their flags).
+    fn from(c: &crate::config::Config) -> NatsConfig {
+        NatsConfig {
+            url: c.nats_url.clone(),
+            host: c.nats_host.clone(),
+            stream: c.nats_stream.clone(),
+            snapshot_interval: Duration::from_secs_f64(c.nats_snapshot_interval),
+            buffer: c.nats_buffer,
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for NatsConfig {
@@ -96,7 +109,7 @@ fn now_ms() -> u64 {
 
 /// Connects (in the background: an unreachable server at start is like a lost one)
 /// and starts one publisher per namespace.
-pub async fn start(cfg: &NatsConfig, shareds: &[Arc<Shared>]) -> Result<Arc<NatsStats>> {
+pub async fn start(cfg: &NatsConfig, hubs: &[Hub]) -> Result<Arc<NatsStats>> {
     let url = cfg.url.clone().context("no NATS url")?;
     // Connections made (the first and every reconnect): a publisher that sees a new one
     // resends a snapshot, even if the client's own buffer carried everything across.
@@ -122,14 +135,14 @@ pub async fn start(cfg: &NatsConfig, shareds: &[Arc<Shared>]) -> Result<Arc<Nats
     let stats = Arc::new(NatsStats::default());
     let host = cfg.host.clone().unwrap_or_else(hostname);
     let epoch = now_ms();
-    for s in shareds {
-        let netns = s.netns.clone().unwrap_or_else(|| "host".into());
+    for hub in hubs {
+        let feed = hub.subscribe("nats", cfg.buffer);
         let p = Publisher {
             js: jetstream::new(client.clone()),
             client: client.clone(),
-            feed: s.exports.subscribe("nats", cfg.buffer),
-            mirror: s.mirror.clone(),
-            base: base(&cfg.subject_prefix, &host, &netns),
+            mirror: feed.reader(),
+            feed,
+            base: base(&cfg.subject_prefix, &host, hub.netns()),
             cfg: cfg.clone(),
             epoch,
             connects: connects.clone(),
@@ -147,7 +160,7 @@ struct Publisher {
     js: jetstream::Context,
     client: async_nats::Client,
     feed: Feed,
-    mirror: Arc<RwLock<Mirror>>,
+    mirror: MirrorReader,
     base: String,
     cfg: NatsConfig,
     epoch: u64,
@@ -268,7 +281,7 @@ impl Publisher {
     async fn changes(&mut self, batch: &crate::export::change::Batch) -> bool {
         let rendered: Vec<(String, Vec<u8>)> = {
             let mirror = self.mirror.clone();
-            let m = mirror.read().expect("mirror lock");
+            let m = mirror.read();
             let mut v = Vec::with_capacity(batch.deltas.len());
             for d in &batch.deltas {
                 let route = route_view(&*m, d.table, d.dst, &d.entry);
