@@ -88,7 +88,7 @@ def make_ns(name, clean):
 
 
 def batch(ns, lines):
-    subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n",
+    subprocess.run(["ip", "-force", "-n", ns, "-batch", "-"], input="\n".join(lines) + "\n",
                    text=True, check=True, capture_output=True)
 
 
@@ -324,6 +324,7 @@ def gnmi(args, clean):
             out = sh(PY, client, addr, "once").stdout.split()
             results.append(("ONCE snapshot", f"{float(out[1]):.2f} s", f"{int(out[2]) / 1e6:.1f} MB",
                             f"{int(out[3]):,} entries in {int(out[4]):,} responses"))
+            print(results[-1], file=sys.stderr, flush=True)
         readers = []
         for _ in range(subs):
             p = subprocess.Popen([PY, client, addr, "stream"], stdout=subprocess.PIPE, text=True)
@@ -335,7 +336,7 @@ def gnmi(args, clean):
                     break
         cpu0, _ = proc_stat(d.pid)
         rng = random.Random(7)
-        prefixes = [rand_v4(rng) for _ in range(args.churn // 2)]
+        prefixes = sorted({rand_v4(rng) for _ in range(args.churn // 2)})
         t = time.time()
         batch(n, [f"route replace {p} via 198.18.2.2" for p in prefixes])
         batch(n, [f"route del {p}" for p in prefixes])
