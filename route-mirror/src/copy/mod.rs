@@ -4,5 +4,6 @@
 
 pub mod filter;
 pub mod iproute;
+pub mod spec;
 pub mod sync;
 pub mod want;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
-use crate::mirror::Names;
 use crate::model::{rtn, rtnh, scope, Family, HopId, NextHop, RouteAttrs, RouteKey, SubKey};
 
 /// One next hop, its device by name.
@@ -48,15 +47,20 @@ impl Want {
         Family::of_net(&self.dst)
     }
 
-    /// The route `attrs` at `dst` of a source mirror, its next hops resolved through the
-    /// source's nexthop objects and its devices named by the source's links.
-    pub fn from_source(dst: IpNet, sub: &SubKey, attrs: &RouteAttrs, names: &Names) -> Want {
-        let hops = names
-            .effective_hops(attrs)
-            .into_iter()
+    /// The route `attrs` at `dst` of a source mirror, with its effective next hops
+    /// (through the source's nexthop objects) and the source's link names.
+    pub fn from_source<'a>(
+        dst: IpNet,
+        sub: &SubKey,
+        attrs: &RouteAttrs,
+        hops: &[NextHop],
+        link_name: impl Fn(u32) -> Option<&'a str>,
+    ) -> Want {
+        let hops = hops
+            .iter()
             .map(|h| WantHop {
                 gateway: h.gateway,
-                dev: (h.ifindex != 0).then(|| match names.link_name(h.ifindex) {
+                dev: (h.ifindex != 0).then(|| match link_name(h.ifindex) {
                     Some(n) => Arc::from(n),
                     // Unknown to the source: no target device can have this name.
                     None => Arc::from(format!("#{}", h.ifindex)),

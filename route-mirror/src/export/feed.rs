@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,10 @@ impl Queue {
     }
 }
 
+/// Called whenever a feed gets an update, besides waking `recv`: lets one thread wait
+/// for several feeds and its own commands at once (e.g. by writing to an eventfd).
+pub type Doorbell = Arc<dyn Fn() + Send + Sync>;
+
 /// The core's end of one feed.
 pub(super) struct Tap {
     queue: Mutex<Queue>,
@@ -87,6 +91,7 @@ pub(super) struct Tap {
     notify: Notify,
     /// Wakes a blocking consumer.
     cond: Condvar,
+    doorbell: OnceLock<Doorbell>,
 }
 
 impl Tap {
@@ -97,6 +102,9 @@ impl Tap {
     fn wake(&self) {
         self.notify.notify_one();
         self.cond.notify_one();
+        if let Some(d) = self.doorbell.get() {
+            d();
+        }
     }
 
     /// Appends a batch, or tells a consumer that fell behind to resnapshot. O(1).
@@ -184,6 +192,7 @@ impl Feed {
             }),
             notify: Notify::new(),
             cond: Condvar::new(),
+            doorbell: OnceLock::new(),
         });
         let feed = Feed {
             tap: tap.clone(),
@@ -191,6 +200,12 @@ impl Feed {
             progress,
         };
         (feed, tap)
+    }
+
+    /// Rings `d` on every update from now on (once per feed; a second call is ignored).
+    /// For a consumer polling several feeds with [`Feed::try_recv`].
+    pub fn set_doorbell(&self, d: Doorbell) {
+        let _ = self.tap.doorbell.set(d);
     }
 
     /// Route changes this feed may hold before it must resnapshot.
