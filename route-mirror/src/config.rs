@@ -56,6 +56,15 @@ pub struct Config {
     pub gnmi_tls_cert: Option<PathBuf>,
     /// gNMI TLS private key (PEM).
     pub gnmi_tls_key: Option<PathBuf>,
+    /// Kernel copies: `[[copy]]` sections (see [`crate::copy::spec`]).
+    #[serde(rename = "copy")]
+    pub copies: Vec<crate::copy::spec::CopyConfig>,
+    /// Declared route sets: `[[routes]]` sections.
+    #[serde(rename = "routes")]
+    pub route_sets: Vec<crate::copy::spec::RoutesConfig>,
+    /// The protocol number of the routes copies and declared sets install (their name,
+    /// `route-mirror`, is in rt_protos.d); only routes of it are ever changed or removed.
+    pub copy_protocol: u8,
     /// CA bundle (PEM) that gNMI client certificates must chain to; unset: clients are
     /// not asked for certificates.
     pub gnmi_tls_client_ca: Option<PathBuf>,
@@ -163,6 +172,27 @@ pub fn split_tables(s: &str) -> Vec<String> {
 }
 
 impl Config {
+    /// The namespaces the daemon mirrors as configured (`None`: its own), `"all"`
+    /// expanded now.
+    pub fn mirrored(&self) -> Vec<Option<String>> {
+        let names = expand_netns(&self.netns).unwrap_or_default();
+        if names.is_empty() {
+            vec![None]
+        } else {
+            names.into_iter().map(Some).collect()
+        }
+    }
+
+    /// The copies and declared route sets, resolved (route files read now).
+    pub fn copy_jobs(&self) -> Result<Vec<crate::copy::spec::Job>, String> {
+        crate::copy::spec::resolve(
+            &self.copies,
+            &self.route_sets,
+            &self.mirrored(),
+            crate::names::system(),
+        )
+    }
+
     /// The BPF FIB tables as ids (validated: every entry resolves).
     pub fn bpf_fib_table_ids(&self) -> Vec<u32> {
         let names = crate::names::Names::load();
@@ -199,6 +229,9 @@ impl Default for Config {
             nats_stream: "route-mirror".into(),
             nats_snapshot_interval: 300.0,
             nats_buffer: 1 << 20,
+            copies: Vec::new(),
+            route_sets: Vec::new(),
+            copy_protocol: crate::copy::PROTOCOL,
         }
     }
 }
@@ -315,6 +348,17 @@ impl Config {
         if let Err(msg) = self.gnmi().check() {
             return bad("gnmi_listen", msg);
         }
+        if !self.copies.is_empty() || !self.route_sets.is_empty() {
+            if let Err(msg) = self.copy_jobs() {
+                return bad("copy", msg);
+            }
+            if crate::model::rtprot::name(self.copy_protocol).is_some() || self.copy_protocol < 5 {
+                return bad(
+                    "copy_protocol",
+                    format!("{} belongs to another routing protocol", self.copy_protocol),
+                );
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return bad(
                 "log_level",
@@ -335,7 +379,12 @@ impl Config {
         if self.log_level != new.log_level {
             live.push("log_level");
         }
+        // Declared route files are re-read on every reload: they count as changed.
+        if self.copies != new.copies || !self.route_sets.is_empty() || !new.route_sets.is_empty() {
+            live.push("copy");
+        }
         for (key, differs) in [
+            ("copy_protocol", self.copy_protocol != new.copy_protocol),
             ("netns", self.netns != new.netns),
             ("socket", self.socket != new.socket),
             ("rcvbuf", self.rcvbuf != new.rcvbuf),
@@ -414,9 +463,23 @@ pub struct RunArgs {
     /// Seconds between full snapshots on NATS (0: only at start, reconnect and lag) [default: 300]
     #[arg(long, value_name = "SECS")]
     pub nats_snapshot_interval: Option<f64>,
+    /// Keep table TO equal to table FROM of the mirrored namespace: FROM=[NETNS/]TO,
+    /// e.g. `--netns A --copy main=B/200` (repeatable; `[[copy]]` sections have filters
+    /// and next-hop rewrites)
+    #[arg(long = "copy", value_name = "FROM=TO", value_parser = copy_flag_form)]
+    pub copy: Vec<String>,
+    /// Install and keep the routes of FILE (`ip route` syntax, one per line; re-read on
+    /// reload) in the mirrored namespace (repeatable)
+    #[arg(long = "routes", value_name = "FILE")]
+    pub routes: Vec<String>,
     /// Log as JSON lines instead of text
     #[arg(long)]
     pub log_json: bool,
+}
+
+/// `--copy` must be `FROM=TO` (what FROM and TO name is checked with the rest).
+fn copy_flag_form(s: &str) -> Result<String, String> {
+    crate::copy::spec::copy_flag(s).map(|_| s.to_string())
 }
 
 impl RunArgs {
@@ -460,6 +523,13 @@ impl RunArgs {
         }
         if let Some(v) = self.nats_snapshot_interval {
             cfg.nats_snapshot_interval = v;
+        }
+        for c in &self.copy {
+            cfg.copies
+                .push(crate::copy::spec::copy_flag(c).expect("checked by the flag's parser"));
+        }
+        for r in &self.routes {
+            cfg.route_sets.push(crate::copy::spec::routes_flag(r));
         }
         if self.gnmi_insecure {
             cfg.gnmi_insecure = true;

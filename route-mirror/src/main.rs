@@ -148,7 +148,19 @@ enum Cmd {
         json: bool,
     },
     /// Dump the kernel now and compare with the mirror; exit 1 if they differ
+    ///
+    /// With --copy NAME: dump the copy's source and target tables and compare them
+    /// (through the copy's filter and rewrite); refused routes show with their reason.
     Diff {
+        /// A copy or declared route set (see `route-mirror copies`)
+        #[arg(long, value_name = "NAME")]
+        copy: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kernel copies and declared route sets: state, routes installed, pending and
+    /// refused (by reason), verdicts, lag
+    Copies {
         #[arg(long)]
         json: bool,
     },
@@ -500,7 +512,34 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Diff { json } => {
+        Cmd::Diff {
+            copy: Some(name),
+            json,
+        } => {
+            let v = with_progress(&socket, || call(&Request::DiffCopy { name }, None))?;
+            let d: route_mirror::copy::diff::CopyDiff = serde_json::from_value(v.clone())?;
+            if json {
+                println!("{v}");
+            } else {
+                print_copy_diff(&d);
+            }
+            Ok(if d.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Cmd::Copies { json } => {
+            let v = call(&Request::Copies, short)?;
+            if json {
+                println!("{v}");
+            } else {
+                let jobs: Vec<route_mirror::copy::status::JobStatus> = serde_json::from_value(v)?;
+                print_copies(&jobs);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Diff { copy: None, json } => {
             let v = with_progress(&socket, || call(&Request::Diff, None))?;
             let d: DiffReport = serde_json::from_value(v.clone())?;
             if json {
@@ -966,5 +1005,115 @@ fn fleet_cmd(url: String, stream: String, what: FleetCmd) -> Result<ExitCode> {
             })
         }
         FleetCmd::Follow => unreachable!("handled above"),
+    }
+}
+
+fn print_copy_diff(d: &route_mirror::copy::diff::CopyDiff) {
+    println!(
+        "copy {}: {} -> {}: {} routes wanted, {} installed",
+        d.name,
+        d.from.as_deref().unwrap_or("(declared)"),
+        d.to,
+        d.wanted,
+        d.installed
+    );
+    if d.is_empty() {
+        println!("no differences");
+        return;
+    }
+    println!(
+        "missing {}, extra {}, differing {}",
+        d.missing_count, d.extra_count, d.differing_count
+    );
+    for m in &d.missing {
+        let why = match (&m.reason, &m.detail) {
+            (Some(r), Some(x)) => format!("  [{r}: {x}]"),
+            (Some(r), None) => format!("  [{r}]"),
+            _ => String::new(),
+        };
+        println!("- {}{why}", m.route);
+    }
+    for e in &d.extra {
+        println!("+ {e}");
+    }
+    for (want, got) in &d.differing {
+        println!("~ want {want}");
+        println!("  have {got}");
+    }
+}
+
+fn print_copies(jobs: &[route_mirror::copy::status::JobStatus]) {
+    if jobs.is_empty() {
+        println!("no copies");
+        return;
+    }
+    for j in jobs {
+        println!(
+            "{} ({}): {} -> {}  {}{}{}",
+            j.name,
+            j.kind,
+            j.from.as_deref().unwrap_or("declared"),
+            j.to,
+            j.state,
+            if j.owner { ", owner" } else { "" },
+            if j.persist { "" } else { ", no persist" }
+        );
+        println!(
+            "  installed {}  pending {}  failing {}{}",
+            j.installed,
+            j.pending,
+            j.failing,
+            if j.failing_by_reason.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    j.failing_by_reason
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        let v = &j.verdicts;
+        println!(
+            "  verdicts: installed {} replaced {} removed {} reinstalled {} adopted {} seen {} failed {}",
+            v.installed, v.replaced, v.removed, v.reinstalled, v.adopted, v.seen, v.failed
+        );
+        println!(
+            "  foreign changes {} (deletes {}), repaired deletes {} replaces {}, retries {}",
+            j.foreign_changes,
+            j.foreign_deletes,
+            j.repaired_deletes,
+            j.repaired_replaces,
+            j.retries
+        );
+        if j.lag.samples > 0 {
+            println!(
+                "  lag: p50 {} ms, p99 {} ms, max {} ms ({} samples)",
+                j.lag.p50_ms.unwrap_or(0),
+                j.lag.p99_ms.unwrap_or(0),
+                j.lag.max_ms,
+                j.lag.samples
+            );
+        }
+        if let Some(ms) = j.initial_sync_ms {
+            println!("  initial sync {ms:.0} ms");
+        }
+        for r in j.refused.iter().take(10) {
+            println!(
+                "  refused {} metric {}: {}{} (attempt {}, retry in {:.1} s)",
+                r.dst,
+                r.metric,
+                r.reason,
+                r.detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default(),
+                r.attempts,
+                r.retry_in_s
+            );
+        }
     }
 }

@@ -130,6 +130,8 @@ pub struct Shared {
     pub exports: Hub,
     /// Set when the daemon was started from a configuration it can re-read.
     pub reloadable: Option<Arc<Reloadable>>,
+    /// The daemon's kernel copies (every namespace's control socket reaches them all).
+    pub copies: std::sync::OnceLock<Arc<crate::copy::status::Registry>>,
     commands: Mutex<Sender<Command>>,
     wake: OwnedFd,
 }
@@ -162,6 +164,7 @@ impl Shared {
             netns,
             started: SystemTime::now(),
             reloadable,
+            copies: std::sync::OnceLock::new(),
             commands: Mutex::new(commands),
             wake: eventfd()?,
         })
@@ -251,6 +254,49 @@ impl Shared {
     }
 }
 
+/// Hands every copy thread its jobs from the new configuration (declared route files
+/// re-read). A job whose namespaces are not mirrored, or whose target namespace has no
+/// copy thread yet, needs a restart.
+fn reload_copies(
+    shared: &Shared,
+    current: &crate::config::Config,
+    new: &crate::config::Config,
+) -> Result<()> {
+    let registry = shared.copies.get().context("this daemon runs no copies")?;
+    let jobs = new.copy_jobs().map_err(|e| anyhow::anyhow!(e))?;
+    let threads = registry.threads.lock().expect("copy threads").clone();
+    let mirrored = current.mirrored();
+    let old = current.copy_jobs().unwrap_or_default();
+    for j in &jobs {
+        let known = old.iter().flat_map(|o| o.namespaces()).collect::<Vec<_>>();
+        if j.namespaces()
+            .iter()
+            .any(|ns| !mirrored.contains(ns) && !known.contains(ns))
+        {
+            anyhow::bail!(
+                "copy {:?} needs a namespace the daemon does not mirror yet",
+                j.name
+            );
+        }
+        if !threads.iter().any(|t| t.netns == j.to.netns) {
+            anyhow::bail!(
+                "copy {:?} writes a namespace with no copy thread yet",
+                j.name
+            );
+        }
+    }
+    *registry.specs.lock().expect("copy specs") = jobs.clone();
+    for t in &threads {
+        let mine: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.to.netns == t.netns)
+            .cloned()
+            .collect();
+        t.send(crate::copy::status::Msg::SetJobs(mine));
+    }
+    Ok(())
+}
+
 /// Re-reads the configuration: applies what can change live, reports what needs a
 /// restart. An invalid file changes nothing.
 pub fn reload(shared: &Shared) -> Result<ReloadReport> {
@@ -277,6 +323,21 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport> {
             i.command(Command::SetScanInterval(d))?;
         }
         current.scan_interval = new.scan_interval;
+    }
+    let mut applied = applied;
+    let mut restart_required = restart_required;
+    if applied.contains(&"copy") {
+        match reload_copies(shared, &current, &new) {
+            Ok(()) => {
+                current.copies = new.copies.clone();
+                current.route_sets = new.route_sets.clone();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "copies not reloaded");
+                applied.retain(|k| *k != "copy");
+                restart_required.push("copy");
+            }
+        }
     }
     let report = ReloadReport {
         path: r.source.path.clone(),

@@ -24,16 +24,19 @@
 //! routes = ["10.9.0.0/16 via 198.18.1.2 dev veth1", "blackhole 10.10.0.0/16"]
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::filter::{Filter, PrefixRange, Rewrite};
 use super::iproute;
+use super::sync::Wanted;
 use super::want::Want;
-use crate::model::{table, Family};
+use crate::mirror::Mirror;
+use crate::model::{table, Family, SubKey};
 use crate::names::Names;
 
 /// A `[[copy]]` section (or `--copy FROM=TO`).
@@ -166,7 +169,7 @@ pub enum Producer {
     /// A table of a mirrored namespace, filtered and rewritten.
     Copy {
         from: Endpoint,
-        filter: Filter,
+        filter: Box<Filter>,
         rewrite: Rewrite,
         metric: Option<u32>,
         prefsrc: bool,
@@ -197,11 +200,81 @@ impl Job {
         v
     }
 
-    /// Whether `want` passes this job's filter (declared routes: always).
-    pub fn wants_prefix(&self, dst: &ipnet::IpNet) -> bool {
+    /// Declared routes by prefix (empty for a copy).
+    pub fn declared_index(&self) -> HashMap<IpNet, Vec<Want>> {
+        let mut m: HashMap<IpNet, Vec<Want>> = HashMap::new();
+        if let Producer::Declared(ws) = &self.producer {
+            for w in ws {
+                m.entry(w.dst).or_default().push(w.clone());
+            }
+        }
+        m
+    }
+
+    /// The routes this job wants at `dst` of its target, resolved there (`links`: the
+    /// target's device names): the source mirror's routes there that pass the filter,
+    /// rewritten, or the declared ones (`declared`: [`Job::declared_index`]).
+    pub fn wanted_at(
+        &self,
+        declared: &HashMap<IpNet, Vec<Want>>,
+        dst: IpNet,
+        src: &Mirror,
+        links: &HashMap<&str, u32>,
+        protocol: u8,
+    ) -> Vec<Wanted> {
+        let resolve = |w: &Want| {
+            w.resolve(self.to.table, protocol, |n| links.get(n).copied())
+                .map_err(|e| {
+                    (
+                        SubKey {
+                            priority: w.metric,
+                            tos: w.tos,
+                            src: w.src,
+                            hop: None,
+                        },
+                        e,
+                    )
+                })
+        };
         match &self.producer {
-            Producer::Copy { filter, .. } => filter.admits_prefix(dst),
-            Producer::Declared(_) => true,
+            Producer::Declared(_) => declared
+                .get(&dst)
+                .map(|ws| ws.iter().map(resolve).collect())
+                .unwrap_or_default(),
+            Producer::Copy {
+                from,
+                filter,
+                rewrite,
+                metric,
+                prefsrc,
+            } => {
+                if !filter.admits_prefix(&dst) {
+                    return Vec::new();
+                }
+                let Some(es) = src
+                    .fib
+                    .table(Family::of_net(&dst), from.table)
+                    .and_then(|t| t.get(&dst))
+                else {
+                    return Vec::new();
+                };
+                es.iter()
+                    .filter(|e| filter.admits_route(e.attrs.protocol, e.attrs.kind))
+                    .map(|e| {
+                        let hops = src.effective_hops(&e.attrs);
+                        let mut w =
+                            Want::from_source(dst, &e.sub(), &e.attrs, &hops, |i| src.link_name(i));
+                        rewrite.apply(&mut w);
+                        if let Some(m) = metric {
+                            w.metric = *m;
+                        }
+                        if !prefsrc {
+                            w.prefsrc = None;
+                        }
+                        resolve(&w)
+                    })
+                    .collect()
+            }
         }
     }
 }
@@ -230,7 +303,10 @@ pub fn resolve(
     };
     let mut jobs: Vec<Job> = Vec::new();
     for c in copies {
-        let name = c.name.clone().unwrap_or_else(|| format!("{}={}", c.from, c.to));
+        let name = c
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", c.from, c.to));
         let ctx = |e: String| format!("copy {name:?}: {e}");
         let from = endpoint(&c.from, "from").map_err(ctx)?;
         let to = endpoint(&c.to, "to").map_err(ctx)?;
@@ -275,7 +351,7 @@ pub fn resolve(
             to,
             producer: Producer::Copy {
                 from,
-                filter,
+                filter: Box::new(filter),
                 rewrite,
                 metric: c.metric,
                 prefsrc: c.prefsrc,
@@ -452,12 +528,35 @@ mod tests {
         let names = Names::builtin();
         let jobs = resolve(&[copy_flag("main=B/200").unwrap()], &[], &ns("A"), &names).unwrap();
         assert_eq!(jobs[0].name, "main=B/200");
-        assert_eq!(jobs[0].to, Endpoint { netns: Some("B".into()), table: 200 });
-        let Producer::Copy { from, filter, rewrite, .. } = &jobs[0].producer else { panic!() };
-        assert_eq!(from, &Endpoint { netns: Some("A".into()), table: 254 });
-        assert_eq!(filter, &Filter::default());
+        assert_eq!(
+            jobs[0].to,
+            Endpoint {
+                netns: Some("B".into()),
+                table: 200
+            }
+        );
+        let Producer::Copy {
+            from,
+            filter,
+            rewrite,
+            ..
+        } = &jobs[0].producer
+        else {
+            panic!()
+        };
+        assert_eq!(
+            from,
+            &Endpoint {
+                netns: Some("A".into()),
+                table: 254
+            }
+        );
+        assert_eq!(**filter, Filter::default());
         assert_eq!(rewrite, &Rewrite::Keep);
-        assert_eq!(jobs[0].namespaces(), vec![Some("B".into()), Some("A".into())]);
+        assert_eq!(
+            jobs[0].namespaces(),
+            vec![Some("B".into()), Some("A".into())]
+        );
 
         let c = copies(
             r#"
@@ -473,9 +572,17 @@ mod tests {
             "#,
         );
         let jobs = resolve(&c, &[], &[None], &names).unwrap();
-        assert_eq!(jobs[0].to, Endpoint { netns: None, table: 200 });
+        assert_eq!(
+            jobs[0].to,
+            Endpoint {
+                netns: None,
+                table: 200
+            }
+        );
         assert!(jobs[0].owner && jobs[0].persist);
-        let Producer::Copy { filter, .. } = &jobs[0].producer else { panic!() };
+        let Producer::Copy { filter, .. } = &jobs[0].producer else {
+            panic!()
+        };
         assert_eq!(filter.protocols, Some(vec![186, 4]));
         assert_eq!(filter.families, vec![Family::V4]);
     }
@@ -495,9 +602,15 @@ mod tests {
         assert!(err(&[c.clone()], &[], &ns("A")).contains("no next hop for inet6"));
         c.families = vec!["4".into()];
         assert!(resolve(&[c], &[], &ns("A"), &names).is_ok());
-        let cycle = [copy_flag("A/200=B/200").unwrap(), copy_flag("B/200=A/200").unwrap()];
+        let cycle = [
+            copy_flag("A/200=B/200").unwrap(),
+            copy_flag("B/200=A/200").unwrap(),
+        ];
         assert!(err(&cycle, &[], &ns("A")).contains("feeds back"));
-        let both = [copy_flag("main=B/200").unwrap(), copy_flag("100=B/200").unwrap()];
+        let both = [
+            copy_flag("main=B/200").unwrap(),
+            copy_flag("100=B/200").unwrap(),
+        ];
         assert!(err(&both, &[], &ns("A")).contains("both write"));
         let r = RoutesConfig {
             routes: vec!["10.0.0.0/8 dev veth1".into(), "10.0.0.0/8 dev veth2".into()],

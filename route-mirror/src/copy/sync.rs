@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::want::MissingDevice;
 use crate::fib::Entry;
@@ -65,11 +65,15 @@ pub enum Origin {
     Ours,
     /// Anyone else: another process, the kernel (a flush), a scan correction.
     Foreign,
+    /// Not told: an echo where a write of ours awaits one, else foreign. (A foreign
+    /// change taken for an echo still gets repaired: the real echo, arriving later,
+    /// then looks foreign and the prefix is checked again.)
+    Unknown,
 }
 
 /// Named outcomes, BIRD style, counted per write that succeeded (or per route found
 /// right, for `seen`/`adopted`).
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Verdicts {
     /// Found equal by a scan.
     pub seen: u64,
@@ -278,6 +282,11 @@ impl TargetSync {
     /// The target's mirror changed at `dst`. `ours_deleted`: the change deleted a route
     /// of our protocol.
     pub fn target_changed(&mut self, dst: IpNet, origin: Origin, ours_deleted: bool) {
+        let origin = match origin {
+            Origin::Unknown if self.busy.get(&dst).is_some_and(|b| b.echoes > 0) => Origin::Ours,
+            Origin::Unknown => Origin::Foreign,
+            o => o,
+        };
         match origin {
             Origin::Ours => {
                 if let Some(b) = self.busy.get_mut(&dst) {
@@ -285,7 +294,7 @@ impl TargetSync {
                 }
                 self.maybe_unbusy(dst);
             }
-            Origin::Foreign => {
+            Origin::Foreign | Origin::Unknown => {
                 self.counters.foreign_changes += 1;
                 if ours_deleted {
                     self.counters.foreign_deletes += 1;
@@ -458,6 +467,16 @@ impl TargetSync {
                     continue;
                 }
             }
+            // A foreign replace of a route of ours leaves someone else's route at our
+            // key: it is repaired (replaced back), FRR style. An alien route that held
+            // the key before us (our add was refused: a record says so) is left alone.
+            let alien = at_key.iter().any(|&i| !self.ours(&current[i]));
+            let took_over = mine.is_none()
+                && alien
+                && why.foreign
+                && !why.source
+                && why.pass.is_none()
+                && !self.failures.contains_key(&fkey);
             if !self.due(&fkey, attrs, why, now) {
                 continue;
             }
@@ -472,7 +491,7 @@ impl TargetSync {
                     && e.sub().src == key.sub.src
             });
             let verdict = if why.foreign && !why.source && why.pass.is_none() {
-                if mine.is_some() {
+                if mine.is_some() || took_over {
                     self.counters.repaired_replaces += 1;
                     Verdict::Replaced
                 } else {
@@ -504,6 +523,13 @@ impl TargetSync {
                     });
                 }
                 Some(_) => writes.push(Planned {
+                    dst,
+                    op: RouteOp::Replace,
+                    key: *key,
+                    attrs: attrs.clone(),
+                    verdict,
+                }),
+                None if took_over => writes.push(Planned {
                     dst,
                     op: RouteOp::Replace,
                     key: *key,

@@ -65,6 +65,12 @@ pub enum Request {
     Sync,
     /// Re-read the configuration file (as SIGHUP does).
     Reload,
+    /// The kernel copies and declared route sets, with their state.
+    Copies,
+    /// Dump a copy's source and target tables now and compare them (after barriers).
+    DiffCopy {
+        name: String,
+    },
     /// Stream every change the mirror applies (routes inside `prefix`, of `table`).
     Watch {
         prefix: Option<IpNet>,

@@ -556,7 +556,68 @@ async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> R
             shared.barrier().await?;
             ok(json!({ "synced": true }))
         }
+        Request::Copies => {
+            let reg = shared.copies.get().cloned();
+            ok(reg.map(|r| r.statuses()).unwrap_or_default())
+        }
+        Request::DiffCopy { name } => ok(diff_copy(&shared, &name).await?),
     }
+}
+
+/// How many times `diff --copy` compares while the kernel may still be changing.
+const COPY_DIFF_TRIES: usize = 5;
+
+/// `diff --copy`: barriers on the copy's mirrors and on the copies, then both tables
+/// dumped and compared. A difference is checked again (a few times) in case the kernel
+/// was still changing.
+async fn diff_copy(shared: &Shared, name: &str) -> Result<crate::copy::diff::CopyDiff> {
+    let reg = shared
+        .copies
+        .get()
+        .cloned()
+        .context("this daemon runs no copies")?;
+    let job = reg
+        .spec(name)
+        .with_context(|| format!("no copy named {name:?} (see `route-mirror copies`)"))?;
+    let protocol = shared
+        .reloadable
+        .as_ref()
+        .map_or(crate::copy::PROTOCOL, |r| {
+            r.current.lock().expect("config lock").copy_protocol
+        });
+    let mut last = None;
+    for attempt in 0..COPY_DIFF_TRIES {
+        for ns in job.namespaces() {
+            reg.mirror(&ns)
+                .with_context(|| format!("namespace {ns:?} is not mirrored"))?
+                .barrier()
+                .await?;
+        }
+        reg.barrier(Duration::from_secs(300)).await?;
+        let refused = reg.status(name).map(|s| s.refused).unwrap_or_default();
+        let j = job.clone();
+        let d = tokio::task::spawn_blocking(move || -> Result<crate::copy::diff::CopyDiff> {
+            let src = match &j.producer {
+                crate::copy::spec::Producer::Copy { from, .. } => {
+                    crate::copy::diff::kernel_table(from.netns.clone(), from.table)?
+                }
+                crate::copy::spec::Producer::Declared(_) => crate::mirror::Mirror::new(),
+            };
+            let tgt = crate::copy::diff::kernel_table(j.to.netns.clone(), j.to.table)?;
+            Ok(crate::copy::diff::compare(
+                &j, &src, &tgt, protocol, &refused,
+            ))
+        })
+        .await
+        .context("diff --copy task failed")??;
+        let done = d.is_empty();
+        last = Some(d);
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1))).await;
+    }
+    last.context("no comparison ran")
 }
 
 /// How long one watch line may take to write before the watcher counts as stuck.

@@ -39,6 +39,9 @@ pub struct Config {
     pub gnmi: crate::config::GnmiConfig,
     /// The NATS export (one connection for every namespace).
     pub nats: crate::export::nats::NatsConfig,
+    /// Serve a control socket (namespaces mirrored only because a copy reads or
+    /// writes them have none: `copies` and `diff --copy` on any socket cover them).
+    pub control: bool,
 }
 
 /// `--source`: which event source to use.
@@ -58,9 +61,23 @@ impl Config {
         } else {
             names.into_iter().map(Some).collect()
         };
+        // Namespaces a copy reads or writes are mirrored too (the copy needs both
+        // states), without a control socket of their own.
+        let mut implicit = Vec::new();
+        for j in c.copy_jobs().map_err(|e| anyhow::anyhow!(e))? {
+            for ns in j.namespaces() {
+                if !names.contains(&ns) && !implicit.contains(&ns) {
+                    implicit.push(ns);
+                }
+            }
+        }
+        let control = names.len();
         Ok(names
             .into_iter()
-            .map(|netns| Config {
+            .chain(implicit)
+            .enumerate()
+            .map(|(i, netns)| Config {
+                control: i < control,
                 socket: c
                     .socket
                     .clone()
@@ -77,6 +94,39 @@ impl Config {
             })
             .collect())
     }
+}
+
+/// Starts the copy threads of the configuration's copies and declared route sets, and
+/// makes them reachable from every namespace's control socket.
+#[allow(clippy::type_complexity)]
+fn start_copies(
+    reloadable: Option<&Reloadable>,
+    shareds: &[Arc<Shared>],
+) -> Result<
+    Option<(
+        Arc<crate::copy::status::Registry>,
+        Vec<std::thread::JoinHandle<()>>,
+    )>,
+> {
+    let Some(r) = reloadable else { return Ok(None) };
+    let (jobs, protocol) = {
+        let c = r.current.lock().expect("config lock");
+        (
+            c.copy_jobs().map_err(|e| anyhow::anyhow!(e))?,
+            c.copy_protocol,
+        )
+    };
+    let registry = Arc::new(crate::copy::status::Registry::default());
+    for s in shareds {
+        let _ = s.copies.set(registry.clone());
+    }
+    *registry.mirrors.lock().expect("copy mirrors") = shareds.iter().map(Arc::downgrade).collect();
+    if jobs.is_empty() {
+        return Ok(Some((registry, Vec::new())));
+    }
+    let threads = crate::copy::runner::start(jobs, shareds, protocol, registry.clone())
+        .context("starting the copies")?;
+    Ok(Some((registry, threads)))
 }
 
 /// Starts the core thread of one namespace: it enters the namespace (so every socket it
@@ -237,16 +287,24 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
     let mut servers = tokio::task::JoinSet::new();
     for cfg in &cfgs {
         let (shared, core) = start(cfg, reloadable.clone())?;
-        let server = crate::ctl::server::Server::bind(&cfg.socket, shared.clone())?;
-        info!(
-            netns = cfg.netns.as_deref().unwrap_or("(own)"),
-            socket = %cfg.socket.display(),
-            "control socket listening"
-        );
-        servers.spawn(server.serve());
-        instances.push((shared, core, cfg.socket.clone()));
+        if cfg.control {
+            let server = crate::ctl::server::Server::bind(&cfg.socket, shared.clone())?;
+            info!(
+                netns = cfg.netns.as_deref().unwrap_or("(own)"),
+                socket = %cfg.socket.display(),
+                "control socket listening"
+            );
+            servers.spawn(server.serve());
+        } else {
+            info!(
+                netns = cfg.netns.as_deref().unwrap_or("(own)"),
+                "mirrored for a copy (no control socket)"
+            );
+        }
+        instances.push((shared, core, cfg.control.then(|| cfg.socket.clone())));
     }
     let shareds: Vec<Arc<Shared>> = instances.iter().map(|(s, _, _)| s.clone()).collect();
+    let copies = start_copies(reloadable.as_deref(), &shareds)?;
     if let Some(r) = &reloadable {
         let _ = r
             .instances
@@ -295,9 +353,20 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
         }
     }
     service::notify(sd_notify::NotifyState::Stopping);
+    // Copies first: one that does not persist removes its routes, reading the mirrors.
+    if let Some((registry, threads)) = copies {
+        for t in registry.threads.lock().expect("copy threads").iter() {
+            t.send(crate::copy::status::Msg::Shutdown);
+        }
+        for t in threads {
+            tokio::task::spawn_blocking(move || t.join()).await.ok();
+        }
+    }
     for (shared, _, socket) in &instances {
         let _ = shared.command(Command::Shutdown);
-        let _ = std::fs::remove_file(socket);
+        if let Some(socket) = socket {
+            let _ = std::fs::remove_file(socket);
+        }
     }
     for (_, core, _) in instances {
         tokio::task::spawn_blocking(move || core.join()).await.ok();

@@ -29,7 +29,11 @@ pub const NLM_F_CREATE: u16 = 0x400;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteOp {
     /// `NLM_F_CREATE | NLM_F_EXCL`: fails with EEXIST where a route with the key exists
-    /// (so it never touches anyone else's route).
+    /// (so it never touches anyone else's route). An IPv6 route the kernel keys by its
+    /// next hop (a device route, a nexthop-object route) goes without `NLM_F_EXCL`,
+    /// which for IPv6 refuses any other route of the same metric: several such routes
+    /// share a prefix and metric (`fe80::/64` on every device); the kernel still
+    /// refuses an identical one with EEXIST.
     Add,
     /// `NLM_F_CREATE | NLM_F_REPLACE`: replaces the first route with the key.
     Replace,
@@ -39,8 +43,11 @@ pub enum RouteOp {
 }
 
 impl RouteOp {
-    fn header(self) -> (u16, u16) {
+    fn header(self, key: &RouteKey) -> (u16, u16) {
         match self {
+            RouteOp::Add if key.family() == Family::V6 && key.sub.hop.is_some() => {
+                (msg::RTM_NEWROUTE, msg::NLM_F_REQUEST | NLM_F_CREATE)
+            }
             RouteOp::Add => (
                 msg::RTM_NEWROUTE,
                 msg::NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL,
@@ -161,7 +168,7 @@ fn hop_attrs(family: Family, a: &RouteAttrs, h: &mut RouteHeader, v: &mut Vec<Ro
 /// reference [`route`] is checked against, and the measured alternative.
 pub fn route_typed(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &RouteAttrs) {
     let (header, attributes) = route_attrs(op, key, a);
-    let (ty, flags) = op.header();
+    let (ty, flags) = op.header(key);
     let mut nh = NetlinkHeader::default();
     nh.message_type = ty;
     nh.flags = flags;
@@ -186,7 +193,7 @@ pub fn route_typed(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: 
 /// Appends one route request, built byte by byte.
 pub fn route(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &RouteAttrs) {
     let family = key.family();
-    let (ty, flags) = op.header();
+    let (ty, flags) = op.header(key);
     let start = buf.len();
     push_header(buf, ty, flags, seq);
     let delete = op == RouteOp::Delete;

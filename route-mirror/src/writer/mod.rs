@@ -23,7 +23,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{NexthopObject, RouteAttrs, RouteKey};
 use crate::netlink::msg;
@@ -72,7 +72,7 @@ pub enum Outcome {
 }
 
 /// Counters of one writer.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriterStats {
     pub requests: u64,
     pub sendmsg_calls: u64,

@@ -1,0 +1,807 @@
+//! The copy threads: one per target namespace, owning that namespace's writer socket.
+//!
+//! A copy thread is an export on the change funnel ([`crate::export`]): it follows the
+//! feeds of its source and target mirrors, reads both mirrors (read-locked, briefly) to
+//! plan each changed prefix ([`TargetSync`]), and writes the plans in batches. Once both
+//! mirrors are synced it subscribes and makes one full pass (adopting the routes of ours
+//! it finds: a restart neither flushes nor reinstalls), then follows changes at once,
+//! and makes a full pass again after every scan of either mirror.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::spec::{Job, Producer};
+use super::status::{JobStatus, LagStats, Msg, Refused, Registry, ThreadCtl, REFUSED_LIST};
+use super::sync::{Origin, Pass, Planned, TargetSync};
+use super::want::Want;
+use crate::export::change::DeltaOp;
+use crate::export::feed::{Feed, Update};
+use crate::fib::Entry;
+use crate::mirror::Mirror;
+use crate::model::Family;
+use crate::shared::{Command, Shared};
+use crate::writer::{Outcome, Writer, DEFAULT_BATCH_BYTES};
+
+/// Prefixes planned per job per round (a round is one commit: ~2,000-4,000 routes).
+const ROUND: usize = 4096;
+/// Rounds before the thread looks at its feeds and commands again.
+const ROUNDS_PER_TURN: usize = 8;
+/// Route changes a feed may queue before the copy must resnapshot (a full pass).
+const FEED_CAPACITY: usize = 4 << 20;
+/// A written prefix whose echo has not come after this long is settled by a barrier.
+const SETTLE_AFTER: Duration = Duration::from_secs(1);
+/// How often the target's links and addresses are looked at (refusals they may cure
+/// are retried at once when they change).
+const LINKS_EVERY: Duration = Duration::from_millis(50);
+/// How often `installed` (routes of ours in the target) is counted.
+const COUNT_EVERY: Duration = Duration::from_secs(1);
+
+/// An eventfd the thread sleeps on; commands and feed updates ring it.
+pub struct Bell(OwnedFd);
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        // SAFETY: eventfd returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(Bell(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const _, 8) };
+    }
+
+    /// Sleeps until rung or `timeout` passes, and clears it.
+    fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(1000) as i32;
+        // SAFETY: one valid pollfd; then a non-blocking read of at most 8 bytes.
+        unsafe {
+            libc::poll(&mut pfd, 1, ms);
+            let mut v: u64 = 0;
+            libc::read(self.0.as_raw_fd(), &mut v as *mut u64 as *mut _, 8);
+        }
+    }
+}
+
+/// One job of a thread and its state.
+struct JobState {
+    job: Job,
+    sync: TargetSync,
+    status: JobStatus,
+    /// Declared routes by prefix.
+    declared: HashMap<IpNet, Vec<Want>>,
+    /// When the first pass started.
+    first_pass: Option<Instant>,
+}
+
+impl JobState {
+    fn new(job: Job, protocol: u8) -> JobState {
+        let declared = job.declared_index();
+        JobState {
+            status: JobStatus::new(&job),
+            sync: TargetSync::new(job.to.table, protocol, job.owner),
+            declared,
+            job,
+            first_pass: None,
+        }
+    }
+
+    fn source_ns(&self) -> Option<&Option<String>> {
+        match &self.job.producer {
+            Producer::Copy { from, .. } => Some(&from.netns),
+            Producer::Declared(_) => None,
+        }
+    }
+}
+
+/// A mirrored namespace as a copy thread sees it.
+struct Ns {
+    name: Option<String>,
+    shared: Arc<Shared>,
+    feed: Option<Feed>,
+    scans: u64,
+}
+
+/// Busy prefixes (per job index) waiting for a barrier of the target's core.
+type Settling = (Vec<(usize, Vec<IpNet>)>, oneshot::Receiver<()>);
+
+struct Runner {
+    target: Option<String>,
+    protocol: u8,
+    nss: Vec<Ns>,
+    jobs: Vec<JobState>,
+    writer: Writer,
+    rx: Receiver<Msg>,
+    bell: Arc<Bell>,
+    registry: Arc<Registry>,
+    started: bool,
+    barriers: Vec<oneshot::Sender<()>>,
+    settling: Option<Settling>,
+    links_fp: u64,
+    last_links: Instant,
+    last_count: Instant,
+    last_publish: Instant,
+    outcomes: Vec<(u32, Outcome)>,
+}
+
+/// Starts one copy thread per target namespace of `jobs`. `mirrors` are the daemon's
+/// mirrored namespaces; every namespace a job names must be one of them.
+pub fn start(
+    jobs: Vec<Job>,
+    mirrors: &[Arc<Shared>],
+    protocol: u8,
+    registry: Arc<Registry>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut by_target: Vec<(Option<String>, Vec<Job>)> = Vec::new();
+    for j in jobs.iter().cloned() {
+        for ns in j.namespaces() {
+            if !mirrors.iter().any(|m| m.netns == ns) {
+                anyhow::bail!(
+                    "copy {:?}: namespace {} is not mirrored",
+                    j.name,
+                    ns.as_deref().unwrap_or("(own)")
+                );
+            }
+        }
+        match by_target.iter_mut().find(|(t, _)| *t == j.to.netns) {
+            Some((_, v)) => v.push(j),
+            None => by_target.push((j.to.netns.clone(), vec![j])),
+        }
+    }
+    *registry.specs.lock().expect("copy specs") = jobs;
+    let mut handles = Vec::new();
+    for (target, jobs) in by_target {
+        let (tx, rx) = mpsc::channel();
+        let bell = Arc::new(Bell::new().context("eventfd")?);
+        let nss: Vec<Ns> = mirrors
+            .iter()
+            .map(|m| Ns {
+                name: m.netns.clone(),
+                shared: m.clone(),
+                feed: None,
+                scans: 0,
+            })
+            .collect();
+        let ctl = Arc::new(ThreadCtl {
+            netns: target.clone(),
+            tx: Mutex::new(tx),
+            bell: bell.clone(),
+        });
+        registry.threads.lock().expect("copy threads").push(ctl);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let reg = registry.clone();
+        let tname = format!("rm-copy-{}", target.as_deref().unwrap_or("host"));
+        let h = std::thread::Builder::new()
+            .name(tname.chars().take(15).collect())
+            .spawn(move || {
+                let opened = target
+                    .as_deref()
+                    .map_or(Ok(()), crate::netns::enter)
+                    .and_then(|()| {
+                        Writer::open(DEFAULT_BATCH_BYTES).context("opening the writer socket")
+                    });
+                let writer = match opened {
+                    Ok(w) => {
+                        let _ = ready_tx.send(Ok(()));
+                        w
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let mut r = Runner {
+                    target,
+                    protocol,
+                    nss,
+                    jobs: Vec::new(),
+                    writer,
+                    rx,
+                    bell,
+                    registry: reg,
+                    started: false,
+                    barriers: Vec::new(),
+                    settling: None,
+                    links_fp: 0,
+                    last_links: Instant::now(),
+                    last_count: Instant::now() - COUNT_EVERY,
+                    last_publish: Instant::now(),
+                    outcomes: Vec::new(),
+                };
+                r.set_jobs(jobs);
+                r.run();
+            })
+            .context("spawning a copy thread")?;
+        ready_rx
+            .recv()
+            .context("copy thread ended during start-up")??;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+fn now_ms() -> u64 {
+    crate::export::change::now_ms()
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+impl Runner {
+    fn ns(&self, name: &Option<String>) -> usize {
+        self.nss
+            .iter()
+            .position(|n| n.name == *name)
+            .expect("namespace checked at start")
+    }
+
+    fn run(mut self) {
+        loop {
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Msg::Barrier(tx)) => self.barriers.push(tx),
+                    Ok(Msg::SetJobs(jobs)) => self.set_jobs(jobs),
+                    Ok(Msg::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        self.shutdown();
+                        return;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if !self.started {
+                self.try_start();
+            }
+            let mut busy = false;
+            if self.started {
+                self.drain_feeds();
+                self.check_scans();
+                self.check_links(false);
+                self.check_settle();
+                for _ in 0..ROUNDS_PER_TURN {
+                    if !self.round() {
+                        break;
+                    }
+                    busy = true;
+                    self.drain_feeds();
+                }
+                if !self.barriers.is_empty() && self.idle() {
+                    self.publish(true);
+                    for b in self.barriers.drain(..) {
+                        let _ = b.send(());
+                    }
+                }
+            }
+            self.publish(false);
+            if !busy {
+                let mut wait = Duration::from_millis(250);
+                let now = Instant::now();
+                for j in &self.jobs {
+                    if let Some(t) = j.sync.next_retry() {
+                        wait = wait.min(t.saturating_duration_since(now));
+                    }
+                    if j.sync.failures().next().is_some() {
+                        wait = wait.min(LINKS_EVERY);
+                    }
+                }
+                if self.settling.is_some() || !self.barriers.is_empty() {
+                    wait = wait.min(Duration::from_millis(5));
+                }
+                self.bell.wait(wait.max(Duration::from_millis(1)));
+            }
+        }
+    }
+
+    /// Whether everything known has been written and confirmed.
+    fn idle(&self) -> bool {
+        self.settling.is_none()
+            && self.jobs.iter().all(|j| j.sync.idle() && j.sync.synced)
+            && self
+                .nss
+                .iter()
+                .all(|n| n.feed.as_ref().is_none_or(|f| f.stats().queued == 0))
+    }
+
+    /// Once every namespace the jobs need is synced: subscribe, then the first pass.
+    fn try_start(&mut self) {
+        let needed: HashSet<Option<String>> =
+            self.jobs.iter().flat_map(|j| j.job.namespaces()).collect();
+        let synced = self
+            .nss
+            .iter()
+            .filter(|n| needed.contains(&n.name))
+            .all(|n| n.shared.status.lock().expect("status").synced);
+        if !synced {
+            return;
+        }
+        for n in &mut self.nss {
+            if !needed.contains(&n.name) {
+                continue;
+            }
+            let name = format!(
+                "copy:{}:{}",
+                self.target.as_deref().unwrap_or("host"),
+                n.name.as_deref().unwrap_or("host")
+            );
+            let feed = n.shared.exports.subscribe(&name, FEED_CAPACITY);
+            let bell = self.bell.clone();
+            feed.set_doorbell(Arc::new(move || bell.ring()));
+            n.scans = n.shared.status.lock().expect("status").scans;
+            n.feed = Some(feed);
+        }
+        self.started = true;
+        self.check_links(true);
+        for i in 0..self.jobs.len() {
+            self.full_pass(i, Pass::Initial);
+        }
+        info!(
+            target = self.target.as_deref().unwrap_or("(own)"),
+            jobs = self.jobs.len(),
+            "copies: mirrors synced, first pass started"
+        );
+    }
+
+    /// Every prefix the job may have to act on: what its source offers and what the
+    /// target holds of ours.
+    fn full_pass(&mut self, i: usize, kind: Pass) {
+        let mut dsts: Vec<IpNet> = Vec::new();
+        let j = &self.jobs[i];
+        match &j.job.producer {
+            Producer::Copy { from, filter, .. } => {
+                let src = self.nss[self.ns(&from.netns)].shared.mirror.clone();
+                let m = src.read().expect("mirror lock");
+                for f in Family::ALL {
+                    if let Some(t) = m.fib.table(f, from.table) {
+                        dsts.extend(
+                            t.prefix_entries()
+                                .map(|(d, _)| d)
+                                .filter(|d| filter.admits_prefix(d)),
+                        );
+                    }
+                }
+            }
+            Producer::Declared(_) => dsts.extend(j.declared.keys().copied()),
+        }
+        let seen: HashSet<IpNet> = dsts.iter().copied().collect();
+        {
+            let tm = self.nss[self.ns(&j.job.to.netns)].shared.mirror.clone();
+            let m = tm.read().expect("mirror lock");
+            for f in Family::ALL {
+                if let Some(t) = m.fib.table(f, j.job.to.table) {
+                    dsts.extend(
+                        t.prefix_entries()
+                            .filter(|(d, es)| {
+                                !seen.contains(d)
+                                    && es
+                                        .iter()
+                                        .any(|e| j.sync.owner || e.attrs.protocol == self.protocol)
+                            })
+                            .map(|(d, _)| d),
+                    );
+                }
+            }
+        }
+        let j = &mut self.jobs[i];
+        if kind == Pass::Initial {
+            j.first_pass = Some(Instant::now());
+            j.status.state = "syncing".into();
+        }
+        j.status.passes += 1;
+        j.sync.full_pass(dsts, kind);
+    }
+
+    fn set_jobs(&mut self, jobs: Vec<Job>) {
+        let mut old: Vec<JobState> = std::mem::take(&mut self.jobs);
+        let mut removed = Vec::new();
+        for job in jobs {
+            match old.iter().position(|o| o.job.to == job.to) {
+                Some(p) => {
+                    let mut s = old.remove(p);
+                    if s.job != job {
+                        let name_changed = s.job.name != job.name;
+                        let fresh = JobState::new(job, self.protocol);
+                        s.declared = fresh.declared;
+                        s.sync.owner = fresh.job.owner;
+                        if name_changed {
+                            s.status = fresh.status;
+                        }
+                        s.job = fresh.job;
+                        s.status.owner = s.job.owner;
+                        s.status.persist = s.job.persist;
+                        self.jobs.push(s);
+                        if self.started {
+                            let i = self.jobs.len() - 1;
+                            self.full_pass(i, Pass::Scan);
+                        }
+                    } else {
+                        self.jobs.push(s);
+                    }
+                }
+                None => {
+                    self.jobs.push(JobState::new(job, self.protocol));
+                    if self.started {
+                        // A new job: a namespace it needs may not be subscribed yet.
+                        self.started = false;
+                    }
+                }
+            }
+        }
+        // Jobs no longer configured: their routes go (the configuration says so).
+        for o in old {
+            removed.push(o);
+        }
+        for mut o in removed {
+            info!(name = %o.job.name, to = %o.job.to, "copy removed by reload: removing its routes");
+            o.job.producer = Producer::Declared(Vec::new());
+            o.declared.clear();
+            self.jobs.push(o);
+            let i = self.jobs.len() - 1;
+            if self.started {
+                self.full_pass(i, Pass::Scan);
+            }
+            self.jobs[i].status.state = "removing".into();
+        }
+        let mut reg = self.registry.jobs.lock().expect("copy status");
+        for j in &self.jobs {
+            reg.insert(j.job.name.clone(), j.status.clone());
+        }
+    }
+
+    /// Applies what the feeds queued.
+    fn drain_feeds(&mut self) {
+        for n in 0..self.nss.len() {
+            while let Some(u) = self.nss[n].feed.as_mut().and_then(Feed::try_recv) {
+                match u {
+                    Update::Changes(b) => {
+                        let name = self.nss[n].name.clone();
+                        for job in &mut self.jobs {
+                            let from = match &job.job.producer {
+                                Producer::Copy { from, filter, .. } if from.netns == name => {
+                                    Some((from.table, filter))
+                                }
+                                _ => None,
+                            };
+                            let to = (job.job.to.netns == name).then_some(job.job.to.table);
+                            if from.is_none() && to.is_none() {
+                                continue;
+                            }
+                            for d in &b.deltas {
+                                if let Some((t, filter)) = from {
+                                    if d.table == t && filter.admits_prefix(&d.dst) {
+                                        job.sync.source_changed(d.dst, b.time_unix_ms);
+                                    }
+                                }
+                                if to == Some(d.table) {
+                                    let ours_deleted = d.op == DeltaOp::Delete
+                                        && d.entry.attrs.protocol == self.protocol;
+                                    job.sync
+                                        .target_changed(d.dst, Origin::Unknown, ours_deleted);
+                                }
+                            }
+                            if let Some((t, filter)) = from.filter(|_| b.nexthops_changed) {
+                                // Routes through nexthop objects may forward differently.
+                                let src = self.nss[n].shared.mirror.clone();
+                                let m = src.read().expect("mirror lock");
+                                for f in Family::ALL {
+                                    if let Some(rt) = m.fib.table(f, t) {
+                                        for (d, es) in rt.prefix_entries() {
+                                            if filter.admits_prefix(&d)
+                                                && es.iter().any(|e| e.attrs.nh_id.is_some())
+                                            {
+                                                job.sync.source_changed(d, b.time_unix_ms);
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Update::Resnapshot => {
+                        // Changes were dropped: look at everything again.
+                        if let Some(f) = self.nss[n].feed.as_mut() {
+                            f.snapshot_with(|_| ());
+                        }
+                        let name = self.nss[n].name.clone();
+                        warn!(
+                            netns = name.as_deref().unwrap_or("(own)"),
+                            "copies fell behind a mirror: full pass"
+                        );
+                        self.pass_for(&name);
+                    }
+                    Update::ResyncStart { .. } | Update::ResyncDone { .. } | Update::Synced => {}
+                }
+            }
+        }
+    }
+
+    /// A full pass for every job that reads or writes namespace `name`.
+    fn pass_for(&mut self, name: &Option<String>) {
+        for i in 0..self.jobs.len() {
+            let j = &self.jobs[i];
+            if j.job.to.netns == *name || j.source_ns() == Some(name) {
+                self.full_pass(i, Pass::Scan);
+            }
+        }
+    }
+
+    /// A scan of either mirror finished: every copy reading or writing it checks
+    /// everything again (BIRD's krt prune after each scan).
+    fn check_scans(&mut self) {
+        for n in 0..self.nss.len() {
+            if self.nss[n].feed.is_none() {
+                continue;
+            }
+            let scans = self.nss[n].shared.status.lock().expect("status").scans;
+            if scans != self.nss[n].scans {
+                self.nss[n].scans = scans;
+                let name = self.nss[n].name.clone();
+                self.pass_for(&name);
+            }
+        }
+    }
+
+    /// Refusals a change of the target's links or addresses may cure are retried.
+    fn check_links(&mut self, force: bool) {
+        if !force && self.last_links.elapsed() < LINKS_EVERY {
+            return;
+        }
+        self.last_links = Instant::now();
+        let fp = {
+            let t = &self.nss[self.ns(&self.target)].shared;
+            let m = t.mirror.read().expect("mirror lock");
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            let mut links: Vec<_> = m
+                .links
+                .values()
+                .map(|l| (l.value.ifindex, l.value.name.clone(), l.value.flags))
+                .collect();
+            links.sort();
+            links.hash(&mut h);
+            let mut addrs: Vec<_> = m.addrs.keys().copied().collect();
+            addrs.sort();
+            addrs.hash(&mut h);
+            h.finish()
+        };
+        if fp != self.links_fp {
+            self.links_fp = fp;
+            let now = Instant::now();
+            for j in &mut self.jobs {
+                j.sync.links_changed(now);
+            }
+        }
+    }
+
+    /// Prefixes written long ago whose echo never came are settled through a barrier
+    /// of the target's core (then the target's mirror has seen everything we wrote).
+    fn check_settle(&mut self) {
+        if let Some((dsts, rx)) = &mut self.settling {
+            match rx.try_recv() {
+                Ok(()) => {
+                    let dsts = std::mem::take(dsts);
+                    self.settling = None;
+                    self.drain_feeds();
+                    for (i, d) in dsts {
+                        if let Some(j) = self.jobs.get_mut(i) {
+                            j.sync.settled(&d);
+                        }
+                    }
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Err(oneshot::error::TryRecvError::Closed) => self.settling = None,
+            }
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<(usize, Vec<IpNet>)> = self
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (i, j.sync.unsettled(now, SETTLE_AFTER)))
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let t = self.ns(&self.target);
+        if self.nss[t].shared.command(Command::Barrier(tx)).is_ok() {
+            self.settling = Some((due, rx));
+        }
+    }
+
+    /// Plans and writes one round. Returns whether any prefix was ready.
+    fn round(&mut self) -> bool {
+        let now = Instant::now();
+        let mut plans: Vec<(usize, Planned)> = Vec::new();
+        let mut any_ready = false;
+        let t = self.ns(&self.target);
+        let tshared = self.nss[t].shared.clone();
+        {
+            let tm = tshared.mirror.read().expect("mirror lock");
+            let links: HashMap<&str, u32> = tm
+                .links
+                .values()
+                .map(|l| (l.value.name.as_str(), l.value.ifindex))
+                .collect();
+            for i in 0..self.jobs.len() {
+                let ready = self.jobs[i].sync.ready(now, ROUND);
+                if ready.is_empty() {
+                    continue;
+                }
+                any_ready = true;
+                let src_shared = self.jobs[i]
+                    .source_ns()
+                    .filter(|ns| **ns != self.target)
+                    .map(|ns| self.nss[self.ns(ns)].shared.clone());
+                let src_guard = src_shared
+                    .as_ref()
+                    .map(|s| s.mirror.read().expect("mirror lock"));
+                let src: &Mirror = src_guard.as_deref().unwrap_or(&tm);
+                let j = &mut self.jobs[i];
+                for (dst, why, at) in ready {
+                    let wanted = j
+                        .job
+                        .wanted_at(&j.declared, dst, src, &links, self.protocol);
+                    let current: &[Entry] = tm
+                        .fib
+                        .table(Family::of_net(&dst), j.job.to.table)
+                        .and_then(|rt| rt.get(&dst))
+                        .map_or(&[], |es| es.as_slice());
+                    for p in j.sync.plan(dst, why, at, &wanted, current, now) {
+                        plans.push((i, p));
+                    }
+                }
+            }
+        }
+        if !plans.is_empty() {
+            for (_, p) in &plans {
+                self.writer.route(p.op, &p.key, &p.attrs);
+            }
+            self.outcomes.clear();
+            self.writer.commit(&mut self.outcomes);
+            let now = Instant::now();
+            let ms = now_ms();
+            for ((i, p), (_, o)) in plans.iter().zip(self.outcomes.iter()) {
+                self.jobs[*i].sync.outcome(p, o, now, ms);
+            }
+        }
+        self.finish_first_passes();
+        any_ready
+    }
+
+    fn finish_first_passes(&mut self) {
+        for j in &mut self.jobs {
+            if j.sync.synced && j.status.initial_sync_ms.is_none() && j.sync.idle() {
+                if let Some(t) = j.first_pass {
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    j.status.initial_sync_ms = Some(ms);
+                    j.status.state = "synced".into();
+                    info!(
+                        name = %j.job.name,
+                        ms = format!("{ms:.0}"),
+                        installed = j.sync.counters.verdicts.installed,
+                        adopted = j.sync.counters.verdicts.adopted,
+                        removed = j.sync.counters.verdicts.removed,
+                        failed = j.sync.counters.verdicts.failed,
+                        "copy in sync"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Publishes the jobs' status (at most every 100 ms unless `now`).
+    fn publish(&mut self, now: bool) {
+        if !now && self.last_publish.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_publish = Instant::now();
+        let count = self.started && self.last_count.elapsed() >= COUNT_EVERY || now;
+        let installed: Vec<u64> = if count {
+            self.last_count = Instant::now();
+            let t = self.ns(&self.target);
+            let m = self.nss[t].shared.mirror.read().expect("mirror lock");
+            self.jobs
+                .iter()
+                .map(|j| {
+                    Family::ALL
+                        .iter()
+                        .filter_map(|f| m.fib.table(*f, j.job.to.table))
+                        .flat_map(|rt| rt.iter())
+                        .filter(|(_, e)| e.attrs.protocol == self.protocol)
+                        .count() as u64
+                })
+                .collect()
+        } else {
+            self.jobs.iter().map(|j| j.status.installed).collect()
+        };
+        let cpu = thread_cpu_s();
+        let now_i = Instant::now();
+        let mut reg = self.registry.jobs.lock().expect("copy status");
+        for (j, inst) in self.jobs.iter_mut().zip(installed) {
+            let s = &mut j.status;
+            s.installed = inst;
+            s.pending = j.sync.pending() as u64;
+            s.counters(&j.sync.counters);
+            s.failing = 0;
+            s.failing_by_reason.clear();
+            s.refused.clear();
+            for ((dst, sub), f) in j.sync.failures() {
+                s.failing += 1;
+                *s.failing_by_reason
+                    .entry(f.reason.name().to_string())
+                    .or_default() += 1;
+                if s.refused.len() < REFUSED_LIST {
+                    s.refused.push(Refused {
+                        dst: dst.to_string(),
+                        metric: sub.priority,
+                        reason: f.reason.name().to_string(),
+                        errno: f.errno,
+                        detail: f.detail.clone(),
+                        attempts: f.attempts,
+                        retry_in_s: f.next_try.saturating_duration_since(now_i).as_secs_f64(),
+                    });
+                }
+            }
+            s.refused
+                .sort_by(|a, b| (&a.dst, a.metric).cmp(&(&b.dst, b.metric)));
+            s.lag = LagStats {
+                samples: j.sync.lag.count,
+                p50_ms: j.sync.lag.quantile(0.5),
+                p99_ms: j.sync.lag.quantile(0.99),
+                max_ms: j.sync.lag.max_ms,
+            };
+            s.writer = self.writer.stats.clone();
+            s.cpu_s = cpu;
+            reg.insert(j.job.name.clone(), s.clone());
+        }
+    }
+
+    /// Exit: copies that do not persist remove their routes; the others leave them
+    /// for the next start to adopt.
+    fn shutdown(&mut self) {
+        for j in self.jobs.iter_mut().filter(|j| !j.job.persist) {
+            j.job.producer = Producer::Declared(Vec::new());
+            j.declared.clear();
+        }
+        let gone: Vec<usize> = (0..self.jobs.len())
+            .filter(|&i| !self.jobs[i].job.persist)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.drain_feeds();
+        for &i in &gone {
+            self.full_pass(i, Pass::Scan);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.round() {}
+        info!("copies without persist removed their routes");
+    }
+}
