@@ -287,6 +287,9 @@ fn foreign_deletes_and_replaces_are_repaired_and_aliens_left_alone() {
     // Speed belongs to benchmarks (bench/copy.sh measures it without polling); here:
     // repaired at once, not at the next scan (60 s).
     assert!(repair_ms[repair_ms.len() / 2] < 1000, "{repair_ms:?}");
+    // diff --copy waits for the copy to settle (its counters are then current).
+    let (_, v) = diff_copy(&d, &name);
+    assert_eq!(v["missing_count"], 1, "only the alien's key: {v}");
     let c = copy(&d, &name);
     assert!(c["repaired_deletes"].as_u64().unwrap() >= 3, "{c}");
     assert!(c["repaired_replaces"].as_u64().unwrap() >= 3, "{c}");
@@ -528,6 +531,7 @@ fn refused_routes_are_counted_and_retried_when_the_device_comes_back() {
         diff_copy(&d, &name).0.then_some(())
     });
     assert!(ok.is_some(), "not repaired: {}", diff_copy(&d, &name).1);
+    // No refusal is left on record (the diff's barrier made the counters current).
     let c = copy(&d, &name);
     assert_eq!(c["failing"], 0, "{c}");
     assert!(c["retries"].as_u64().unwrap() > 0, "{c}");

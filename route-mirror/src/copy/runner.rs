@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +19,9 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::spec::{Job, Producer};
-use super::status::{JobStatus, LagStats, Msg, Refused, Registry, ThreadCtl, REFUSED_LIST};
+use super::status::{
+    Bell, JobStatus, LagStats, Mirrored, Msg, Refused, Registry, ThreadCtl, REFUSED_LIST,
+};
 use super::sync::{Origin, Pass, Planned, TargetSync};
 use super::want::Want;
 use crate::export::change::DeltaOp;
@@ -28,7 +29,6 @@ use crate::export::feed::{Feed, Update};
 use crate::fib::Entry;
 use crate::mirror::Mirror;
 use crate::model::Family;
-use crate::shared::{Command, Shared};
 use crate::writer::{Outcome, Writer, DEFAULT_BATCH_BYTES};
 
 /// Prefixes planned per job per round (a round is one commit: ~2,000-4,000 routes).
@@ -44,43 +44,6 @@ const SETTLE_AFTER: Duration = Duration::from_secs(1);
 const LINKS_EVERY: Duration = Duration::from_millis(50);
 /// How often `installed` (routes of ours in the target) is counted.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
-
-/// An eventfd the thread sleeps on; commands and feed updates ring it.
-pub struct Bell(OwnedFd);
-
-impl Bell {
-    fn new() -> std::io::Result<Bell> {
-        // SAFETY: eventfd returns a new fd or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd we own.
-        Ok(Bell(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    pub fn ring(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const _, 8) };
-    }
-
-    /// Sleeps until rung or `timeout` passes, and clears it.
-    fn wait(&self, timeout: Duration) {
-        let mut pfd = libc::pollfd {
-            fd: self.0.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(1000) as i32;
-        // SAFETY: one valid pollfd; then a non-blocking read of at most 8 bytes.
-        unsafe {
-            libc::poll(&mut pfd, 1, ms);
-            let mut v: u64 = 0;
-            libc::read(self.0.as_raw_fd(), &mut v as *mut u64 as *mut _, 8);
-        }
-    }
-}
 
 /// One job of a thread and its state.
 struct JobState {
@@ -116,7 +79,7 @@ impl JobState {
 /// A mirrored namespace as a copy thread sees it.
 struct Ns {
     name: Option<String>,
-    shared: Arc<Shared>,
+    m: Mirrored,
     feed: Option<Feed>,
     scans: u64,
 }
@@ -147,7 +110,7 @@ struct Runner {
 /// mirrored namespaces; every namespace a job names must be one of them.
 pub fn start(
     jobs: Vec<Job>,
-    mirrors: &[Arc<Shared>],
+    mirrors: &[Mirrored],
     protocol: u8,
     registry: Arc<Registry>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
@@ -176,7 +139,7 @@ pub fn start(
             .iter()
             .map(|m| Ns {
                 name: m.netns.clone(),
-                shared: m.clone(),
+                m: m.clone(),
                 feed: None,
                 scans: 0,
             })
@@ -336,7 +299,7 @@ impl Runner {
             .nss
             .iter()
             .filter(|n| needed.contains(&n.name))
-            .all(|n| n.shared.status.lock().expect("status").synced);
+            .all(|n| (n.m.progress)().0);
         if !synced {
             return;
         }
@@ -349,10 +312,10 @@ impl Runner {
                 self.target.as_deref().unwrap_or("host"),
                 n.name.as_deref().unwrap_or("host")
             );
-            let feed = n.shared.exports.subscribe(&name, FEED_CAPACITY);
+            let feed = n.m.hub.subscribe(&name, FEED_CAPACITY);
             let bell = self.bell.clone();
             feed.set_doorbell(Arc::new(move || bell.ring()));
-            n.scans = n.shared.status.lock().expect("status").scans;
+            n.scans = (n.m.progress)().1;
             n.feed = Some(feed);
         }
         self.started = true;
@@ -374,7 +337,7 @@ impl Runner {
         let j = &self.jobs[i];
         match &j.job.producer {
             Producer::Copy { from, filter, .. } => {
-                let src = self.nss[self.ns(&from.netns)].shared.mirror.clone();
+                let src = self.nss[self.ns(&from.netns)].m.mirror.clone();
                 let m = src.read().expect("mirror lock");
                 for f in Family::ALL {
                     if let Some(t) = m.fib.table(f, from.table) {
@@ -390,7 +353,7 @@ impl Runner {
         }
         let seen: HashSet<IpNet> = dsts.iter().copied().collect();
         {
-            let tm = self.nss[self.ns(&j.job.to.netns)].shared.mirror.clone();
+            let tm = self.nss[self.ns(&j.job.to.netns)].m.mirror.clone();
             let m = tm.read().expect("mirror lock");
             for f in Family::ALL {
                 if let Some(t) = m.fib.table(f, j.job.to.table) {
@@ -500,13 +463,17 @@ impl Runner {
                                 if to == Some(d.table) {
                                     let ours_deleted = d.op == DeltaOp::Delete
                                         && d.entry.attrs.protocol == self.protocol;
-                                    job.sync
-                                        .target_changed(d.dst, Origin::Unknown, ours_deleted);
+                                    let o = job.sync.target_changed(
+                                        d.dst,
+                                        Origin::Unknown,
+                                        ours_deleted,
+                                    );
+                                    tracing::trace!(dst = %d.dst, op = ?d.op, cause = ?d.cause, origin = ?o, "target change");
                                 }
                             }
                             if let Some((t, filter)) = from.filter(|_| b.nexthops_changed) {
                                 // Routes through nexthop objects may forward differently.
-                                let src = self.nss[n].shared.mirror.clone();
+                                let src = self.nss[n].m.mirror.clone();
                                 let m = src.read().expect("mirror lock");
                                 for f in Family::ALL {
                                     if let Some(rt) = m.fib.table(f, t) {
@@ -557,7 +524,7 @@ impl Runner {
             if self.nss[n].feed.is_none() {
                 continue;
             }
-            let scans = self.nss[n].shared.status.lock().expect("status").scans;
+            let scans = (self.nss[n].m.progress)().1;
             if scans != self.nss[n].scans {
                 self.nss[n].scans = scans;
                 let name = self.nss[n].name.clone();
@@ -573,7 +540,7 @@ impl Runner {
         }
         self.last_links = Instant::now();
         let fp = {
-            let t = &self.nss[self.ns(&self.target)].shared;
+            let t = &self.nss[self.ns(&self.target)].m;
             let m = t.mirror.read().expect("mirror lock");
             let mut h = std::collections::hash_map::DefaultHasher::new();
             let mut links: Vec<_> = m
@@ -630,7 +597,7 @@ impl Runner {
         }
         let (tx, rx) = oneshot::channel();
         let t = self.ns(&self.target);
-        if self.nss[t].shared.command(Command::Barrier(tx)).is_ok() {
+        if (self.nss[t].m.barrier)(tx) {
             self.settling = Some((due, rx));
         }
     }
@@ -641,9 +608,9 @@ impl Runner {
         let mut plans: Vec<(usize, Planned)> = Vec::new();
         let mut any_ready = false;
         let t = self.ns(&self.target);
-        let tshared = self.nss[t].shared.clone();
+        let tmirror = self.nss[t].m.mirror.clone();
         {
-            let tm = tshared.mirror.read().expect("mirror lock");
+            let tm = tmirror.read().expect("mirror lock");
             let links: HashMap<&str, u32> = tm
                 .links
                 .values()
@@ -655,13 +622,11 @@ impl Runner {
                     continue;
                 }
                 any_ready = true;
-                let src_shared = self.jobs[i]
+                let src_mirror = self.jobs[i]
                     .source_ns()
                     .filter(|ns| **ns != self.target)
-                    .map(|ns| self.nss[self.ns(ns)].shared.clone());
-                let src_guard = src_shared
-                    .as_ref()
-                    .map(|s| s.mirror.read().expect("mirror lock"));
+                    .map(|ns| self.nss[self.ns(ns)].m.mirror.clone());
+                let src_guard = src_mirror.as_ref().map(|m| m.read().expect("mirror lock"));
                 let src: &Mirror = src_guard.as_deref().unwrap_or(&tm);
                 let j = &mut self.jobs[i];
                 for (dst, why, at) in ready {
@@ -688,6 +653,9 @@ impl Runner {
             let now = Instant::now();
             let ms = now_ms();
             for ((i, p), (_, o)) in plans.iter().zip(self.outcomes.iter()) {
+                if let Outcome::Failed(e) = o {
+                    tracing::debug!(copy = %self.jobs[*i].job.name, dst = %p.dst, op = ?p.op, error = %e, "write refused");
+                }
                 self.jobs[*i].sync.outcome(p, o, now, ms);
             }
         }
@@ -696,12 +664,29 @@ impl Runner {
     }
 
     fn finish_first_passes(&mut self) {
+        // Jobs a reload removed go once their routes are gone.
+        let mut reg = None;
+        self.jobs.retain(|j| {
+            let done = j.status.state == "removing" && j.sync.idle();
+            if done {
+                info!(name = %j.job.name, removed = j.sync.counters.verdicts.removed, "removed copy's routes are gone");
+                reg.get_or_insert_with(|| self.registry.jobs.lock().expect("copy status"))
+                    .remove(&j.job.name);
+            }
+            !done
+        });
+        drop(reg);
+        let mut fresh = false;
         for j in &mut self.jobs {
+            if j.status.state == "removing" {
+                continue;
+            }
             if j.sync.synced && j.status.initial_sync_ms.is_none() && j.sync.idle() {
                 if let Some(t) = j.first_pass {
                     let ms = t.elapsed().as_secs_f64() * 1000.0;
                     j.status.initial_sync_ms = Some(ms);
                     j.status.state = "synced".into();
+                    fresh = true;
                     info!(
                         name = %j.job.name,
                         ms = format!("{ms:.0}"),
@@ -713,6 +698,10 @@ impl Runner {
                     );
                 }
             }
+        }
+        if fresh {
+            // `copies` shows "synced" with the count of that moment.
+            self.publish(true);
         }
     }
 
@@ -726,7 +715,7 @@ impl Runner {
         let installed: Vec<u64> = if count {
             self.last_count = Instant::now();
             let t = self.ns(&self.target);
-            let m = self.nss[t].shared.mirror.read().expect("mirror lock");
+            let m = self.nss[t].m.mirror.read().expect("mirror lock");
             self.jobs
                 .iter()
                 .map(|j| {

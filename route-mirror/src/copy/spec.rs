@@ -396,6 +396,12 @@ pub fn resolve(
             by_table.insert(to.table, Vec::new());
         }
         for (t, wants) in by_table {
+            // A line naming another table makes a job of its own: `NAME/TABLE`.
+            let name = if t == to.table {
+                label.clone()
+            } else {
+                format!("{label}/{t}")
+            };
             let to = Endpoint {
                 netns: to.netns.clone(),
                 table: t,
@@ -417,7 +423,7 @@ pub fn resolve(
                 }
             }
             jobs.push(Job {
-                name: label.clone(),
+                name,
                 to,
                 producer: Producer::Declared(wants),
                 owner: r.owner,

@@ -2,8 +2,9 @@
 //! daemon-wide registry the control server reaches them through.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,77 @@ use tokio::sync::oneshot;
 
 use super::spec::Job;
 use super::sync::{SyncCounters, Verdicts};
+use crate::export::hub::Hub;
+use crate::mirror::Mirror;
 use crate::writer::WriterStats;
+
+/// A mirrored namespace as the copies reach it: its mirror, its change funnel, and the
+/// two things they ask of its core, as closures (the daemon makes them), so that copies
+/// depend on the mirror and the funnel, not on the daemon's shared state.
+#[derive(Clone)]
+pub struct Mirrored {
+    pub netns: Option<String>,
+    pub mirror: Arc<RwLock<Mirror>>,
+    pub hub: Hub,
+    /// (initial sync done, scans completed so far).
+    pub progress: Arc<dyn Fn() -> (bool, u64) + Send + Sync>,
+    /// Asks the core to answer once it has applied everything queued; false if it has
+    /// stopped.
+    pub barrier: Arc<dyn Fn(oneshot::Sender<()>) -> bool + Send + Sync>,
+}
+
+impl Mirrored {
+    /// Waits for the core's barrier.
+    pub async fn sync(&self, timeout: Duration) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if !(self.barrier)(tx) {
+            anyhow::bail!("the core of {:?} has stopped", self.netns);
+        }
+        tokio::time::timeout(timeout, rx)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the mirror did not catch up within {} s", timeout.as_secs())
+            })?
+            .map_err(|_| anyhow::anyhow!("the core stopped before the barrier"))
+    }
+}
+
+/// An eventfd a copy thread sleeps on; commands and feed updates ring it.
+pub struct Bell(OwnedFd);
+
+impl Bell {
+    pub fn new() -> std::io::Result<Bell> {
+        // SAFETY: eventfd returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(Bell(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), &one as *const u64 as *const _, 8) };
+    }
+
+    /// Sleeps until rung or `timeout` passes (at most a second), and clears it.
+    pub fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(1000) as i32;
+        // SAFETY: one valid pollfd; then a non-blocking read of at most 8 bytes.
+        unsafe {
+            libc::poll(&mut pfd, 1, ms);
+            let mut v: u64 = 0;
+            libc::read(self.0.as_raw_fd(), &mut v as *mut u64 as *mut _, 8);
+        }
+    }
+}
 
 /// Delays from a source change to the target write's acknowledgement.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,7 +218,7 @@ pub enum Msg {
 pub struct ThreadCtl {
     pub netns: Option<String>,
     pub tx: Mutex<Sender<Msg>>,
-    pub bell: Arc<super::runner::Bell>,
+    pub bell: Arc<Bell>,
 }
 
 impl ThreadCtl {
@@ -166,7 +237,7 @@ pub struct Registry {
     /// The configured jobs, for `diff --copy`.
     pub specs: Mutex<Vec<Job>>,
     /// Every mirrored namespace (for barriers before `diff --copy`).
-    pub mirrors: Mutex<Vec<std::sync::Weak<crate::shared::Shared>>>,
+    pub mirrors: Mutex<Vec<Mirrored>>,
 }
 
 impl Registry {
@@ -193,13 +264,13 @@ impl Registry {
     }
 
     /// The mirror of namespace `ns`.
-    pub fn mirror(&self, ns: &Option<String>) -> Option<Arc<crate::shared::Shared>> {
+    pub fn mirror(&self, ns: &Option<String>) -> Option<Mirrored> {
         self.mirrors
             .lock()
             .expect("copy mirrors")
             .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .find(|s| s.netns == *ns)
+            .find(|m| m.netns == *ns)
+            .cloned()
     }
 
     /// Waits until every copy thread has caught up (see [`Msg::Barrier`]).

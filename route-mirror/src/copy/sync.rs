@@ -280,8 +280,8 @@ impl TargetSync {
     }
 
     /// The target's mirror changed at `dst`. `ours_deleted`: the change deleted a route
-    /// of our protocol.
-    pub fn target_changed(&mut self, dst: IpNet, origin: Origin, ours_deleted: bool) {
+    /// of our protocol. Returns the origin it was taken for.
+    pub fn target_changed(&mut self, dst: IpNet, origin: Origin, ours_deleted: bool) -> Origin {
         let origin = match origin {
             Origin::Unknown if self.busy.get(&dst).is_some_and(|b| b.echoes > 0) => Origin::Ours,
             Origin::Unknown => Origin::Foreign,
@@ -309,6 +309,7 @@ impl TargetSync {
                 );
             }
         }
+        origin
     }
 
     /// The target's links or addresses changed: refusals they may cure are retried now.
@@ -374,6 +375,7 @@ impl TargetSync {
             let (why, at) = self.dirty.remove(&d).expect("dirty prefix");
             out.push((d, why, at));
         }
+        let mut taken: std::collections::HashSet<IpNet> = out.iter().map(|o| o.0).collect();
         while out.len() < max {
             let Some(d) = self.pass.pop_front() else {
                 break;
@@ -382,9 +384,11 @@ impl TargetSync {
                 pass: self.pass_kind,
                 ..Why::default()
             };
-            if self.busy.contains_key(&d) {
+            // A prefix is planned once per round (it may be dirty and in the pass too).
+            if self.busy.contains_key(&d) || taken.contains(&d) {
                 self.mark(d, why, None);
             } else {
+                taken.insert(d);
                 out.push((d, why, None));
             }
         }
@@ -429,6 +433,11 @@ impl TargetSync {
         current: &[Entry],
         now: Instant,
     ) -> Vec<Planned> {
+        if self.busy.contains_key(&dst) {
+            // Its writes are unconfirmed: the mirror may not show them yet.
+            self.mark(dst, why, source_ms);
+            return Vec::new();
+        }
         let mut dels = Vec::new();
         let mut writes = Vec::new();
         let mut matched = vec![false; current.len()];
@@ -1050,6 +1059,23 @@ mod tests {
         s.settled(&[d]);
         assert_eq!(s.ready(late, 10).len(), 1, "checked again");
         assert_eq!(s.lag.quantile(0.99), Some(20));
+    }
+
+    #[test]
+    fn a_prefix_dirty_and_in_a_pass_is_planned_once() {
+        let mut s = TargetSync::new(200, PROTO, false);
+        let now = Instant::now();
+        let d = net("10.0.0.0/24");
+        s.source_changed(d, 0);
+        s.full_pass([d, net("10.1.0.0/24")], Pass::Scan);
+        let r = s.ready(now, 10);
+        assert_eq!(r.iter().filter(|x| x.0 == d).count(), 1, "{r:?}");
+        let wanted = [Ok((key("10.0.0.0/24", 0), attrs(PROTO, 3)))];
+        assert_eq!(s.plan(d, r[0].1, None, &wanted, &[], now).len(), 1);
+        assert!(
+            s.plan(d, r[0].1, None, &wanted, &[], now).is_empty(),
+            "busy: not again"
+        );
     }
 
     #[test]

@@ -112,6 +112,15 @@ impl Want {
         let (scope, pref) = match family {
             Family::V4 => (self.scope, self.pref),
             Family::V6 => {
+                // The kernel gives IPv6 blackhole, unreachable, prohibit and throw routes
+                // the loopback device (and accepts it in the request).
+                let reject = matches!(
+                    self.kind,
+                    rtn::BLACKHOLE | rtn::UNREACHABLE | rtn::PROHIBIT | rtn::THROW
+                );
+                if reject && hops.is_empty() && self.nh_id.is_none() {
+                    hops.push(NextHop::new(None, ifindex("lo").unwrap_or(1)));
+                }
                 hops.sort();
                 (scope::UNIVERSE, Some(self.pref.unwrap_or(0)))
             }
@@ -187,6 +196,7 @@ mod tests {
 
     fn links(name: &str) -> Option<u32> {
         match name {
+            "lo" => Some(1),
             "veth1" => Some(3),
             "veth2" => Some(5),
             _ => None,

@@ -590,7 +590,7 @@ async fn diff_copy(shared: &Shared, name: &str) -> Result<crate::copy::diff::Cop
         for ns in job.namespaces() {
             reg.mirror(&ns)
                 .with_context(|| format!("namespace {ns:?} is not mirrored"))?
-                .barrier()
+                .sync(Duration::from_secs(300))
                 .await?;
         }
         reg.barrier(Duration::from_secs(300)).await?;

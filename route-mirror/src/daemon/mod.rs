@@ -96,6 +96,27 @@ impl Config {
     }
 }
 
+/// A namespace as the copies reach it: its mirror and funnel, and closures for what they
+/// ask its core (through a weak reference: a copy never keeps a core's state alive).
+fn mirrored(s: &Arc<Shared>) -> crate::copy::status::Mirrored {
+    let (p, b) = (Arc::downgrade(s), Arc::downgrade(s));
+    crate::copy::status::Mirrored {
+        netns: s.netns.clone(),
+        mirror: s.mirror.clone(),
+        hub: s.exports.clone(),
+        progress: Arc::new(move || {
+            p.upgrade().map_or((false, 0), |s| {
+                let st = s.status.lock().expect("status lock");
+                (st.synced, st.scans)
+            })
+        }),
+        barrier: Arc::new(move |tx| {
+            b.upgrade()
+                .is_some_and(|s| s.command(Command::Barrier(tx)).is_ok())
+        }),
+    }
+}
+
 /// Starts the copy threads of the configuration's copies and declared route sets, and
 /// makes them reachable from every namespace's control socket.
 #[allow(clippy::type_complexity)]
@@ -120,11 +141,13 @@ fn start_copies(
     for s in shareds {
         let _ = s.copies.set(registry.clone());
     }
-    *registry.mirrors.lock().expect("copy mirrors") = shareds.iter().map(Arc::downgrade).collect();
+    let mirrored: Vec<crate::copy::status::Mirrored> =
+        shareds.iter().map(mirrored).collect();
+    *registry.mirrors.lock().expect("copy mirrors") = mirrored.clone();
     if jobs.is_empty() {
         return Ok(Some((registry, Vec::new())));
     }
-    let threads = crate::copy::runner::start(jobs, shareds, protocol, registry.clone())
+    let threads = crate::copy::runner::start(jobs, &mirrored, protocol, registry.clone())
         .context("starting the copies")?;
     Ok(Some((registry, threads)))
 }
