@@ -111,6 +111,8 @@ fn write_batch(dir: &Path, name: &str, lines: &[String]) -> std::path::PathBuf {
 
 #[test]
 fn copies_into_another_namespace_and_the_same_one_stay_exact_through_churn_and_a_burst() {
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1} s  {what}", t0.elapsed().as_secs_f64());
     let a = Netns::new();
     let b = Netns::new();
     let tmp = TempDir::new("copy-churn").unwrap();
@@ -122,6 +124,7 @@ fn copies_into_another_namespace_and_the_same_one_stay_exact_through_churn_and_a
         wait_copy_synced(&d, name);
         assert_exact(&d, name, "after the initial sync");
     }
+    phase("initial sync checked");
     // The routes went in with our protocol, into both targets.
     let b4 = routes(&b, "-4", "200");
     assert!(b4.len() > 7000 && b4.iter().all(|r| r["protocol"] == PROTO));
@@ -166,6 +169,7 @@ fn copies_into_another_namespace_and_the_same_one_stay_exact_through_churn_and_a
         ));
     }
     a.load_batch(write_batch(tmp.path(), "churn.batch", &lines));
+    phase("churn loaded");
     a.ip(&["link", "set", "veth2", "down"]);
     std::thread::sleep(Duration::from_millis(200));
     a.ip(&["link", "set", "veth2", "up"]);
@@ -177,6 +181,7 @@ fn copies_into_another_namespace_and_the_same_one_stay_exact_through_churn_and_a
     assert!(route(&b, "100.64.60.0/24", "200").is_none());
     assert!(route(&b, "100.64.10.0/24", "200").is_none());
     assert!(route(&b, "100.64.125.0/24", "200").is_some_and(|r| r["gateway"] == "198.18.1.2"));
+    phase("churn checked");
 
     // A 100k-route burst into A (as replaces: v4-10k's routes are among them).
     let burst = tmp.path().join("burst.batch");
@@ -191,8 +196,10 @@ fn copies_into_another_namespace_and_the_same_one_stay_exact_through_churn_and_a
         .unwrap();
     assert!(st.success());
     a.load_batch(&burst);
+    phase("burst loaded");
     for name in [to_b.as_str(), "main=200"] {
         assert_exact(&d, name, "after a 100k burst");
+        phase("burst checked");
     }
     let c = copy(&d, &to_b);
     assert_eq!(c["failing"], 0, "{c}");

@@ -72,6 +72,8 @@ pub fn test(fuzz_seconds: Option<u64>) -> Result<()> {
                 "mirror",
                 "--test",
                 "watch",
+                "--test",
+                "copy",
             ]);
         }
         c.env("ROUTE_MIRROR_BIN", &bin);

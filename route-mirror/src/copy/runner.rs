@@ -130,6 +130,13 @@ pub fn start(
             None => by_target.push((j.to.netns.clone(), vec![j])),
         }
     }
+    {
+        // Listed from the start (`copies` right after the daemon started shows them).
+        let mut reg = registry.jobs.lock().expect("copy status");
+        for j in &jobs {
+            reg.insert(j.name.clone(), JobStatus::new(j));
+        }
+    }
     *registry.specs.lock().expect("copy specs") = jobs;
     let mut handles = Vec::new();
     for (target, jobs) in by_target {

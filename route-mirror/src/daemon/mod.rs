@@ -141,8 +141,7 @@ fn start_copies(
     for s in shareds {
         let _ = s.copies.set(registry.clone());
     }
-    let mirrored: Vec<crate::copy::status::Mirrored> =
-        shareds.iter().map(mirrored).collect();
+    let mirrored: Vec<crate::copy::status::Mirrored> = shareds.iter().map(mirrored).collect();
     *registry.mirrors.lock().expect("copy mirrors") = mirrored.clone();
     if jobs.is_empty() {
         return Ok(Some((registry, Vec::new())));
@@ -308,16 +307,14 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
     use tokio::signal::unix::{signal, SignalKind};
     let mut instances = Vec::new();
     let mut servers = tokio::task::JoinSet::new();
+    let mut bound = Vec::new();
     for cfg in &cfgs {
         let (shared, core) = start(cfg, reloadable.clone())?;
         if cfg.control {
-            let server = crate::ctl::server::Server::bind(&cfg.socket, shared.clone())?;
-            info!(
-                netns = cfg.netns.as_deref().unwrap_or("(own)"),
-                socket = %cfg.socket.display(),
-                "control socket listening"
-            );
-            servers.spawn(server.serve());
+            bound.push((
+                crate::ctl::server::Server::bind(&cfg.socket, shared.clone())?,
+                cfg,
+            ));
         } else {
             info!(
                 netns = cfg.netns.as_deref().unwrap_or("(own)"),
@@ -327,7 +324,16 @@ pub async fn run(cfgs: Vec<Config>, reloadable: Option<Arc<Reloadable>>) -> Resu
         instances.push((shared, core, cfg.control.then(|| cfg.socket.clone())));
     }
     let shareds: Vec<Arc<Shared>> = instances.iter().map(|(s, _, _)| s.clone()).collect();
+    // Copies start before the control sockets answer: `copies` never misses one.
     let copies = start_copies(reloadable.as_deref(), &shareds)?;
+    for (server, cfg) in bound {
+        info!(
+            netns = cfg.netns.as_deref().unwrap_or("(own)"),
+            socket = %cfg.socket.display(),
+            "control socket listening"
+        );
+        servers.spawn(server.serve());
+    }
     if let Some(r) = &reloadable {
         let _ = r
             .instances
