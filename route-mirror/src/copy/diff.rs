@@ -235,6 +235,9 @@ mod tests {
             name: "veth1".into(),
             flags: libc::IFF_UP as u32,
             mtu: 1500,
+            master: 0,
+            group: 0,
+            vrf_table: None,
         }));
         for &(table, dst, proto, ifindex) in routes {
             m.apply(Change::NewRoute {
