@@ -287,6 +287,15 @@ impl Netns {
 
     fn setup(&self) -> Result<()> {
         self.try_ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection on the links made below: a link-local
+        // address finishing DAD sends its own RTM_NEWADDR (and a local route) a second
+        // or two after the link comes up, which under load lands in the middle of a
+        // test and is then the "next event" a test knob counts (seen: the
+        // drop-events test dropping a DAD completion instead of its route add).
+        for scope in ["default", "all"] {
+            let key = format!("net.ipv6.conf.{scope}.accept_dad=0");
+            self.try_exec(&["sysctl", "-qw", &key])?;
+        }
         for i in 1..=2 {
             let veth = format!("veth{i}");
             let peer = format!("veth{i}p");
