@@ -96,7 +96,7 @@ pub struct Journal {
     /// differently without a delta of their own.
     pub nexthops_changed: bool,
     /// Policy rules added or removed.
-    pub rules: Vec<crate::rule::mirror::RuleDelta>,
+    pub rules: Vec<crate::fib::rules::mirror::RuleDelta>,
 }
 
 /// Identity of a route in the pending-inference set: a hash, not the key, so a link
@@ -120,8 +120,8 @@ pub struct Mirror {
     pub links: HashMap<u32, Stamped<Link>>,
     pub addrs: HashMap<Address, u32>,
     pub nexthops: HashMap<u32, Stamped<NexthopObject>>,
-    /// Policy rules and the link facts they name ([`crate::rule::mirror`]).
-    pub rules: crate::rule::mirror::RuleMirror,
+    /// Policy rules and the link facts they name ([`crate::fib::rules::mirror`]).
+    pub rules: crate::fib::rules::mirror::RuleMirror,
     interner: Interner,
     generation: u32,
     pub counters: ApplyCounters,
@@ -203,7 +203,7 @@ impl Mirror {
 
     fn note_rule(&mut self, added: bool, rule: &crate::rule::Rule, cause: &'static str) {
         if let Some(j) = &mut self.journal {
-            j.rules.push(crate::rule::mirror::RuleDelta {
+            j.rules.push(crate::fib::rules::mirror::RuleDelta {
                 added,
                 rule: rule.clone(),
                 cause,

@@ -434,7 +434,66 @@ pub enum Change {
         id: u32,
     },
     /// `RTM_NEWRULE` (an event, or a dump entry).
-    NewRule(crate::rule::Rule),
+    NewRule(Rule),
     /// `RTM_DELRULE`: the whole rule, as the kernel reports the one it removed.
-    DelRule(crate::rule::Rule),
+    DelRule(Rule),
+}
+
+// Policy routing rules: the data only; list order, display and evaluation live in
+// `crate::rule` and `crate::fib::rules`, above this module.
+
+/// An attribute kept as the kernel sent it (type without the nested/byte-order bits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RawAttr {
+    pub kind: u16,
+    pub value: Vec<u8>,
+}
+
+/// One policy routing rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Rule {
+    pub family: Family,
+    /// `FRA_PRIORITY` (`ip rule ... pref N`); lower is consulted first.
+    pub priority: u32,
+    /// `FR_ACT_*` (`crate::rule::action`).
+    pub action: u8,
+    /// `FRA_TABLE` (or the header's table); 0 with `l3mdev`.
+    pub table: u32,
+    /// `FIB_RULE_*` without the volatile bits (`crate::rule::flags::VOLATILE`).
+    pub flags: u32,
+    /// `from` prefix; `None` is "all".
+    pub src: Option<IpNet>,
+    /// `to` prefix.
+    pub dst: Option<IpNet>,
+    /// The header's TOS byte (`tos`/`dsfield`).
+    pub tos: u8,
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+    /// `fwmark`; with `fwmask`, matches when `(mark ^ fwmark) & fwmask == 0`.
+    pub fwmark: u32,
+    pub fwmask: u32,
+    /// `FRA_GOTO` target priority.
+    pub goto: Option<u32>,
+    /// `FRA_FLOW` (IPv4 realms, `to << 16 | from`... as the kernel stores it).
+    pub realms: Option<u32>,
+    pub tun_id: Option<u64>,
+    pub suppress_prefixlen: Option<u32>,
+    pub suppress_ifgroup: Option<u32>,
+    /// `l3mdev`: use the table of the flow's VRF.
+    pub l3mdev: bool,
+    /// `uidrange START-END` (inclusive).
+    pub uid_range: Option<(u32, u32)>,
+    /// `FRA_PROTOCOL`: who installed the rule (`RTPROT_*`).
+    pub protocol: u8,
+    /// `ipproto` (0: any).
+    pub ip_proto: u8,
+    /// `sport` / `dport` ranges (inclusive).
+    pub sport: Option<(u16, u16)>,
+    pub dport: Option<(u16, u16)>,
+    /// `FRA_SPORT_MASK` / `FRA_DPORT_MASK` (6.15+): the port matches when
+    /// `(start ^ port) & mask == 0`. The kernel sets 0xffff itself for a single port.
+    pub sport_mask: Option<u16>,
+    pub dport_mask: Option<u16>,
+    /// Attributes not decoded here, in the order received.
+    pub raw: Vec<RawAttr>,
 }

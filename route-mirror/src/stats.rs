@@ -213,7 +213,7 @@ pub struct RuleStats {
     pub inet: usize,
     pub inet6: usize,
     pub vrfs: usize,
-    pub counters: crate::rule::mirror::RuleCounters,
+    pub counters: crate::fib::rules::mirror::RuleCounters,
 }
 
 /// The process's resident memory (VmRSS), from /proc.

@@ -312,7 +312,7 @@ fn rule_lines(
 ) {
     use crate::fib::rules::{ExactTables, FastTables};
     let mut guard: Option<RwLockReadGuard<'_, Mirror>> = None;
-    let mut scratch = crate::fib::rule_index::Scratch::default();
+    let mut scratch = crate::fib::rules::Scratch::default();
     let mut s = String::new();
     let (mut used_fast, mut used_exact) = (false, false);
     for (n, parsed) in lines {

@@ -18,7 +18,7 @@ pub struct Batch {
     /// differently without a delta of their own (read them from the mirror).
     pub nexthops_changed: bool,
     /// Policy rules added or removed.
-    pub rules: Vec<crate::rule::mirror::RuleDelta>,
+    pub rules: Vec<crate::fib::rules::mirror::RuleDelta>,
 }
 
 impl Batch {

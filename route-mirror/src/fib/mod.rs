@@ -48,7 +48,6 @@ pub mod flow;
 pub mod l3mdev;
 pub mod multipath;
 pub mod poptrie;
-pub mod rule_index;
 pub mod rules;
 
 use std::collections::BTreeMap;

@@ -1,11 +1,12 @@
 //! Policy routing rules (`ip rule`), as the kernel keeps them: one ordered list per
 //! family, walked by `fib_rules_lookup` before any table is consulted.
 //!
-//! A [`Rule`] holds every attribute the kernel reports (`fib_nl_fill_rule` and the
-//! per-family `fill`), so that two rules are equal exactly when the kernel would list
-//! them identically. Attributes this program does not understand are kept as raw bytes
+//! A [`Rule`] (its data lives in [`crate::model`], its behaviour here) holds every
+//! attribute the kernel reports (`fib_nl_fill_rule` and the per-family `fill`), so
+//! that two rules are equal exactly when the kernel would list them identically.
+//! Attributes this program does not understand are kept as raw bytes
 //! ([`RawAttr`]): they take part in equality (so `diff` compares them byte for byte), and
-//! the evaluator refuses to guess what such a rule matches ([`crate::fib::rules`]).
+//! the evaluator refuses to guess what such a rule matches (`crate::fib::rules`).
 //!
 //! The kernel has no rule key: a rule is its whole content, rules of equal priority
 //! keep the order they were added in, and duplicates are possible (a client that does
@@ -13,15 +14,12 @@
 
 pub mod diff;
 pub mod list;
-pub mod mirror;
 pub mod show;
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
-
 use crate::model::Family;
+pub use crate::model::{RawAttr, Rule};
 
 /// `FR_ACT_*` rule actions.
 pub mod action {
@@ -103,62 +101,6 @@ pub mod fra {
             _ => return None,
         })
     }
-}
-
-/// An attribute kept as the kernel sent it (type without the nested/byte-order bits).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct RawAttr {
-    pub kind: u16,
-    pub value: Vec<u8>,
-}
-
-/// One policy routing rule.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Rule {
-    pub family: Family,
-    /// `FRA_PRIORITY` (`ip rule ... pref N`); lower is consulted first.
-    pub priority: u32,
-    /// `FR_ACT_*` ([`action`]).
-    pub action: u8,
-    /// `FRA_TABLE` (or the header's table); 0 with `l3mdev`.
-    pub table: u32,
-    /// `FIB_RULE_*` without the [`flags::VOLATILE`] bits.
-    pub flags: u32,
-    /// `from` prefix; `None` is "all".
-    pub src: Option<IpNet>,
-    /// `to` prefix.
-    pub dst: Option<IpNet>,
-    /// The header's TOS byte (`tos`/`dsfield`).
-    pub tos: u8,
-    pub iif: Option<String>,
-    pub oif: Option<String>,
-    /// `fwmark`; with `fwmask`, matches when `(mark ^ fwmark) & fwmask == 0`.
-    pub fwmark: u32,
-    pub fwmask: u32,
-    /// `FRA_GOTO` target priority.
-    pub goto: Option<u32>,
-    /// `FRA_FLOW` (IPv4 realms, `to << 16 | from`... as the kernel stores it).
-    pub realms: Option<u32>,
-    pub tun_id: Option<u64>,
-    pub suppress_prefixlen: Option<u32>,
-    pub suppress_ifgroup: Option<u32>,
-    /// `l3mdev`: use the table of the flow's VRF.
-    pub l3mdev: bool,
-    /// `uidrange START-END` (inclusive).
-    pub uid_range: Option<(u32, u32)>,
-    /// `FRA_PROTOCOL`: who installed the rule (`RTPROT_*`).
-    pub protocol: u8,
-    /// `ipproto` (0: any).
-    pub ip_proto: u8,
-    /// `sport` / `dport` ranges (inclusive).
-    pub sport: Option<(u16, u16)>,
-    pub dport: Option<(u16, u16)>,
-    /// `FRA_SPORT_MASK` / `FRA_DPORT_MASK` (6.15+): the port matches when
-    /// `(start ^ port) & mask == 0`. The kernel sets 0xffff itself for a single port.
-    pub sport_mask: Option<u16>,
-    pub dport_mask: Option<u16>,
-    /// Attributes not decoded here, in the order received.
-    pub raw: Vec<RawAttr>,
 }
 
 impl Rule {

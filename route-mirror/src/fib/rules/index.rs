@@ -14,8 +14,8 @@
 
 use rustc_hash::FxHashMap;
 
-use super::flow::KernelFlow;
-use super::rules::{addr_bits, mask_bits, Compiled, Dev};
+use super::compiled::{addr_bits, mask_bits, Compiled, Dev};
+use crate::fib::flow::KernelFlow;
 use crate::model::Family;
 
 /// Reusable per-lookup buffers.

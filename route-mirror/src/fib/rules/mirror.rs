@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::list::{Applied, RuleList};
-use super::Rule;
+use super::RuleSet;
 use crate::fib::l3mdev::{LinkFacts, LinkMap};
-use crate::fib::rules::RuleSet;
-use crate::model::{Family, Link};
+use crate::model::{Family, Link, Rule};
+use crate::rule::list::{Applied, RuleList};
 
 /// A rule added or removed, for the change funnel (`watch`).
 #[derive(Debug, Clone)]
