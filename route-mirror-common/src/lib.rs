@@ -26,26 +26,27 @@ pub mod groups {
     ];
 }
 
-/// The ring-buffer record the socket filter writes for every netlink notification.
+/// The header of every ring-buffer record the socket filter writes.
 ///
-/// Layout on the ring: this header, then `cap_len` bytes of the raw netlink message
-/// (header included). Raw bytes instead of a compact decoded record so the kernel side
-/// stays a trivial copy (the verifier accepts it, and every message type, future
-/// attributes included, reaches the one userspace decoder the netlink source uses).
+/// Two kinds of record follow it ([`event_flags::COMPACT`]):
+/// * raw: the netlink message as the kernel sent it (header included), for every
+///   message type, future attributes included, decoded by the same userspace decoder
+///   the netlink source uses;
+/// * compact: a [`compact::Route`] the filter decoded in the kernel, for the common
+///   route notifications only (see [`compact::route`]); anything it does not plainly
+///   understand goes raw, so both kinds decode to the same change.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventHeader {
     /// `bpf_ktime_get_ns()` when the filter saw the message (CLOCK_MONOTONIC).
     pub ktime_ns: u64,
-    /// Length of the whole skb (the netlink message as the kernel sent it).
+    /// Raw records: length of the netlink message (the skb). Compact records: length of
+    /// the body that follows.
     pub len: u32,
-    /// Bytes of the message that follow this header (`< len` only when truncated).
-    pub cap_len: u32,
-    /// `nlmsg_type` of the first message.
+    /// `nlmsg_type` of the message.
     pub msg_type: u16,
     /// [`event_flags`].
     pub flags: u16,
-    pub _pad: u32,
 }
 
 impl EventHeader {
@@ -57,11 +58,225 @@ pub mod event_flags {
     /// The message was longer than [`super::MAX_MSG`]: no bytes follow and userspace
     /// must resync (the change it carried is unknown).
     pub const TRUNCATED: u16 = 1;
+    /// A [`super::compact::Route`] follows instead of the raw message.
+    pub const COMPACT: u16 = 2;
 }
 
 /// Longest message copied to the ring. Route messages are ~70-150 bytes; link messages
 /// with statistics reach ~1.5 KiB, so 4 KiB leaves headroom.
 pub const MAX_MSG: usize = 4096;
+
+/// Route notifications decoded in the kernel.
+///
+/// A raw IPv4 route notification is 68 bytes of netlink (plus the record header), an
+/// IPv6 one ~136 (`RTA_CACHEINFO` alone is 36): the compact form is 44 / 80 bytes, so the
+/// ring holds about twice the records, and userspace reads fixed offsets instead of
+/// walking attributes. Only messages whose every attribute is one the mirror models in
+/// a plain form are compacted: single path (gateway + ifindex, or a nexthop object id),
+/// no source prefix, no metrics, no encapsulation. The rest stays raw, so a compact
+/// record carries exactly what the raw message would have given the decoder.
+pub mod compact {
+    use super::MAX_MSG;
+
+    pub const NLMSG_HDRLEN: usize = 16;
+    pub const RTMSG_LEN: usize = 12;
+    pub const RTM_NEWROUTE: u16 = 24;
+    pub const RTM_DELROUTE: u16 = 25;
+    pub const AF_INET: u8 = 2;
+    pub const AF_INET6: u8 = 10;
+    /// Attributes read before giving up (a plain IPv6 route has 7).
+    pub const MAX_ATTRS: usize = 12;
+
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    const RTA_GATEWAY: u16 = 5;
+    const RTA_PRIORITY: u16 = 6;
+    const RTA_PREFSRC: u16 = 7;
+    const RTA_CACHEINFO: u16 = 12;
+    const RTA_TABLE: u16 = 15;
+    const RTA_PREF: u16 = 20;
+    const RTA_PAD: u16 = 24;
+    const RTA_NH_ID: u16 = 30;
+
+    /// Bits of [`Route::present`]: which optional attributes the message carried.
+    pub mod has {
+        pub const DST: u8 = 1;
+        pub const GATEWAY: u8 = 2;
+        pub const PREFSRC: u8 = 4;
+        pub const NH_ID: u8 = 8;
+        pub const PREF: u8 = 16;
+    }
+
+    /// The fixed part of a compact route record (32 bytes). The addresses follow it:
+    /// destination, gateway, preferred source, each 4 (IPv4) or 16 (IPv6) bytes, so a
+    /// record body is [`Route::SIZE`] + 3 × address length.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Route {
+        /// The first 8 bytes of `struct rtmsg`: family, dst_len, src_len, tos, table,
+        /// protocol, scope, type.
+        pub rtm: [u8; 8],
+        /// `rtm_flags`.
+        pub rtm_flags: u32,
+        /// `RTA_TABLE`, else the rtmsg's table byte.
+        pub table: u32,
+        /// `RTA_PRIORITY` (0 when absent).
+        pub priority: u32,
+        /// `RTA_OIF` (0 when absent).
+        pub oif: u32,
+        /// `RTA_NH_ID` (when `present & NH_ID`).
+        pub nh_id: u32,
+        /// `nlmsg_flags` (`NLM_F_REPLACE` matters).
+        pub nlmsg_flags: u16,
+        /// [`has`] bits.
+        pub present: u8,
+        /// `RTA_PREF` (when `present & PREF`).
+        pub pref: u8,
+    }
+
+    impl Route {
+        pub const SIZE: usize = core::mem::size_of::<Route>();
+    }
+    const _: () = assert!(Route::SIZE == 32);
+
+    /// Address bytes after a [`Route`] (the IPv6 maximum).
+    pub const ADDRS: usize = 48;
+
+    /// Address length of a family (0: not compacted).
+    #[inline(always)]
+    pub fn addr_len(family: u8) -> usize {
+        match family {
+            AF_INET => 4,
+            AF_INET6 => 16,
+            _ => 0,
+        }
+    }
+
+    // Reads at `off & (MAX_MSG - 1)`: a no-op for the offsets used (always checked
+    // against `len <= MAX_MSG` first), and what lets the verifier (and rustc's bounds
+    // checks) see every access inside the buffer.
+    #[inline(always)]
+    fn b(m: &[u8; MAX_MSG], off: usize) -> u8 {
+        m[off & (MAX_MSG - 1)]
+    }
+
+    #[inline(always)]
+    fn u16_at(m: &[u8; MAX_MSG], off: usize) -> u16 {
+        u16::from_ne_bytes([b(m, off), b(m, off + 1)])
+    }
+
+    #[inline(always)]
+    fn u32_at(m: &[u8; MAX_MSG], off: usize) -> u32 {
+        u32::from_ne_bytes([b(m, off), b(m, off + 1), b(m, off + 2), b(m, off + 3)])
+    }
+
+    #[inline(always)]
+    fn copy_addr(m: &[u8; MAX_MSG], off: usize, alen: usize, out: &mut [u8; ADDRS], slot: usize) {
+        let mut i = 0;
+        while i < 16 {
+            if i < alen {
+                if let Some(o) = out.get_mut(slot * alen + i) {
+                    *o = b(m, off + i);
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Compacts the route notification in `m[..len]` (netlink header included) into
+    /// `out` and `addrs` (3 × [`addr_len`] bytes used). Returns false, leaving the
+    /// message to go raw, unless it is one `RTM_NEWROUTE`/`RTM_DELROUTE` of IPv4 or
+    /// IPv6 without a source prefix whose attributes are all well-formed and among
+    /// table, destination, metric, gateway, output interface, preferred source, router
+    /// preference, nexthop id (and the informational cache info and padding).
+    ///
+    /// Shared by the socket filter and the tests (which check that both record kinds
+    /// decode to the same change): written for the verifier, every read is masked into
+    /// the buffer and the attribute loop is bounded.
+    #[inline(always)]
+    pub fn route(m: &[u8; MAX_MSG], len: usize, out: &mut Route, addrs: &mut [u8; ADDRS]) -> bool {
+        if !(NLMSG_HDRLEN + RTMSG_LEN..=MAX_MSG).contains(&len) {
+            return false;
+        }
+        // One message, exactly the datagram.
+        if u32_at(m, 0) as usize != len {
+            return false;
+        }
+        let ty = u16_at(m, 4);
+        if ty != RTM_NEWROUTE && ty != RTM_DELROUTE {
+            return false;
+        }
+        let h = NLMSG_HDRLEN;
+        let family = b(m, h);
+        let alen = addr_len(family);
+        if alen == 0 || b(m, h + 2) != 0 {
+            return false; // another family, or a source prefix (IPv6 source routing)
+        }
+        let mut i = 0;
+        while i < 8 {
+            out.rtm[i] = b(m, h + i);
+            i += 1;
+        }
+        out.rtm_flags = u32_at(m, h + 8);
+        out.table = u32::from(b(m, h + 4));
+        out.priority = 0;
+        out.oif = 0;
+        out.nh_id = 0;
+        out.nlmsg_flags = u16_at(m, 6);
+        out.present = 0;
+        out.pref = 0;
+        let mut off = h + RTMSG_LEN;
+        let mut n = 0;
+        while n < MAX_ATTRS {
+            if off == len {
+                return true;
+            }
+            if off + 4 > len {
+                return false; // trailing bytes: let the raw decoder judge them
+            }
+            let alen_attr = u16_at(m, off) as usize;
+            let aty = u16_at(m, off + 2) & 0x3fff;
+            if alen_attr < 4 || alen_attr > len - off {
+                return false;
+            }
+            let v = off + 4;
+            let vlen = alen_attr - 4;
+            match aty {
+                RTA_TABLE if vlen >= 4 => out.table = u32_at(m, v),
+                RTA_PRIORITY if vlen >= 4 => out.priority = u32_at(m, v),
+                RTA_OIF if vlen >= 4 => out.oif = u32_at(m, v),
+                RTA_NH_ID if vlen >= 4 => {
+                    out.nh_id = u32_at(m, v);
+                    out.present |= has::NH_ID;
+                }
+                RTA_PREF if vlen >= 1 => {
+                    out.pref = b(m, v);
+                    out.present |= has::PREF;
+                }
+                RTA_DST if vlen == alen => {
+                    copy_addr(m, v, alen, addrs, 0);
+                    out.present |= has::DST;
+                }
+                RTA_GATEWAY if vlen == alen => {
+                    copy_addr(m, v, alen, addrs, 1);
+                    out.present |= has::GATEWAY;
+                }
+                RTA_PREFSRC if vlen == alen => {
+                    copy_addr(m, v, alen, addrs, 2);
+                    out.present |= has::PREFSRC;
+                }
+                RTA_CACHEINFO | RTA_PAD => {}
+                _ => return false,
+            }
+            off += (alen_attr + 3) & !3;
+            if off > len {
+                off = len; // the last attribute's padding may be missing
+            }
+            n += 1;
+        }
+        off == len
+    }
+}
 
 /// Indices of the per-CPU `COUNTERS` array.
 pub mod counter {
@@ -88,8 +303,10 @@ pub mod counter {
     pub const NEWNEXTHOP: u32 = 13;
     pub const DELNEXTHOP: u32 = 14;
     pub const OTHER: u32 = 15;
+    /// Records written in the compact form (a subset of `RECORDS`).
+    pub const COMPACT: u32 = 16;
     /// Entries of the array.
-    pub const LEN: u32 = 16;
+    pub const LEN: u32 = 17;
     /// Names for stats and `bpftool` readers, by index.
     pub const NAMES: [&str; LEN as usize] = [
         "passed",
@@ -108,6 +325,7 @@ pub mod counter {
         "newnexthop",
         "delnexthop",
         "other",
+        "compact",
     ];
 
     /// The counter of a netlink message type.
@@ -260,5 +478,5 @@ pub mod fib {
 #[cfg(feature = "user")]
 mod user {
     // Plain-old-data marker so userspace can read records without aya's trait.
-    const _: () = assert!(super::EventHeader::SIZE == 24);
+    const _: () = assert!(super::EventHeader::SIZE == 16);
 }

@@ -12,14 +12,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, bpf_ringbuf_output, bpf_skb_load_bytes},
     macros::{map, socket_filter},
-    bindings::BPF_F_NO_PREALLOC,
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::SkBuffContext,
 };
-use route_mirror_common::{counter, event_flags, fib, EventHeader, MAX_MSG};
+use route_mirror_common::{compact, counter, event_flags, fib, EventHeader, MAX_MSG};
 
 /// Our netlink port id, set by the loader (`EbpfLoader::set_global`) before load.
 #[no_mangle]
@@ -57,12 +57,21 @@ fn fib_maps_used(len: u32) -> bool {
     FIB4.get(&k4).is_some() || FIB6.get(&k6).is_some() || NHGROUPS.get_ptr(0u32).is_some()
 }
 
-const REC: usize = EventHeader::SIZE + MAX_MSG;
+/// Per-CPU staging area: the message is loaded into `msg` (one helper call), compacted
+/// from there into `route`/`addrs` when it is a common route message, and the chosen
+/// record is copied by `bpf_ringbuf_output` with its exact length (reserve needs a
+/// constant size).
+#[repr(C)]
+pub struct Scratch {
+    hdr: EventHeader,
+    msg: [u8; MAX_MSG],
+    chdr: EventHeader,
+    route: compact::Route,
+    addrs: [u8; compact::ADDRS],
+}
 
-/// Per-CPU staging area: the record is assembled here, then copied by
-/// `bpf_ringbuf_output` with its exact length (reserve needs a constant size).
 #[map]
-static SCRATCH: PerCpuArray<[u8; REC]> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn add(idx: u32, v: u64) {
@@ -109,22 +118,17 @@ fn filter(ctx: &SkBuffContext) -> i64 {
     let msg_type = (hdr[1] & 0xffff) as u16;
     add(counter::for_type(msg_type), 1);
 
-    let Some(buf) = SCRATCH.get_ptr_mut(0) else {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return skb_len as i64; // cannot happen; fall back to the socket queue
     };
-    let buf = buf as *mut u8;
-    let mut h = EventHeader {
-        // SAFETY: no preconditions.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-        len: skb_len,
-        cap_len: 0,
-        msg_type,
-        flags: 0,
-        _pad: 0,
-    };
+    // SAFETY: the per-CPU scratch value, ours for this run of the program.
+    let s = unsafe { &mut *s };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let mut n = skb_len as usize;
+    let mut flags = 0u16;
     if n > MAX_MSG {
-        h.flags = event_flags::TRUNCATED;
+        flags = event_flags::TRUNCATED;
         add(counter::TRUNCATED, 1);
         n = 0;
     }
@@ -134,12 +138,12 @@ fn filter(ctx: &SkBuffContext) -> i64 {
         if len == 0 {
             return 0;
         }
-        // SAFETY: copies `len` <= MAX_MSG bytes into the scratch value after the header.
+        // SAFETY: copies `len` <= MAX_MSG bytes into the scratch message buffer.
         let r = unsafe {
             bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,
                 0,
-                buf.add(EventHeader::SIZE) as *mut c_void,
+                s.msg.as_mut_ptr() as *mut c_void,
                 len as u32,
             )
         };
@@ -149,9 +153,35 @@ fn filter(ctx: &SkBuffContext) -> i64 {
         }
         n = len;
     }
-    h.cap_len = n as u32;
-    // SAFETY: the header fits at the start of the scratch value.
-    unsafe { core::ptr::write_unaligned(buf as *mut EventHeader, h) };
+
+    let compacted = n > 0
+        && (msg_type == compact::RTM_NEWROUTE || msg_type == compact::RTM_DELROUTE)
+        && compact::route(&s.msg, n, &mut s.route, &mut s.addrs);
+    let (src, total) = if compacted {
+        let body = compact::Route::SIZE + 3 * compact::addr_len(s.route.rtm[0]);
+        s.chdr = EventHeader {
+            ktime_ns: now,
+            len: body as u32,
+            msg_type,
+            flags: event_flags::COMPACT,
+        };
+        (
+            &s.chdr as *const EventHeader as *mut c_void,
+            (EventHeader::SIZE + body)
+                .min(EventHeader::SIZE + compact::Route::SIZE + compact::ADDRS),
+        )
+    } else {
+        s.hdr = EventHeader {
+            ktime_ns: now,
+            len: skb_len,
+            msg_type,
+            flags,
+        };
+        (
+            &s.hdr as *const EventHeader as *mut c_void,
+            (EventHeader::SIZE + n).min(EventHeader::SIZE + MAX_MSG),
+        )
+    };
 
     // Wake the consumer only when the ring was empty (it may be asleep); otherwise it
     // is awake or already has a wakeup pending, and poll() reports the ring readable
@@ -159,15 +189,18 @@ fn filter(ctx: &SkBuffContext) -> i64 {
     // wakeup per record into one per burst.
     let avail = RING.query(BPF_RB_AVAIL_DATA as u64);
     max(counter::HIGH_WATER, avail);
-    let flags = if avail == 0 { 0 } else { BPF_RB_NO_WAKEUP as u64 };
-    let total = (EventHeader::SIZE + n).min(REC);
-    // SAFETY: `total` <= the scratch value's size.
+    let wake = if avail == 0 {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    };
+    // SAFETY: `total` bytes from `src` lie inside the scratch value.
     let r = unsafe {
         bpf_ringbuf_output(
             &RING as *const RingBuf as *mut c_void,
-            buf as *mut c_void,
+            src,
             total as u64,
-            flags,
+            wake,
         )
     };
     if r != 0 {
@@ -175,6 +208,9 @@ fn filter(ctx: &SkBuffContext) -> i64 {
     } else {
         add(counter::RECORDS, 1);
         add(counter::BYTES, total as u64);
+        if compacted {
+            add(counter::COMPACT, 1);
+        }
     }
     0
 }

@@ -207,6 +207,10 @@ impl Config {
     }
 }
 
+/// Default eBPF ring size: 8 MiB hold ~115k compact IPv4 route records (~80k IPv6),
+/// about two seconds of the kernel's fastest insertion rate measured here.
+pub const DEFAULT_RING_SIZE: usize = 8 << 20;
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -215,7 +219,10 @@ impl Default for Config {
             scan_interval: 60.0,
             rcvbuf: 128 << 20,
             source: SourceKind::Auto,
-            ring_size: 128 << 20,
+            // Sustained rate plus stall headroom, not a whole burst: the ring is drained
+            // during dumps too, its pages are resident (RSS) from load on, and a full
+            // ring costs a resync, not a wrong mirror (BENCHMARKS.md, issue 14).
+            ring_size: DEFAULT_RING_SIZE,
             metrics_listen: None,
             log_level: "info".to_string(),
             bpf_fib_tables: Vec::new(),
@@ -421,7 +428,7 @@ pub struct RunArgs {
     /// Event source: the eBPF ring buffer (auto: when it loads here) or the netlink socket [default: auto]
     #[arg(long, value_enum)]
     pub source: Option<SourceKind>,
-    /// eBPF ring buffer size in bytes (power of two; holds a burst while a dump runs) [default: 128 MiB]
+    /// eBPF ring buffer size in bytes (power of two; resident memory; a full ring is answered with a resync) [default: 8 MiB]
     #[arg(long, value_name = "BYTES")]
     pub ring_size: Option<usize>,
     /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9469) [default: off]

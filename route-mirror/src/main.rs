@@ -828,15 +828,16 @@ fn print_stats(s: &Stats) {
     if let Some(r) = &s.ring {
         let k = |name: &str| as_json(&r.kernel.get(name));
         println!(
-            "ring:              {} bytes, high water {} ({:.2}%), pinned {}",
+            "ring:              {} bytes ({} bytes memlock), high water {} ({:.2}%), pinned {}",
             r.size_bytes,
+            r.memlock_bytes,
             r.high_water_bytes,
             r.high_water_fill * 100.0,
             r.pinned.as_deref().unwrap_or("no")
         );
         println!(
-            "ring records:      {} read ({} bytes); kernel: {} records, {} drops, {} truncated, {} passed",
-            r.records_read, r.bytes_read, k("records"), k("drops"), k("truncated"), k("passed")
+            "ring records:      {} read ({} bytes); kernel: {} records ({} compact), {} drops, {} truncated, {} passed",
+            r.records_read, r.bytes_read, k("records"), k("compact"), k("drops"), k("truncated"), k("passed")
         );
         println!(
             "ring by type:      route +{} -{}  link +{} -{}  addr +{} -{}  nexthop +{} -{}  other {}",
@@ -845,11 +846,8 @@ fn print_stats(s: &Stats) {
         );
         let l = &r.lag;
         println!(
-            "ring lag:          p50 {} us, p99 {} us, max {} us ({} records)",
-            as_json(&l.p50_us),
-            as_json(&l.p99_us),
-            as_json(&l.max_us),
-            l.count
+            "ring lag:          p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us ({} records)",
+            l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
         );
         let b = &r.batch;
         println!(

@@ -16,6 +16,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "addr_msg",
     "nexthop_msg",
     "ctl_request",
+    "compact_record",
 ];
 
 /// Optimised, with overflow checks (a wrapped length is a bug too); no sanitizer: the

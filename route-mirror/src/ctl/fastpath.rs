@@ -3,7 +3,8 @@
 //! an `ArcSwap`; requests use it while it is current and take the mirror's read lock for
 //! the exact path otherwise.
 //!
-//! Rebuild policy: once the mirror has been quiet for [`QUIET`] (no version change),
+//! Rebuild policy: once the mirror has been quiet for [`QUIET`] (no version change;
+//! longer after an abandoned rebuild, up to [`QUIET_MAX`]),
 //! the thread copies out prefixes and classes a few pieces at a time under the read
 //! lock ([`ExtractCursor`]; it starts again later if the mirror changes meanwhile),
 //! builds the tries without the lock and swaps them in.
@@ -23,6 +24,11 @@ use crate::stats::FastLookupStats;
 
 /// How long the mirror must stay unchanged before a rebuild.
 pub const QUIET: Duration = Duration::from_millis(50);
+/// After a rebuild the mirror's changes cut short, the quiet time doubles up to this
+/// (and returns to [`QUIET`] after a rebuild that completes). A burst that pauses now
+/// and then (a loaded machine descheduling the writer) started and abandoned a ~300 ms
+/// extract at nearly every pause: 12% of the daemon's CPU during a 1M-route load.
+pub const QUIET_MAX: Duration = Duration::from_millis(1600);
 /// Prefixes extracted per read-lock hold: a few milliseconds at most (BENCHMARKS.md).
 pub const PREFIXES_PER_LOCK: usize = 8192;
 /// How often the rebuilder looks at the mirror's version.
@@ -70,6 +76,7 @@ impl FastPath {
             .spawn(move || {
                 let mut seen = None;
                 let mut changed_at = Instant::now();
+                let mut quiet = QUIET;
                 loop {
                     std::thread::sleep(POLL);
                     let (Some(me), Some(shared)) = (me.upgrade(), shared.upgrade()) else {
@@ -92,10 +99,14 @@ impl FastPath {
                         changed_at = Instant::now();
                         continue;
                     }
-                    if changed_at.elapsed() < QUIET {
+                    if changed_at.elapsed() < quiet {
                         continue;
                     }
-                    me.rebuild(&shared);
+                    quiet = if me.rebuild(&shared) {
+                        QUIET
+                    } else {
+                        (quiet * 2).min(QUIET_MAX)
+                    };
                 }
             })
             .map(|_| ())

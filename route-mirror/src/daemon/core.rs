@@ -18,14 +18,15 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::events::{self, Applied, EventPath};
+use super::reader::DumpReader;
 use super::scans::{self, Scans};
 use crate::ebpf::clock::RingClock;
-use crate::ebpf::{self, EbpfSource};
+use crate::ebpf::{self, EbpfSource, Record};
 use crate::export::change::Marker;
 use crate::export::hub::Exports;
 use crate::model::Family;
 use crate::netlink::msg::{self, DumpKind};
-use crate::netlink::socket::{NlSocket, RECV_BUF};
+use crate::netlink::socket::{NlSocket, RecvBatch};
 use crate::reconcile::{ScanReason, ScanScope};
 use crate::shared::{Command, Shared};
 use route_mirror_common::groups;
@@ -39,6 +40,17 @@ const BATCH: usize = 64;
 /// 4096, 512 and 64: CPU contention, not this lock, sets it (BENCHMARKS.md).
 const RING_BATCH: usize = 512;
 
+/// While changes keep arriving, the core lets them gather this long before reading
+/// again, instead of sleeping in `poll` and waking for each one: a 1M-route load woke
+/// it ~250k times for ~4 records each (a few µs of scheduling per wakeup, the largest
+/// part of the daemon's CPU in the profile, BENCHMARKS.md). The kernel queues them
+/// meanwhile (ring or socket); commands still wake the core at once, and an isolated
+/// change still wakes it at once: only changes that follow others within this window
+/// wait for it (the lag under load stays within a few ms).
+const GATHER: Duration = Duration::from_millis(2);
+/// Longest the core waits for the dump reader's next batch before looking at commands.
+const READER_WAIT: Duration = Duration::from_millis(50);
+
 /// How events were lost. Each calls for a full resync at once.
 #[derive(Debug, Clone, Copy)]
 enum Loss {
@@ -49,6 +61,8 @@ enum Loss {
     SilentDrops(u32),
     /// The ring was full or a message too long for it.
     Ring,
+    /// This many datagrams were larger than a receive slot (their tail is lost).
+    TooLarge(u64),
 }
 
 impl Loss {
@@ -64,6 +78,10 @@ impl Loss {
             Loss::Ring => {
                 warn!("eBPF ring lost notifications (ring full or message too long): resyncing now")
             }
+            Loss::TooLarge(datagrams) => warn!(
+                datagrams,
+                "netlink datagram larger than the receive slot: events lost, resyncing now"
+            ),
         }
     }
 
@@ -75,6 +93,7 @@ impl Loss {
                 "events were lost (socket congested); refetch after resync-done"
             }
             Loss::Ring => "the ring lost events; refetch after resync-done",
+            Loss::TooLarge(_) => "a notification was too large to read; refetch after resync-done",
         }
     }
 
@@ -90,7 +109,7 @@ pub struct Core {
     rcvbuf: usize,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
-    buf: Vec<u8>,
+    rx: RecvBatch,
     scans: Scans,
     barriers: Vec<tokio::sync::oneshot::Sender<()>>,
     events: EventPath,
@@ -109,6 +128,12 @@ pub struct Core {
     v6_dump_just_done: bool,
     /// Where applied changes go (watch, the BPF FIB, feeds).
     exports: Exports,
+    /// Events applied since the core last slept (see [`GATHER`]).
+    pass_events: u64,
+    /// CLOCK_MONOTONIC when the last socket read started (see `drain_ring_ordered`).
+    recv_started: u64,
+    /// Reads dump replies ahead on its own thread (see [`super::reader`]).
+    reader: Option<DumpReader>,
 }
 
 impl Core {
@@ -126,7 +151,7 @@ impl Core {
             rcvbuf,
             shared,
             commands,
-            buf: Vec::with_capacity(RECV_BUF),
+            rx: RecvBatch::default(),
             scans: Scans::new(scan_interval),
             barriers: Vec::new(),
             events: EventPath::default(),
@@ -137,6 +162,9 @@ impl Core {
             ring_clock: RingClock::default(),
             v6_dump_just_done: false,
             exports,
+            pass_events: 0,
+            recv_started: 0,
+            reader: None,
         }
     }
 
@@ -183,7 +211,12 @@ impl Core {
             let current = idle && !self.resync_owed();
             self.publish(fresh_stats, current);
             if idle {
-                self.sleep();
+                if self.pass_events > 0 && self.scans.running().is_none() {
+                    self.gather();
+                } else {
+                    self.sleep();
+                }
+                self.pass_events = 0;
                 if current {
                     // Whatever woke the core arrived just now: current up to here.
                     let mut st = self.shared.status.lock().expect("status lock");
@@ -206,6 +239,13 @@ impl Core {
         if let Err(e) = self.shared.wait(self.sock.fd(), ring, ms) {
             error!(error = %e, "poll failed");
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Changes are flowing: lets more of them queue for [`GATHER`] (a command wakes).
+    fn gather(&self) {
+        if let Err(e) = self.shared.wait(-1, None, GATHER.as_millis() as i32) {
+            error!(error = %e, "poll failed");
         }
     }
 
@@ -272,6 +312,7 @@ impl Core {
                 Ok(seq) => {
                     scan.current = Some((kind, seq));
                     scan.current_replied = false;
+                    self.start_reader(seq);
                     return;
                 }
                 Err(e) => {
@@ -279,6 +320,24 @@ impl Core {
                     scan.failed.push(kind);
                 }
             }
+        }
+    }
+
+    /// Lets the reader thread read dump `seq`'s replies while the core applies them
+    /// (started with the first dump; without it the core reads them itself).
+    fn start_reader(&mut self, seq: u32) {
+        if self.reader.is_none() {
+            let name = self.shared.netns.as_deref().unwrap_or("host");
+            match DumpReader::spawn(name) {
+                Ok(r) => self.reader = Some(r),
+                Err(e) => {
+                    warn!(error = %e, "cannot start the dump reader thread; the core reads dumps itself");
+                    return;
+                }
+            }
+        }
+        if let Some(r) = &mut self.reader {
+            r.start(self.sock.fd(), self.sock.port(), seq);
         }
     }
 
@@ -313,15 +372,30 @@ impl Core {
         self.scans.finished(running, &report, &mut status);
     }
 
-    /// Reads up to [`BATCH`] datagrams. Returns true when the queue is empty.
+    /// Reads up to [`BATCH`] batches of datagrams (from the dump reader while it reads
+    /// a dump, else from the socket). Returns true when the queue is empty.
     fn drain(&mut self) -> bool {
         for _ in 0..BATCH {
-            let mut buf = std::mem::take(&mut self.buf);
-            let r = self.sock.recv(&mut buf);
+            let from_reader = self.reader.as_ref().is_some_and(DumpReader::active);
+            let (mut rx, r) = if from_reader {
+                let reader = self.reader.as_mut().expect("checked above");
+                let Some(read) = reader.next(READER_WAIT) else {
+                    return false; // the kernel is slow to build chunks: look at commands
+                };
+                self.recv_started = read.started;
+                (read.rx, read.result)
+            } else {
+                let mut rx = std::mem::take(&mut self.rx);
+                if self.ebpf.is_some() {
+                    self.recv_started = ebpf::monotonic_ns();
+                }
+                let r = self.sock.recv_batch(&mut rx);
+                (rx, r)
+            };
             let idle = match r {
                 Ok(_) => {
-                    self.process(&buf);
-                    // Only after that datagram is fully processed (ordering rule).
+                    self.process(&rx);
+                    // Only after those datagrams are fully processed (ordering rule).
                     self.drain_ring_ordered();
                     false
                 }
@@ -358,7 +432,15 @@ impl Core {
                     true
                 }
             };
-            self.buf = buf;
+            let cut = std::mem::take(&mut rx.truncated);
+            match (&self.reader, from_reader) {
+                (Some(reader), true) => reader.recycle(rx),
+                _ => self.rx = rx,
+            }
+            if cut > 0 {
+                self.events.decode.malformed += cut;
+                self.lost_events(Loss::TooLarge(cut));
+            }
             if idle {
                 return true;
             }
@@ -366,40 +448,61 @@ impl Core {
         false
     }
 
-    /// One datagram from the socket, in order: replies of the running dump are marked,
-    /// notifications applied.
-    fn process(&mut self, buf: &[u8]) {
+    /// A batch of datagrams from the socket, in order: replies of the running dump are
+    /// marked, notifications applied.
+    fn process(&mut self, rx: &RecvBatch) {
+        let mut i = 0;
+        while i < rx.len() {
+            i = self.process_until_dump_end(rx, i);
+        }
+    }
+
+    /// Processes datagrams from `from` under one hold of the mirror lock, up to and
+    /// including one that ends the running dump (which then moves the scan on).
+    /// Returns the index of the first datagram not processed.
+    fn process_until_dump_end(&mut self, rx: &RecvBatch, from: usize) -> usize {
         let port = self.sock.port();
         let mut applied = Applied::default();
         let mut dump_done: Option<Option<i32>> = None;
-        let mut msgs = msg::messages(buf);
+        let mut truncated = 0u64;
+        let mut i = from;
         {
-            let mut mirror = self.shared.mirror.write().expect("mirror lock");
+            let shared = self.shared.clone();
+            let mut mirror = shared.mirror.write().expect("mirror lock");
             self.exports.begin(&mut mirror);
-            for m in msgs.by_ref() {
-                if self.scans.is_dump_reply(&m, port) {
-                    if let Some(end) = self.scans.dump_reply(&mut mirror, &m, &mut self.events) {
-                        dump_done = Some(end);
+            while i < rx.len() && dump_done.is_none() {
+                let mut msgs = msg::messages(rx.get(i));
+                i += 1;
+                for m in msgs.by_ref() {
+                    if self.scans.is_dump_reply(&m, port) {
+                        if let Some(end) = self.scans.dump_reply(&mut mirror, &m, &mut self.events)
+                        {
+                            dump_done = Some(end);
+                        }
+                        continue;
                     }
-                    continue;
+                    if events::is_reply(&m) {
+                        continue; // a reply to a request we no longer wait for
+                    }
+                    self.scans.event_during_dump(&m);
+                    let scan = self.scans.running();
+                    self.events.apply(&mut mirror, scan, &m, &mut applied);
                 }
-                if events::is_reply(&m) {
-                    continue; // a reply to a request we no longer wait for
+                if msgs.truncated() {
+                    truncated += 1;
                 }
-                self.scans.event_during_dump(&m);
-                let scan = self.scans.running();
-                self.events.apply(&mut mirror, scan, &m, &mut applied);
             }
             self.exports.publish(&mut mirror, source_name(&self.ebpf));
         }
-        if msgs.truncated() {
-            self.events.decode.malformed += 1;
+        if truncated > 0 {
+            self.events.decode.malformed += truncated;
             warn!("datagram ended in a truncated netlink header; rest skipped");
         }
         self.flush_events(applied);
         if let Some(err) = dump_done {
             self.dump_done(err);
         }
+        i
     }
 
     /// The running dump ended (with the kernel's error, if it refused): on to the next.
@@ -421,6 +524,7 @@ impl Core {
     }
 
     fn flush_events(&mut self, applied: Applied) {
+        self.pass_events += applied.events + applied.dropped;
         if applied.events > 0 || applied.dropped > 0 {
             let mut st = self.shared.status.lock().expect("status lock");
             st.events_applied += applied.events;
@@ -438,7 +542,7 @@ impl Core {
         loss.log();
         let source = match loss {
             Loss::Ring => "ebpf",
-            Loss::Enobufs | Loss::SilentDrops(_) => self.source_name(),
+            Loss::Enobufs | Loss::SilentDrops(_) | Loss::TooLarge(_) => self.source_name(),
         };
         let note = loss.note();
         self.exports.marker(Marker::ResyncStart { source, note });
@@ -453,6 +557,7 @@ impl Core {
                 self.shared.status.lock().expect("status lock").silent_drops += u64::from(n)
             }
             Loss::Ring => self.ring_clock.lost(),
+            Loss::TooLarge(_) => {}
         }
         self.drain_first |= loss.congests_socket();
         self.scans.events_lost();
@@ -514,22 +619,29 @@ impl Core {
         self.start_pending_scan();
     }
 
-    /// Drains the ring unless a dump is in flight. The kernel builds a dump's next
-    /// chunk during the `recv` of the previous one, so while a dump runs the socket may
-    /// hold a chunk older than events already in the ring: applying those events first
-    /// would let the older chunk overwrite them. Applying an event late is safe (ring
-    /// order keeps per-key order), so events wait until the dump's end.
+    /// Drains the ring; while a dump is in flight, only the records older than the
+    /// dump chunk the socket may still hold. The kernel builds a dump's next chunk
+    /// inside the `recv` that returns the previous one (one chunk at a time), so a
+    /// queued chunk is no older than the start of our last `recv`: an event the filter
+    /// saw before that is older than every chunk still to come and may be applied now
+    /// (the chunk carries its effect or a newer state); a later one could be newer than
+    /// the queued chunk, which must not overwrite it, so it waits. An event applied after
+    /// a chunk newer than itself is harmless: ring order keeps per-key order, so the
+    /// newest state lands last. Draining during dumps keeps the ring small and the lag
+    /// low while a full table is dumped (events used to wait for the dump's end).
     /// Returns the records applied.
     fn drain_ring_ordered(&mut self) -> usize {
-        if self.scans.dumping() {
-            return 0;
-        }
-        self.drain_ring(RING_BATCH)
+        let before = if self.scans.dumping() {
+            self.recv_started
+        } else {
+            u64::MAX
+        };
+        self.drain_ring(RING_BATCH, before)
     }
 
     /// Drains the ring to empty (before a dump request and before a prune).
     fn drain_ring_all(&mut self) {
-        while self.drain_ring(RING_BATCH) > 0 {}
+        while self.drain_ring(RING_BATCH, u64::MAX) > 0 {}
         self.check_ring_loss(true);
         self.v6_dump_just_done = false;
     }
@@ -550,9 +662,10 @@ impl Core {
         lost
     }
 
-    /// Applies up to `max` ring records through the event path; any kernel-side loss
-    /// (ring full, message too long) resyncs, as ENOBUFS does.
-    fn drain_ring(&mut self, max: usize) -> usize {
+    /// Applies up to `max` ring records the filter saw before `before` (see
+    /// `drain_ring_ordered`) through the event path; any kernel-side loss (ring full,
+    /// message too long) resyncs, as ENOBUFS does.
+    fn drain_ring(&mut self, max: usize, before: u64) -> usize {
         let Some(mut src) = self.ebpf.take() else {
             return 0;
         };
@@ -563,22 +676,32 @@ impl Core {
             let mut mirror = self.shared.mirror.write().expect("mirror lock");
             self.exports.begin(&mut mirror);
             let scan = self.scans.running();
-            let v6_done = self.v6_dump_just_done;
+            // Removals that happened during an IPv6 route dump may have made it skip
+            // entries: those drained while it runs, and those left when it just ended.
+            let v6_risk = self.v6_dump_just_done
+                || scan.is_some_and(|s| {
+                    matches!(s.current, Some((DumpKind::Routes(Family::V6, _), _)))
+                });
             let events = &mut self.events;
-            let n = src.drain(max, |h, bytes| {
-                if ebpf::is_truncated(h) {
-                    truncated = true;
-                    return;
-                }
-                let mut msgs = msg::messages(bytes);
-                for m in msgs.by_ref() {
-                    if v6_done && scans::removal_may_skip_v6(&m) {
+            let n = src.drain(max, before, |rec| match rec {
+                Record::Truncated => truncated = true,
+                Record::Compact { msg_type, body } => {
+                    if v6_risk && rec.is_v6_route_removal() {
                         risky += 1;
                     }
-                    events.apply(&mut mirror, scan, &m, &mut applied);
+                    events.apply_compact(&mut mirror, scan, msg_type, body, &mut applied);
                 }
-                if msgs.truncated() {
-                    events.decode.malformed += 1;
+                Record::Raw(bytes) => {
+                    let mut msgs = msg::messages(bytes);
+                    for m in msgs.by_ref() {
+                        if v6_risk && scans::removal_may_skip_v6(&m) {
+                            risky += 1;
+                        }
+                        events.apply(&mut mirror, scan, &m, &mut applied);
+                    }
+                    if msgs.truncated() {
+                        events.decode.malformed += 1;
+                    }
                 }
             });
             self.exports.publish(&mut mirror, "ebpf");

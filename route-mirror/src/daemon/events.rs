@@ -3,11 +3,12 @@
 
 use tracing::warn;
 
+use crate::ebpf::record;
 use crate::mirror::{FollowUp, Mirror};
 use crate::model::Change;
 use crate::netlink::decode;
-use crate::netlink::msg::DecodeCounters;
 use crate::netlink::msg::{self, RawMsg};
+use crate::netlink::msg::{DecodeCounters, DecodeError};
 use crate::reconcile::ActiveScan;
 
 /// Malformed messages logged (the log is capped; the counter is not).
@@ -49,7 +50,38 @@ impl EventPath {
             out.dropped += 1;
             return;
         }
-        if let Some(change) = self.decode(m) {
+        let change = self.decode(m);
+        self.apply_change(mirror, scan, change, out);
+    }
+
+    /// Applies one compact ring record (a route notification the socket filter decoded
+    /// in the kernel) exactly as [`EventPath::apply`] applies the raw message.
+    pub fn apply_compact(
+        &mut self,
+        mirror: &mut Mirror,
+        scan: Option<&ActiveScan>,
+        msg_type: u16,
+        body: &[u8],
+        out: &mut Applied,
+    ) {
+        if self.drop_next > 0 {
+            self.drop_next -= 1;
+            out.dropped += 1;
+            return;
+        }
+        let decoded = record::decode_compact(msg_type, body, &mut self.decode);
+        let change = self.count_malformed(msg_type, decoded);
+        self.apply_change(mirror, scan, change, out);
+    }
+
+    fn apply_change(
+        &mut self,
+        mirror: &mut Mirror,
+        scan: Option<&ActiveScan>,
+        change: Option<Change>,
+        out: &mut Applied,
+    ) {
+        if let Some(change) = change {
             out.events += 1;
             let stamp = match scan {
                 Some(s) => s.event_stamp(Mirror::dump_class(&change, &s.scope)),
@@ -62,13 +94,22 @@ impl EventPath {
     /// Decodes a message (an event or a dump entry); a malformed one is counted, logged
     /// (capped) and skipped.
     pub fn decode(&mut self, m: &RawMsg<'_>) -> Option<Change> {
-        match decode::decode(m, &mut self.decode) {
+        let decoded = decode::decode(m, &mut self.decode);
+        self.count_malformed(m.ty, decoded)
+    }
+
+    fn count_malformed(
+        &mut self,
+        msg_type: u16,
+        decoded: Result<Option<Change>, DecodeError>,
+    ) -> Option<Change> {
+        match decoded {
             Ok(change) => change,
             Err(e) => {
                 self.decode.malformed += 1;
                 if self.malformed_logged < MALFORMED_LOG_CAP {
                     self.malformed_logged += 1;
-                    warn!(msg_type = m.ty, error = %e, "skipping malformed netlink message");
+                    warn!(msg_type, error = %e, "skipping malformed netlink message");
                 }
                 None
             }

@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod events;
+mod reader;
 pub mod scans;
 pub mod service;
 

@@ -8,17 +8,21 @@
 //! kernel's per-CPU counters and force a full resync, exactly like ENOBUFS.
 
 pub mod clock;
+pub mod record;
+pub mod ring;
 pub mod stats;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use route_mirror_common::{counter, event_flags, EventHeader};
+use route_mirror_common::counter;
+
+pub use record::Record;
 use thiserror::Error;
 use tracing::{info, warn};
 
 pub use stats::RingStats;
-use stats::{BatchSummary, LagSummary, Log2Hist};
+use stats::{BatchSummary, Hist, LagSummary};
 
 /// Root of the pins: `<PIN_ROOT>/<netns or "host">/{prog,ring,counters}`.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/route-mirror";
@@ -73,7 +77,11 @@ pub fn object_built() -> bool {
 
 pub struct EbpfSource {
     bpf: aya::Ebpf,
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    /// Keeps the ring map (and its fd) alive for `ring`'s mappings.
+    ring_map: aya::maps::MapData,
+    ring: ring::Ring,
+    /// Kernel memory charged for the ring map (fdinfo `memlock`).
+    memlock: u64,
     counters: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
     size: u64,
     pin_dir: Option<PathBuf>,
@@ -82,8 +90,8 @@ pub struct EbpfSource {
     records: u64,
     bytes: u64,
     loss_resyncs: u64,
-    lag: Log2Hist,
-    batch: Log2Hist,
+    lag: Hist,
+    batch: Hist,
 }
 
 impl EbpfSource {
@@ -120,10 +128,13 @@ impl EbpfSource {
             },
             None => None,
         };
-        let ring = bpf
-            .take_map("RING")
-            .ok_or_else(|| LoadError::Other("map RING missing".into()))?;
-        let ring = aya::maps::RingBuf::try_from(ring).map_err(|e| classify("map RING", e))?;
+        let ring_map = match bpf.take_map("RING") {
+            Some(aya::maps::Map::RingBuf(m)) => m,
+            _ => return Err(LoadError::Other("map RING missing".into())),
+        };
+        let ring = ring::Ring::map(ring_map.fd().as_fd(), ring_size)
+            .map_err(|e| classify("mapping the ring buffer", e))?;
+        let memlock = memlock_of(ring_map.fd().as_fd().as_raw_fd()).unwrap_or(0);
         let counters = bpf
             .take_map("COUNTERS")
             .ok_or_else(|| LoadError::Other("map COUNTERS missing".into()))?;
@@ -131,7 +142,9 @@ impl EbpfSource {
             aya::maps::PerCpuArray::try_from(counters).map_err(|e| classify("map COUNTERS", e))?;
         Ok(EbpfSource {
             bpf,
+            ring_map,
             ring,
+            memlock,
             counters,
             size: ring_size,
             pin_dir,
@@ -139,8 +152,8 @@ impl EbpfSource {
             records: 0,
             bytes: 0,
             loss_resyncs: 0,
-            lag: Log2Hist::default(),
-            batch: Log2Hist::default(),
+            lag: Hist::default(),
+            batch: Hist::default(),
         })
     }
 
@@ -153,24 +166,31 @@ impl EbpfSource {
 
     /// The ring's fd, readable while any record is unconsumed (for `poll`).
     pub fn fd(&self) -> RawFd {
-        self.ring.as_fd().as_raw_fd()
+        self.ring_map.fd().as_fd().as_raw_fd()
     }
 
-    /// Hands up to `max` records to `f` (header, message bytes) in ring order.
+    /// Bytes in the ring not yet consumed (a load from the mapping, no syscall).
+    pub fn pending(&self) -> u64 {
+        self.ring.pending()
+    }
+
+    /// Hands up to `max` records to `f` in ring order, stopping at the first one the
+    /// filter saw at or after `before` (CLOCK_MONOTONIC ns; `u64::MAX`: no bound).
     /// Returns how many were read.
-    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&EventHeader, &[u8])) -> usize {
-        let mut n = 0;
-        let mut bytes = 0u64;
+    pub fn drain(&mut self, max: usize, before: u64, mut f: impl FnMut(Record<'_>)) -> usize {
         let now = monotonic_ns();
-        while n < max {
-            let Some(item) = self.ring.next() else { break };
-            n += 1;
-            bytes += item.len() as u64;
-            let Some(h) = header(&item) else { continue };
-            let body_end = (EventHeader::SIZE + h.cap_len as usize).min(item.len());
-            self.lag.add(now.saturating_sub(h.ktime_ns));
-            f(&h, &item[EventHeader::SIZE..body_end]);
-        }
+        let lag = &mut self.lag;
+        let (n, bytes) = self.ring.consume(max, |rec| {
+            let Some((h, body)) = record::split(rec) else {
+                return true; // cannot happen (the filter writes whole headers): skip it
+            };
+            if h.ktime_ns >= before {
+                return false;
+            }
+            lag.add(now.saturating_sub(h.ktime_ns));
+            f(Record::of(&h, body));
+            true
+        });
         if n > 0 {
             self.records += n as u64;
             self.bytes += bytes;
@@ -222,6 +242,7 @@ impl EbpfSource {
         let hw = c[counter::HIGH_WATER as usize];
         RingStats {
             size_bytes: self.size,
+            memlock_bytes: self.memlock,
             kernel: counter::NAMES
                 .iter()
                 .zip(c)
@@ -259,23 +280,12 @@ fn socket_filter(bpf: &mut aya::Ebpf) -> Result<&mut aya::programs::SocketFilter
         .map_err(|e| classify("program type", e))
 }
 
-fn header(rec: &[u8]) -> Option<EventHeader> {
-    let b = rec.get(..EventHeader::SIZE)?;
-    let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
-    Some(EventHeader {
-        ktime_ns: u64::from_ne_bytes(b[0..8].try_into().ok()?),
-        len: u32_at(8),
-        cap_len: u32_at(12),
-        msg_type: u16_at(16),
-        flags: u16_at(18),
-        _pad: 0,
-    })
-}
-
-/// True if the record lost its message (userspace must resync).
-pub fn is_truncated(h: &EventHeader) -> bool {
-    h.flags & event_flags::TRUNCATED != 0 || h.cap_len < h.len
+/// The `memlock` line of a BPF map fd's fdinfo: the kernel memory charged for it.
+fn memlock_of(fd: RawFd) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.

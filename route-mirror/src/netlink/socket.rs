@@ -34,6 +34,55 @@ impl RcvBuf {
     }
 }
 
+/// Datagrams one [`NlSocket::recv_batch`] can return.
+pub const BATCH_SLOTS: usize = 16;
+/// Bytes per datagram slot. The kernel sizes dump chunks after the largest buffer a
+/// `recvmsg` offered, capped at 32 KiB (`netlink_recvmsg`: `max_recvmsg_len`), so each
+/// slot takes a whole chunk; notifications are far smaller.
+pub const SLOT: usize = 32 << 10;
+
+/// Buffers for [`NlSocket::recv_batch`]: `BATCH_SLOTS` datagrams of up to `SLOT` bytes.
+///
+/// One `recvmmsg` reads every queued datagram (up to the slots): the netlink source
+/// receives one datagram per notification, and a `recv` each was a syscall per route
+/// change (BENCHMARKS.md). Allocated by the first call, reused by every later one
+/// (`Default` allocates nothing, so `mem::take` is free).
+pub struct RecvBatch {
+    buf: Vec<u8>,
+    lens: [usize; BATCH_SLOTS],
+    count: usize,
+    /// Datagrams the kernel cut to fit a slot (their tail is lost: resync).
+    pub truncated: u64,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        RecvBatch {
+            buf: Vec::new(),
+            lens: [0; BATCH_SLOTS],
+            count: 0,
+            truncated: 0,
+        }
+    }
+}
+
+impl RecvBatch {
+    /// Datagrams read by the last call.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Datagram `i` of the last call.
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = i * SLOT;
+        &self.buf[start..start + self.lens[i].min(SLOT)]
+    }
+}
+
 pub struct NlSocket {
     sock: Socket,
     port: u32,
@@ -159,6 +208,13 @@ impl NlSocket {
         Ok(n)
     }
 
+    /// Reads every queued datagram, up to [`BATCH_SLOTS`], with one non-blocking
+    /// `recvmmsg`. Errors as [`NlSocket::recv`] (an error after some datagrams is
+    /// reported by the next call, as `recvmmsg` does).
+    pub fn recv_batch(&self, b: &mut RecvBatch) -> io::Result<usize> {
+        recv_batch_fd(self.fd(), b)
+    }
+
     /// Blocks (with `poll`) until the socket is readable or `timeout_ms` passes.
     pub fn wait_readable(&self, timeout_ms: i32) -> io::Result<bool> {
         let mut pfd = libc::pollfd {
@@ -181,6 +237,50 @@ impl NlSocket {
     pub fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
+}
+
+/// [`NlSocket::recv_batch`] on a raw fd: the dump reader thread reads the core's socket
+/// this way while the core does not (see `daemon::reader`).
+pub fn recv_batch_fd(fd: RawFd, b: &mut RecvBatch) -> io::Result<usize> {
+    b.count = 0;
+    if b.buf.len() < BATCH_SLOTS * SLOT {
+        b.buf = vec![0; BATCH_SLOTS * SLOT];
+    }
+    let base = b.buf.as_mut_ptr();
+    // SAFETY: zeroed iovec/mmsghdr are valid (null pointers, zero lengths).
+    let mut iov: [libc::iovec; BATCH_SLOTS] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; BATCH_SLOTS] = unsafe { std::mem::zeroed() };
+    for i in 0..BATCH_SLOTS {
+        iov[i] = libc::iovec {
+            // SAFETY: slot i lies inside `buf` (BATCH_SLOTS * SLOT bytes).
+            iov_base: unsafe { base.add(i * SLOT) } as *mut libc::c_void,
+            iov_len: SLOT,
+        };
+        hdrs[i].msg_hdr.msg_iov = &mut iov[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: BATCH_SLOTS valid headers, each pointing at its own slot of `buf`.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            BATCH_SLOTS as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    for (i, h) in hdrs.iter().take(n).enumerate() {
+        b.lens[i] = h.msg_len as usize;
+        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || h.msg_len as usize > SLOT {
+            b.truncated += 1;
+        }
+    }
+    b.count = n;
+    Ok(n)
 }
 
 fn setsockopt_int(fd: RawFd, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
