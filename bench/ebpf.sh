@@ -17,7 +17,7 @@
 #           with the full table, syscalls (`perf stat -e raw_syscalls:sys_enter`), then
 #           `diff` (not counted) to check the mirror is exact.
 # Then, on the namespace holding the full table (daemon stopped): the floor,
-# `dump-floor` (bench/floor: dumps what the initial sync dumps and only counts),
+# `dump-floor` (bench/dump-floor: dumps what the initial sync dumps and only counts),
 # BENCH_RUNS times; per source BENCH_RUNS daemon starts (initial sync time from stats,
 # RSS after the sync) and one `scan --wait` (a periodic scan's time and core CPU).
 # Prints markdown tables; raw values go to bench/out/ebpf-<date>.json.
