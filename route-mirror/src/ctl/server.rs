@@ -354,12 +354,17 @@ async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> R
             tos,
             ..
         } => {
-            // `--table`: a plain longest match in that table.
+            // `--table`: a plain longest match in that table. The answer says `result`
+            // as a walk through the rules does (the CLI's exit status reads it).
             let tables = [table];
             if let Some(snap) = fast.current() {
                 let found = match snap.fib.lookup(addr, &tables, tos) {
-                    Lookup::Route(t, net, e) => Some(Some(route_view(&snap.names, t, net, e))),
-                    Lookup::None => Some(None),
+                    Lookup::Route(t, net, e) => {
+                        let mut v = serde_json::to_value(route_view(&snap.names, t, net, e))?;
+                        lookup::decorate(&mut v, None, e.attrs.kind);
+                        Some(v)
+                    }
+                    Lookup::None => Some(serde_json::Value::Null),
                     Lookup::Exact => None,
                 };
                 if let Some(found) = found {
@@ -368,11 +373,15 @@ async fn dispatch(req: Request, shared: &Arc<Shared>, fast: &Arc<FastPath>) -> R
                 }
             }
             fast.exact_lookups.fetch_add(1, Ordering::Relaxed);
-            let exact = move |m: &Mirror| {
-                let found = m
-                    .fib
-                    .lookup(addr, &tables, tos)
-                    .map(|(t, net, e)| route_view(m, t, net, e));
+            let exact = move |m: &Mirror| -> Result<Vec<u8>> {
+                let found = match m.fib.lookup(addr, &tables, tos) {
+                    Some((t, net, e)) => {
+                        let mut v = serde_json::to_value(route_view(m, t, net, e))?;
+                        lookup::decorate(&mut v, None, e.attrs.kind);
+                        v
+                    }
+                    None => serde_json::Value::Null,
+                };
                 ok(found)
             };
             // One lookup takes about a microsecond: done here when the lock is free
