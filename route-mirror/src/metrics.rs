@@ -157,6 +157,12 @@ type Labels = Vec<(&'static str, String)>;
 enum Value {
     Counter(u64),
     Gauge(f64),
+    /// Cumulative buckets (`le` in seconds; `+Inf` is `count`), sum and count.
+    Histogram {
+        buckets: Vec<(f64, u64)>,
+        sum: f64,
+        count: u64,
+    },
 }
 
 /// One metric family and its series from every namespace.
@@ -178,6 +184,7 @@ impl Family {
                 MetricType::Counter,
             ),
             Value::Gauge(_) => (self.name, MetricType::Gauge),
+            Value::Histogram { .. } => (self.name, MetricType::Histogram),
         };
         let mut family = encoder.encode_descriptor(name, self.help, None, kind)?;
         for (labels, value) in &self.series {
@@ -185,6 +192,23 @@ impl Family {
             match value {
                 Value::Counter(v) => ConstCounter::new(*v).encode(series)?,
                 Value::Gauge(v) => series.encode_gauge(v)?,
+                Value::Histogram {
+                    buckets,
+                    sum,
+                    count,
+                } => {
+                    // prometheus-client takes each bucket's own count and accumulates.
+                    let mut below = 0;
+                    let own: Vec<(f64, u64)> = buckets
+                        .iter()
+                        .map(|&(le, cumulative)| {
+                            let n = cumulative.saturating_sub(below);
+                            below = below.max(cumulative);
+                            (le, n)
+                        })
+                        .collect();
+                    series.encode_histogram::<Labels>(*sum, *count, &own, None)?
+                }
             }
         }
         Ok(())
@@ -522,4 +546,26 @@ fn ring_families(c: &mut Catalogue) {
             }
         });
     }
+    c.family(
+        "route_mirror_ring_lag_seconds",
+        "Kernel to mirror delay of each notification through the eBPF ring: from the socket filter seeing it to the daemon reading it (applied in the same batch). The buckets are the ring histogram's own, as stats shows them.",
+        |st, s| {
+            if let Some(r) = &st.ring {
+                let l = &r.lag;
+                let buckets = l
+                    .buckets
+                    .iter()
+                    .map(|b| (b.le_us / 1e6, b.count))
+                    .collect();
+                s.labelled(
+                    &[],
+                    Value::Histogram {
+                        buckets,
+                        sum: l.sum_us / 1e6,
+                        count: l.count,
+                    },
+                );
+            }
+        },
+    );
 }

@@ -419,6 +419,31 @@ fn live_scrape_passes_promtool_while_routes_change() {
     }
     if source == "ebpf" {
         let ns = a.name();
+        // The lag histogram: cumulative buckets ending in +Inf, which equals _count and
+        // counts every record the daemon read.
+        let inf = sample(
+            text,
+            &format!("route_mirror_ring_lag_seconds_bucket{{netns=\"{ns}\",le=\"+Inf\"}}"),
+        );
+        let count = sample(
+            text,
+            &format!("route_mirror_ring_lag_seconds_count{{netns=\"{ns}\"}}"),
+        );
+        assert!(inf.unwrap_or(0.0) >= 2000.0 && inf == count, "{text}");
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "route_mirror_ring_lag_seconds_bucket{{netns=\"{ns}\""
+                ))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(buckets.len() > 10, "{text}");
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "not cumulative: {buckets:?}"
+        );
         for name in [
             "route_mirror_ring_high_water_bytes",
             "route_mirror_ring_drops_total",
