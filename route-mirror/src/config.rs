@@ -58,10 +58,10 @@ pub struct Config {
     pub gnmi_tls_key: Option<PathBuf>,
     /// Kernel copies: `[[copy]]` sections (see [`crate::copy::spec`]).
     #[serde(rename = "copy")]
-    pub copies: Vec<crate::copy::spec::CopyConfig>,
+    pub copies: Vec<CopyConfig>,
     /// Declared route sets: `[[routes]]` sections.
     #[serde(rename = "routes")]
-    pub route_sets: Vec<crate::copy::spec::RoutesConfig>,
+    pub route_sets: Vec<RoutesConfig>,
     /// The protocol number of the routes copies and declared sets install (their name,
     /// `route-mirror`, is in rt_protos.d); only routes of it are ever changed or removed.
     pub copy_protocol: u8,
@@ -183,16 +183,6 @@ impl Config {
         }
     }
 
-    /// The copies and declared route sets, resolved (route files read now).
-    pub fn copy_jobs(&self) -> Result<Vec<crate::copy::spec::Job>, String> {
-        crate::copy::spec::resolve(
-            &self.copies,
-            &self.route_sets,
-            &self.mirrored(),
-            crate::names::system(),
-        )
-    }
-
     /// The BPF FIB tables as ids (validated: every entry resolves).
     pub fn bpf_fib_table_ids(&self) -> Vec<u32> {
         let names = crate::names::Names::load();
@@ -238,7 +228,7 @@ impl Default for Config {
             nats_buffer: 1 << 20,
             copies: Vec::new(),
             route_sets: Vec::new(),
-            copy_protocol: crate::copy::PROTOCOL,
+            copy_protocol: COPY_PROTOCOL,
         }
     }
 }
@@ -355,16 +345,14 @@ impl Config {
         if let Err(msg) = self.gnmi().check() {
             return bad("gnmi_listen", msg);
         }
-        if !self.copies.is_empty() || !self.route_sets.is_empty() {
-            if let Err(msg) = self.copy_jobs() {
-                return bad("copy", msg);
-            }
-            if crate::model::rtprot::name(self.copy_protocol).is_some() || self.copy_protocol < 5 {
-                return bad(
-                    "copy_protocol",
-                    format!("{} belongs to another routing protocol", self.copy_protocol),
-                );
-            }
+        let copying = !self.copies.is_empty() || !self.route_sets.is_empty();
+        if copying
+            && (crate::model::rtprot::name(self.copy_protocol).is_some() || self.copy_protocol < 5)
+        {
+            return bad(
+                "copy_protocol",
+                format!("{} belongs to another routing protocol", self.copy_protocol),
+            );
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return bad(
@@ -486,7 +474,7 @@ pub struct RunArgs {
 
 /// `--copy` must be `FROM=TO` (what FROM and TO name is checked with the rest).
 fn copy_flag_form(s: &str) -> Result<String, String> {
-    crate::copy::spec::copy_flag(s).map(|_| s.to_string())
+    copy_flag(s).map(|_| s.to_string())
 }
 
 impl RunArgs {
@@ -533,10 +521,10 @@ impl RunArgs {
         }
         for c in &self.copy {
             cfg.copies
-                .push(crate::copy::spec::copy_flag(c).expect("checked by the flag's parser"));
+                .push(copy_flag(c).expect("checked by the flag's parser"));
         }
         for r in &self.routes {
-            cfg.route_sets.push(crate::copy::spec::routes_flag(r));
+            cfg.route_sets.push(routes_flag(r));
         }
         if self.gnmi_insecure {
             cfg.gnmi_insecure = true;
@@ -619,6 +607,153 @@ fn locate(text: &str, e: &toml::de::Error) -> String {
             }
         }
         None => msg,
+    }
+}
+
+// --- copies and declared route sets (resolved into jobs by copy::spec) -------------
+//
+// ```toml
+// [[copy]]
+// name = "to-b"                 # default: "FROM=TO"
+// from = "main"                 # [NETNS/]TABLE; NETNS defaults to the mirrored one
+// to = "B/200"                  # [NETNS/]TABLE
+// families = [4]                # default both
+// prefixes = ["10.0.0.0/8 le 24"]
+// exclude = ["10.9.0.0/16+"]
+// protocols = ["bgp", "static"] # default any
+// types = ["unicast", "blackhole"]  # default unicast blackhole unreachable prohibit throw
+// nexthop = "keep"              # or "blackhole", "dev DEV", "via GW dev DEV", or a list
+// metric = 100                  # default the source's
+// prefsrc = true                # keep the source's preferred source address
+// owner = false                 # true: remove and replace every route of the target table
+// persist = true                # false: remove the copy's routes when the daemon exits
+//
+// [[routes]]
+// to = "B/200"                  # default: main of the mirrored namespace
+// file = "/etc/route-mirror/pins.routes"   # `ip route` syntax, one per line
+// routes = ["10.9.0.0/16 via 198.18.1.2 dev veth1", "blackhole 10.10.0.0/16"]
+// ```
+
+/// The protocol of the routes copies install (`route-mirror` in
+/// /etc/iproute2/rt_protos.d/route-mirror.conf, shipped by the package): unassigned by
+/// iproute2 and by the routing daemons that claim numbers (FRR 186-199, BIRD 12).
+pub const COPY_PROTOCOL: u8 = 240;
+
+/// A `[[copy]]` section (or `--copy FROM=TO`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub from: String,
+    pub to: String,
+    #[serde(default, deserialize_with = "strings")]
+    pub families: Vec<String>,
+    #[serde(default, deserialize_with = "strings")]
+    pub prefixes: Vec<String>,
+    #[serde(default, deserialize_with = "strings")]
+    pub exclude: Vec<String>,
+    #[serde(default, deserialize_with = "opt_strings")]
+    pub protocols: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "opt_strings")]
+    pub types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "strings")]
+    pub nexthop: Vec<String>,
+    #[serde(default)]
+    pub metric: Option<u32>,
+    #[serde(default = "yes")]
+    pub prefsrc: bool,
+    #[serde(default)]
+    pub owner: bool,
+    #[serde(default = "yes")]
+    pub persist: bool,
+}
+
+/// A `[[routes]]` section (or `--routes FILE`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default, deserialize_with = "paths", alias = "files")]
+    pub file: Vec<PathBuf>,
+    #[serde(default, deserialize_with = "strings")]
+    pub routes: Vec<String>,
+    #[serde(default)]
+    pub owner: bool,
+    #[serde(default = "yes")]
+    pub persist: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A string or number, or a list of them, as strings.
+fn strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum One {
+        S(String),
+        N(i64),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        One(One),
+        Many(Vec<One>),
+    }
+    let s = |o: One| match o {
+        One::S(s) => s,
+        One::N(n) => n.to_string(),
+    };
+    Ok(match Repr::deserialize(d)? {
+        Repr::One(o) => vec![s(o)],
+        Repr::Many(v) => v.into_iter().map(s).collect(),
+    })
+}
+
+fn opt_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    strings(d).map(Some)
+}
+
+fn paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    strings(d).map(|v| v.into_iter().map(PathBuf::from).collect())
+}
+
+/// `--copy FROM=TO`.
+pub fn copy_flag(s: &str) -> Result<CopyConfig, String> {
+    let (from, to) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected SRC_TABLE=[NETNS/]TABLE"))?;
+    Ok(CopyConfig {
+        name: Some(s.to_string()),
+        from: from.to_string(),
+        to: to.to_string(),
+        families: Vec::new(),
+        prefixes: Vec::new(),
+        exclude: Vec::new(),
+        protocols: None,
+        types: None,
+        nexthop: Vec::new(),
+        metric: None,
+        prefsrc: true,
+        owner: false,
+        persist: true,
+    })
+}
+
+/// `--routes FILE`.
+pub fn routes_flag(p: &str) -> RoutesConfig {
+    RoutesConfig {
+        name: None,
+        to: None,
+        file: vec![PathBuf::from(p)],
+        routes: Vec::new(),
+        owner: false,
+        persist: true,
     }
 }
 

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use route_mirror::config::{self, ConfigSource, RunArgs};
+use route_mirror::copy;
 use route_mirror::ctl::batch::{self, BatchFormat};
 use route_mirror::ctl::lookup::FlowArgs;
 use route_mirror::ctl::{self, client, proto::Request};
@@ -285,6 +286,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Run(args) => {
             let source = config_source(&globals, (*args).clone());
             let file = source.effective()?;
+            copy::spec::check(&file, &source.path)?;
             let log = init_logs(&file.log_level, args.log_json);
             let cfgs = daemon::Config::resolve(&file)?;
             let reloadable = std::sync::Arc::new(Reloadable {
@@ -305,6 +307,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::CheckConfig => {
             let source = config_source(&globals, RunArgs::default());
             let file = source.effective()?;
+            copy::spec::check(&file, &source.path)?;
             println!("# effective configuration ({})", source.path.display());
             print!("{}", toml::to_string(&file)?);
             Ok(ExitCode::SUCCESS)

@@ -263,10 +263,10 @@ fn reload_copies(
     new: &crate::config::Config,
 ) -> Result<()> {
     let registry = shared.copies.get().context("this daemon runs no copies")?;
-    let jobs = new.copy_jobs().map_err(|e| anyhow::anyhow!(e))?;
+    let jobs = crate::copy::spec::jobs(new).map_err(|e| anyhow::anyhow!(e))?;
     let threads = registry.threads.lock().expect("copy threads").clone();
     let mirrored = current.mirrored();
-    let old = current.copy_jobs().unwrap_or_default();
+    let old = crate::copy::spec::jobs(current).unwrap_or_default();
     for j in &jobs {
         let known = old.iter().flat_map(|o| o.namespaces()).collect::<Vec<_>>();
         if j.namespaces()
@@ -305,6 +305,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport> {
         .as_ref()
         .context("this daemon was not started from a configuration file it can re-read")?;
     let new = r.source.effective()?;
+    crate::copy::spec::check(&new, &r.source.path)?;
     let mut current = r.current.lock().expect("config lock");
     let (applied, restart_required) = current.changes(&new);
     if applied.contains(&"log_level") {

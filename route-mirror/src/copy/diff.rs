@@ -225,7 +225,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::copy::spec::{copy_flag, resolve};
+    use crate::config::copy_flag;
+    use crate::copy::spec::resolve;
     use crate::model::{rtn, Link, NextHop, Route, RouteAttrs, RouteKey, SubKey};
 
     fn mirror(routes: &[(u32, &str, u8, u32)]) -> Mirror {

@@ -2,10 +2,8 @@
 //! namespace), or to a declared route set, under one scan/prune authority (BIRD krt's
 //! other half: `krt_got_route`, `krt_prune`, `krt_replace_rte`).
 
-/// The protocol of the routes copies install (`route-mirror` in
-/// /etc/iproute2/rt_protos.d/route-mirror.conf, shipped by the package): unassigned by
-/// iproute2 and by the routing daemons that claim numbers (FRR 186-199, BIRD 12).
-pub const PROTOCOL: u8 = 240;
+/// The protocol of the routes copies install (the `copy_protocol` default).
+pub use crate::config::COPY_PROTOCOL as PROTOCOL;
 
 pub mod diff;
 pub mod filter;

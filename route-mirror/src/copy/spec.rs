@@ -1,127 +1,23 @@
-//! Copies and declared route sets as configured (`[[copy]]`, `[[routes]]`, `--copy`,
-//! `--routes`), and their resolution into [`Job`]s: one per target table, each with the
-//! one producer that table follows.
-//!
-//! ```toml
-//! [[copy]]
-//! name = "to-b"                 # default: "FROM=TO"
-//! from = "main"                 # [NETNS/]TABLE; NETNS defaults to the mirrored one
-//! to = "B/200"                  # [NETNS/]TABLE
-//! families = [4]                # default both
-//! prefixes = ["10.0.0.0/8 le 24"]
-//! exclude = ["10.9.0.0/16+"]
-//! protocols = ["bgp", "static"] # default any
-//! types = ["unicast", "blackhole"]  # default unicast blackhole unreachable prohibit throw
-//! nexthop = "keep"              # or "blackhole", "dev DEV", "via GW dev DEV", or a list
-//! metric = 100                  # default the source's
-//! prefsrc = true                # keep the source's preferred source address
-//! owner = false                 # true: remove and replace every route of the target table
-//! persist = true                # false: remove the copy's routes when the daemon exits
-//!
-//! [[routes]]
-//! to = "B/200"                  # default: main of the mirrored namespace
-//! file = "/etc/route-mirror/pins.routes"   # `ip route` syntax, one per line
-//! routes = ["10.9.0.0/16 via 198.18.1.2 dev veth1", "blackhole 10.10.0.0/16"]
-//! ```
+//! Copies and declared route sets resolved into [`Job`]s: one per target table, each
+//! with the one producer that table follows. The settings themselves (`[[copy]]`,
+//! `[[routes]]`, `--copy`, `--routes`) are [`crate::config`]'s: the configuration
+//! stays below copy/, which reads it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::Path;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::filter::{Filter, PrefixRange, Rewrite};
 use super::iproute;
 use super::sync::Wanted;
 use super::want::Want;
+use crate::config::{Config, ConfigError, CopyConfig, RoutesConfig};
 use crate::mirror::Mirror;
 use crate::model::{table, Family, SubKey};
 use crate::names::Names;
-
-/// A `[[copy]]` section (or `--copy FROM=TO`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CopyConfig {
-    #[serde(default)]
-    pub name: Option<String>,
-    pub from: String,
-    pub to: String,
-    #[serde(default, deserialize_with = "strings")]
-    pub families: Vec<String>,
-    #[serde(default, deserialize_with = "strings")]
-    pub prefixes: Vec<String>,
-    #[serde(default, deserialize_with = "strings")]
-    pub exclude: Vec<String>,
-    #[serde(default, deserialize_with = "opt_strings")]
-    pub protocols: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "opt_strings")]
-    pub types: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "strings")]
-    pub nexthop: Vec<String>,
-    #[serde(default)]
-    pub metric: Option<u32>,
-    #[serde(default = "yes")]
-    pub prefsrc: bool,
-    #[serde(default)]
-    pub owner: bool,
-    #[serde(default = "yes")]
-    pub persist: bool,
-}
-
-/// A `[[routes]]` section (or `--routes FILE`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoutesConfig {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub to: Option<String>,
-    #[serde(default, deserialize_with = "paths", alias = "files")]
-    pub file: Vec<PathBuf>,
-    #[serde(default, deserialize_with = "strings")]
-    pub routes: Vec<String>,
-    #[serde(default)]
-    pub owner: bool,
-    #[serde(default = "yes")]
-    pub persist: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// A string or number, or a list of them, as strings.
-fn strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum One {
-        S(String),
-        N(i64),
-    }
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        One(One),
-        Many(Vec<One>),
-    }
-    let s = |o: One| match o {
-        One::S(s) => s,
-        One::N(n) => n.to_string(),
-    };
-    Ok(match Repr::deserialize(d)? {
-        Repr::One(o) => vec![s(o)],
-        Repr::Many(v) => v.into_iter().map(s).collect(),
-    })
-}
-
-fn opt_strings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    strings(d).map(Some)
-}
-
-fn paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-    strings(d).map(|v| v.into_iter().map(PathBuf::from).collect())
-}
 
 /// A table in a namespace (`None`: the daemon's own namespace).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -277,6 +173,29 @@ impl Job {
             }
         }
     }
+}
+
+/// The copies and declared route sets of `cfg`, resolved (route files read now).
+pub fn jobs(cfg: &Config) -> Result<Vec<Job>, String> {
+    resolve(
+        &cfg.copies,
+        &cfg.route_sets,
+        &cfg.mirrored(),
+        crate::names::system(),
+    )
+}
+
+/// [`jobs`] as a configuration check: a file whose copies do not resolve is refused at
+/// start, by `check-config` and on reload, naming the key.
+pub fn check(cfg: &Config, path: &Path) -> Result<(), ConfigError> {
+    if cfg.copies.is_empty() && cfg.route_sets.is_empty() {
+        return Ok(());
+    }
+    jobs(cfg).map(drop).map_err(|msg| ConfigError::Invalid {
+        path: path.to_owned(),
+        key: "copy",
+        msg,
+    })
 }
 
 /// Resolves the configured sections into jobs. `mirrored` are the namespaces the daemon
@@ -479,43 +398,11 @@ pub fn resolve(
     Ok(jobs)
 }
 
-/// `--copy FROM=TO`.
-pub fn copy_flag(s: &str) -> Result<CopyConfig, String> {
-    let (from, to) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected SRC_TABLE=[NETNS/]TABLE"))?;
-    Ok(CopyConfig {
-        name: Some(s.to_string()),
-        from: from.to_string(),
-        to: to.to_string(),
-        families: Vec::new(),
-        prefixes: Vec::new(),
-        exclude: Vec::new(),
-        protocols: None,
-        types: None,
-        nexthop: Vec::new(),
-        metric: None,
-        prefsrc: true,
-        owner: false,
-        persist: true,
-    })
-}
-
-/// `--routes FILE`.
-pub fn routes_flag(p: &str) -> RoutesConfig {
-    RoutesConfig {
-        name: None,
-        to: None,
-        file: vec![PathBuf::from(p)],
-        routes: Vec::new(),
-        owner: false,
-        persist: true,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{copy_flag, routes_flag};
+    use serde::Deserialize;
 
     fn copies(t: &str) -> Vec<CopyConfig> {
         #[derive(Deserialize)]
@@ -629,6 +516,18 @@ mod tests {
         };
         assert!(err(&[], &[r], &ns("A")).contains("bogus"));
         assert!(err(&[], &[routes_flag("/nonexistent")], &ns("A")).contains("/nonexistent"));
+    }
+
+    #[test]
+    fn a_config_whose_copies_do_not_resolve_is_refused_naming_the_key() {
+        let mut cfg = Config::default();
+        assert!(check(&cfg, Path::new("x.toml")).is_ok());
+        cfg.copies.push(copy_flag("main=main").unwrap());
+        let err = check(&cfg, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("x.toml") && err.contains("`copy`") && err.contains("onto itself"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Config {
         // Namespaces a copy reads or writes are mirrored too (the copy needs both
         // states), without a control socket of their own.
         let mut implicit = Vec::new();
-        for j in c.copy_jobs().map_err(|e| anyhow::anyhow!(e))? {
+        for j in crate::copy::spec::jobs(c).map_err(|e| anyhow::anyhow!(e))? {
             for ns in j.namespaces() {
                 if !names.contains(&ns) && !implicit.contains(&ns) {
                     implicit.push(ns);
@@ -134,7 +134,7 @@ fn start_copies(
     let (jobs, protocol) = {
         let c = r.current.lock().expect("config lock");
         (
-            c.copy_jobs().map_err(|e| anyhow::anyhow!(e))?,
+            crate::copy::spec::jobs(&c).map_err(|e| anyhow::anyhow!(e))?,
             c.copy_protocol,
         )
     };
