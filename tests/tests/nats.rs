@@ -113,6 +113,31 @@ fn fleet_routes(url: &str, router: &str) -> (String, BTreeSet<String>) {
     (r["state"].as_str().unwrap_or("missing").to_string(), routes)
 }
 
+/// Waits until the consumer's copy of `router` is current and equals the mirror, both
+/// read afresh each round: the kernel may still change meanwhile (a link-local address
+/// finishing DAD adds its local route seconds after the link came up), and an
+/// expectation read once would then be the stale copy, not the consumer.
+fn consumer_matches_mirror(url: &str, router: &str, d: &Daemon, what: &str) {
+    let mut last = None;
+    let matched = poll(Duration::from_secs(30), || {
+        let (s, r) = fleet_routes(url, router);
+        let want = mirror_routes(d);
+        let ok = s == "current" && r == want;
+        last = Some((s, r, want));
+        ok.then_some(())
+    });
+    if matched.is_none() {
+        let (s, r, want) = last.unwrap_or_default();
+        panic!(
+            "consumer != mirror {what}: state {s}, {} vs {} routes, e.g. {:?} / {:?}",
+            r.len(),
+            want.len(),
+            r.difference(&want).take(3).collect::<Vec<_>>(),
+            want.difference(&r).take(3).collect::<Vec<_>>()
+        );
+    }
+}
+
 fn mirror_routes(d: &Daemon) -> BTreeSet<String> {
     d.cli_json(&["show", "--table", "all", "--json"])
         .as_array()
@@ -243,15 +268,7 @@ fn jetstream_carries_the_mirror() {
     assert!(add < del && del.is_some(), "add before delete: {changes:?}");
 
     // The fleet consumer's copy is the mirror's, and it answers like `lookup`.
-    let (state, routes) = fleet_routes(&server.url, &router);
-    assert_eq!(state, "current");
-    let want = mirror_routes(&d);
-    assert!(
-        routes == want,
-        "consumer != mirror: {} vs {} routes",
-        routes.len(),
-        want.len()
-    );
+    consumer_matches_mirror(&server.url, &router, &d, "before the outage");
     let out = fleet(&server.url, &["lookup", &router, "10.9.8.7"]);
     assert!(
         out.status.success(),
@@ -268,21 +285,18 @@ fn jetstream_carries_the_mirror() {
     ns.load_batch(batch("v4-10k"));
     d.diff_empty();
     let mut server = NatsServer::start(dir.path(), server.port);
-    let want = mirror_routes(&d);
-    let caught_up = poll(Duration::from_secs(30), || {
-        let (s, r) = fleet_routes(&server.url, &router);
-        (s == "current" && r == want).then_some(())
-    });
-    if caught_up.is_none() {
-        let (s, r) = fleet_routes(&server.url, &router);
-        panic!(
-            "consumer != mirror after the outage: state {s}, {} vs {} routes, e.g. {:?} / {:?}",
-            r.len(),
-            want.len(),
-            r.difference(&want).take(3).collect::<Vec<_>>(),
-            want.difference(&r).take(3).collect::<Vec<_>>()
-        );
-    }
+    // Changes while the daemon reconnects and resnapshots: the consumer must end with
+    // them too (the mirror it is compared with is read after them, never before).
+    ns.ip(&["route", "add", "192.0.2.0/24", "via", "198.18.1.2"]);
+    ns.ip(&["route", "del", "203.0.113.0/24", "via", "198.18.2.2"]);
+    d.diff_empty();
+    consumer_matches_mirror(&server.url, &router, &d, "after the outage");
+    let (_, routes) = fleet_routes(&server.url, &router);
+    assert!(
+        routes.iter().any(|r| r.contains("\"192.0.2.0/24\""))
+            && !routes.iter().any(|r| r.contains("\"203.0.113.0/24\"")),
+        "the changes after the reconnect reached the consumer"
+    );
     let msgs = stream_messages(&python, &server.url);
     assert!(
         msgs.iter().any(|m| m["msg"]["reason"] == "reconnect"),
@@ -331,9 +345,5 @@ fn outage_beyond_the_buffer_is_counted_and_resnapshotted() {
     .expect("drops counted in stats.feeds");
     assert!(feed["resnapshots"].as_u64() >= Some(1), "{feed}");
     let server = NatsServer::start(dir.path(), port);
-    poll(Duration::from_secs(30), || {
-        let (s, r) = fleet_routes(&server.url, &router);
-        (s == "current" && r == mirror_routes(&d)).then_some(())
-    })
-    .expect("consumer = mirror after the lagged snapshot");
+    consumer_matches_mirror(&server.url, &router, &d, "after the lagged snapshot");
 }
