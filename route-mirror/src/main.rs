@@ -823,6 +823,18 @@ fn print_stats(s: &Stats) {
             s.last_scan_age_s.unwrap_or(0.0)
         );
     }
+    for j in &s.copies {
+        println!(
+            "copy {}:  {}, installed {}, pending {}, failing {}{}, lag p99 {} ms",
+            j.name,
+            j.state,
+            j.installed,
+            j.pending,
+            j.failing,
+            reasons(&j.failing_by_reason),
+            j.lag.p99_ms.map_or_else(|| "-".into(), |v| v.to_string())
+        );
+    }
     println!("malformed msgs:    {}", s.decode.malformed);
     println!("rcvbuf:            {}", s.rcvbuf);
     if let Some(why) = &s.source_fallback {
@@ -1043,6 +1055,15 @@ fn print_copy_diff(d: &route_mirror::copy::diff::CopyDiff) {
     }
 }
 
+/// ` (reason n, ...)`, or nothing.
+fn reasons(by: &std::collections::BTreeMap<String, u64>) -> String {
+    if by.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = by.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    format!(" ({})", each.join(", "))
+}
+
 fn print_copies(jobs: &[route_mirror::copy::status::JobStatus]) {
     if jobs.is_empty() {
         println!("no copies");
@@ -1064,18 +1085,7 @@ fn print_copies(jobs: &[route_mirror::copy::status::JobStatus]) {
             j.installed,
             j.pending,
             j.failing,
-            if j.failing_by_reason.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " ({})",
-                    j.failing_by_reason
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
+            reasons(&j.failing_by_reason)
         );
         let v = &j.verdicts;
         println!(

@@ -38,6 +38,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
+use crate::copy::status::JobStatus;
 use crate::ebpf::RingStats;
 use crate::shared::Shared;
 use crate::stats::{rss_bytes, Stats};
@@ -262,6 +263,140 @@ impl Catalogue<'_> {
     }
 }
 
+impl Catalogue<'_> {
+    /// A family over the daemon's copies, each once (every namespace's stats list them
+    /// all), labelled with the namespace the copy writes (`netns`), its name (`copy`)
+    /// and its target table (`table`).
+    fn copy_family(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        each: impl Fn(&JobStatus, &mut Series),
+    ) {
+        let mut series = Vec::new();
+        for job in self
+            .all
+            .first()
+            .map(|(_, st)| &st.copies[..])
+            .unwrap_or(&[])
+        {
+            let (netns, table) = job.to.rsplit_once('/').unwrap_or(("host", &job.to));
+            let from = series.len();
+            each(
+                job,
+                &mut Series {
+                    netns,
+                    out: &mut series,
+                },
+            );
+            for (labels, _) in &mut series[from..] {
+                labels.insert(1, ("copy", job.name.clone()));
+                labels.insert(2, ("table", table.to_string()));
+            }
+        }
+        self.out.push(Family { name, help, series });
+    }
+}
+
+/// The kernel copies and declared route sets (issue 15).
+fn copy_families(c: &mut Catalogue) {
+    c.copy_family(
+        "route_mirror_copy_synced",
+        "1 once the copy's first pass is done (its target table equals what it wants).",
+        |j, s| s.gauge(f64::from(u8::from(j.state == "synced"))),
+    );
+    c.copy_family(
+        "route_mirror_copy_routes",
+        "Routes of the copy by state: installed (in the target), pending (being written), failing (refused, retried with backoff).",
+        |j, s| {
+            for (state, n) in [
+                ("installed", j.installed),
+                ("pending", j.pending),
+                ("failing", j.failing),
+            ] {
+                s.labelled(&[("state", state)], Value::Gauge(n as f64));
+            }
+        },
+    );
+    c.copy_family(
+        "route_mirror_copy_failing_routes",
+        "Routes the target kernel refuses now, by reason.",
+        |j, s| {
+            for (reason, n) in &j.failing_by_reason {
+                s.labelled(&[("reason", reason)], Value::Gauge(*n as f64));
+            }
+        },
+    );
+    c.copy_family(
+        "route_mirror_copy_verdicts_total",
+        "What the copy did per route: installed, replaced, removed, reinstalled (missing though ours), adopted (found at start), seen (equal at a scan), failed.",
+        |j, s| {
+            let v = &j.verdicts;
+            for (verdict, n) in [
+                ("installed", v.installed),
+                ("replaced", v.replaced),
+                ("removed", v.removed),
+                ("reinstalled", v.reinstalled),
+                ("adopted", v.adopted),
+                ("seen", v.seen),
+                ("failed", v.failed),
+            ] {
+                s.labelled(&[("verdict", verdict)], Value::Counter(n));
+            }
+        },
+    );
+    c.copy_family(
+        "route_mirror_copy_failures_total",
+        "Writes the target kernel refused (and routes that could not be written), by reason.",
+        |j, s| {
+            for (reason, n) in &j.failed_by_reason {
+                s.labelled(&[("reason", reason)], Value::Counter(*n));
+            }
+        },
+    );
+    c.copy_family(
+        "route_mirror_copy_foreign_changes_total",
+        "Changes by someone else to the copy's routes in the target (deletes, and replaces or other changes).",
+        |j, s| {
+            let other = j.foreign_changes.saturating_sub(j.foreign_deletes);
+            s.labelled(&[("kind", "delete")], Value::Counter(j.foreign_deletes));
+            s.labelled(&[("kind", "change")], Value::Counter(other));
+        },
+    );
+    c.copy_family(
+        "route_mirror_copy_repairs_total",
+        "Foreign deletes and replaces the copy repaired at once.",
+        |j, s| {
+            s.labelled(&[("kind", "delete")], Value::Counter(j.repaired_deletes));
+            s.labelled(&[("kind", "replace")], Value::Counter(j.repaired_replaces));
+        },
+    );
+    c.copy_family(
+        "route_mirror_copy_retries_total",
+        "Retries of refused routes (backoff 100 ms doubling to 30 s).",
+        |j, s| s.counter(j.retries),
+    );
+    c.copy_family(
+        "route_mirror_copy_lag_seconds",
+        "Source change seen to target write acknowledged, over the copy's recent writes: p50, p99 and max.",
+        |j, s| {
+            let ms = [("p50", j.lag.p50_ms), ("p99", j.lag.p99_ms), ("max", Some(j.lag.max_ms))];
+            if j.lag.samples > 0 {
+                for (stat, v) in ms {
+                    if let Some(v) = v {
+                        s.labelled(&[("stat", stat)], Value::Gauge(v as f64 / 1000.0));
+                    }
+                }
+            }
+        },
+    );
+    c.copy_family(
+        "route_mirror_copy_thread_cpu_seconds",
+        "CPU time of the thread writing the copy's target namespace (shared by the copies into that namespace).",
+        |j, s| s.gauge(j.cpu_s),
+    );
+}
+
 /// Every family, in exposition order. Counts of things the kernel reported are
 /// counters; sizes and states are gauges.
 fn families(all: &[(String, Stats)]) -> Vec<Family> {
@@ -462,6 +597,7 @@ fn families(all: &[(String, Stats)]) -> Vec<Family> {
         |st, s| s.counter(st.watchers_dropped),
     );
     ring_families(&mut c);
+    copy_families(&mut c);
     let mut out = c.out;
     if let Some(rss) = rss_bytes() {
         out.push(Family {

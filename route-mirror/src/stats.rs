@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::copy::status::JobStatus;
 use crate::ebpf::RingStats;
 use crate::export::bpf_fib::BpfFibStats;
 use crate::export::feed::FeedStats;
@@ -83,6 +84,10 @@ pub struct Stats {
     /// The NATS export (`--nats-url`): published, bytes, snapshots, publish errors...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<serde_json::Value>,
+    /// The daemon's kernel copies and declared route sets (installed, pending, failing
+    /// by reason, verdicts, lag): every namespace's stats list them all, as `copies`.
+    #[serde(default)]
+    pub copies: Vec<JobStatus>,
     /// Control clients refused because they are not root (SO_PEERCRED).
     pub refused_peers: u64,
     /// Control clients refused because too many were being served.
@@ -195,6 +200,11 @@ impl Stats {
             feeds: shared.exports.feed_stats(),
             gnmi: crate::export::GNMI_STATS.get().map(|s| s.json()),
             nats: crate::export::NATS_STATS.get().map(|s| s.json()),
+            copies: shared
+                .copies
+                .get()
+                .map(|r| r.statuses())
+                .unwrap_or_default(),
             refused_peers: st.refused_peers,
             busy_refusals: st.busy_refusals,
             rcvbuf: st.rcvbuf,

@@ -11,7 +11,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use route_mirror_tests::{batch, poll, Daemon, Netns, TempDir, SYNC_TIMEOUT};
+use route_mirror_tests::{
+    batch, body, free_port, poll, promtool, promtool_complaints, scrape, Daemon, Netns, TempDir,
+    SYNC_TIMEOUT,
+};
 use serde_json::Value;
 
 const PROTO: &str = "240";
@@ -247,7 +250,8 @@ fn foreign_deletes_and_replaces_are_repaired_and_aliens_left_alone() {
         "static",
     ]);
     let name = format!("main={}/200", b.name());
-    let d = Daemon::start_synced(&a, &["--copy", &name]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_synced(&a, &["--copy", &name, "--metrics-listen", &metrics]);
     wait_copy_synced(&d, &name);
 
     let alien = route(&b, "100.64.1.0/24", "200").expect("alien kept");
@@ -304,6 +308,40 @@ fn foreign_deletes_and_replaces_are_repaired_and_aliens_left_alone() {
     // The aliens are still as they were.
     assert!(route(&b, "100.64.1.0/24", "200").is_some_and(|r| r["protocol"] == "static"));
     assert!(route(&b, "100.99.0.0/16", "200").is_some_and(|r| r["protocol"] == "static"));
+    // stats and Prometheus show the copy: its refusal by reason, repairs, routes.
+    let st: Value = serde_json::from_slice(&d.cli(&["stats", "--json"]).stdout).unwrap();
+    let sc = st["copies"]
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["name"] == name.as_str()))
+        .unwrap_or_else(|| panic!("no copy in stats: {}", st["copies"]));
+    assert_eq!(sc["failing_by_reason"]["exists"], 1, "{sc}");
+    let text = scrape(&metrics).expect("scrape");
+    let labels = format!("netns=\"{}\",copy=\"{name}\",table=\"200\"", b.name());
+    let value = |series: &str| {
+        body(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(
+        value(&format!(
+            "route_mirror_copy_failing_routes{{{labels},reason=\"exists\"}}"
+        )),
+        1.0
+    );
+    assert!(
+        value(&format!(
+            "route_mirror_copy_repairs_total{{{labels},kind=\"delete\"}}"
+        )) >= 3.0
+    );
+    assert!(
+        value(&format!(
+            "route_mirror_copy_routes{{{labels},state=\"installed\"}}"
+        )) >= 19.0
+    );
+    if let Some(p) = promtool() {
+        assert_eq!(promtool_complaints(&p, body(&text)), "");
+    }
 }
 
 /// `ip -n NS monitor route` into a file, for counting what the kernel did.

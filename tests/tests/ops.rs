@@ -1,58 +1,12 @@
 //! Operating the daemon: configuration file, reload, Prometheus metrics.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
 use route_mirror_tests::{
-    batch, daemon_bin, ebpf_object_present, free_port, poll, promtool, Daemon, Netns, TempDir,
+    batch, body, daemon_bin, ebpf_object_present, free_port, poll, promtool, promtool_complaints,
+    scrape, Daemon, Netns, TempDir,
 };
-
-/// GET http://ADDR/metrics over loopback (the daemon serves metrics in its own
-/// namespace, for every namespace it mirrors).
-fn scrape(addr: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
-
-/// The body of a scrape (what follows the HTTP headers).
-fn body(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
-/// `promtool check metrics` on a scrape's body: its complaints (empty when clean).
-fn promtool_complaints(promtool: &std::path::Path, text: &str) -> String {
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() && said.trim().is_empty() {
-        String::new()
-    } else {
-        format!("promtool {}: {said}", out.status)
-    }
-}
 
 /// The value of the first sample line starting with `prefix` (name plus labels).
 fn sample(text: &str, prefix: &str) -> Option<f64> {
