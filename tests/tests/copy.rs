@@ -735,3 +735,89 @@ fn declared_routes_survive_a_flush_and_follow_reloads() {
     );
     assert_exact(&d, "pins", "after a reload");
 }
+
+#[test]
+fn an_owner_copy_replaces_and_removes_aliens_and_scans_recheck_everything() {
+    let a = Netns::new();
+    let b = Netns::new();
+    let tmp = TempDir::new("copy-owner").unwrap();
+    for i in 0..10 {
+        a.ip(&[
+            "route",
+            "add",
+            &format!("100.64.{i}.0/24"),
+            "via",
+            "198.18.1.2",
+            "dev",
+            "veth1",
+        ]);
+    }
+    let alien = |prefix: &str| {
+        b.ip(&[
+            "route",
+            "add",
+            prefix,
+            "via",
+            "198.18.2.2",
+            "dev",
+            "veth2",
+            "table",
+            "200",
+            "proto",
+            "static",
+        ]);
+    };
+    // At a key the copy wants, and where it wants nothing.
+    alien("100.64.1.0/24");
+    alien("100.99.0.0/16");
+    let cfg = tmp.path().join("rm.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[[copy]]\nname = \"owned\"\nfrom = \"main\"\nto = \"{}/200\"\nfamilies = 4\nowner = true\n",
+            b.name()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_string_lossy().into_owned();
+    let d = Daemon::start_synced(&a, &["--config", &cfg]);
+    wait_copy_synced(&d, "owned");
+    assert_exact(&d, "owned", "at start");
+    assert!(
+        route(&b, "100.64.1.0/24", "200")
+            .is_some_and(|r| r["protocol"] == PROTO && r["gateway"] == "198.18.1.2"),
+        "the alien at a wanted key is replaced"
+    );
+    assert!(
+        route(&b, "100.99.0.0/16", "200").is_none(),
+        "the alien elsewhere is removed"
+    );
+    // Nothing refused: the table is the copy's.
+    assert_eq!(copy(&d, "owned")["failing"], 0);
+
+    // A new alien is removed at once.
+    alien("100.98.0.0/16");
+    let gone = poll(Duration::from_secs(5), || {
+        route(&b, "100.98.0.0/16", "200").is_none().then_some(())
+    });
+    assert!(gone.is_some(), "alien kept: {}", copy(&d, "owned"));
+
+    // A scan re-checks every route: each found equal (verdict `seen`).
+    let seen = |d: &Daemon| copy(d, "owned")["verdicts"]["seen"].as_u64().unwrap();
+    let before = seen(&d);
+    let out = d.cli(&["scan", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rechecked = poll(Duration::from_secs(10), || {
+        (seen(&d) >= before + 10).then_some(())
+    });
+    assert!(
+        rechecked.is_some(),
+        "no re-check after a scan: {}",
+        copy(&d, "owned")
+    );
+    assert_exact(&d, "owned", "after a scan");
+}
