@@ -821,3 +821,65 @@ fn an_owner_copy_replaces_and_removes_aliens_and_scans_recheck_everything() {
     );
     assert_exact(&d, "owned", "after a scan");
 }
+
+#[test]
+fn unreachable_gateways_are_counted_and_retried_until_reachable() {
+    let a = Netns::new();
+    let b = Netns::new();
+    let tmp = TempDir::new("copy-unreachable").unwrap();
+    for i in 0..5 {
+        a.ip(&[
+            "route",
+            "add",
+            &format!("100.64.{i}.0/24"),
+            "via",
+            "198.18.1.2",
+            "dev",
+            "veth1",
+        ]);
+    }
+    // Rewritten to a gateway B has no connected route to (ENETUNREACH).
+    let cfg = tmp.path().join("rm.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[[copy]]\nname = \"far\"\nfrom = \"main\"\nto = \"{}/200\"\nfamilies = 4\n\
+             prefixes = \"100.64.0.0/16+\"\nnexthop = \"via 203.0.113.1 dev veth1\"\n",
+            b.name()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_string_lossy().into_owned();
+    let d = Daemon::start_synced(&a, &["--config", &cfg]);
+    let c = poll(Duration::from_secs(10), || {
+        let c = copy(&d, "far");
+        (c["failing_by_reason"]["gateway_unreachable"] == 5).then_some(c)
+    })
+    .unwrap_or_else(|| panic!("refusals not counted: {}", copy(&d, "far")));
+    assert_eq!(c["installed"], 0, "{c}");
+    let (empty, v) = diff_copy(&d, "far");
+    assert!(!empty);
+    assert_eq!(v["missing_count"], 5, "{v}");
+    assert!(
+        v["missing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["reason"] == "gateway_unreachable"),
+        "{v}"
+    );
+
+    // The gateway becomes reachable: the retries (with backoff) install everything.
+    b.ip(&["addr", "add", "203.0.113.2/24", "dev", "veth1"]);
+    let ok = poll(Duration::from_secs(40), || {
+        diff_copy(&d, "far").0.then_some(())
+    });
+    assert!(ok.is_some(), "not installed: {}", copy(&d, "far"));
+    let c = copy(&d, "far");
+    assert_eq!(c["failing"], 0, "{c}");
+    assert_eq!(c["installed"], 5, "{c}");
+    assert!(c["retries"].as_u64().unwrap() >= 5, "{c}");
+    assert!(routes(&b, "-4", "200")
+        .iter()
+        .all(|r| r["gateway"] == "203.0.113.1" && r["protocol"] == PROTO));
+}

@@ -307,6 +307,23 @@ fn checkpoint(d: &Daemon) -> (Duration, Duration, bool, String) {
     (sync, t.elapsed(), ok, text)
 }
 
+/// Daemon A's copy.
+const COPY_NAME: &str = "main=200";
+const COPY: &[&str] = &["--copy", COPY_NAME];
+
+/// `diff --copy` on A's copy (after its barriers): Err(output) unless empty.
+fn copy_checkpoint(d: &Daemon) -> Result<(), String> {
+    let out = d.cli_timeout(&["diff", "--copy", COPY_NAME], DIFF_TIMEOUT);
+    if out.status.code() == Some(0) {
+        return Ok(());
+    }
+    Err(format!(
+        "{}{}",
+        route_mirror_tests::tail_lines(&String::from_utf8_lossy(&out.stdout), 40),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
 fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
     let ns = Netns::new();
     ns.load_batch(batch("v4-10k"));
@@ -314,7 +331,10 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
     assert_eq!(run_batch(&ns, &setup), 0, "nexthop setup");
     // A: default buffer; suffers pauses, kill -9 + restart, scans mid-storm.
     // B: a tiny receive buffer: overruns on every storm; never restarted (RSS trend).
-    let mut a = Daemon::start_synced(&ns, &[]);
+    // A also keeps a copy of main in table 200 (issue 15): through the storm, the pauses
+    // and kill -9 + restart (graceful restart), `diff --copy` must be empty at every
+    // checkpoint.
+    let mut a = Daemon::start_synced(&ns, COPY);
     let b = Daemon::start_synced(&ns, &["--rcvbuf", "16384"]);
     let mut rep = Report {
         rounds,
@@ -353,7 +373,7 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
             2 => {
                 retired.add(&a.stats());
                 a.kill9();
-                a = Daemon::start(&ns, &[]);
+                a = Daemon::start(&ns, COPY);
             }
             _ => {}
         }
@@ -383,6 +403,14 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
                 rep.diffs += 1;
                 failures_text.push(format!("round {round} daemon {name}:\n{text}"));
             }
+            if name == "A" {
+                rep.checkpoints += 1;
+                if let Err(text) = copy_checkpoint(d) {
+                    rep.diffs += 1;
+                    failures_text
+                        .push(format!("round {round} daemon A, copy {COPY_NAME}:\n{text}"));
+                }
+            }
         }
         eprintln!(
             "round {round}: {} lines ({} failed so far), fault {fault}, worst sync {:?}",
@@ -393,6 +421,16 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
     }
     rep.rss
         .push(("B after churn".into(), u(&b.stats(), "rss_bytes")));
+    let installed = a.cli_json(&["copies"])[0]["installed"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(installed > 5000, "A's copy holds only {installed} routes");
+    // A (and its copy) stop here: the copy would write the 1M set into table 200 too.
+    rep.totals = retired;
+    rep.totals.add(&a.stats());
+    rep.rss
+        .push(("A end (restarted)".into(), u(&a.stats(), "rss_bytes")));
+    drop(a);
     if one_m_cycles > 0 {
         // The 1M set overlaps v4-10k (main and table 100): start from tables without them.
         // Nexthop objects go first (iproute2 6.1 cannot flush routes with an nhid).
@@ -424,12 +462,7 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
             .push((format!("B flushed #{cycle}"), u(&b.stats(), "rss_bytes")));
         eprintln!("1M cycle {cycle}: load {load:?}, sync {sync:?}");
     }
-    rep.totals = retired;
-    for d in [&a, &b] {
-        rep.totals.add(&d.stats());
-    }
-    rep.rss
-        .push(("A end (restarted)".into(), u(&a.stats(), "rss_bytes")));
+    rep.totals.add(&b.stats());
     print_report(&rep);
     assert!(
         failures_text.is_empty(),
