@@ -106,6 +106,28 @@ fn load_v6_subset(ns: &Netns, dir: &Path, n: usize) {
     ns.load_batch(&f);
 }
 
+/// `100.64.I.0/24 via 198.18.1.2 dev veth1` for I in 0..n.
+fn add_via_veth1(ns: &Netns, n: usize) {
+    for i in 0..n {
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("100.64.{i}.0/24"),
+            "via",
+            "198.18.1.2",
+            "dev",
+            "veth1",
+        ]);
+    }
+}
+
+/// A daemon on `ns` with `config` as its configuration file (in `dir`).
+fn start_with_config(ns: &Netns, dir: &Path, config: String) -> Daemon {
+    let cfg = dir.join("rm.toml");
+    fs::write(&cfg, config).unwrap();
+    Daemon::start_synced(ns, &["--config", &cfg.to_string_lossy()])
+}
+
 fn write_batch(dir: &Path, name: &str, lines: &[String]) -> std::path::PathBuf {
     let p = dir.join(name);
     fs::write(&p, lines.join("\n") + "\n").unwrap();
@@ -213,17 +235,7 @@ fn copies_into_another_namespace_and_the_same_one_stay_exact_through_churn_and_a
 fn foreign_deletes_and_replaces_are_repaired_and_aliens_left_alone() {
     let a = Netns::new();
     let b = Netns::new();
-    for i in 0..20 {
-        a.ip(&[
-            "route",
-            "add",
-            &format!("100.64.{i}.0/24"),
-            "via",
-            "198.18.1.2",
-            "dev",
-            "veth1",
-        ]);
-    }
+    add_via_veth1(&a, 20);
     // Aliens in the target: one at a key the copy wants, one elsewhere.
     b.ip(&[
         "route",
@@ -475,29 +487,16 @@ fn sigterm_leaves_the_routes_unless_persist_is_off() {
     let a = Netns::new();
     let b = Netns::new();
     let tmp = TempDir::new("copy-persist").unwrap();
-    for i in 0..10 {
-        a.ip(&[
-            "route",
-            "add",
-            &format!("100.64.{i}.0/24"),
-            "via",
-            "198.18.1.2",
-            "dev",
-            "veth1",
-        ]);
-    }
-    let cfg = tmp.path().join("rm.toml");
-    fs::write(
-        &cfg,
+    add_via_veth1(&a, 10);
+    let d = start_with_config(
+        &a,
+        tmp.path(),
         format!(
             "[[copy]]\nname = \"kept\"\nfrom = \"main\"\nto = \"{b}/200\"\n\n\
              [[copy]]\nname = \"dropped\"\nfrom = \"main\"\nto = \"{b}/201\"\npersist = false\n",
             b = b.name()
         ),
-    )
-    .unwrap();
-    let cfg = cfg.to_string_lossy().into_owned();
-    let d = Daemon::start_synced(&a, &["--config", &cfg]);
+    );
     wait_copy_synced(&d, "kept");
     wait_copy_synced(&d, "dropped");
     assert!(route(&b, "100.64.5.0/24", "201").is_some());
@@ -592,9 +591,9 @@ fn filters_and_next_hop_rewrites() {
     for i in 0..5 {
         a.ip(&["route", "add", &format!("100.64.{i}.0/24"), "dev", "veth1"]);
     }
-    let cfg = tmp.path().join("rm.toml");
-    fs::write(
-        &cfg,
+    let d = start_with_config(
+        &a,
+        tmp.path(),
         format!(
             "[[copy]]\nname = \"filtered\"\nfrom = \"main\"\nto = \"{b}/201\"\n\
              families = [4]\nprefixes = [\"0.0.0.0/1 ge 20 le 23\"]\ntypes = [\"unicast\"]\n\
@@ -605,10 +604,7 @@ fn filters_and_next_hop_rewrites() {
              prefixes = \"100.64.0.0/16+\"\nmetric = 77\n",
             b = b.name()
         ),
-    )
-    .unwrap();
-    let cfg = cfg.to_string_lossy().into_owned();
-    let d = Daemon::start_synced(&a, &["--config", &cfg]);
+    );
     for name in ["filtered", "holes", "moved"] {
         wait_copy_synced(&d, name);
         assert_exact(&d, name, "with filters");
@@ -662,18 +658,15 @@ fn declared_routes_survive_a_flush_and_follow_reloads() {
          2001:db8:10::/48 via 2001:2:0:2::2 dev veth2 metric 5\n10.12.0.0/16 dev veth2 table 301\n",
     )
     .unwrap();
-    let cfg = tmp.path().join("rm.toml");
-    fs::write(
-        &cfg,
+    let d = start_with_config(
+        &a,
+        tmp.path(),
         format!(
             "[[routes]]\nname = \"pins\"\nto = \"{b}/300\"\nfile = \"{f}\"\nroutes = [\"10.13.0.0/16 via 198.18.2.2 dev veth2\"]\n",
             b = b.name(),
             f = file.display()
         ),
-    )
-    .unwrap();
-    let cfg = cfg.to_string_lossy().into_owned();
-    let d = Daemon::start_synced(&a, &["--config", &cfg]);
+    );
     wait_copy_synced(&d, "pins");
     assert_exact(&d, "pins", "at start");
     for p in ["10.10.0.0/16", "10.11.0.0/16", "10.13.0.0/16"] {
@@ -741,17 +734,7 @@ fn an_owner_copy_replaces_and_removes_aliens_and_scans_recheck_everything() {
     let a = Netns::new();
     let b = Netns::new();
     let tmp = TempDir::new("copy-owner").unwrap();
-    for i in 0..10 {
-        a.ip(&[
-            "route",
-            "add",
-            &format!("100.64.{i}.0/24"),
-            "via",
-            "198.18.1.2",
-            "dev",
-            "veth1",
-        ]);
-    }
+    add_via_veth1(&a, 10);
     let alien = |prefix: &str| {
         b.ip(&[
             "route",
@@ -770,17 +753,14 @@ fn an_owner_copy_replaces_and_removes_aliens_and_scans_recheck_everything() {
     // At a key the copy wants, and where it wants nothing.
     alien("100.64.1.0/24");
     alien("100.99.0.0/16");
-    let cfg = tmp.path().join("rm.toml");
-    fs::write(
-        &cfg,
+    let d = start_with_config(
+        &a,
+        tmp.path(),
         format!(
             "[[copy]]\nname = \"owned\"\nfrom = \"main\"\nto = \"{}/200\"\nfamilies = 4\nowner = true\n",
             b.name()
         ),
-    )
-    .unwrap();
-    let cfg = cfg.to_string_lossy().into_owned();
-    let d = Daemon::start_synced(&a, &["--config", &cfg]);
+    );
     wait_copy_synced(&d, "owned");
     assert_exact(&d, "owned", "at start");
     assert!(
@@ -827,30 +807,17 @@ fn unreachable_gateways_are_counted_and_retried_until_reachable() {
     let a = Netns::new();
     let b = Netns::new();
     let tmp = TempDir::new("copy-unreachable").unwrap();
-    for i in 0..5 {
-        a.ip(&[
-            "route",
-            "add",
-            &format!("100.64.{i}.0/24"),
-            "via",
-            "198.18.1.2",
-            "dev",
-            "veth1",
-        ]);
-    }
+    add_via_veth1(&a, 5);
     // Rewritten to a gateway B has no connected route to (ENETUNREACH).
-    let cfg = tmp.path().join("rm.toml");
-    fs::write(
-        &cfg,
+    let d = start_with_config(
+        &a,
+        tmp.path(),
         format!(
             "[[copy]]\nname = \"far\"\nfrom = \"main\"\nto = \"{}/200\"\nfamilies = 4\n\
              prefixes = \"100.64.0.0/16+\"\nnexthop = \"via 203.0.113.1 dev veth1\"\n",
             b.name()
         ),
-    )
-    .unwrap();
-    let cfg = cfg.to_string_lossy().into_owned();
-    let d = Daemon::start_synced(&a, &["--config", &cfg]);
+    );
     let c = poll(Duration::from_secs(10), || {
         let c = copy(&d, "far");
         (c["failing_by_reason"]["gateway_unreachable"] == 5).then_some(c)
