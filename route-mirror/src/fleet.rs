@@ -10,7 +10,9 @@
 //!   silently wrong.
 //!
 //! `route-mirror fleet` drives it from the command line (lookup, dump, follow).
-//! Routes are keyed by (table, prefix, `id`): the identity the daemon sends with each.
+//! Routes are kept per key, (table, prefix, `id`), each key a list in the kernel's
+//! order: a change sets its key's list to the message's `routes` (or `[route]` when
+//! absent), a snapshot's routes append to their key's list in the order they come.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -39,44 +41,63 @@ impl Tables {
         }
     }
 
-    pub fn upsert(&mut self, k: Keyed) {
-        let r = &k.route;
-        let list = match r.prefix {
-            IpNet::V4(n) => self.v4.entry(r.table).or_default().entry(n).or_default(),
-            IpNet::V6(n) => self.v6.entry(r.table).or_default().entry(n).or_default(),
-        };
-        match list.iter_mut().find(|x| x.id == k.id) {
-            Some(x) => *x = k,
-            None => {
-                let at = list
-                    .iter()
-                    .position(|x| (x.route.metric, x.route.tos) > (r.metric, r.tos))
-                    .unwrap_or(list.len());
-                list.insert(at, k);
-                self.len += 1;
-            }
+    fn list(&mut self, table: u32, p: IpNet) -> &mut Vec<Keyed> {
+        match p {
+            IpNet::V4(n) => self.v4.entry(table).or_default().entry(n).or_default(),
+            IpNet::V6(n) => self.v6.entry(table).or_default().entry(n).or_default(),
         }
     }
 
-    pub fn remove(&mut self, k: &Keyed) {
+    /// A snapshot route: after the routes of its key already there (they come in the
+    /// kernel's order), keys ordered as the kernel orders them (metric, TOS, source).
+    pub fn push(&mut self, k: Keyed) {
         let r = &k.route;
-        let Some(list) = self.slot(r.table, r.prefix) else {
-            return;
-        };
-        let before = list.len();
-        list.retain(|x| x.id != k.id);
-        let (removed, empty) = (before - list.len(), list.is_empty());
-        self.len -= removed;
-        if empty {
-            match r.prefix {
-                IpNet::V4(n) => {
-                    self.v4.get_mut(&r.table).map(|t| t.remove(&n));
+        let order = (r.metric, r.tos, r.from);
+        let list = self.list(r.table, r.prefix);
+        let at = list
+            .iter()
+            .position(|x| (x.route.metric, x.route.tos, x.route.from) > order)
+            .unwrap_or(list.len());
+        list.insert(at, k);
+        self.len += 1;
+    }
+
+    /// A change: key `id` of `table`/`prefix` now holds `routes` (none: it is gone).
+    pub fn set(&mut self, table: u32, prefix: IpNet, id: &str, routes: Vec<RouteView>) {
+        let (added, mut removed) = (routes.len(), 0);
+        let mut rest = Vec::new();
+        match self.slot(table, prefix) {
+            Some(list) => {
+                let before = list.len();
+                let at = list.iter().position(|x| x.id == id);
+                list.retain(|x| x.id != id);
+                removed = before - list.len();
+                let keyed = routes.into_iter().map(|route| Keyed {
+                    id: id.into(),
+                    route,
+                });
+                match at {
+                    Some(at) => drop(list.splice(at..at, keyed)),
+                    None => rest.extend(keyed),
                 }
-                IpNet::V6(n) => {
-                    self.v6.get_mut(&r.table).map(|t| t.remove(&n));
+                if list.is_empty() {
+                    match prefix {
+                        IpNet::V4(n) => {
+                            self.v4.get_mut(&table).map(|t| t.remove(&n));
+                        }
+                        IpNet::V6(n) => {
+                            self.v6.get_mut(&table).map(|t| t.remove(&n));
+                        }
+                    }
                 }
             }
+            None => rest.extend(routes.into_iter().map(|route| Keyed {
+                id: id.into(),
+                route,
+            })),
         }
+        self.len = self.len + added - rest.len() - removed;
+        rest.into_iter().for_each(|k| self.push(k));
     }
 
     pub fn len(&self) -> usize {
@@ -183,7 +204,7 @@ impl Router {
             Body::Snapshot { snapshot, routes } => {
                 if let Some((id, t)) = &mut self.building {
                     if *id == snapshot {
-                        routes.into_iter().for_each(|r| t.upsert(r));
+                        routes.into_iter().for_each(|r| t.push(r));
                     }
                 }
             }
@@ -196,14 +217,20 @@ impl Router {
                     }
                 }
             }
-            Body::Change { op, id, route, .. } => {
+            Body::Change {
+                op,
+                id,
+                route,
+                routes,
+                ..
+            } => {
                 self.last_change_ms = m.time_ms;
-                let k = Keyed { id, route: *route };
-                if op == "delete" {
-                    self.fib.remove(&k);
-                } else {
-                    self.fib.upsert(k);
-                }
+                let (table, prefix) = (route.table, route.prefix);
+                let routes = routes.unwrap_or_else(|| match op.as_str() {
+                    "delete" => Vec::new(), // the daemon always sends `routes` with a delete
+                    _ => vec![*route],
+                });
+                self.fib.set(table, prefix, &id, routes);
             }
             Body::ResyncStart { .. } | Body::ResyncEnd => {}
         }
@@ -265,7 +292,7 @@ mod tests {
     fn route(prefix: &str, table: u32, metric: u32, kind: &str) -> Keyed {
         let prefix: IpNet = prefix.parse().unwrap();
         Keyed {
-            id: format!("{metric}/0/-/-"),
+            id: format!("{metric}/0/-"),
             route: RouteView {
                 family: Family::of_net(&prefix),
                 prefix,
@@ -303,8 +330,86 @@ mod tests {
                 cause: "event".into(),
                 id: r.id,
                 route: Box::new(r.route),
+                routes: None,
             },
         )
+    }
+
+    /// A key holding several routes (IPv4 `ip route append`): changes carry the key's
+    /// list; the first forwards.
+    #[test]
+    fn a_key_holds_a_list() {
+        let mut r = Router::default();
+        r.apply(msg(
+            1,
+            Body::SnapshotStart {
+                snapshot: 1,
+                routes: 3,
+                reason: "start".into(),
+                synced: true,
+            },
+        ));
+        let mut second = route("10.0.0.0/8", 254, 10, "unicast");
+        second.route.protocol = "static".into();
+        r.apply(msg(
+            2,
+            Body::Snapshot {
+                snapshot: 1,
+                routes: vec![
+                    route("10.0.0.0/8", 254, 10, "unicast"),
+                    second.clone(),
+                    route("10.0.0.0/8", 254, 5, "blackhole"),
+                ],
+            },
+        ));
+        r.apply(msg(3, Body::SnapshotEnd { snapshot: 1 }));
+        let protocols = |r: &Router| -> Vec<String> {
+            r.fib
+                .routes()
+                .iter()
+                .map(|v| format!("{}:{}", v.metric, v.protocol))
+                .collect()
+        };
+        assert_eq!(protocols(&r), ["5:boot", "10:boot", "10:static"]);
+        // The first route of key 10/0/- deleted: the key keeps the second.
+        let first = route("10.0.0.0/8", 254, 10, "unicast");
+        r.apply(msg(
+            4,
+            Body::Change {
+                op: "delete".into(),
+                cause: "event".into(),
+                id: first.id.clone(),
+                route: Box::new(first.route.clone()),
+                routes: Some(vec![second.route.clone()]),
+            },
+        ));
+        assert_eq!(protocols(&r), ["5:boot", "10:static"]);
+        assert_eq!(r.fib.len(), 2);
+        // Prepended again: the key's list, in order.
+        r.apply(msg(
+            5,
+            Body::Change {
+                op: "add".into(),
+                cause: "event".into(),
+                id: first.id.clone(),
+                route: Box::new(first.route.clone()),
+                routes: Some(vec![first.route.clone(), second.route.clone()]),
+            },
+        ));
+        assert_eq!(protocols(&r), ["5:boot", "10:boot", "10:static"]);
+        // The blackhole's key emptied, then the rest.
+        r.apply(change(
+            6,
+            "delete",
+            route("10.0.0.0/8", 254, 5, "blackhole"),
+        ));
+        assert_eq!(protocols(&r), ["10:boot", "10:static"]);
+        let mut gone = change(7, "delete", first);
+        if let Body::Change { routes, .. } = &mut gone.body {
+            *routes = Some(vec![]);
+        }
+        r.apply(gone);
+        assert!(r.fib.is_empty() && r.fib.lookup("10.1.1.1".parse().unwrap()).is_none());
     }
 
     #[test]

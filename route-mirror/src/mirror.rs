@@ -97,6 +97,10 @@ pub struct Journal {
     pub nexthops_changed: bool,
     /// Policy rules added or removed.
     pub rules: Vec<crate::fib::rules::mirror::RuleDelta>,
+    /// Links renamed or removed (ifindex, each once per drain): what names them (the
+    /// AFT's `interface-ref`, a route's `dev`) changed without a route delta. The
+    /// routes through a removed link go as deltas of their own.
+    pub links_renamed: Vec<u32>,
 }
 
 /// Identity of a route in the pending-inference set: a hash, not the key, so a link
@@ -189,6 +193,16 @@ impl Mirror {
     fn touch_nh_routes(&mut self) {
         if let Some(j) = &mut self.journal {
             j.nexthops_changed = true;
+        }
+    }
+
+    /// Tells the exports that a link was renamed or removed: renderings that name it
+    /// changed without a route message.
+    fn touch_link_name(&mut self, ifindex: u32) {
+        if let Some(j) = &mut self.journal {
+            if !j.links_renamed.contains(&ifindex) {
+                j.links_renamed.push(ifindex);
+            }
         }
     }
 
@@ -348,6 +362,13 @@ impl Mirror {
                 let ifindex = link.ifindex;
                 let up = link.is_up();
                 let was_up = self.links.get(&ifindex).map(|l| l.value.is_up());
+                if self
+                    .links
+                    .get(&ifindex)
+                    .is_some_and(|l| l.value.name != link.name)
+                {
+                    self.touch_link_name(ifindex);
+                }
                 self.rules.link(&link);
                 self.links.insert(
                     ifindex,
@@ -370,7 +391,9 @@ impl Mirror {
             }
             Change::DelLink { ifindex } => {
                 self.counters.link_events += 1;
-                self.links.remove(&ifindex);
+                if self.links.remove(&ifindex).is_some() {
+                    self.touch_link_name(ifindex);
+                }
                 self.rules.unlink(ifindex);
                 self.addrs.retain(|a, _| a.ifindex != ifindex);
                 self.remove_v4_via_dev(ifindex, true);
@@ -613,6 +636,13 @@ impl Mirror {
                     Some(_) => Verdict::Updated,
                 };
                 scan.object_verdicts.count(v);
+                if self
+                    .links
+                    .get(&link.ifindex)
+                    .is_some_and(|l| l.value.name != link.name)
+                {
+                    self.touch_link_name(link.ifindex);
+                }
                 self.links.insert(
                     link.ifindex,
                     Stamped {
@@ -696,7 +726,16 @@ impl Mirror {
         let mut objects = 0usize;
         if scan.dumped(DumpKind::Links) {
             let before = self.links.len();
-            self.links.retain(|_, l| l.stamp == gen);
+            let gone: Vec<u32> = self
+                .links
+                .iter()
+                .filter(|(_, l)| l.stamp != gen)
+                .map(|(&i, _)| i)
+                .collect();
+            for i in gone {
+                self.links.remove(&i);
+                self.touch_link_name(i);
+            }
             if self.links.len() != before {
                 let links: Vec<Link> = self.links.values().map(|l| l.value.clone()).collect();
                 self.rules.relink(links.iter());
@@ -917,6 +956,44 @@ mod tests {
             (c.inferred_confirmed, c.inferred_refuted, c.inferred_pending),
             (1, 1, 0)
         );
+    }
+
+    /// Renames and removals reach the funnel, from events and from scans alike: what
+    /// names a route's device (the AFT's next hops, NATS route objects) must re-read it.
+    #[test]
+    fn link_renames_and_removals_are_journaled() {
+        let mut m = Mirror::new();
+        m.journal = Some(Journal::default());
+        let renamed =
+            |m: &mut Mirror| std::mem::take(&mut m.journal.as_mut().unwrap().links_renamed);
+        let up = libc::IFF_UP as u32;
+        m.apply(Change::NewLink(veth1(up)));
+        assert!(renamed(&mut m).is_empty(), "a new link renames nothing");
+        m.apply(Change::NewLink(Link {
+            name: "wan0".into(),
+            ..veth1(up)
+        }));
+        m.apply(Change::NewLink(Link {
+            name: "wan0".into(),
+            mtu: 9000,
+            ..veth1(up)
+        }));
+        assert_eq!(renamed(&mut m), [3], "once, for the rename only");
+        // A scan that finds it renamed again, then one that no longer finds it.
+        let gen = m.begin_scan();
+        let mut scan = ActiveScan::new(ScanReason::Periodic, ScanScope::full(), gen);
+        m.mark(Change::NewLink(veth1(up)), &mut scan);
+        m.prune(&mut scan);
+        assert_eq!(renamed(&mut m), [3]);
+        let gen = m.begin_scan();
+        let mut scan = ActiveScan::new(ScanReason::Periodic, ScanScope::full(), gen);
+        m.prune(&mut scan);
+        assert_eq!(renamed(&mut m), [3]);
+        assert!(m.links.is_empty());
+        m.apply(Change::NewLink(veth1(up)));
+        m.apply(Change::DelLink { ifindex: 3 });
+        m.apply(Change::DelLink { ifindex: 3 });
+        assert_eq!(renamed(&mut m), [3], "removed once");
     }
 
     #[test]

@@ -12,6 +12,9 @@ lines on stdout (each with "t", the wall-clock time it arrived).
       a collector that stops reading: pygnmi's own subscriber drains the stream in a
       thread, so this uses the gNMI stub pygnmi ships, reads up to the first
       sync_response, reads nothing for PAUSE_SECONDS, then prints what follows.
+
+GNMI_TARGET, when set, is the gNMI target (prefix.target) of get and subscribe: the
+namespace to read when the daemon mirrors several.
 """
 import json
 import os
@@ -38,6 +41,7 @@ def main():
                    "path_key": os.environ["GNMI_TLS_KEY"]}
         else:
             tls = {"path_cert": os.environ["GNMI_TLS_ROOT"]}
+    target = os.environ.get("GNMI_TARGET") or None
     with gNMIclient(target=(host, int(port)), insecure=not tls,
                     gnmi_timeout=float(os.environ.get("GNMI_TIMEOUT", "10")), **tls) as gc:
         if op == "caps":
@@ -45,13 +49,13 @@ def main():
         elif op == "get":
             enc = sys.argv[4] if len(sys.argv) > 4 else None
             try:
-                out({"get": gc.get(path=[sys.argv[3]], encoding=enc)})
+                out({"get": gc.get(path=[sys.argv[3]], encoding=enc, target=target)})
             except Exception as e:  # a gNMI error status, e.g. NOT_FOUND
                 out({"error": str(e)})
         elif op == "once":
             enc = sys.argv[4] if len(sys.argv) > 4 else "json"
             sub = {"subscription": [{"path": sys.argv[3]}], "mode": "once", "encoding": enc}
-            for m in gc.subscribe2(subscribe=sub):
+            for m in gc.subscribe2(subscribe=sub, target=target):
                 out(m)
             out({"end": True})
         elif op == "stream":
@@ -59,7 +63,7 @@ def main():
             pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
             sub = {"subscription": [{"path": path, "mode": "on_change"}], "mode": "stream",
                    "encoding": "json"}
-            s = gc.subscribe_stream(subscribe=sub)
+            s = gc.subscribe_stream(subscribe=sub, target=target)
             end = time.time() + seconds
             paused = False
             while time.time() < end:

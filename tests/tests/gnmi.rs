@@ -1,13 +1,15 @@
 //! The gNMI export read by a client nobody here wrote: pygnmi (tests/clients/gnmi_client.py,
 //! in the venv `cargo xtask test` makes) against `route-mirror run --gnmi-listen`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use route_mirror_tests::{batch, free_port, test_python, workspace_root, Daemon, Netns};
+use route_mirror_tests::{
+    batch, daemon_bin, free_port, poll, test_python, workspace_root, Daemon, Netns, TempDir,
+};
 use serde_json::Value;
 
 const NI: &str = "/network-instances/network-instance[name=main]/afts";
@@ -15,6 +17,8 @@ const NI: &str = "/network-instances/network-instance[name=main]/afts";
 struct Gnmi {
     python: std::path::PathBuf,
     addr: String,
+    /// The gNMI target of every operation (a namespace), if any.
+    target: Option<String>,
 }
 
 impl Gnmi {
@@ -24,7 +28,23 @@ impl Gnmi {
         let addr = format!("127.0.0.1:{}", free_port());
         let d = Daemon::start_env(ns, &["--gnmi-listen", &addr, "--gnmi-insecure"], env);
         d.wait_synced(Duration::from_secs(30));
-        Some((d, Gnmi { python, addr }))
+        Some((
+            d,
+            Gnmi {
+                python,
+                addr,
+                target: None,
+            },
+        ))
+    }
+
+    /// The same server, addressed to one target (a mirrored namespace).
+    fn target(&self, t: &str) -> Gnmi {
+        Gnmi {
+            python: self.python.clone(),
+            addr: self.addr.clone(),
+            target: Some(t.to_string()),
+        }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -32,6 +52,9 @@ impl Gnmi {
         c.arg(workspace_root().join("tests/clients/gnmi_client.py"))
             .arg(&self.addr)
             .args(args);
+        if let Some(t) = &self.target {
+            c.env("GNMI_TARGET", t);
+        }
         c
     }
 
@@ -102,6 +125,63 @@ fn wait_for(rx: &mpsc::Receiver<Value>, timeout: Duration, f: impl Fn(&Value) ->
             Err(_) => panic!("no matching gNMI message within {timeout:?}"),
         }
     }
+}
+
+/// Every message up to and including the first that matches.
+fn collect_until(
+    rx: &mpsc::Receiver<Value>,
+    timeout: Duration,
+    f: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let end = Instant::now() + timeout;
+    let mut out = Vec::new();
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) => {
+                let done = f(&v);
+                out.push(v);
+                if done {
+                    return out;
+                }
+            }
+            Err(_) => panic!("no matching gNMI message within {timeout:?}"),
+        }
+    }
+}
+
+/// The updates (`update`) or deletes (`delete`) of a streamed notification: full path
+/// (prefix + path) and value.
+fn streamed(m: &Value, what: &str) -> Vec<(String, Value)> {
+    let prefix = m["update"]["prefix"].as_str().unwrap_or("");
+    m["update"][what]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            let p = u["path"].as_str().unwrap_or("");
+            let full = if p.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}/{p}")
+            };
+            (full, u["val"].clone())
+        })
+        .collect()
+}
+
+/// Next-hop index → interface, from notifications' leaves.
+fn hop_interfaces(msgs: &[Value]) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    for (p, v) in leaves(msgs) {
+        if let Some(rest) = p.split("next-hops/next-hop[index=").nth(1) {
+            if p.ends_with("/interface-ref/state/interface") {
+                let index = rest.split(']').next().unwrap().parse().unwrap();
+                out.insert(index, v.as_str().unwrap().to_string());
+            }
+        }
+    }
+    out
 }
 
 fn now() -> f64 {
@@ -482,7 +562,11 @@ fn tls_and_client_certificates() {
         ],
     );
     d.wait_synced(Duration::from_secs(30));
-    let g = Gnmi { python, addr };
+    let g = Gnmi {
+        python,
+        addr,
+        target: None,
+    };
     let caps = |env: &[(&str, String)]| {
         let mut c = g.cmd(&["caps"]);
         c.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
@@ -624,4 +708,239 @@ fn poll_and_sample() {
         resent >= 3,
         "an unchanged entry resent every 300 ms for 2 s: {resent}"
     );
+}
+
+/// A renamed link keeps its next hops (same indices, groups and entries) and their
+/// interface-ref shows the new name within 1 s; a removed link's entries and next hops
+/// are deleted within 1 s. Routes over the links in both families.
+#[test]
+fn link_rename_and_removal_reach_subscribers() {
+    let ns = Netns::new();
+    ns.ip(&["route", "add", "192.0.2.0/24", "via", "198.18.1.2"]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:5::/48",
+        "via",
+        "2001:2:0:1::2",
+    ]);
+    ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.2.2"]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:6::/48",
+        "via",
+        "2001:2:0:2::2",
+    ]);
+    let Some((d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+    let (mut sub, rx) = g.spawn(&["stream", NI, "30"]);
+    let snapshot = collect_until(&rx, Duration::from_secs(10), |m| m["sync_response"] == true);
+    let hops = hop_interfaces(&snapshot);
+    let via = |dev: &str| -> Vec<u64> {
+        hops.iter()
+            .filter(|(_, i)| *i == dev)
+            .map(|(x, _)| *x)
+            .collect()
+    };
+    let (veth1, veth2) = (via("veth1"), via("veth2"));
+    assert!(veth1.len() >= 3 && veth2.len() >= 3, "{hops:?}");
+
+    // Rename while up (6.18 allows it; the routes stay).
+    let t0 = now();
+    ns.ip(&["link", "set", "veth1", "name", "wan0"]);
+    let mut renamed = BTreeMap::new();
+    let mut regrouped = Vec::new();
+    while renamed.len() < veth1.len() {
+        let m = wait_for(&rx, Duration::from_secs(5), |m| m["update"].is_object());
+        for (p, v) in streamed(&m, "update") {
+            if p.ends_with("/state/next-hop-group") {
+                regrouped.push(p.clone());
+            }
+            if let Some(rest) = p.split("next-hops/next-hop[index=").nth(1) {
+                if p.ends_with("/interface-ref/state/interface") {
+                    let index: u64 = rest.split(']').next().unwrap().parse().unwrap();
+                    renamed.insert(index, (v, m["t"].as_f64().unwrap() - t0));
+                }
+            }
+        }
+    }
+    let names: Vec<u64> = renamed.keys().copied().collect();
+    assert_eq!(names, veth1, "the same next hops, renamed: {renamed:?}");
+    for (index, (name, lag)) in &renamed {
+        assert_eq!(name, "wan0", "next hop {index}");
+        assert!(*lag < 1.0, "next hop {index} renamed after {lag:.3}s");
+    }
+    assert!(
+        regrouped.is_empty(),
+        "entries keep their groups: {regrouped:?}"
+    );
+    let route = d.lookup("192.0.2.1", None).unwrap();
+    assert_eq!(route["nexthops"][0]["dev"], "wan0");
+    let got = leaves(&g.run(&[
+        "get",
+        &format!("{NI}/next-hops/next-hop[index={}]", veth1[0]),
+    ]));
+    assert!(got.values().any(|v| v == "wan0"), "Get agrees: {got:?}");
+
+    // Removal: its routes (IPv4 flushed silently by the kernel, IPv6 deleted) and the
+    // next hops through it go.
+    let t1 = now();
+    ns.ip(&["link", "del", "veth2"]);
+    let mut gone_hops = Vec::new();
+    let mut gone_entries = Vec::new();
+    while gone_hops.len() < veth2.len() || gone_entries.len() < 2 {
+        let m = wait_for(&rx, Duration::from_secs(5), |m| m["update"].is_object());
+        let lag = m["t"].as_f64().unwrap() - t1;
+        for (p, _) in streamed(&m, "delete") {
+            if let Some(rest) = p.split("next-hops/next-hop[index=").nth(1) {
+                gone_hops.push(rest.split(']').next().unwrap().parse::<u64>().unwrap());
+            }
+            for prefix in ["203.0.113.0/24", "2001:db8:6::/48"] {
+                if p.contains(&format!("[prefix={prefix}]")) {
+                    gone_entries.push(prefix);
+                }
+            }
+            assert!(lag < 1.0, "{p} deleted after {lag:.3}s");
+        }
+    }
+    gone_hops.sort_unstable();
+    assert_eq!(gone_hops, veth2);
+    let _ = sub.kill();
+    let _ = sub.wait();
+    d.diff_empty();
+}
+
+/// The entry prefixes in pygnmi's notifications.
+fn entry_prefixes(msgs: &[Value]) -> BTreeSet<String> {
+    leaves(msgs)
+        .keys()
+        .filter_map(|p| p.split("-entry[prefix=").nth(1))
+        .map(|r| r.split(']').next().unwrap().to_string())
+        .collect()
+}
+
+/// One daemon mirroring two namespaces: the gNMI target selects one (Get, Subscribe
+/// ONCE and STREAM see only its routes, and its entries are exactly its mirror's main
+/// table), no target reads both, an unknown target is an error.
+#[test]
+fn the_target_selects_the_namespace() {
+    let (a, b) = (Netns::new(), Netns::new());
+    a.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.1.2"]);
+    b.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.2.2"]);
+    let Some(python) = test_python() else { return };
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Several namespaces: no --socket (each gets /run/route-mirror/NAME.sock).
+    let log = TempDir::new("rm-gnmi-multi").unwrap();
+    let logf = std::fs::File::create(log.path().join("daemon.log")).unwrap();
+    let _d = Running(
+        Command::new(daemon_bin())
+            .args(["--config", "/dev/null", "run", "--gnmi-listen", &addr])
+            .args(["--gnmi-insecure", "--netns", a.name(), "--netns", b.name()])
+            .stderr(logf)
+            .spawn()
+            .unwrap(),
+    );
+    let cli = |ns: &Netns, args: &[&str]| -> Option<Value> {
+        let out = Command::new(daemon_bin())
+            .args(["--netns", ns.name()])
+            .args(args)
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    for ns in [&a, &b] {
+        let synced = poll(Duration::from_secs(20), || {
+            let v = cli(ns, &["stats", "--json"])?;
+            (v["synced"] == true).then_some(())
+        });
+        let daemon_log = std::fs::read_to_string(log.path().join("daemon.log")).unwrap_or_default();
+        assert!(synced.is_some(), "{} not synced: {daemon_log}", ns.name());
+    }
+    let g = Gnmi {
+        python,
+        addr,
+        target: None,
+    };
+    let (ga, gb) = (g.target(a.name()), g.target(b.name()));
+    let once = |g: &Gnmi| entry_prefixes(&g.run(&["once", NI]));
+    let (in_a, in_b, all) = (once(&ga), once(&gb), once(&g));
+    let main_of_a: BTreeSet<String> = cli(&a, &["show", "--table", "main", "--json"])
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        in_a,
+        main_of_a,
+        "target {} = its mirror's main table",
+        a.name()
+    );
+    assert!(
+        in_b.contains("198.51.100.0/24") && !in_b.contains("203.0.113.0/24"),
+        "{in_b:?}"
+    );
+    assert!(
+        all.is_superset(&in_a) && all.is_superset(&in_b),
+        "no target: both"
+    );
+    let entry = |p: &str| format!("{NI}/ipv4-unicast/ipv4-entry[prefix={p}]");
+    assert!(!leaves(&gb.run(&["get", &entry("198.51.100.0/24")])).is_empty());
+    let other = ga.run(&["get", &entry("198.51.100.0/24")]);
+    assert!(leaves(&other).is_empty(), "not in {}: {other:?}", a.name());
+    let bad = g
+        .target("no-such-netns")
+        .run(&["get", &entry("198.51.100.0/24")]);
+    assert!(bad[0]["error"].is_string(), "{bad:?}");
+
+    // A change in b reaches b's subscribers, not a's.
+    let (mut sa, rxa) = ga.spawn(&["stream", NI, "10"]);
+    let (mut sb, rxb) = gb.spawn(&["stream", NI, "10"]);
+    for rx in [&rxa, &rxb] {
+        wait_for(rx, Duration::from_secs(10), |m| m["sync_response"] == true);
+    }
+    b.ip(&["route", "add", "192.0.2.0/24", "via", "198.18.2.2"]);
+    let m = wait_for(&rxb, Duration::from_secs(5), |m| {
+        entry_prefixes(std::slice::from_ref(m)).contains("192.0.2.0/24")
+    });
+    assert!(m["update"].is_object());
+    a.ip(&["route", "add", "192.0.2.128/25", "via", "198.18.1.2"]);
+    wait_for(&rxa, Duration::from_secs(5), |m| {
+        entry_prefixes(std::slice::from_ref(m)).contains("192.0.2.128/25")
+    });
+    while let Ok(m) = rxa.try_recv() {
+        assert!(
+            !entry_prefixes(&[m]).contains("192.0.2.0/24"),
+            "b's route streamed to {}",
+            a.name()
+        );
+    }
+    for s in [&mut sa, &mut sb] {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}
+
+/// A daemon this test started itself (several namespaces): stopped on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

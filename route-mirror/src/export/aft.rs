@@ -4,8 +4,9 @@
 //! One network instance per mirrored table. Each prefix carries its *best* route (the
 //! one the kernel forwards with: the first TOS-0 route in sub-key order, lowest metric
 //! first), as `ipv4-entry`/`ipv6-entry`. Next hops and next-hop groups are shared
-//! objects with ids: a next hop per distinct (gateway, interface), a group per distinct
-//! weighted hop set, both reference-counted and deleted when their last user goes, as a
+//! objects with ids: a next hop per distinct (gateway, interface index; a renamed link
+//! keeps its next hops, whose `interface-ref` follows the new name), a group per
+//! distinct weighted hop set, both reference-counted and deleted when their last user goes, as a
 //! vendor router's AFT does. Non-unicast routes (blackhole, unreachable, local...) point
 //! at a group without next hops; their type is in `entry-metadata`.
 //!
@@ -30,8 +31,26 @@ pub struct NextHop {
     /// `state/ip-address`; none for a directly connected route.
     pub ip: Option<IpAddr>,
     pub ifindex: u32,
-    /// `interface-ref/state/interface`: the link's name when the route was last set.
+    /// `interface-ref/state/interface`: the link's name (none once the link is gone).
     pub interface: Option<Arc<str>>,
+}
+
+/// A next hop's identity: what it forwards to. Its interface's name is not part of it:
+/// a renamed link keeps its next hops (and their groups and entries), and only their
+/// `interface-ref` changes, as on a vendor router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct HopKey {
+    ip: Option<IpAddr>,
+    ifindex: u32,
+}
+
+impl HopKey {
+    fn of(h: &NextHop) -> HopKey {
+        HopKey {
+            ip: h.ip,
+            ifindex: h.ifindex,
+        }
+    }
 }
 
 /// One member of a next-hop group: next-hop index and weight.
@@ -63,12 +82,32 @@ pub struct Best {
 /// One AFT operation, in the order a collector must apply them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    NextHop { index: u64, hop: NextHop },
-    NextHopDelete { index: u64 },
-    Group { id: u64, members: Arc<[Member]> },
-    GroupDelete { id: u64 },
-    Entry { prefix: IpNet, entry: Entry4 },
-    EntryDelete { prefix: IpNet },
+    NextHop {
+        index: u64,
+        hop: NextHop,
+    },
+    /// An existing next hop's interface was renamed, or went away (`interface` none).
+    NextHopInterface {
+        index: u64,
+        hop: NextHop,
+    },
+    NextHopDelete {
+        index: u64,
+    },
+    Group {
+        id: u64,
+        members: Arc<[Member]>,
+    },
+    GroupDelete {
+        id: u64,
+    },
+    Entry {
+        prefix: IpNet,
+        entry: Entry4,
+    },
+    EntryDelete {
+        prefix: IpNet,
+    },
 }
 
 /// An [`Op`] in a network instance (a table).
@@ -135,7 +174,9 @@ impl<V: std::hash::Hash + Eq + Clone> Pool<V> {
 pub struct Instance {
     pub v4: HashMap<Ipv4Net, Entry4>,
     pub v6: HashMap<Ipv6Net, Entry4>,
-    hops: Pool<NextHop>,
+    hops: Pool<HopKey>,
+    /// Each next hop's interface name, by index.
+    interfaces: HashMap<u64, Option<Arc<str>>>,
     groups: Pool<Arc<[Member]>>,
 }
 
@@ -151,12 +192,48 @@ impl Instance {
         self.v4.len() + self.v6.len()
     }
 
-    pub fn next_hops(&self) -> impl Iterator<Item = (u64, &NextHop)> {
-        self.hops.values.iter().map(|(&i, h)| (i, h))
+    pub fn next_hops(&self) -> impl Iterator<Item = (u64, NextHop)> + '_ {
+        self.hops
+            .values
+            .keys()
+            .filter_map(|&i| Some((i, self.next_hop(i)?)))
     }
 
-    pub fn next_hop(&self, index: u64) -> Option<&NextHop> {
-        self.hops.get(index)
+    pub fn next_hop(&self, index: u64) -> Option<NextHop> {
+        let k = self.hops.get(index)?;
+        Some(NextHop {
+            ip: k.ip,
+            ifindex: k.ifindex,
+            interface: self.interfaces.get(&index).cloned().flatten(),
+        })
+    }
+
+    /// Re-reads the interface name of every next hop through `links`, appending an
+    /// operation for each that changed.
+    pub fn rename_links(
+        &mut self,
+        links: &[u32],
+        name: &dyn Fn(u32) -> Option<Arc<str>>,
+        out: &mut Vec<Op>,
+    ) {
+        for (&index, k) in &self.hops.values {
+            if !links.contains(&k.ifindex) {
+                continue;
+            }
+            let now = name(k.ifindex);
+            let slot = self.interfaces.entry(index).or_default();
+            if *slot != now {
+                slot.clone_from(&now);
+                out.push(Op::NextHopInterface {
+                    index,
+                    hop: NextHop {
+                        ip: k.ip,
+                        ifindex: k.ifindex,
+                        interface: now,
+                    },
+                });
+            }
+        }
     }
 
     pub fn groups(&self) -> impl Iterator<Item = (u64, &Arc<[Member]>)> {
@@ -178,9 +255,18 @@ impl Instance {
     fn take_group(&mut self, best: &Best, out: &mut Vec<Op>) -> u64 {
         let mut members = Vec::with_capacity(best.hops.len());
         for (hop, weight) in &best.hops {
-            let (index, new) = self.hops.take(hop);
+            let (index, new) = self.hops.take(&HopKey::of(hop));
+            let interface = self.interfaces.entry(index).or_default();
             if new {
+                interface.clone_from(&hop.interface);
                 out.push(Op::NextHop {
+                    index,
+                    hop: hop.clone(),
+                });
+            } else if *interface != hop.interface {
+                // Read after a rename the pump has not seen yet: the next hop follows.
+                interface.clone_from(&hop.interface);
+                out.push(Op::NextHopInterface {
                     index,
                     hop: hop.clone(),
                 });
@@ -194,7 +280,9 @@ impl Instance {
         } else {
             // The group existed: the hop references just taken are not its own.
             for (index, _) in members.iter() {
-                self.hops.release(*index);
+                if self.hops.release(*index) {
+                    self.interfaces.remove(index); // never the last: the group holds it
+                }
             }
         }
         id
@@ -206,6 +294,7 @@ impl Instance {
             out.push(Op::GroupDelete { id });
             for (index, _) in members.iter().flat_map(|m| m.iter()) {
                 if self.hops.release(*index) {
+                    self.interfaces.remove(index);
                     out.push(Op::NextHopDelete { index: *index });
                 }
             }
@@ -306,6 +395,17 @@ impl Aft {
     pub fn entries(&self) -> usize {
         self.instances.values().map(Instance::entries).sum()
     }
+
+    /// Links renamed or removed ([`crate::export::change::Batch::links_renamed`]): the
+    /// next hops through them take the mirror's name for them now (none if removed).
+    pub fn rename_links(&mut self, m: &Mirror, links: &[u32], out: &mut Vec<Change>) {
+        let name = |i: u32| m.link_name(i).map(Arc::from);
+        for (&table, inst) in &mut self.instances {
+            let mut ops = Vec::new();
+            inst.rename_links(links, &name, &mut ops);
+            out.extend(ops.into_iter().map(|op| Change { table, op }));
+        }
+    }
 }
 
 /// The best route of `table`/`dst` in the mirror, as the AFT shows it.
@@ -398,6 +498,9 @@ mod tests {
         out.iter()
             .map(|c| match &c.op {
                 Op::NextHop { index, .. } => format!("nh {index}"),
+                Op::NextHopInterface { index, hop } => {
+                    format!("nh {index} dev {}", hop.interface.as_deref().unwrap_or("-"))
+                }
                 Op::NextHopDelete { index } => format!("-nh {index}"),
                 Op::Group { id, members } => format!("nhg {id} {members:?}"),
                 Op::GroupDelete { id } => format!("-nhg {id}"),
@@ -448,6 +551,53 @@ mod tests {
         out.clear();
         aft.set(254, net("10.1.0.0/16"), None, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_renamed_link_keeps_its_next_hops_and_renames_them() {
+        let mut inst = Instance::default();
+        let mut out = Vec::new();
+        let ecmp = best(10, &[("198.18.1.2", 3, 1), ("198.18.2.2", 4, 1)]);
+        inst.set(net("10.0.0.0/8"), Some(&ecmp), &mut out);
+        inst.set(
+            net("10.1.0.0/16"),
+            Some(&best(10, &[("198.18.1.2", 3, 1)])),
+            &mut out,
+        );
+        out.clear();
+        // Link 3 renamed: one operation per next hop through it, nothing else changes.
+        let names = |i: u32| (i == 3).then(|| Arc::from("wan0"));
+        inst.rename_links(&[3], &names, &mut out);
+        let changes: Vec<Change> = out.drain(..).map(|op| Change { table: 254, op }).collect();
+        assert_eq!(ops(&changes), ["nh 1 dev wan0"]);
+        assert_eq!(inst.next_hop(1).unwrap().interface.as_deref(), Some("wan0"));
+        assert_eq!(
+            inst.next_hop(2).unwrap().interface.as_deref(),
+            Some("veth4")
+        );
+        // Said once: the same name again is no change.
+        inst.rename_links(&[3], &names, &mut out);
+        assert!(out.is_empty());
+        // A route read before the pump saw a rename (the mirror already has the new
+        // name) renames the shared next hop instead of making a second one.
+        let mut renamed = best(20, &[("198.18.2.2", 4, 1)]);
+        renamed.hops[0].0.interface = Some("lan0".into());
+        inst.set(net("10.2.0.0/16"), Some(&renamed), &mut out);
+        let changes: Vec<Change> = out.drain(..).map(|op| Change { table: 254, op }).collect();
+        assert_eq!(
+            ops(&changes),
+            ["nh 2 dev lan0", "nhg 3 [(2, 1)]", "e 10.2.0.0/16 3"]
+        );
+        // Removed: the next hop loses its interface.
+        inst.rename_links(&[3], &|_| None, &mut out);
+        let changes: Vec<Change> = out.drain(..).map(|op| Change { table: 254, op }).collect();
+        assert_eq!(ops(&changes), ["nh 1 dev -"]);
+        assert_eq!(inst.next_hops().count(), 2);
+        // Released with its last user, name and all.
+        inst.set(net("10.0.0.0/8"), None, &mut out);
+        inst.set(net("10.1.0.0/16"), None, &mut out);
+        assert_eq!(inst.next_hops().map(|(i, _)| i).collect::<Vec<_>>(), [2]);
+        assert_eq!(inst.interfaces.len(), 1);
     }
 
     #[test]

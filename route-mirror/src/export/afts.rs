@@ -4,7 +4,8 @@
 //! A pump thread follows its [`Feed`]: it builds the AFT from a feed snapshot (copied
 //! under the mirror's read lock, converted after it), then for each batch re-reads the
 //! best route of every touched prefix from the mirror (one read lock per batch; every
-//! prefix using a nexthop object when one changed) and broadcasts the resulting AFT
+//! prefix using a nexthop object when one changed; the interface name of every next
+//! hop through a renamed or removed link) and broadcasts the resulting AFT
 //! operations. The broadcast is bounded: a subscriber that falls behind gets `Lagged`
 //! and starts over from a fresh snapshot, so a slow collector never slows the daemon
 //! and never keeps a silently wrong copy. When the feed itself falls behind
@@ -200,6 +201,7 @@ impl Afts {
             self.ready.send_replace(true);
         }
         let mut touched: Vec<(u32, IpNet)> = Vec::new();
+        let mut links: Vec<u32> = Vec::new();
         while let Some(first) = feed.recv_blocking() {
             let (mut resync, mut lagged, mut nexthops) = (false, false, false);
             // Take whatever else is queued: one mirror read for all of it.
@@ -209,6 +211,7 @@ impl Afts {
                     Update::Changes(b) => {
                         touched.extend(b.deltas.iter().map(|d| (d.table, d.dst)));
                         nexthops |= b.nexthops_changed;
+                        links.extend(&b.links_renamed);
                     }
                     Update::ResyncDone { .. } => resync = true,
                     Update::ResyncStart { .. } => {}
@@ -224,7 +227,7 @@ impl Afts {
                 warn!(netns = %self.name, "AFT export fell behind the mirror: rebuilding it");
                 self.stats.lock().expect("afts stats").rebuilds += 1;
                 synced |= self.rebuild(&mut feed);
-            } else if !touched.is_empty() || nexthops {
+            } else if !touched.is_empty() || nexthops || !links.is_empty() {
                 let m = mirror.read();
                 if nexthops {
                     // A nexthop object changed: every route using one may forward
@@ -240,13 +243,19 @@ impl Afts {
                 touched.sort_unstable();
                 touched.dedup();
                 debug!(netns = %self.name, prefixes = touched.len(), "AFT batch");
+                links.sort_unstable();
+                links.dedup();
                 self.apply(|aft, out| {
+                    if !links.is_empty() {
+                        aft.rename_links(&m, &links, out);
+                    }
                     for (table, prefix) in &touched {
                         aft.refresh(&m, *table, *prefix, out);
                     }
                 });
             }
             touched.clear();
+            links.clear();
             if synced {
                 self.ready.send_replace(true);
             }

@@ -19,6 +19,9 @@ pub struct Batch {
     pub nexthops_changed: bool,
     /// Policy rules added or removed.
     pub rules: Vec<crate::fib::rules::mirror::RuleDelta>,
+    /// Links renamed or removed (ifindex): next hops and routes rendered with their
+    /// name show another one now (read it from the mirror; none if removed).
+    pub links_renamed: Vec<u32>,
 }
 
 impl Batch {
@@ -29,11 +32,15 @@ impl Batch {
             deltas: journal.deltas,
             nexthops_changed: journal.nexthops_changed,
             rules: journal.rules,
+            links_renamed: journal.links_renamed,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.deltas.is_empty() && !self.nexthops_changed && self.rules.is_empty()
+        self.deltas.is_empty()
+            && !self.nexthops_changed
+            && self.rules.is_empty()
+            && self.links_renamed.is_empty()
     }
 }
 

@@ -115,10 +115,10 @@ impl Exports {
         let Some(journal) = mirror.journal.replace(Journal::default()) else {
             return;
         };
-        if journal.deltas.is_empty() && !journal.nexthops_changed && journal.rules.is_empty() {
+        let batch = Batch::new(journal, source);
+        if batch.is_empty() {
             return;
         }
-        let batch = Batch::new(journal, source);
         self.hub.inner.watch.changes(&batch, mirror);
         if let Some(f) = &mut self.bpf_fib {
             f.changes(&batch, mirror);

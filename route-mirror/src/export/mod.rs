@@ -7,8 +7,12 @@
 //! while any export consumes it. After each batch the core hands the journal to
 //! [`hub::Exports::publish`], still under the mirror's write lock, as one
 //! [`change::Batch`] of [`change::Delta`]s (op add/replace/delete, cause
-//! event/inferred/scan, table, prefix, the route entry). Resyncs are bracketed by
-//! [`change::Marker`]s. Exports never reach back into the sources: they read the
+//! event/inferred/scan, table, prefix, the route entry). A batch also says what changed
+//! the routes' next hops or their rendering without a delta of their own: a nexthop
+//! object changed (`nexthops_changed`: routes using objects may forward differently)
+//! and links renamed or removed (`links_renamed`: whatever shows a route's device by
+//! name, the AFT's next hops and NATS route objects, must re-read it). Resyncs are
+//! bracketed by [`change::Marker`]s. Exports never reach back into the sources: they read the
 //! mirror, and only through what the hub gives them.
 //!
 //! Two kinds of export:

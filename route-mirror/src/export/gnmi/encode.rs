@@ -259,6 +259,38 @@ impl<'a> Builder<'a> {
         self.object(ni, sel, Section::Hops, Key::Id(index), hop_leaves(index, h));
     }
 
+    /// An existing next hop's interface renamed (its leaves updated) or gone (its
+    /// `interface-ref/state/interface` leaf deleted).
+    pub fn hop_interface(&mut self, ni: &str, sel: &Selector, index: u64, h: &NextHop) {
+        if h.interface.is_some() {
+            return self.hop(ni, sel, index, h);
+        }
+        let s = Section::Hops;
+        let k = Key::Id(index);
+        if !sel.wants_ni(ni)
+            || !sel.wants_section(s)
+            || sel.key.is_some_and(|x| x != k)
+            || !sel.wants_leaf(&[
+                ("interface-ref", None),
+                ("state", None),
+                ("interface", None),
+            ])
+        {
+            return;
+        }
+        let (container, list, key) = s.names();
+        self.notification(ni).delete.push(Path {
+            elem: vec![
+                elem(container, None),
+                elem(list, Some((key, k.to_string()))),
+                elem("interface-ref", None),
+                elem("state", None),
+                elem("interface", None),
+            ],
+            ..Default::default()
+        });
+    }
+
     /// Everything `sel` selects in one instance: next hops, groups, then entries, so a
     /// collector never sees a reference before its object.
     pub fn instance(&mut self, ni: &str, sel: &Selector, i: &Instance) {
@@ -270,7 +302,7 @@ impl<'a> Builder<'a> {
             match (sel.section, k) {
                 (Some(Section::Hops), Key::Id(x)) => {
                     if let Some(h) = i.next_hop(x) {
-                        self.hop(ni, sel, x, h);
+                        self.hop(ni, sel, x, &h);
                     }
                 }
                 (Some(Section::Groups), Key::Id(x)) => {
@@ -289,7 +321,7 @@ impl<'a> Builder<'a> {
         }
         if sel.wants_section(Section::Hops) {
             for (x, h) in i.next_hops() {
-                self.hop(ni, sel, x, h);
+                self.hop(ni, sel, x, &h);
             }
         }
         if sel.wants_section(Section::Groups) {

@@ -201,6 +201,7 @@ fn render_ops(b: &mut Builder<'_>, sel: &Selector, changes: &[crate::export::aft
         let ni = instance_name(c.table);
         match &c.op {
             Op::NextHop { index, hop } => b.hop(&ni, sel, *index, hop),
+            Op::NextHopInterface { index, hop } => b.hop_interface(&ni, sel, *index, hop),
             Op::NextHopDelete { index } => b.delete(&ni, sel, Section::Hops, Key::Id(*index)),
             Op::Group { id, members } => b.group(&ni, sel, *id, members),
             Op::GroupDelete { id } => b.delete(&ni, sel, Section::Groups, Key::Id(*id)),
@@ -223,9 +224,9 @@ type Touched = HashSet<(u32, Section, u64, Option<ipnet::IpNet>)>;
 fn touch(t: &mut Touched, changes: &[crate::export::aft::Change]) {
     for c in changes {
         t.insert(match &c.op {
-            Op::NextHop { index, .. } | Op::NextHopDelete { index } => {
-                (c.table, Section::Hops, *index, None)
-            }
+            Op::NextHop { index, .. }
+            | Op::NextHopInterface { index, .. }
+            | Op::NextHopDelete { index } => (c.table, Section::Hops, *index, None),
             Op::Group { id, .. } | Op::GroupDelete { id } => (c.table, Section::Groups, *id, None),
             Op::Entry { prefix, .. } | Op::EntryDelete { prefix } => (
                 c.table,
@@ -248,7 +249,7 @@ fn render_touched(b: &mut Builder<'_>, aft: &Aft, sel: &Selector, t: &Touched) {
         let inst = aft.instances.get(&table);
         match (s, prefix) {
             (Section::Hops, _) => match inst.and_then(|i| i.next_hop(id)) {
-                Some(h) => b.hop(&ni, sel, id, h),
+                Some(h) => b.hop(&ni, sel, id, &h),
                 None => b.delete(&ni, sel, s, Key::Id(id)),
             },
             (Section::Groups, _) => match inst.and_then(|i| i.group(id)) {

@@ -12,6 +12,13 @@
 //! number per mirror over all its subjects with no gaps: a consumer that sees a gap, or a
 //! new epoch, discards that router's copy until the next `snapshot-end`. A snapshot is
 //! the mirror at one point: changes published after its `snapshot-end` apply on top.
+//!
+//! Routes are kept per key, as the kernel keeps them: (table, prefix, [`route_id`]) holds
+//! a list of routes in the kernel's order, the first the one it forwards with (IPv4
+//! `ip route append`, a subnet on two devices, IPv6 device routes of one metric). A
+//! change says what the key holds now (`routes`), so a consumer sets the list rather
+//! than guessing where in it a route went; the common case, a key holding just the
+//! changed route, leaves `routes` out.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,14 +40,21 @@ pub struct Msg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Body {
-    /// A route change: op `add`, `replace` or `delete` (the route as it was), cause
-    /// `event`, `inferred` or `scan`.
+    /// A route change: op `add`, `replace` or `delete` (`route` as it was), cause
+    /// `event`, `inferred` or `scan`; or a route whose rendering changed without a
+    /// change of its own (op `replace`): cause `link` (a device it uses was renamed or
+    /// removed) or `nexthop` (the nexthop object it uses changed).
     Change {
         op: String,
         cause: String,
-        /// The route's identity within its table and prefix ([`route_id`]).
+        /// The route's key within its table and prefix ([`route_id`]).
         id: String,
         route: Box<RouteView>,
+        /// Every route the key holds now, in the kernel's order (empty: the key is
+        /// gone). Absent when that is exactly `[route]` (an add or replace of a key's
+        /// only route).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        routes: Option<Vec<RouteView>>,
     },
     /// A snapshot begins; `reason`: `start`, `periodic`, `reconnect`, `lagged`
     /// (the export fell behind the mirror), `publish-error`.
@@ -67,7 +81,7 @@ pub enum Body {
     ResyncEnd,
 }
 
-/// A snapshot route with its identity.
+/// A snapshot route with its key (a key's routes come in the kernel's order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Keyed {
     pub id: String,
@@ -75,20 +89,12 @@ pub struct Keyed {
     pub route: RouteView,
 }
 
-/// A route's identity within its table and prefix, as the mirror keys it: metric, TOS,
-/// IPv6 source prefix, and for IPv6 routes the kernel never merges into multipath
-/// (device, RA and nexthop-object routes) the next hop, `/`-separated, `-` for none.
-/// A consumer keys its copy by (table, prefix, id): `replace` and `delete` name it.
+/// A route's key within its table and prefix, as the kernel keys it: metric, IPv4
+/// TOS, IPv6 source prefix (`-` for none), `/`-separated: `100/0/-`,
+/// `1024/0/2001:db8::/48`. A key holds a list of routes ([`Body::Change`]'s `routes`).
 pub fn route_id(sub: &crate::model::SubKey) -> String {
-    use crate::model::HopId;
     let src = sub.src.map_or_else(|| "-".to_string(), |s| s.to_string());
-    let hop = match sub.hop {
-        None => "-".to_string(),
-        Some(HopId::Dev(i)) => format!("dev{i}"),
-        Some(HopId::Gateway(g, i)) => format!("{g}@{i}"),
-        Some(HopId::Object(n)) => format!("nh{n}"),
-    };
-    format!("{}/{}/{src}/{hop}", sub.priority, sub.tos)
+    format!("{}/{}/{src}", sub.priority, sub.tos)
 }
 
 /// Routes per `snapshot` message (about 250 KB of JSON, under NATS's 1 MB default).

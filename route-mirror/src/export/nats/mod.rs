@@ -8,7 +8,10 @@
 //! and once the feed holds `nats_buffer` changes it drops the rest (counted in `stats`
 //! under `feeds`, name `nats`) and asks for a resnapshot. After a reconnect, a lag or a
 //! failed publish the task publishes a fresh snapshot, so a consumer rebuilds exactly.
+//! Routes whose rendering changed without a change of their own (a link renamed or
+//! removed, a nexthop object replaced) are re-sent ([`keys`]).
 
+pub mod keys;
 pub mod message;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,7 @@ use async_nats::connection::State;
 use async_nats::jetstream;
 use tracing::{info, warn};
 
+use self::keys::{just, key_routes, Derived, KeyOf};
 use self::message::{base, family_token, route_id, Body, Keyed, Msg, SNAPSHOT_CHUNK};
 use super::feed::{Feed, MirrorReader, Update};
 use super::hub::Hub;
@@ -148,6 +152,7 @@ pub async fn start(cfg: &NatsConfig, hubs: &[Hub]) -> Result<Arc<NatsStats>> {
             connects: connects.clone(),
             seq: 0,
             snapshot_id: 0,
+            derived: Derived::default(),
             stats: stats.clone(),
         };
         tokio::spawn(p.run());
@@ -167,6 +172,8 @@ struct Publisher {
     connects: Arc<AtomicU64>,
     seq: u64,
     snapshot_id: u64,
+    /// Nexthop objects as last published: finds routes an object change rewrote.
+    derived: Derived,
     stats: Arc<NatsStats>,
 }
 
@@ -236,6 +243,7 @@ impl Publisher {
 
     async fn snapshot(&mut self, reason: &str) -> bool {
         let snap = self.feed.snapshot();
+        self.derived.reset(&snap.names, &snap.routes);
         let routes: Vec<Keyed> = snap
             .routes
             .iter()
@@ -278,27 +286,77 @@ impl Publisher {
         ok
     }
 
+    /// One message per route change, then one per key whose rendering changed without
+    /// a change of its own; every key's routes as the mirror holds them now (so a
+    /// message may be ahead of its `seq`, never behind: the key's next change says it
+    /// again). Rendered under one read lock, published after it.
     async fn changes(&mut self, batch: &crate::export::change::Batch) -> bool {
         let rendered: Vec<(String, Vec<u8>)> = {
             let mirror = self.mirror.clone();
             let m = mirror.read();
             let mut v = Vec::with_capacity(batch.deltas.len());
+            let word = |x: serde_json::Result<serde_json::Value>| {
+                x.ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
+            let rederive = batch.nexthops_changed || !batch.links_renamed.is_empty();
+            let mut sent: std::collections::HashSet<KeyOf> = Default::default();
             for d in &batch.deltas {
+                let sub = d.entry.sub();
+                let list = key_routes(&m, d.table, &d.dst, &sub);
+                let routes = (d.op == crate::mirror::DeltaOp::Delete || !just(&list, &d.entry))
+                    .then(|| {
+                        list.iter()
+                            .map(|e| route_view(&*m, d.table, d.dst, e))
+                            .collect()
+                    });
+                self.derived.published(&m, &d.entry.attrs);
+                if rederive {
+                    sent.insert(keys::key_of(d.table, d.dst, &sub));
+                }
                 let route = route_view(&*m, d.table, d.dst, &d.entry);
                 let subject = self.subject(&route);
                 let body = Body::Change {
-                    op: serde_json::to_value(d.op)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    cause: serde_json::to_value(d.cause)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    id: route_id(&d.entry.sub()),
+                    op: word(serde_json::to_value(d.op)),
+                    cause: word(serde_json::to_value(d.cause)),
+                    id: route_id(&sub),
                     route: Box::new(route),
+                    routes,
                 };
                 v.push((subject, self.msg(batch.time_unix_ms, body)));
+            }
+            if rederive {
+                let affected =
+                    self.derived
+                        .affected(&m, &batch.links_renamed, batch.nexthops_changed);
+                for (k @ (table, dst, priority, tos, src), cause) in affected {
+                    if sent.contains(&k) {
+                        continue; // its change above already shows it as it is now
+                    }
+                    let sub = crate::model::SubKey {
+                        priority,
+                        tos,
+                        src,
+                        ..crate::model::SubKey::metric(priority)
+                    };
+                    let list: Vec<RouteView> = key_routes(&m, table, &dst, &sub)
+                        .into_iter()
+                        .map(|e| route_view(&*m, table, dst, e))
+                        .collect();
+                    let Some(first) = list.first().cloned() else {
+                        continue;
+                    };
+                    let subject = self.subject(&first);
+                    let body = Body::Change {
+                        op: "replace".into(),
+                        cause: cause.into(),
+                        id: route_id(&sub),
+                        route: Box::new(first),
+                        routes: (list.len() > 1).then_some(list),
+                    };
+                    v.push((subject, self.msg(batch.time_unix_ms, body)));
+                }
             }
             v
         };
