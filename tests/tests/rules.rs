@@ -190,8 +190,8 @@ fn random_rule(r: &mut Rng, v6: bool) -> Vec<String> {
             r.pick(&["veth1", "veth2", "lo", "ghost0"]).to_string(),
         ]);
     }
-    if r.chance(4) {
-        a.extend(["oif".into(), "veth1".into()]);
+    if r.chance(8) {
+        a.extend(["oif".into(), r.pick(&["veth1", "veth2"]).to_string()]);
     }
     if r.chance(12) {
         a.extend([
@@ -259,6 +259,8 @@ struct Flow {
     dst: String,
     from: Option<String>,
     iif: Option<&'static str>,
+    /// `oif`: output lookups route through it; forwarding ones carry it to IPv6 rules.
+    oif: Option<&'static str>,
     mark: u32,
     uid: Option<u32>,
     ipproto: Option<&'static str>,
@@ -325,10 +327,16 @@ fn random_flow(r: &mut Rng, v6: bool) -> Flow {
     } else {
         Some(*r.pick(&["tcp", "udp", if v6 { "ipv6-icmp" } else { "icmp" }]))
     };
+    let oif = if r.chance(if input { 15 } else { 35 }) {
+        Some(*r.pick(&["veth1", "veth2", "lo"]))
+    } else {
+        None
+    };
     Flow {
         dst,
         from,
         iif,
+        oif,
         mark: *r.pick(&[0u32, 0, 1, 2, 3, 4, 0x13, 0x21]),
         uid: if r.chance(40) {
             Some(*r.pick(&[0u32, 1500, 3500]))
@@ -359,6 +367,9 @@ impl Flow {
         if let Some(i) = self.iif {
             let _ = write!(s, " iif {i}");
         }
+        if let Some(o) = self.oif {
+            let _ = write!(s, " oif {o}");
+        }
         if self.mark != 0 {
             let _ = write!(s, " mark {}", self.mark);
         }
@@ -388,6 +399,9 @@ impl Flow {
         }
         if let Some(i) = self.iif {
             v["iif"] = i.into();
+        }
+        if let Some(o) = self.oif {
+            v["oif"] = o.into();
         }
         if self.mark != 0 {
             v["mark"] = self.mark.into();
@@ -567,9 +581,11 @@ fn lookup_agrees_with_ip_route_get_through_random_rules() {
         .filter(|a| matches!(a, Answer::Route { .. }))
         .count();
     assert!(
-        routed > flows.len() / 10 && routed < flows.len() * 99 / 100,
-        "flows should mix routes and errors: {routed} of {} routed (RULES_SEED={seed})",
-        flows.len()
+        // (A seed may draw an early catch-all reject rule: few routes, still some.)
+        routed >= 20 && routed <= flows.len() - 20,
+        "flows should mix routes and errors: {routed} of {} routed (RULES_SEED={seed})\nrules:\n{}",
+        flows.len(),
+        rules_of(&ns)
     );
 }
 

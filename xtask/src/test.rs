@@ -74,6 +74,10 @@ pub fn test(fuzz_seconds: Option<u64>) -> Result<()> {
                 "watch",
                 "--test",
                 "copy",
+                "--test",
+                "rules",
+                "--test",
+                "multipath",
             ]);
         }
         c.env("ROUTE_MIRROR_BIN", &bin);

@@ -1,6 +1,7 @@
 //! FIB trie benchmark on the real route sets, against `prefix-trie` and `ip_network_table`.
 //!
-//! Run: `cargo bench -p route-mirror --bench fib`. The route files are looked up in
+//! Run: `cargo bench -p route-mirror --bench fib` (`-- rules`: only the lookups through
+//! policy rules, [`rules`]). The route files are looked up in
 //! `$ROUTE_MIRROR_SHARED/routes/` (or `$ROUTE_MIRROR_SHARED/` itself), defaulting to the
 //! `shared/` directory beside the repository root. Prints a markdown table.
 //!
@@ -12,6 +13,7 @@
 // (Cargo.toml) runs its unit tests.
 #[allow(dead_code)]
 mod patricia;
+mod rules;
 
 use std::collections::HashSet;
 use std::hint::black_box;
@@ -507,13 +509,10 @@ fn load_routes(file: &str, devs: &mut Vec<String>, mut out: impl FnMut(Route)) {
     }
 }
 
-/// The whole mirror's route memory: both sets applied to a [`Mirror`] as events (FIB
-/// tries, entries, interned attributes, allocator overhead), as RSS growth per route.
-fn whole_fib_memory() {
+/// Both route sets applied to a [`Mirror`] as events, and how many routes that was.
+fn whole_mirror() -> (Mirror, usize) {
     let mut devs = Vec::new();
     let mut n = 0usize;
-    let rss0 = rss_bytes();
-    let t0 = Instant::now();
     let mut m = Mirror::new();
     for file in ["v4-1m.batch.gz", "v6-230k.batch.gz"] {
         // Streamed: no route list outlives its apply, so RSS growth is the mirror's.
@@ -525,6 +524,15 @@ fn whole_fib_memory() {
             });
         });
     }
+    (m, n)
+}
+
+/// The whole mirror's route memory: both sets applied to a [`Mirror`] as events (FIB
+/// tries, entries, interned attributes, allocator overhead), as RSS growth per route.
+fn whole_fib_memory() {
+    let rss0 = rss_bytes();
+    let t0 = Instant::now();
+    let (m, n) = whole_mirror();
     let build = t0.elapsed();
     let rss = rss_bytes().saturating_sub(rss0);
     let heap: usize = m.fib.tables().map(|(_, t)| t.heap_bytes()).sum();
@@ -616,6 +624,11 @@ fn whole_fib_lookups(m: &Mirror) {
 }
 
 fn main() {
+    // `cargo bench --bench fib -- rules`: only the lookups through policy rules.
+    if std::env::args().any(|a| a == "rules") {
+        rules::bench(&whole_mirror().0);
+        return;
+    }
     whole_fib_memory();
     if std::env::var_os("FIB_BENCH_MEMORY_ONLY").is_some() {
         return;

@@ -391,9 +391,10 @@ fn rule_lines(
                         }) {
                             Some(v) => Ok(v),
                             None => {
+                                let hops = |a: &crate::model::RouteAttrs| m.effective_hops(a);
                                 let o = set.decide_with(
                                     &kf,
-                                    &ExactTables(&m.fib),
+                                    &ExactTables::new(&m.fib, &hops),
                                     &m.rules.links,
                                     &mut scratch,
                                 );

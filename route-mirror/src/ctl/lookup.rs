@@ -137,7 +137,9 @@ pub fn answer(m: &Mirror, f: &Flow, hash: Option<&HashConfig>) -> Result<Value, 
     let set = m.rules.set();
     let links = &m.rules.links;
     let kf = f.kernel(links, set.dissects(f.family()));
-    outcome_value(m, set.decide(&kf, &ExactTables(&m.fib), links), f, hash)
+    let hops = |a: &crate::model::RouteAttrs| m.effective_hops(a);
+    let o = set.decide(&kf, &ExactTables::new(&m.fib, &hops), links);
+    outcome_value(m, o, f, hash)
 }
 
 /// An output lookup from a source address the host does not have fails in the kernel
@@ -178,12 +180,24 @@ pub fn outcome_value<C: RouteContext + ?Sized>(
                     .map(|h| (u32::from(h.weight.max(1)), h.flags & rtnh::DEAD == 0))
                     .collect();
                 let cfg = hash.copied().unwrap_or_default();
-                v["multipath"] = match flow_hash(&cfg, f) {
-                    Ok(h) => match select(h, &usable) {
-                        Some(i) => json!({"hop": i, "hash": h}),
-                        None => json!({"per_flow": "no usable next hop"}),
+                // An output lookup through a device takes the first live hop on it (IPv4
+                // `fib_table_lookup`; IPv6 without a source, `RT6_LOOKUP_F_IFACE`).
+                let on_oif = f
+                    .oif
+                    .filter(|_| f.iif.is_none() && (f.family() == Family::V4 || f.src.is_none()))
+                    .and_then(|oif| {
+                        hops.iter()
+                            .position(|h| h.ifindex == oif && h.flags & rtnh::DEAD == 0)
+                    });
+                v["multipath"] = match on_oif {
+                    Some(i) => json!({"hop": i, "why": "output device"}),
+                    None => match flow_hash(&cfg, f) {
+                        Ok(h) => match select(h, &usable) {
+                            Some(i) => json!({"hop": i, "hash": h}),
+                            None => json!({"per_flow": "no usable next hop"}),
+                        },
+                        Err(why) => json!({"per_flow": why.to_string()}),
                     },
-                    Err(why) => json!({"per_flow": why.to_string()}),
                 };
             }
             Ok(v)
@@ -203,6 +217,21 @@ pub fn outcome_value<C: RouteContext + ?Sized>(
             }))
         }
         Outcome::NoRoute => Ok(Value::Null),
+        Outcome::OnLink { oif } => {
+            let dev = ctx
+                .link_name(oif)
+                .map_or_else(|| format!("ifindex {oif}"), str::to_string);
+            Ok(json!({
+                "result": "onlink",
+                "oif": dev,
+                "error": strerror(libc::EHOSTUNREACH),
+                "why": format!(
+                    "no route leaves through {dev}: the kernel sends {} on-link through it \
+                     without a route (`ip route get` without fibmatch shows that)",
+                    f.dst
+                ),
+            }))
+        }
         Outcome::CannotEvaluate { rule, why } => Err(format!("cannot evaluate rule {rule}: {why}")),
     }
 }

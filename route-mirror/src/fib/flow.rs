@@ -89,7 +89,10 @@ impl Flow {
         let family = self.family();
         let input = self.iif.is_some();
         let iif = self.iif.unwrap_or(LOOPBACK_IFINDEX);
-        let l3 = update_flow(links, self.oif.unwrap_or(0), iif);
+        // Forwarding lookups carry no output device, neither to the rules nor to the
+        // tables (measured: `ip route get ... iif A oif B` answers as without `oif B`).
+        let oif = if input { 0 } else { self.oif.unwrap_or(0) };
+        let l3 = update_flow(links, oif, iif);
         let (uid, ipproto, sport, dport) = match (family, input) {
             (Family::V4, true) => {
                 if dissect {
@@ -180,6 +183,24 @@ impl KernelFlow {
     /// The TOS an IPv4 route or legacy `tos` rule compares (`fib_dscp_masked_match`).
     pub fn legacy_tos(&self) -> u8 {
         (self.dscp << 2) & 0x1c
+    }
+
+    /// The output device a table lookup must route through, if any (measured with
+    /// `ip route get ... oif DEV` on 6.18): IPv4 output lookups pass over routes with no
+    /// usable next hop on it (`fib_lookup_good_nhc`; reject and throw routes are decided
+    /// before that test), IPv6 ones do so when they have no source
+    /// (`RT6_LOOKUP_F_IFACE`; with a source the device is only a preference). Forwarding
+    /// lookups route by the table alone.
+    pub fn oif_filter(&self) -> Option<u32> {
+        let strict = self.family == Family::V4 || self.src.is_none();
+        (!self.input && self.oif != 0 && strict).then_some(self.oif)
+    }
+
+    /// Whether an IPv4 output lookup that finds no route (or a reject) is sent on-link
+    /// through its output device instead (`ip_route_output_key_hash_rcu`: "Apparently,
+    /// routing tables are wrong. Assume, that the destination is on link."); not in a VRF.
+    pub fn assumes_onlink(&self) -> bool {
+        self.family == Family::V4 && !self.input && self.oif != 0 && self.l3mdev == 0
     }
 }
 

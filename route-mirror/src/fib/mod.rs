@@ -378,18 +378,34 @@ impl RouteTable {
     /// The route the kernel's `fib_table_lookup` would return for `addr` with `tos`:
     /// the longest matching prefix that has a route for this TOS, lowest metric first.
     pub fn lookup(&self, addr: IpAddr, tos: u8) -> TableLookup<'_> {
-        fn pick(es: &Entries, tos: u8) -> Option<&Entry> {
-            es.iter().find(|e| e.tos == 0 || e.tos == tos)
+        self.lookup_by(addr, tos, |_| true)
+    }
+
+    /// [`RouteTable::lookup`] over the routes `accept` lets through: the others are
+    /// passed over as if absent (the kernel's output-device filter, `fib_lookup_good_nhc`).
+    pub fn lookup_by(
+        &self,
+        addr: IpAddr,
+        tos: u8,
+        accept: impl Fn(&Entry) -> bool,
+    ) -> TableLookup<'_> {
+        fn pick<'e>(
+            es: &'e Entries,
+            tos: u8,
+            accept: &impl Fn(&Entry) -> bool,
+        ) -> Option<&'e Entry> {
+            es.iter()
+                .find(|e| (e.tos == 0 || e.tos == tos) && accept(e))
         }
         // cover() walks from the shortest prefix to the longest: keep the last match.
         let found = match (&self.prefixes, addr) {
             (Prefixes::V4(t), IpAddr::V4(a)) => t
                 .cover(&Ipv4Net::from(a))
-                .filter_map(|(p, es)| pick(es, tos).map(|e| (IpNet::V4(p), e)))
+                .filter_map(|(p, es)| pick(es, tos, &accept).map(|e| (IpNet::V4(p), e)))
                 .last(),
             (Prefixes::V6(t), IpAddr::V6(a)) => t
                 .cover(&Ipv6Net::from(a))
-                .filter_map(|(p, es)| pick(es, 0).map(|e| (IpNet::V6(p), e)))
+                .filter_map(|(p, es)| pick(es, 0, &accept).map(|e| (IpNet::V6(p), e)))
                 .last(),
             _ => None,
         };

@@ -11,7 +11,7 @@
 //! modelled; 3 (custom fields) and `fib_multipath_use_neigh` (neighbour state) are not.
 //! What goes in matches `ip route get`: IPv4 hashes the packet it builds (ports only
 //! for TCP/UDP), IPv6 the request's fields. Checked against the kernel in
-//! `tests/rules.rs`.
+//! `tests/multipath.rs`.
 
 use std::hash::Hasher;
 use std::net::IpAddr;

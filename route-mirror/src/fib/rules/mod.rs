@@ -29,7 +29,7 @@ pub mod mirror;
 
 use super::flow::KernelFlow;
 use super::l3mdev::LinkMap;
-use crate::model::{rtn, table, Family};
+use crate::model::{rtn, rtnh, table, Family, NextHop, RouteAttrs};
 use crate::rule::{action, port_range_set, Rule};
 use compiled::Compiled;
 use index::Index;
@@ -74,6 +74,11 @@ pub enum Outcome<R> {
     NoRoute,
     /// Rule `rule` has to be evaluated and cannot be here; `why` says what it holds.
     CannotEvaluate { rule: u32, why: String },
+    /// An IPv4 output lookup with an output device found no route through it (or a
+    /// reject): the kernel sends the packet on-link through `oif` without a route, and
+    /// `ip route get ... fibmatch` answers `EHOSTUNREACH`
+    /// ([`KernelFlow::assumes_onlink`]).
+    OnLink { oif: u32 },
 }
 
 impl<R> Outcome<R> {
@@ -87,6 +92,7 @@ impl<R> Outcome<R> {
                 _ => libc::EINVAL,
             }),
             Outcome::NoRoute => Some(libc::ENETUNREACH),
+            Outcome::OnLink { .. } => Some(libc::EHOSTUNREACH),
             Outcome::CannotEvaluate { .. } => None,
         }
     }
@@ -97,7 +103,7 @@ impl<R> Outcome<R> {
             Outcome::Route { rule, .. }
             | Outcome::Action { rule, .. }
             | Outcome::CannotEvaluate { rule, .. } => Some(*rule),
-            Outcome::NoRoute => None,
+            Outcome::NoRoute | Outcome::OnLink { .. } => None,
         }
     }
 
@@ -116,6 +122,7 @@ impl<R> Outcome<R> {
             },
             Outcome::Action { rule, action } => Outcome::Action { rule, action },
             Outcome::NoRoute => Outcome::NoRoute,
+            Outcome::OnLink { oif } => Outcome::OnLink { oif },
             Outcome::CannotEvaluate { rule, why } => Outcome::CannotEvaluate { rule, why },
         }
     }
@@ -244,6 +251,27 @@ impl RuleSet {
 
     /// [`RuleSet::decide`] reusing `scratch` (batches).
     pub fn decide_with<T: Tables>(
+        &self,
+        flow: &KernelFlow,
+        tables: &T,
+        links: &LinkMap,
+        scratch: &mut Scratch,
+    ) -> Outcome<T::Route> {
+        let o = self.walk(flow, tables, links, scratch);
+        if flow.assumes_onlink() {
+            let failed = match &o {
+                Outcome::Route { kind, .. } => route_errno(*kind).is_some(),
+                Outcome::Action { .. } | Outcome::NoRoute => true,
+                Outcome::OnLink { .. } | Outcome::CannotEvaluate { .. } => false,
+            };
+            if failed {
+                return Outcome::OnLink { oif: flow.oif };
+            }
+        }
+        o
+    }
+
+    fn walk<T: Tables>(
         &self,
         flow: &KernelFlow,
         tables: &T,
@@ -419,6 +447,11 @@ impl<'a> Tables for FastTables<'a> {
     type Route = (ipnet::IpNet, &'a super::Entry);
 
     fn lookup(&self, family: Family, id: u32, f: &KernelFlow) -> TableAnswer<Self::Route> {
+        // The snapshot keeps no next hops per route: the exact FIB filters by device.
+        if f.oif_filter().is_some() {
+            self.fell_back.set(true);
+            return TableAnswer::Continue;
+        }
         let tos = match family {
             Family::V4 => f.legacy_tos(),
             Family::V6 => 0,
@@ -439,22 +472,47 @@ impl<'a> Tables for FastTables<'a> {
     }
 }
 
-/// The exact FIB as [`Tables`]: `RouteTable::lookup` with the flow's TOS.
+/// The exact FIB as [`Tables`]: `RouteTable::lookup` with the flow's TOS, and the
+/// output device's filter ([`KernelFlow::oif_filter`]) over the next hops `hops`
+/// resolves (nexthop objects included).
 #[derive(Clone, Copy)]
-pub struct ExactTables<'a>(pub &'a super::Fib);
+pub struct ExactTables<'a> {
+    pub fib: &'a super::Fib,
+    pub hops: &'a dyn Fn(&RouteAttrs) -> Vec<NextHop>,
+}
+
+impl<'a> ExactTables<'a> {
+    pub fn new(fib: &'a super::Fib, hops: &'a dyn Fn(&RouteAttrs) -> Vec<NextHop>) -> Self {
+        ExactTables { fib, hops }
+    }
+
+    /// Whether `e` can carry a flow that must leave through `oif`: IPv4 decides reject
+    /// and throw routes before the device test; a hop must be alive.
+    fn through(&self, family: Family, e: &super::Entry, oif: u32) -> bool {
+        (family == Family::V4
+            && (route_errno(e.attrs.kind).is_some() || e.attrs.kind == rtn::THROW))
+            || (self.hops)(&e.attrs)
+                .iter()
+                .any(|h| h.ifindex == oif && h.flags & rtnh::DEAD == 0)
+    }
+}
 
 impl<'a> Tables for ExactTables<'a> {
     type Route = (ipnet::IpNet, &'a super::Entry);
 
     fn lookup(&self, family: Family, id: u32, f: &KernelFlow) -> TableAnswer<Self::Route> {
-        let Some(t) = self.0.table(family, id) else {
+        let Some(t) = self.fib.table(family, id) else {
             return TableAnswer::Continue;
         };
         let tos = match family {
             Family::V4 => f.legacy_tos(),
             Family::V6 => 0,
         };
-        match t.lookup(f.dst, tos) {
+        let found = match f.oif_filter() {
+            None => t.lookup(f.dst, tos),
+            Some(oif) => t.lookup_by(f.dst, tos, |e| self.through(family, e, oif)),
+        };
+        match found {
             super::TableLookup::Route(net, e) => TableAnswer::Route {
                 route: (net, e),
                 kind: e.attrs.kind,
