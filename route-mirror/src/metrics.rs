@@ -619,11 +619,16 @@ fn kernel(r: &RingStats, name: &str) -> u64 {
 
 /// The eBPF source's ring buffer (namespaces using it only).
 fn ring_families(c: &mut Catalogue) {
-    let gauges: [RingFamily; 2] = [
+    let gauges: [RingFamily; 3] = [
         (
             "route_mirror_ring_size_bytes",
             "Size of the eBPF ring buffer.",
             |r| r.size_bytes,
+        ),
+        (
+            "route_mirror_ring_memlock_bytes",
+            "Kernel memory the eBPF ring buffer map holds (its memlock, as bpftool shows it).",
+            |r| r.memlock_bytes,
         ),
         (
             "route_mirror_ring_high_water_bytes",

@@ -398,6 +398,12 @@ fn live_scrape_passes_promtool_while_routes_change() {
             buckets.windows(2).all(|w| w[0] <= w[1]),
             "not cumulative: {buckets:?}"
         );
+        // The ring's kernel memory: at least the ring itself (--ring-size above).
+        let memlock = sample(
+            text,
+            &format!("route_mirror_ring_memlock_bytes{{netns=\"{ns}\"}}"),
+        );
+        assert!(memlock.unwrap_or(0.0) >= (64u64 << 20) as f64, "{text}");
         for name in [
             "route_mirror_ring_high_water_bytes",
             "route_mirror_ring_drops_total",
