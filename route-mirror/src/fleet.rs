@@ -7,7 +7,10 @@
 //!   chunks) and becomes current at the matching `snapshot-end`;
 //! * changes then apply in `seq` order; a gap in `seq`, or a new `epoch` (the daemon
 //!   restarted), marks the copy stale until the next snapshot ends, so it is never
-//!   silently wrong.
+//!   silently wrong;
+//! * a `resync-start` (the router lost events), or a snapshot taken while the mirror
+//!   resynced or before its initial sync finished, makes the copy `resyncing` until
+//!   `resync-end`: changes keep applying, but lookups say it may be wrong.
 //!
 //! `route-mirror fleet` drives it from the command line (lookup, dump, follow).
 //! Routes are kept per key, (table, prefix, `id`), each key a list in the kernel's
@@ -149,12 +152,23 @@ pub enum State {
     Current,
     /// A gap or a restart: waiting for the next snapshot.
     Stale,
+    /// The router lost events and resyncs (or its snapshot was taken before its
+    /// initial sync finished): the copy may be wrong until `resync-end`.
+    Resyncing,
+}
+
+impl State {
+    /// Holds a copy that changes keep current (exact, or converging to exact).
+    fn following(self) -> bool {
+        matches!(self, State::Current | State::Resyncing)
+    }
 }
 
 /// One router's copy.
 pub struct Router {
     pub fib: Tables,
-    building: Option<(u64, Tables)>,
+    /// A snapshot being received: its id, routes so far, and whether it is partial.
+    building: Option<(u64, Tables, bool)>,
     pub epoch: u64,
     pub seq: u64,
     pub state: State,
@@ -184,13 +198,13 @@ impl Router {
     /// Applies one message of this router, in stream order.
     pub fn apply(&mut self, m: Msg) {
         if m.epoch != self.epoch {
-            if self.state == State::Current {
+            if self.state.following() {
                 self.state = State::Stale;
             }
             self.epoch = m.epoch;
             self.building = None;
         } else if m.seq != self.seq + 1 && self.seq != 0 {
-            if self.state == State::Current {
+            if self.state.following() {
                 self.state = State::Stale;
             }
             self.gaps += 1;
@@ -198,21 +212,28 @@ impl Router {
         }
         self.seq = m.seq;
         match m.body {
-            Body::SnapshotStart { snapshot, .. } => {
-                self.building = Some((snapshot, Tables::default()))
-            }
+            Body::SnapshotStart {
+                snapshot,
+                synced,
+                resyncing,
+                ..
+            } => self.building = Some((snapshot, Tables::default(), !synced || resyncing)),
             Body::Snapshot { snapshot, routes } => {
-                if let Some((id, t)) = &mut self.building {
+                if let Some((id, t, _)) = &mut self.building {
                     if *id == snapshot {
                         routes.into_iter().for_each(|r| t.push(r));
                     }
                 }
             }
             Body::SnapshotEnd { snapshot } => {
-                if let Some((id, t)) = self.building.take() {
+                if let Some((id, t, partial)) = self.building.take() {
                     if id == snapshot {
                         self.fib = t;
-                        self.state = State::Current;
+                        self.state = if partial {
+                            State::Resyncing
+                        } else {
+                            State::Current
+                        };
                         self.snapshots += 1;
                     }
                 }
@@ -232,6 +253,10 @@ impl Router {
                 });
                 self.fib.set(table, prefix, &id, routes);
             }
+            Body::ResyncStart { .. } if self.state == State::Current => {
+                self.state = State::Resyncing
+            }
+            Body::ResyncEnd if self.state == State::Resyncing => self.state = State::Current,
             Body::ResyncStart { .. } | Body::ResyncEnd => {}
         }
     }
@@ -347,6 +372,7 @@ mod tests {
                 routes: 3,
                 reason: "start".into(),
                 synced: true,
+                resyncing: false,
             },
         ));
         let mut second = route("10.0.0.0/8", 254, 10, "unicast");
@@ -422,6 +448,7 @@ mod tests {
                 routes: 2,
                 reason: "start".into(),
                 synced: true,
+                resyncing: false,
             },
         ));
         r.apply(msg(
@@ -459,10 +486,50 @@ mod tests {
                 routes: 0,
                 reason: "periodic".into(),
                 synced: true,
+                resyncing: false,
             },
         ));
         r.apply(msg(10, Body::SnapshotEnd { snapshot: 2 }));
         assert_eq!((r.state, r.fib.len()), (State::Current, 0));
+    }
+
+    /// A resync bracket, and a snapshot taken during one, make the copy `resyncing`
+    /// until `resync-end`; a gap during it still makes it stale.
+    #[test]
+    fn resync_brackets_the_copy() {
+        let mut r = Router::default();
+        let start = |seq, snapshot, resyncing| {
+            msg(
+                seq,
+                Body::SnapshotStart {
+                    snapshot,
+                    routes: 0,
+                    reason: "start".into(),
+                    synced: true,
+                    resyncing,
+                },
+            )
+        };
+        r.apply(start(1, 1, false));
+        r.apply(msg(2, Body::SnapshotEnd { snapshot: 1 }));
+        assert_eq!(r.state, State::Current);
+        r.apply(msg(
+            3,
+            Body::ResyncStart {
+                note: "enobufs".into(),
+            },
+        ));
+        assert_eq!(r.state, State::Resyncing);
+        r.apply(change(4, "add", route("10.0.0.0/8", 254, 0, "unicast")));
+        assert_eq!((r.state, r.fib.len()), (State::Resyncing, 1));
+        r.apply(msg(5, Body::ResyncEnd));
+        assert_eq!(r.state, State::Current);
+        // A snapshot of a resyncing mirror.
+        r.apply(start(6, 2, true));
+        r.apply(msg(7, Body::SnapshotEnd { snapshot: 2 }));
+        assert_eq!((r.state, r.fib.len()), (State::Resyncing, 0));
+        r.apply(msg(9, Body::ResyncEnd));
+        assert_eq!((r.state, r.gaps), (State::Stale, 1), "a gap, not current");
     }
 
     #[test]
@@ -475,6 +542,7 @@ mod tests {
                 routes: 0,
                 reason: "start".into(),
                 synced: true,
+                resyncing: false,
             },
         ))
         .unwrap();

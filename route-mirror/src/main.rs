@@ -995,11 +995,15 @@ fn fleet_cmd(url: String, stream: String, what: FleetCmd) -> Result<ExitCode> {
                     fleet.routers.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
             };
-            if r.state != State::Current {
-                anyhow::bail!(
-                    "router {router:?} has no current copy ({:?}): wait for its next snapshot",
-                    r.state
-                );
+            match r.state {
+                State::Current => {}
+                State::Resyncing => anyhow::bail!(
+                    "router {router:?} is resyncing (it lost events, or its snapshot predates its \
+                     initial sync): its copy may be wrong until its resync-end"
+                ),
+                s => anyhow::bail!(
+                    "router {router:?} has no current copy ({s:?}): wait for its next snapshot"
+                ),
             }
             let mut missing = false;
             for a in addrs {

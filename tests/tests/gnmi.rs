@@ -24,9 +24,16 @@ struct Gnmi {
 impl Gnmi {
     /// A daemon on `ns` serving gNMI in plaintext on a free loopback port.
     fn start(ns: &Netns, env: &[(&str, &str)]) -> Option<(Daemon, Gnmi)> {
+        Gnmi::start_with(ns, &[], env)
+    }
+
+    /// [`Gnmi::start`] with more `run` arguments.
+    fn start_with(ns: &Netns, extra: &[&str], env: &[(&str, &str)]) -> Option<(Daemon, Gnmi)> {
         let python = test_python()?;
         let addr = format!("127.0.0.1:{}", free_port());
-        let d = Daemon::start_env(ns, &["--gnmi-listen", &addr, "--gnmi-insecure"], env);
+        let mut args = vec!["--gnmi-listen", &addr, "--gnmi-insecure"];
+        args.extend_from_slice(extra);
+        let d = Daemon::start_env(ns, &args, env);
         d.wait_synced(Duration::from_secs(30));
         Some((
             d,
@@ -609,7 +616,23 @@ fn tls_and_client_certificates() {
 /// the AFT follows (a new next hop for the entry's group).
 #[test]
 fn nexthop_object_replace_reaches_subscribers() {
+    nexthop_replace_reaches_subscribers(1);
+}
+
+/// The same with `nexthop_compat_mode` 0: the kernel sends no route message for the
+/// routes using the object, only the nexthop's own.
+#[test]
+fn nexthop_object_replace_without_route_messages_reaches_subscribers() {
+    nexthop_replace_reaches_subscribers(0);
+}
+
+fn nexthop_replace_reaches_subscribers(compat_mode: u8) {
     let ns = Netns::new();
+    ns.exec(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv4.nexthop_compat_mode={compat_mode}"),
+    ]);
     ns.ip(&[
         "nexthop",
         "add",
@@ -943,4 +966,55 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A mirror resync (events lost: ENOBUFS on a 4 KiB queue while the daemon is stopped)
+/// reaches a STREAM subscriber as a bracket: a delete of its subscribed root, a fresh
+/// snapshot, a second `sync_response`; that snapshot is exactly the mirror's table.
+#[test]
+fn a_resync_is_bracketed_for_subscribers() {
+    let ns = Netns::new();
+    let extra = ["--rcvbuf", "4096", "--source", "netlink"];
+    let Some((d, g)) = Gnmi::start_with(&ns, &extra, &[]) else {
+        return;
+    };
+    let (mut sub, rx) = g.spawn(&["stream", NI, "60"]);
+    wait_for(&rx, Duration::from_secs(10), |m| m["sync_response"] == true);
+    d.pause();
+    ns.load_batch(batch("v4-10k"));
+    d.resume();
+    d.diff_empty();
+    let st = d.stats();
+    assert!(st["enobufs"].as_u64() >= Some(1), "no overrun: {st}");
+    // Up to the bracket's delete of the root (the empty path under the prefix)...
+    let is_root_delete = |m: &Value| {
+        m["update"]["delete"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|p| p["path"].as_str().unwrap_or("").is_empty())
+        })
+    };
+    collect_until(&rx, Duration::from_secs(60), is_root_delete);
+    // ...then the fresh snapshot up to its sync_response.
+    let fresh = collect_until(&rx, Duration::from_secs(60), |m| m["sync_response"] == true);
+    let main: BTreeSet<String> = d
+        .cli_json(&["show", "--table", "main", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["prefix"].as_str().unwrap().to_string())
+        .collect();
+    assert!(main.len() > 5_000, "{}", main.len());
+    assert_eq!(
+        entry_prefixes(&fresh),
+        main,
+        "the fresh snapshot is the mirror"
+    );
+    let st = d.stats();
+    assert!(
+        st["gnmi"]["resyncs"].as_u64() > st["gnmi"]["overflows"].as_u64(),
+        "a mirror resync, not only a slow subscriber: {}",
+        st["gnmi"]
+    );
+    let _ = sub.kill();
+    let _ = sub.wait();
 }

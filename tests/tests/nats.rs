@@ -347,3 +347,130 @@ fn outage_beyond_the_buffer_is_counted_and_resnapshotted() {
     let server = NatsServer::start(dir.path(), port);
     consumer_matches_mirror(&server.url, &router, &d, "after the lagged snapshot");
 }
+
+/// Lost events: the daemon's resync is bracketed on the control subject (`resync-start`,
+/// the corrections as changes, `resync-end`, in `seq` order), the consumer shows
+/// `resyncing` in between at most, and ends current and equal to the mirror.
+#[test]
+fn a_resync_is_bracketed_on_the_stream() {
+    let Some(python) = test_python() else { return };
+    let dir = TempDir::new("rm-nats").unwrap();
+    let server = NatsServer::start(dir.path(), free_port());
+    let ns = Netns::new();
+    // ENOBUFS is the netlink source's loss path: a 4 KiB queue and a stopped daemon.
+    let d = Daemon::start_synced(
+        &ns,
+        &[
+            "--nats-url",
+            &server.url,
+            "--nats-host",
+            "r1",
+            "--rcvbuf",
+            "4096",
+            "--source",
+            "netlink",
+        ],
+    );
+    let router = format!("r1/{}", ns.name());
+    poll(Duration::from_secs(10), || {
+        (fleet_routes(&server.url, &router).0 == "current").then_some(())
+    })
+    .expect("first snapshot");
+    d.pause();
+    ns.load_batch(batch("v4-10k"));
+    d.resume();
+    d.diff_empty();
+    assert!(d.stats()["enobufs"].as_u64() >= Some(1), "no overrun");
+    let msgs = poll(Duration::from_secs(30), || {
+        let m = stream_messages(&python, &server.url);
+        m.iter()
+            .any(|m| m["msg"]["type"] == "resync-end")
+            .then_some(m)
+    })
+    .expect("resync-end on the stream");
+    let types: Vec<&str> = msgs
+        .iter()
+        .filter_map(|m| m["msg"]["type"].as_str())
+        .collect();
+    let start = types.iter().position(|t| *t == "resync-start");
+    let end = types.iter().rposition(|t| *t == "resync-end");
+    assert!(
+        start.is_some() && start < end,
+        "resync-start before resync-end"
+    );
+    let control = format!("route-mirror.r1.{}.control", ns.name());
+    assert_eq!(msgs[start.unwrap()]["subject"], control);
+    assert!(
+        types[start.unwrap()..].contains(&"change"),
+        "the resync's corrections arrive as changes: {:?}",
+        &types[start.unwrap()..]
+    );
+    consumer_matches_mirror(&server.url, &router, &d, "after the resync");
+}
+
+/// With `nexthop_compat_mode` 0 a nexthop object replace sends no route message for the
+/// routes using it: the daemon re-sends their keys (cause `nexthop`) so the consumer's
+/// routes show the new next hop; likewise (cause `link`) after a link rename.
+#[test]
+fn nexthop_replace_and_link_rename_reach_the_consumer() {
+    if test_python().is_none() {
+        return;
+    }
+    let dir = TempDir::new("rm-nats").unwrap();
+    let server = NatsServer::start(dir.path(), free_port());
+    let ns = Netns::new();
+    ns.exec(&["sysctl", "-qw", "net.ipv4.nexthop_compat_mode=0"]);
+    ns.ip(&[
+        "nexthop",
+        "add",
+        "id",
+        "10",
+        "via",
+        "198.18.1.2",
+        "dev",
+        "veth1",
+    ]);
+    ns.ip(&["route", "add", "192.0.2.0/24", "nhid", "10"]);
+    ns.ip(&["route", "add", "198.51.100.0/24", "nhid", "10"]);
+    let d = Daemon::start_synced(&ns, &["--nats-url", &server.url, "--nats-host", "r1"]);
+    let router = format!("r1/{}", ns.name());
+    consumer_matches_mirror(&server.url, &router, &d, "at start");
+    ns.ip(&[
+        "nexthop",
+        "replace",
+        "id",
+        "10",
+        "via",
+        "198.18.2.2",
+        "dev",
+        "veth2",
+    ]);
+    d.diff_empty();
+    let via = d.lookup("192.0.2.1", None).unwrap();
+    assert_eq!(via["nexthops"][0]["gateway"], "198.18.2.2", "{via}");
+    consumer_matches_mirror(&server.url, &router, &d, "after the nexthop replace");
+    let (_, routes) = fleet_routes(&server.url, &router);
+    for p in ["192.0.2.0/24", "198.51.100.0/24"] {
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.contains(p) && r.contains("198.18.2.2@veth2")),
+            "{p} through the new next hop: {routes:?}"
+        );
+    }
+    // A renamed link sends no route message either: every route naming it is re-sent
+    // (cause `link`), connected and local routes included.
+    ns.ip(&["link", "set", "veth2", "name", "wan2"]);
+    d.diff_empty();
+    consumer_matches_mirror(&server.url, &router, &d, "after the rename");
+    let (_, routes) = fleet_routes(&server.url, &router);
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.contains("192.0.2.0/24") && r.contains("@wan2"))
+            && !routes
+                .iter()
+                .any(|r| r.split([' ', ',']).any(|h| h.ends_with("@veth2"))),
+        "{routes:?}"
+    );
+}

@@ -62,8 +62,12 @@ pub enum Body {
         snapshot: u64,
         routes: usize,
         reason: String,
-        /// The mirror had finished its initial sync (else the rest arrives as changes).
+        /// The mirror had finished its initial sync (else the rest arrives as changes,
+        /// then `resync-end`).
         synced: bool,
+        /// A resync was running (its corrections follow as changes, then `resync-end`).
+        #[serde(default)]
+        resyncing: bool,
     },
     /// Up to [`SNAPSHOT_CHUNK`] routes of the snapshot.
     Snapshot {
@@ -73,11 +77,13 @@ pub enum Body {
     SnapshotEnd {
         snapshot: u64,
     },
-    /// Events were lost; the resync's corrections follow as changes.
+    /// Events were lost; the resync's corrections follow as changes. Until
+    /// `resync-end` a consumer's copy may be wrong.
     ResyncStart {
         note: String,
     },
-    /// The mirror (and a consumer that applied every change) is exact again.
+    /// The mirror (and a consumer that applied every change) is exact again: after a
+    /// resync, or after the initial sync a snapshot with `synced` false was taken in.
     ResyncEnd,
 }
 

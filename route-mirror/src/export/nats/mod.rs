@@ -153,6 +153,7 @@ pub async fn start(cfg: &NatsConfig, hubs: &[Hub]) -> Result<Arc<NatsStats>> {
             seq: 0,
             snapshot_id: 0,
             derived: Derived::default(),
+            partial: false,
             stats: stats.clone(),
         };
         tokio::spawn(p.run());
@@ -174,6 +175,8 @@ struct Publisher {
     snapshot_id: u64,
     /// Nexthop objects as last published: finds routes an object change rewrote.
     derived: Derived,
+    /// The last snapshot was taken before the initial sync finished.
+    partial: bool,
     stats: Arc<NatsStats>,
 }
 
@@ -243,6 +246,7 @@ impl Publisher {
 
     async fn snapshot(&mut self, reason: &str) -> bool {
         let snap = self.feed.snapshot();
+        self.partial = !snap.synced;
         self.derived.reset(&snap.names, &snap.routes);
         let routes: Vec<Keyed> = snap
             .routes
@@ -262,6 +266,7 @@ impl Publisher {
             routes: routes.len(),
             reason: reason.to_string(),
             synced: snap.synced,
+            resyncing: snap.resyncing,
         };
         let m = self.msg(now_ms(), start);
         let mut ok = self.publish(control.clone(), m, &mut acks).await;
@@ -451,6 +456,10 @@ impl Publisher {
                     self.marker(Body::ResyncStart { note: note.into() }).await
                 }
                 Some(Update::ResyncDone { .. }) => self.marker(Body::ResyncEnd).await,
+                // A snapshot taken before the initial sync finished is complete now.
+                Some(Update::Synced) if std::mem::take(&mut self.partial) => {
+                    self.marker(Body::ResyncEnd).await
+                }
                 Some(Update::Synced) => true,
                 Some(Update::Resnapshot) => {
                     need = Some("lagged");
