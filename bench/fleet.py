@@ -334,6 +334,16 @@ def gnmi(args, clean):
             for line in p.stdout:
                 if line.startswith("SYNC"):
                     break
+        # Drain every reader on its own thread (a full pipe would stall the client and
+        # make the server resnapshot it): the time its last update arrived.
+        seen = [[0, 0.0] for _ in readers]
+
+        def drain(p, slot):
+            for line in p.stdout:
+                if line.startswith("UPD"):
+                    slot[0], slot[1] = int(line.split()[1]), time.time()
+        for p, slot in zip(readers, seen):
+            threading.Thread(target=drain, args=(p, slot), daemon=True).start()
         cpu0, _ = proc_stat(d.pid)
         rng = random.Random(7)
         prefixes = sorted({rand_v4(rng) for _ in range(args.churn // 2)})
@@ -342,12 +352,20 @@ def gnmi(args, clean):
         batch(n, [f"route del {p}" for p in prefixes])
         sh(BIN, "--socket", os.path.join(work, "rm.sock"), "sync")
         took = time.time() - t
-        peak = 0
-        seen_all = time.time()
-        time.sleep(1)
+        # Until every subscriber has been quiet for 2 s (at most 120 s).
+        end = time.time() + 120
+        while readers and time.time() < end:
+            last = max(sl[1] for sl in seen)
+            if last and time.time() - last > 2 and all(sl[0] for sl in seen):
+                break
+            time.sleep(0.2)
+        delivered = (max(sl[1] for sl in seen) - t) if readers else took
         cpu1, rss = proc_stat(d.pid)
-        results.append((f"{subs} STREAM subscribers", f"{args.churn} changes in {took:.2f} s",
+        got = f", each got {min(sl[0] for sl in seen):,}-{max(sl[0] for sl in seen):,} leaves" if readers else ""
+        results.append((f"{subs} STREAM subscribers", f"{args.churn} changes applied in {took:.2f} s, "
+                        f"all delivered in {delivered:.2f} s{got}",
                         f"daemon CPU {cpu1 - cpu0:.2f} s", f"RSS {rss / 1024:.0f} MiB"))
+        print(results[-1], file=sys.stderr, flush=True)
         for p in readers:
             p.kill()
         d.send_signal(signal.SIGTERM)
