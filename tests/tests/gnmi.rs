@@ -701,6 +701,13 @@ fn poll_and_sample() {
     stdin.flush().unwrap();
     let mut polls = vec![next_poll()];
     ns.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.1.2"]);
+    // The AFT follows the mirror a few ms behind: Poll once a Get (the same AFT) has it,
+    // else under load the Poll may answer before the change arrived (seen in CI-like runs).
+    let added = format!("{NI}/ipv4-unicast/ipv4-entry[prefix=198.51.100.0/24]");
+    route_mirror_tests::poll(Duration::from_secs(5), || {
+        (!leaves(&g.run(&["get", &added])).is_empty()).then_some(())
+    })
+    .expect("the AFT has the new route");
     // pygnmi sends a Poll and then reads one answer: the first it read was the state
     // the SubscriptionList itself returns (as openconfig/gnmi's reference server
     // does), so the answer to a Poll sent after the change is the third.
@@ -819,8 +826,11 @@ fn link_rename_and_removal_reach_subscribers() {
         let m = wait_for(&rx, Duration::from_secs(5), |m| m["update"].is_object());
         let lag = m["t"].as_f64().unwrap() - t1;
         for (p, _) in streamed(&m, "delete") {
-            if let Some(rest) = p.split("next-hops/next-hop[index=").nth(1) {
-                gone_hops.push(rest.split(']').next().unwrap().parse::<u64>().unwrap());
+            // The next hop itself (its interface leaf may be deleted first, when the
+            // link's removal and its routes' land in different batches).
+            let whole = p.split("next-hops/next-hop[index=").nth(1);
+            if let Some(rest) = whole.filter(|r| r.ends_with(']')) {
+                gone_hops.push(rest.trim_end_matches(']').parse::<u64>().unwrap());
             }
             for prefix in ["203.0.113.0/24", "2001:db8:6::/48"] {
                 if p.contains(&format!("[prefix={prefix}]")) {
