@@ -12,9 +12,11 @@ pub mod groups {
     pub const IPV6_IFADDR: u32 = 9;
     pub const IPV6_ROUTE: u32 = 11;
     pub const IPV6_RULE: u32 = 19;
+    pub const IPV4_NETCONF: u32 = 24;
+    pub const IPV6_NETCONF: u32 = 25;
     pub const NEXTHOP: u32 = 32;
     /// All groups the mirror needs, in subscription order.
-    pub const ALL: [u32; 8] = [
+    pub const ALL: [u32; 10] = [
         LINK,
         IPV4_IFADDR,
         IPV4_ROUTE,
@@ -22,6 +24,8 @@ pub mod groups {
         IPV6_IFADDR,
         IPV6_ROUTE,
         IPV6_RULE,
+        IPV4_NETCONF,
+        IPV6_NETCONF,
         NEXTHOP,
     ];
 }

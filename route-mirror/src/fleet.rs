@@ -331,6 +331,7 @@ mod tests {
                 prefsrc: None,
                 nhid: None,
                 mtu: None,
+                metrics: Default::default(),
                 pref: None,
                 flags: vec![],
                 nexthops: vec![],

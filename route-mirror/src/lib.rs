@@ -19,6 +19,7 @@ pub mod export;
 pub mod fib;
 pub mod fleet;
 pub mod intern;
+pub mod liveness;
 pub mod metrics;
 pub mod mirror;
 pub mod model;

@@ -907,21 +907,26 @@ fn print_diff(d: &DiffReport) {
             println!("~ kernel: {kt}\n  mirror: {mt}");
         }
     }
-    for n in &d.nexthop_details {
+    for r in &d.reordered {
+        println!("^ out of order: {}", view::format_route(r, true));
+    }
+    for n in &d.object_details {
         println!("~ {n}");
     }
     for n in &d.rule_details {
         println!("~ {n}");
     }
     println!(
-        "{} kernel routes, {} mirrored; {} missing, {} extra, {} differing, {} nexthop differences; \
+        "{} kernel routes, {} mirrored: {} matched, {} reordered, {} differing, {} missing, {} extra; {} object differences; \
          {} kernel rules, {} mirrored, {} rule differences",
         d.kernel_routes,
         d.mirror_routes,
+        d.matched,
+        d.reordered_count,
+        d.differing_count,
         d.missing_count,
         d.extra_count,
-        d.differing_count,
-        d.nexthop_differences,
+        d.object_differences,
         d.kernel_rules,
         d.mirror_rules,
         d.rule_differences

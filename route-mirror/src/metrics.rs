@@ -479,7 +479,7 @@ fn families(all: &[(String, Stats)]) -> Vec<Family> {
                 ("route_update", a.route_updates),
                 ("route_delete", a.route_deletes),
                 ("route_delete_unknown", a.route_deletes_unknown),
-                ("route_dead", a.dead_routes),
+                ("netconf", a.netconf_events),
                 ("link", a.link_events),
                 ("address", a.addr_events),
                 ("nexthop", a.nexthop_events),

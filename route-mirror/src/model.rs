@@ -122,6 +122,15 @@ pub mod rtn {
     pub const XRESOLVE: u8 = 11;
     pub const MAX_KNOWN: u8 = XRESOLVE;
 
+    /// Types whose lookup answers with an error and never looks at next hops
+    /// (`fib_props[type].error < 0`).
+    pub fn is_reject(t: u8) -> bool {
+        matches!(
+            t,
+            BLACKHOLE | UNREACHABLE | PROHIBIT | THROW | NAT | XRESOLVE
+        )
+    }
+
     pub fn name(t: u8) -> Option<&'static str> {
         Some(match t {
             UNSPEC => "none",
@@ -146,6 +155,8 @@ pub mod rtprot {
     pub const KERNEL: u8 = 2;
     pub const BOOT: u8 = 3;
     pub const STATIC: u8 = 4;
+    /// Router advertisements (`RTF_ADDRCONF` routes).
+    pub const RA: u8 = 9;
 
     pub fn name(p: u8) -> Option<&'static str> {
         Some(match p {
@@ -206,14 +217,126 @@ pub mod rtnh {
     pub const LINKDOWN: u8 = 16;
     pub const UNRESOLVED: u8 = 32;
     pub const TRAP: u8 = 64;
-    /// Flags that describe the route as configured. DEAD/LINKDOWN/OFFLOAD/TRAP follow
-    /// link and hardware state and can change without a route notification, so the
-    /// mirror derives them instead of storing them.
+    /// Flags that describe the route as configured. DEAD/LINKDOWN follow link and netconf
+    /// state and change without a route notification, so the mirror derives them
+    /// ([`crate::liveness`]); OFFLOAD/TRAP belong to hardware offload and are not kept.
     pub const STABLE: u8 = PERVASIVE | ONLINK;
+    /// The liveness flags.
+    pub const LIVENESS: u8 = DEAD | LINKDOWN;
 }
 
-/// The part of a route that identifies it within one table and family,
-/// besides its destination prefix (which the FIB trie keys on).
+/// `rtm_flags` bits above the `RTNH_F_*` byte.
+pub mod rtm_f {
+    pub const CLONED: u32 = 0x200;
+    pub const OFFLOAD: u32 = 0x4000;
+    pub const TRAP: u32 = 0x8000;
+    pub const OFFLOAD_FAILED: u32 = 0x2000_0000;
+    /// Route-level flags the mirror does not store: liveness (derived) and hardware offload.
+    pub const VOLATILE: u32 = OFFLOAD
+        | TRAP
+        | OFFLOAD_FAILED
+        | super::rtnh::LIVENESS as u32
+        | super::rtnh::OFFLOAD as u32
+        | super::rtnh::TRAP as u32;
+}
+
+/// `RTAX_*` route metrics (`RTA_METRICS`).
+pub mod rtax {
+    pub const LOCK: u16 = 1;
+    pub const MTU: u16 = 2;
+    pub const WINDOW: u16 = 3;
+    pub const RTT: u16 = 4;
+    pub const RTTVAR: u16 = 5;
+    pub const SSTHRESH: u16 = 6;
+    pub const CWND: u16 = 7;
+    pub const ADVMSS: u16 = 8;
+    pub const REORDERING: u16 = 9;
+    pub const HOPLIMIT: u16 = 10;
+    pub const INITCWND: u16 = 11;
+    pub const FEATURES: u16 = 12;
+    pub const RTO_MIN: u16 = 13;
+    pub const INITRWND: u16 = 14;
+    pub const QUICKACK: u16 = 15;
+    pub const CC_ALGO: u16 = 16;
+    pub const FASTOPEN_NO_COOKIE: u16 = 17;
+
+    /// The name `ip route` gives a metric.
+    pub fn name(t: u16) -> Option<&'static str> {
+        Some(match t {
+            LOCK => "lock",
+            MTU => "mtu",
+            WINDOW => "window",
+            RTT => "rtt",
+            RTTVAR => "rttvar",
+            SSTHRESH => "ssthresh",
+            CWND => "cwnd",
+            ADVMSS => "advmss",
+            REORDERING => "reordering",
+            HOPLIMIT => "hoplimit",
+            INITCWND => "initcwnd",
+            FEATURES => "features",
+            RTO_MIN => "rto_min",
+            INITRWND => "initrwnd",
+            QUICKACK => "quickack",
+            CC_ALGO => "congctl",
+            FASTOPEN_NO_COOKIE => "fastopen_no_cookie",
+            _ => return None,
+        })
+    }
+}
+
+/// The value of one route metric: a number, or a congestion-control name (`RTAX_CC_ALGO`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MetricValue {
+    U32(u32),
+    Name(Box<str>),
+}
+
+/// A route's metrics (`RTA_METRICS`) as the kernel reports them: the ones set, ordered by
+/// `RTAX_*` type (the kernel's order). Empty for most routes, and then no allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Metrics(Box<[(u16, MetricValue)]>);
+
+impl Metrics {
+    pub fn new(mut v: Vec<(u16, MetricValue)>) -> Metrics {
+        v.sort_by_key(|(t, _)| *t);
+        Metrics(v.into_boxed_slice())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(u16, MetricValue)> {
+        self.0.iter()
+    }
+
+    /// A numeric metric (`RTAX_*`), if set.
+    pub fn get(&self, t: u16) -> Option<u32> {
+        self.0.iter().find_map(|(k, v)| match v {
+            MetricValue::U32(x) if *k == t => Some(*x),
+            _ => None,
+        })
+    }
+
+    /// The congestion-control algorithm (`RTAX_CC_ALGO`), if set.
+    pub fn congctl(&self) -> Option<&str> {
+        self.0.iter().find_map(|(k, v)| match v {
+            MetricValue::Name(n) if *k == rtax::CC_ALGO => Some(&**n),
+            _ => None,
+        })
+    }
+
+    /// Whether metric `t` is locked (bit `t` of `RTAX_LOCK`).
+    pub fn locked(&self, t: u16) -> bool {
+        t < 32 && self.get(rtax::LOCK).is_some_and(|l| l & (1 << t) != 0)
+    }
+}
+
+/// The part of a route's key besides its table and destination prefix (which the FIB trie
+/// keys on). The kernel keeps a *list* of routes per key, in its own order (`ip route
+/// append`/`prepend`, a connected route per device for a subnet on two devices, IPv6
+/// device routes of one metric...); the first one that is alive forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SubKey {
     /// Metric (`RTA_PRIORITY`); lower is preferred.
@@ -222,20 +345,7 @@ pub struct SubKey {
     pub tos: u8,
     /// IPv6 source prefix (`RTA_SRC`, source-specific routing); `None` otherwise.
     pub src: Option<IpNet>,
-    /// IPv6 only: the next hop of a route the kernel keeps apart from others with the
-    /// same dst and metric (device routes, RA routes, nexthop-object routes). ECMP
-    /// gateway routes merge into one multipath route and have `None`.
-    pub hop: Option<HopId>,
 }
-
-/// Identity of an IPv6 route's next hop where it is part of the route's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum HopId {
-    Dev(u32),
-    Gateway(IpAddr, u32),
-    Object(u32),
-}
-
 /// Everything that identifies one kernel route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RouteKey {
@@ -252,14 +362,12 @@ impl RouteKey {
 }
 
 impl SubKey {
-    /// The sub-key of an ordinary route: a metric, TOS 0, no source prefix, no hop
-    /// identity.
+    /// The sub-key of an ordinary route: a metric, TOS 0, no source prefix.
     pub fn metric(priority: u32) -> SubKey {
         SubKey {
             priority,
             tos: 0,
             src: None,
-            hop: None,
         }
     }
 }
@@ -272,7 +380,7 @@ pub struct NextHop {
     pub ifindex: u32,
     /// ECMP weight, 1..=256 (kernel `rtnh_hops + 1`).
     pub weight: u16,
-    /// `RTNH_F_*`, masked to [`rtnh::STABLE`].
+    /// `RTNH_F_*`, masked to [`rtnh::STABLE`] (liveness is derived: [`crate::liveness`]).
     pub flags: u8,
 }
 
@@ -286,19 +394,26 @@ pub struct RouteAttrs {
     pub kind: u8,
     /// `RT_SCOPE_*`.
     pub scope: u8,
-    /// `rtm_flags` masked to stable bits (see [`rtnh::STABLE`]).
+    /// `rtm_flags` without the [`rtm_f::VOLATILE`] bits, except that an IPv4 multipath
+    /// route keeps `RTNH_F_LINKDOWN`: the kernel's per-route (`fib_info`) flag depends on
+    /// the order of link events, so it is state the mirror keeps and updates.
     pub flags: u32,
     /// Preferred source address (`RTA_PREFSRC`).
     pub prefsrc: Option<IpAddr>,
     /// Nexthop object id (`RTA_NH_ID`); resolved through the mirror's nexthop table.
     pub nh_id: Option<u32>,
-    /// Inline next hops (`RTA_GATEWAY`/`RTA_OIF` or `RTA_MULTIPATH`). With a nexthop
-    /// object and `nexthop_compat_mode=1` the kernel repeats them here too.
+    /// Inline next hops (`RTA_GATEWAY`/`RTA_OIF` or `RTA_MULTIPATH`), in the kernel's
+    /// order. Empty for a route with a nexthop object: whatever `nexthop_compat_mode`
+    /// makes the kernel spell out, such a route *is* its object, resolved when read.
     pub nexthops: SmallVec<[NextHop; 2]>,
     /// IPv6 router preference (`RTA_PREF`), if present.
     pub pref: Option<u8>,
-    /// Route MTU from `RTA_METRICS`, if set.
-    pub mtu: Option<u32>,
+    /// `RTA_METRICS`: the route's own (an IPv6 multipath route's are its first sibling's).
+    pub metrics: Metrics,
+    /// IPv6 multipath routes only: every sibling's metrics in `nexthops` order, when some
+    /// differ from the first's (`ip -6 route append ... mtu N`). The kernel shows the first
+    /// sibling's; when that sibling goes, the next one's show.
+    pub hop_metrics: Option<Box<[Metrics]>>,
 }
 
 impl NextHop {
@@ -314,6 +429,37 @@ impl NextHop {
 }
 
 impl RouteAttrs {
+    /// Route MTU (`RTAX_MTU`), if set.
+    pub fn mtu(&self) -> Option<u32> {
+        self.metrics.get(rtax::MTU)
+    }
+
+    /// Equal as a route dump shows them: an IPv6 dump shows only the first sibling's
+    /// metrics, so per-sibling metrics the mirror learned from events are not compared.
+    pub fn same_as_dumped(&self, dumped: &RouteAttrs) -> bool {
+        let RouteAttrs {
+            protocol,
+            kind,
+            scope,
+            flags,
+            prefsrc,
+            nh_id,
+            nexthops,
+            pref,
+            metrics,
+            hop_metrics: _,
+        } = dumped;
+        self.protocol == *protocol
+            && self.kind == *kind
+            && self.scope == *scope
+            && self.flags == *flags
+            && self.prefsrc == *prefsrc
+            && self.nh_id == *nh_id
+            && self.nexthops == *nexthops
+            && self.pref == *pref
+            && self.metrics == *metrics
+    }
+
     pub fn kind_name(&self) -> String {
         rtn::name(self.kind).map_or_else(|| self.kind.to_string(), str::to_string)
     }
@@ -403,25 +549,48 @@ pub struct Address {
     pub scope: u8,
 }
 
+/// `ignore_routes_with_linkdown` of one device, or of `all`/`default` (`RTM_NEWNETCONF`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Netconf {
+    pub family: Family,
+    /// A device's ifindex, or [`netconf::ALL`] / [`netconf::DEFAULT`].
+    pub ifindex: i32,
+    /// `NETCONFA_IGNORE_ROUTES_WITH_LINKDOWN`; `None` when the message did not carry it
+    /// (a notification about another setting).
+    pub ignore_linkdown: Option<bool>,
+}
+
+/// `NETCONFA_IFINDEX_*` pseudo devices.
+pub mod netconf {
+    pub const ALL: i32 = -1;
+    pub const DEFAULT: i32 = -2;
+}
+
+/// `NLM_F_*` flags of a route notification: they say where the route went in its key's
+/// list (`fib_table_insert` sets them to what it did).
+pub mod nlm {
+    pub const REPLACE: u16 = 0x100;
+    pub const EXCL: u16 = 0x200;
+    pub const CREATE: u16 = 0x400;
+    pub const APPEND: u16 = 0x800;
+}
+
 /// One decoded kernel change or dump entry, as every source delivers it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// `RTM_NEWROUTE`. `replace` is `NLM_F_REPLACE`; without it a new route with the same
-    /// key as an existing one still replaces it in the mirror (the kernel refuses true
-    /// duplicates, and a dump entry is always the current state).
+    /// `RTM_NEWROUTE`, with the message's `nlmsg_flags` ([`nlm`]): `REPLACE` replaced the
+    /// key's first route, `CREATE|EXCL` made a new key, `CREATE|APPEND` appended to the
+    /// key's list, `CREATE` alone prepended to it. 0 (a dump entry, or an unknown
+    /// origin): the route replaces the key's first.
     NewRoute {
         route: Route,
-        replace: bool,
+        flags: u16,
     },
-    /// `RTM_DELROUTE`. `hops` are the next hops the message names: IPv6 deletes one
-    /// sibling of a multipath route this way, so only those hops go.
+    /// `RTM_DELROUTE`: the route the kernel removed, with its attributes, so the right one
+    /// of a key's list goes. An IPv6 message naming one next hop of a multipath route
+    /// removes that sibling only.
     DelRoute {
-        key: RouteKey,
-        hops: Box<[NextHop]>,
-    },
-    /// A route whose every next hop is dead: as good as deleted (see DEVELOPERS.md).
-    DeadRoute {
-        key: RouteKey,
+        route: Route,
     },
     NewLink(Link),
     DelLink {
@@ -437,6 +606,18 @@ pub enum Change {
     NewRule(Rule),
     /// `RTM_DELRULE`: the whole rule, as the kernel reports the one it removed.
     DelRule(Rule),
+    NewNetconf(Netconf),
+    DelNetconf {
+        family: Family,
+        ifindex: i32,
+    },
+}
+
+impl Change {
+    /// A route as a dump lists it (no notification flags).
+    pub fn route(route: Route) -> Change {
+        Change::NewRoute { route, flags: 0 }
+    }
 }
 
 // Policy routing rules: the data only; list order, display and evaluation live in

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Family;
+use crate::model::{Family, RouteKey};
 use crate::netlink::msg::DumpKind;
 
 /// Outcome counts of a scan (or summed over all scans).
@@ -68,6 +68,9 @@ pub struct ScanScope {
     /// Policy rules of both families.
     #[serde(default)]
     pub rules: bool,
+    /// `ignore_routes_with_linkdown` of every device, both families.
+    #[serde(default)]
+    pub netconf: bool,
 }
 
 impl ScanScope {
@@ -79,6 +82,7 @@ impl ScanScope {
             addrs: true,
             nexthops: true,
             rules: true,
+            netconf: true,
         }
     }
 
@@ -91,6 +95,18 @@ impl ScanScope {
             addrs: false,
             nexthops: true,
             rules: false,
+            netconf: false,
+        }
+    }
+
+    /// The netconf settings only (a new IPv4 `default` may have reached devices silently).
+    pub fn netconf() -> ScanScope {
+        ScanScope {
+            families: Vec::new(),
+            nexthops: false,
+            netconf: true,
+            rules: false,
+            ..ScanScope::routes(Family::V4)
         }
     }
 
@@ -109,6 +125,7 @@ impl ScanScope {
         self.addrs |= o.addrs;
         self.nexthops |= o.nexthops;
         self.rules |= o.rules;
+        self.netconf |= o.netconf;
     }
 
     /// The dumps to run, in an order where what routes refer to comes first.
@@ -119,6 +136,9 @@ impl ScanScope {
         }
         if self.addrs {
             d.extend(Family::ALL.iter().map(|f| DumpKind::Addrs(*f)));
+        }
+        if self.netconf {
+            d.extend(Family::ALL.iter().map(|f| DumpKind::Netconf(*f)));
         }
         if self.nexthops {
             d.push(DumpKind::Nexthops);
@@ -196,6 +216,9 @@ pub struct ActiveScan {
     pub object_verdicts: Verdicts,
     pub interrupted: u64,
     pub overrun_during: bool,
+    /// The key of the last dumped route and how many of its routes the dump listed so
+    /// far: a key's routes arrive one after another, in the kernel's order.
+    pub route_cursor: Option<(RouteKey, usize)>,
 }
 
 impl ActiveScan {
@@ -217,6 +240,7 @@ impl ActiveScan {
             object_verdicts: Verdicts::default(),
             interrupted: 0,
             overrun_during: false,
+            route_cursor: None,
         }
     }
 
@@ -294,6 +318,6 @@ mod tests {
             .position(|k| matches!(k, DumpKind::Routes(..)))
             .unwrap();
         assert!(nh < r);
-        assert_eq!(d.len(), 8);
+        assert_eq!(d.len(), 10);
     }
 }

@@ -293,6 +293,7 @@ mod tests {
             "socket_resets",
             "rss_bytes",
             "fast_lookup",
+            "copies",
         ];
         want.sort_unstable();
         assert_eq!(keys, want);

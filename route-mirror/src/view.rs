@@ -8,8 +8,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::fib::Entry;
+use crate::liveness::Liveness;
 use crate::mirror::{Mirror, Names};
-use crate::model::{rtn, rtnh, scope, table, Family, NextHop, RouteAttrs};
+use crate::model::{
+    rtax, rtn, rtnh, scope, table, Family, MetricValue, Metrics, NextHop, RouteAttrs,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HopView {
@@ -41,6 +44,9 @@ pub struct RouteView {
     pub nhid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Every `RTA_METRICS` value by its `ip route` name (`lock`: the locked ones).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pref: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -48,15 +54,50 @@ pub struct RouteView {
     pub nexthops: Vec<HopView>,
 }
 
-fn flag_names(f: u8) -> Vec<String> {
-    let mut v = Vec::new();
-    if f & rtnh::ONLINK != 0 {
-        v.push("onlink".to_string());
+/// `RTNH_F_*` flag names in `ip route`'s order (`print_rt_flags`).
+pub fn flag_names(f: u8) -> Vec<String> {
+    [
+        (rtnh::DEAD, "dead"),
+        (rtnh::ONLINK, "onlink"),
+        (rtnh::PERVASIVE, "pervasive"),
+        (rtnh::OFFLOAD, "offload"),
+        (rtnh::TRAP, "trap"),
+        (rtnh::LINKDOWN, "linkdown"),
+        (rtnh::UNRESOLVED, "unresolved"),
+    ]
+    .into_iter()
+    .filter(|(b, _)| f & b != 0)
+    .map(|(_, n)| n.to_string())
+    .collect()
+}
+
+/// Metrics as `ip -j route` names them; numbers stay numbers (`rtt` in the kernel's
+/// units, 1/8 ms), `lock` lists the locked metrics.
+pub fn metrics_json(m: &Metrics) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (t, v) in m.iter() {
+        let name = rtax::name(*t).map_or_else(|| format!("metric{t}"), str::to_string);
+        match (t, v) {
+            (&rtax::LOCK, MetricValue::U32(bits)) => {
+                let locked: Vec<serde_json::Value> = (2..32u16)
+                    .filter(|i| bits & (1 << i) != 0)
+                    .map(|i| {
+                        rtax::name(i)
+                            .map_or_else(|| i.to_string(), str::to_string)
+                            .into()
+                    })
+                    .collect();
+                out.insert(name, locked.into());
+            }
+            (_, MetricValue::U32(x)) => {
+                out.insert(name, (*x).into());
+            }
+            (_, MetricValue::Name(n)) => {
+                out.insert(name, n.to_string().into());
+            }
+        }
     }
-    if f & rtnh::PERVASIVE != 0 {
-        v.push("pervasive".to_string());
-    }
-    v
+    out
 }
 
 /// What rendering a route needs besides the route: the live [`Mirror`] (under its lock)
@@ -64,6 +105,9 @@ fn flag_names(f: u8) -> Vec<String> {
 pub trait RouteContext {
     fn link_name(&self, ifindex: u32) -> Option<&str>;
     fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop>;
+    /// The route's effective hops with the flags a dump would show now.
+    fn dumped_hops(&self, family: Family, attrs: &RouteAttrs) -> Vec<NextHop>;
+    fn live(&self) -> &Liveness;
 }
 
 impl RouteContext for Mirror {
@@ -73,6 +117,12 @@ impl RouteContext for Mirror {
     fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop> {
         Mirror::effective_hops(self, attrs)
     }
+    fn dumped_hops(&self, family: Family, attrs: &RouteAttrs) -> Vec<NextHop> {
+        Mirror::dumped_hops(self, family, attrs)
+    }
+    fn live(&self) -> &Liveness {
+        &self.live
+    }
 }
 
 impl RouteContext for Names {
@@ -81,6 +131,12 @@ impl RouteContext for Names {
     }
     fn effective_hops(&self, attrs: &RouteAttrs) -> Vec<NextHop> {
         Names::effective_hops(self, attrs)
+    }
+    fn dumped_hops(&self, family: Family, attrs: &RouteAttrs) -> Vec<NextHop> {
+        Names::dumped_hops(self, family, attrs)
+    }
+    fn live(&self) -> &Liveness {
+        Names::live(self)
     }
 }
 
@@ -97,7 +153,8 @@ pub fn hop_view<C: RouteContext + ?Sized>(m: &C, h: &NextHop) -> HopView {
     }
 }
 
-/// A route as queries show it, with its nexthop object resolved through the mirror.
+/// A route as queries show it, with its nexthop object resolved through the mirror and
+/// the liveness flags (`dead`, `linkdown`) a dump would show now.
 pub fn route_view<C: RouteContext + ?Sized>(
     m: &C,
     table: u32,
@@ -106,8 +163,11 @@ pub fn route_view<C: RouteContext + ?Sized>(
 ) -> RouteView {
     let a: &RouteAttrs = &e.attrs;
     let sub = e.sub();
+    let family = Family::of_net(&prefix);
+    let hops = m.dumped_hops(family, a);
+    let flags = m.live().route_flags(family, a, &hops);
     RouteView {
-        family: Family::of_net(&prefix),
+        family,
         prefix,
         table,
         metric: sub.priority,
@@ -118,15 +178,16 @@ pub fn route_view<C: RouteContext + ?Sized>(
         scope: a.scope_name(),
         prefsrc: a.prefsrc,
         nhid: a.nh_id,
-        mtu: a.mtu,
+        mtu: a.mtu(),
+        metrics: metrics_json(&a.metrics),
         pref: a.pref.map(|p| match p {
             0 => "medium".to_string(),
             1 => "high".to_string(),
             3 => "low".to_string(),
             n => n.to_string(),
         }),
-        flags: flag_names(a.flags as u8),
-        nexthops: m.effective_hops(a).iter().map(|h| hop_view(m, h)).collect(),
+        flags: flag_names(flags as u8),
+        nexthops: hops.iter().map(|h| hop_view(m, h)).collect(),
     }
 }
 
@@ -188,19 +249,13 @@ pub fn format_route(r: &RouteView, with_table: bool) -> String {
     if r.metric != 0 {
         let _ = write!(s, " metric {}", r.metric);
     }
-    if let Some(mtu) = r.mtu {
-        let _ = write!(s, " mtu {mtu}");
-    }
-    if let Some(p) = &r.pref {
-        let _ = write!(s, " pref {p}");
-    }
+    // `rtm_flags` (a single-path route's are its hop's), then metrics, as `ip route`.
     for f in &r.flags {
         let _ = write!(s, " {f}");
     }
-    if r.nexthops.len() == 1 {
-        for f in &r.nexthops[0].flags {
-            let _ = write!(s, " {f}");
-        }
+    format_metrics(&mut s, &r.metrics);
+    if let Some(p) = &r.pref {
+        let _ = write!(s, " pref {p}");
     }
     if r.nexthops.len() > 1 {
         for h in &r.nexthops {
@@ -218,6 +273,48 @@ pub fn format_route(r: &RouteView, with_table: bool) -> String {
         }
     }
     s
+}
+
+/// Metrics as `ip route` prints them (`print_rta_metrics`): `mtu lock 1400`, `rtt 10ms`.
+fn format_metrics(s: &mut String, m: &serde_json::Map<String, serde_json::Value>) {
+    let locked: Vec<&str> = m
+        .get("lock")
+        .and_then(|l| l.as_array())
+        .map(|l| l.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    for (name, v) in m {
+        if name == "lock" {
+            continue;
+        }
+        let _ = write!(s, " {name}");
+        if locked.contains(&name.as_str()) {
+            s.push_str(" lock");
+        }
+        match (name.as_str(), v.as_u64()) {
+            ("rtt" | "rttvar" | "rto_min", Some(x)) => {
+                let ms = match name.as_str() {
+                    "rtt" => x / 8,
+                    "rttvar" => x / 4,
+                    _ => x,
+                };
+                if ms >= 1000 {
+                    let _ = write!(s, " {}s", ms as f64 / 1000.0);
+                } else {
+                    let _ = write!(s, " {ms}ms");
+                }
+            }
+            ("features", Some(x)) if x & 1 != 0 => s.push_str(" ecn"),
+            ("features", Some(x)) => {
+                let _ = write!(s, " 0x{x:x}");
+            }
+            (_, Some(x)) => {
+                let _ = write!(s, " {x}");
+            }
+            (_, None) => {
+                let _ = write!(s, " {}", v.as_str().unwrap_or_default());
+            }
+        }
+    }
 }
 
 /// One line of `route-mirror watch`: a change the mirror applied, or a marker.
@@ -289,6 +386,7 @@ mod tests {
             prefsrc: None,
             nhid: None,
             mtu: None,
+            metrics: Default::default(),
             pref: None,
             flags: vec![],
             nexthops: hops,

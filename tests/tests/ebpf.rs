@@ -293,8 +293,9 @@ fn read_bpf_fib(dir: &std::path::Path) -> std::collections::BTreeMap<(u64, Strin
     out
 }
 
-/// The mirror's best route per prefix (lowest metric among TOS-0 routes, first in
-/// `show`'s order on ties) of `tables`.
+/// The mirror's best route per prefix of `tables`: the first TOS-0 route in `show`'s
+/// order (the kernel's: lowest metric first, then the key's list) with a hop that is not
+/// dead, and its live hops (the kernel's lookup skips dead ones).
 fn mirror_best(d: &Daemon, tables: &[&str]) -> std::collections::BTreeMap<(u64, String), Best> {
     let mut out = std::collections::BTreeMap::new();
     for t in tables {
@@ -308,10 +309,22 @@ fn mirror_best(d: &Daemon, tables: &[&str]) -> std::collections::BTreeMap<(u64, 
                 r["prefix"].as_str().unwrap().to_string(),
             );
             let metric = r["metric"].as_u64().unwrap_or(0);
-            let hops: Vec<(u64, String, u64)> = route_mirror_tests::nexthops(r)
+            let all = route_mirror_tests::nexthops(r);
+            let live: Vec<&serde_json::Value> = all
+                .iter()
+                .filter(|h| {
+                    !h["flags"]
+                        .as_array()
+                        .is_some_and(|f| f.contains(&"dead".into()))
+                })
+                .collect();
+            if !all.is_empty() && live.is_empty() {
+                continue;
+            }
+            let hops: Vec<(u64, String, u64)> = live
                 .iter()
                 .map(|h| {
-                    let w = if route_mirror_tests::nexthops(r).len() > 1 {
+                    let w = if live.len() > 1 {
                         h["weight"].as_u64().unwrap_or(1)
                     } else {
                         1
@@ -324,12 +337,7 @@ fn mirror_best(d: &Daemon, tables: &[&str]) -> std::collections::BTreeMap<(u64, 
                 })
                 .collect();
             let best = (rtn_number(r["type"].as_str().unwrap_or("")), metric, hops);
-            match out.get(&key) {
-                Some((_, m, _)) if *m <= metric => {}
-                _ => {
-                    out.insert(key, best);
-                }
-            }
+            out.entry(key).or_insert(best);
         }
     }
     out

@@ -71,6 +71,8 @@ pub fn test(fuzz_seconds: Option<u64>) -> Result<()> {
                 "--test",
                 "mirror",
                 "--test",
+                "exact",
+                "--test",
                 "watch",
                 "--test",
                 "copy",

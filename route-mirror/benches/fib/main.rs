@@ -518,10 +518,7 @@ fn whole_mirror() -> (Mirror, usize) {
         // Streamed: no route list outlives its apply, so RSS growth is the mirror's.
         load_routes(file, &mut devs, |route| {
             n += 1;
-            m.apply(Change::NewRoute {
-                route,
-                replace: false,
-            });
+            m.apply(Change::NewRoute { route, flags: 0 });
         });
     }
     (m, n)

@@ -256,7 +256,7 @@ mod tests {
                         ..Default::default()
                     }),
                 },
-                replace: false,
+                flags: 0,
             });
         }
         m

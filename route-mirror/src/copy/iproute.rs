@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use thiserror::Error;
 
 use super::want::{Want, WantHop};
-use crate::model::{rtn, rtnh, scope, Family};
+use crate::model::{rtax, rtn, rtnh, scope, Family, MetricValue, Metrics};
 use crate::names::Names;
 
 /// One declared route: the table its line names (if any) and the route.
@@ -306,7 +306,11 @@ pub fn parse_line(line: &str, names: &Names) -> Result<Declared, String> {
             scope,
             prefsrc,
             pref,
-            mtu,
+            metrics: Metrics::new(
+                mtu.map(|m| (rtax::MTU, MetricValue::U32(m)))
+                    .into_iter()
+                    .collect(),
+            ),
             nh_id,
             hops: SmallVec::from_vec(hops),
         },
@@ -355,7 +359,10 @@ mod tests {
         assert_eq!(w.scope, scope::LINK);
         assert_eq!(w.prefsrc, Some("198.18.2.1".parse().unwrap()));
         let w = one("2001:db8::/32 via 2001:2:0:1::2 dev veth1 pref high mtu 1400").want;
-        assert_eq!((w.metric, w.pref, w.mtu), (1024, Some(1), Some(1400)));
+        assert_eq!(
+            (w.metric, w.pref, w.metrics.get(rtax::MTU)),
+            (1024, Some(1), Some(1400))
+        );
         let w = one("default via 2001:2:0:1::2 dev veth1").want;
         assert_eq!(w.dst.to_string(), "::/0");
         assert_eq!(one("-6 unreachable default").want.dst.to_string(), "::/0");

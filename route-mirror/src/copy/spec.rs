@@ -126,7 +126,6 @@ impl Job {
                             priority: w.metric,
                             tos: w.tos,
                             src: w.src,
-                            hop: None,
                         },
                         e,
                     )

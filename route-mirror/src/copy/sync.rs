@@ -968,10 +968,8 @@ mod tests {
         let mut s = TargetSync::new(200, PROTO, false);
         let now = Instant::now();
         let d = net("2001:db8::/64");
-        let mut k = key("2001:db8::/64", 1024);
-        k.sub.hop = Some(crate::model::HopId::Dev(3));
-        let mut alien_sub = SubKey::metric(1024);
-        alien_sub.hop = Some(crate::model::HopId::Dev(5));
+        let k = key("2001:db8::/64", 1024);
+        let alien_sub = SubKey::metric(1024);
         let mine = Entry::new(k.sub, Arc::new(attrs(PROTO, 4)), 0);
         let alien = Entry::new(alien_sub, Arc::new(attrs(4, 5)), 0);
         let p = s.plan(

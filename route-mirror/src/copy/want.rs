@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
-use crate::model::{rtn, rtnh, scope, Family, HopId, NextHop, RouteAttrs, RouteKey, SubKey};
+use crate::model::{rtn, rtnh, scope, Family, Metrics, NextHop, RouteAttrs, RouteKey, SubKey};
 
 /// One next hop, its device by name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,7 +36,8 @@ pub struct Want {
     pub prefsrc: Option<IpAddr>,
     /// IPv6 router preference.
     pub pref: Option<u8>,
-    pub mtu: Option<u32>,
+    /// `RTA_METRICS` (mtu, advmss, ...).
+    pub metrics: Metrics,
     /// A nexthop object of the target, by id (declared `nhid N`).
     pub nh_id: Option<u32>,
     pub hops: SmallVec<[WantHop; 2]>,
@@ -78,7 +79,7 @@ impl Want {
             scope: attrs.scope,
             prefsrc: attrs.prefsrc,
             pref: attrs.pref,
-            mtu: attrs.mtu,
+            metrics: attrs.metrics.clone(),
             nh_id: None,
             hops,
         }
@@ -87,8 +88,7 @@ impl Want {
     /// The route to write into `table` of the target, devices looked up by `ifindex`, as
     /// the target's mirror will show it once installed (so the two compare equal): the
     /// kernel reports IPv6 routes with universe scope and a router preference (medium
-    /// when none was given), sorts IPv6 siblings, and keys IPv6 routes it never merges
-    /// into ECMP by their next hop.
+    /// when none was given).
     pub fn resolve(
         &self,
         table: u32,
@@ -121,7 +121,6 @@ impl Want {
                 if reject && hops.is_empty() && self.nh_id.is_none() {
                     hops.push(NextHop::new(None, ifindex("lo").unwrap_or(1)));
                 }
-                hops.sort();
                 (scope::UNIVERSE, Some(self.pref.unwrap_or(0)))
             }
         };
@@ -142,7 +141,8 @@ impl Want {
                 hops
             },
             pref,
-            mtu: self.mtu,
+            metrics: self.metrics.clone(),
+            hop_metrics: None,
         };
         let key = RouteKey {
             table,
@@ -151,22 +151,9 @@ impl Want {
                 priority: self.metric,
                 tos: if family == Family::V4 { self.tos } else { 0 },
                 src: self.src,
-                hop: hop_identity(family, &attrs),
             },
         };
         Ok((key, attrs))
-    }
-}
-
-/// The identity the mirror's decoder gives an IPv6 route's next hop (see
-/// [`SubKey::hop`]) for a route of ours: never an RA route, so device routes and
-/// nexthop-object routes only. A test checks this against the decoder.
-fn hop_identity(family: Family, a: &RouteAttrs) -> Option<HopId> {
-    match (family, a.nh_id, a.nexthops.as_slice()) {
-        (Family::V4, ..) => None,
-        (_, Some(id), _) => Some(HopId::Object(id)),
-        (_, None, [h]) if h.gateway.is_none() => Some(HopId::Dev(h.ifindex)),
-        _ => None,
     }
 }
 
@@ -213,7 +200,7 @@ mod tests {
             scope: 0,
             prefsrc: None,
             pref: None,
-            mtu: None,
+            metrics: Metrics::default(),
             nh_id: None,
             hops: hops
                 .iter()

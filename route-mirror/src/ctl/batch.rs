@@ -191,7 +191,7 @@ pub fn answer_lines(
                     }
                 }
                 let Some(m) = guard.as_deref() else { continue };
-                match m.fib.lookup(addr, &tables, q.tos) {
+                match m.lookup(addr, &tables, q.tos) {
                     Some((t, net, e)) => {
                         found(m, false, q, text, t, net, e, &mut cache, &mut s);
                         counts.found += 1;
@@ -392,9 +392,10 @@ fn rule_lines(
                             Some(v) => Ok(v),
                             None => {
                                 let hops = |a: &crate::model::RouteAttrs| m.effective_hops(a);
+                                let usable = |fam, e: &crate::fib::Entry| m.usable(fam, &e.attrs);
                                 let o = set.decide_with(
                                     &kf,
-                                    &ExactTables::new(&m.fib, &hops),
+                                    &ExactTables::new(&m.fib, &hops).with_usable(&usable),
                                     &m.rules.links,
                                     &mut scratch,
                                 );
@@ -817,7 +818,7 @@ mod tests {
                     ..Default::default()
                 }),
             },
-            replace: false,
+            flags: 0,
         }
     }
 
@@ -828,7 +829,8 @@ mod tests {
         m.apply(Change::NewLink(Link {
             ifindex: 7,
             name: "up,link".into(),
-            flags: libc::IFF_UP as u32,
+            // Up with carrier: its routes are not `linkdown`.
+            flags: (libc::IFF_UP | libc::IFF_RUNNING | libc::IFF_LOWER_UP) as u32,
             mtu: 1500,
             ..Default::default()
         }));

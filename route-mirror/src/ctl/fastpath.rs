@@ -123,7 +123,9 @@ impl FastPath {
                 return false;
             };
             let c = cursor.get_or_insert_with(|| ExtractCursor::new(&m.fib));
-            match c.step(&m.fib, PREFIXES_PER_LOCK) {
+            // Dead routes are left out, as the kernel's lookup skips them.
+            let step = c.step_with(&m.fib, PREFIXES_PER_LOCK, &mut m.usable_fn());
+            match step {
                 Step::More => continue,
                 Step::Done(x) => {
                     let local = m.addrs.keys().map(|a| a.addr).collect();
@@ -204,7 +206,10 @@ mod tests {
         Arc::new(RouteAttrs {
             kind: rtn::UNICAST,
             nexthops: vec![NextHop::new(None, 2)].into(),
-            mtu: Some(gen),
+            metrics: crate::model::Metrics::new(vec![(
+                crate::model::rtax::MTU,
+                crate::model::MetricValue::U32(gen),
+            )]),
             ..Default::default()
         })
     }
@@ -227,7 +232,7 @@ mod tests {
         let addrs: [IpAddr; 2] = PROBES.map(|a| a.parse().unwrap());
         if let Some(s) = fast.current() {
             let gens = addrs.map(|a| match s.fib.lookup(a, &DEFAULT_RULE_TABLES, 0) {
-                Lookup::Route(_, _, e) => e.attrs.mtu,
+                Lookup::Route(_, _, e) => e.attrs.mtu(),
                 Lookup::None => None,
                 Lookup::Exact => panic!("TOS 0 lookups never need the exact path"),
             });
@@ -237,7 +242,7 @@ mod tests {
         let gens = addrs.map(|a| {
             m.fib
                 .lookup(a, &DEFAULT_RULE_TABLES, 0)
-                .and_then(|(_, _, e)| e.attrs.mtu)
+                .and_then(|(_, _, e)| e.attrs.mtu())
         });
         (false, gens)
     }

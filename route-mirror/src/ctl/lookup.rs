@@ -138,7 +138,12 @@ pub fn answer(m: &Mirror, f: &Flow, hash: Option<&HashConfig>) -> Result<Value, 
     let links = &m.rules.links;
     let kf = f.kernel(links, set.dissects(f.family()));
     let hops = |a: &crate::model::RouteAttrs| m.effective_hops(a);
-    let o = set.decide(&kf, &ExactTables::new(&m.fib, &hops), links);
+    let usable = |fam, e: &crate::fib::Entry| m.usable(fam, &e.attrs);
+    let o = set.decide(
+        &kf,
+        &ExactTables::new(&m.fib, &hops).with_usable(&usable),
+        links,
+    );
     outcome_value(m, o, f, hash)
 }
 
@@ -173,7 +178,8 @@ pub fn outcome_value<C: RouteContext + ?Sized>(
             let mut v = serde_json::to_value(route_view(ctx, table, net, e)).unwrap_or(Value::Null);
             decorate(&mut v, Some(rule), kind);
             let err = crate::fib::rules::route_errno(kind);
-            let hops = ctx.effective_hops(&e.attrs);
+            // With liveness: a dead hop is not chosen (fib_select_multipath).
+            let hops = ctx.dumped_hops(crate::model::Family::of_net(&net), &e.attrs);
             if err.is_none() && hops.len() > 1 {
                 let usable: Vec<(u32, bool)> = hops
                     .iter()

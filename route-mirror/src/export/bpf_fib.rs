@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::change::Batch;
 use crate::ebpf::{self, LoadError, OBJECT};
+use crate::fib::Usable;
 use crate::mirror::Mirror;
 use crate::model::{rtnh, Family};
 
@@ -185,14 +186,31 @@ impl BpfFib {
                 self.dirty.insert((d.table, d.dst));
             }
         }
-        if batch.nexthops_changed {
-            // A changed object changes the next hops of every route that uses one.
+        let links = &batch.links_changed;
+        if batch.nexthops_changed || !links.is_empty() {
+            // A changed object changes the next hops of every route that uses one; a link
+            // that died or revived changes which hops (and routes) forward. Decided once
+            // per attribute set.
+            let all = links.contains(&crate::mirror::Journal::ALL_LINKS);
+            let mut memo: HashMap<*const crate::model::RouteAttrs, bool> = HashMap::new();
+            let affected = |a: &crate::model::RouteAttrs| {
+                (batch.nexthops_changed && a.nh_id.is_some())
+                    || (!links.is_empty()
+                        && (all
+                            || mirror
+                                .effective_hops(a)
+                                .iter()
+                                .any(|h| links.contains(&h.ifindex))))
+            };
             for ((_, id), t) in mirror.fib.tables() {
                 if !self.tables.contains(&id) {
                     continue;
                 }
                 for (dst, e) in t.iter() {
-                    if e.attrs.nh_id.is_some() {
+                    if *memo
+                        .entry(std::sync::Arc::as_ptr(&e.attrs))
+                        .or_insert_with(|| affected(&e.attrs))
+                    {
                         self.dirty.insert((id, dst));
                     }
                 }
@@ -419,18 +437,36 @@ fn gateway(a: Option<IpAddr>) -> (u8, [u8; 16]) {
     }
 }
 
-/// The best route of `table`/`dst` as the kernel's lookup picks it: the first entry with
-/// TOS 0 in sub-key order (lowest metric first), as [`crate::fib::RouteTable::lookup`].
+/// The best route of `table`/`dst` as the kernel's lookup picks it: the first TOS-0
+/// route in the kernel's order that can forward ([`Mirror::usable`]), with the hops it
+/// forwards through (dead ones left out, as `fib_rebalance` leaves them out). None when
+/// no route of the prefix is alive: the dataplane's lookup then falls through to a
+/// shorter prefix, as the kernel's does.
 fn wanted(m: &Mirror, table: u32, dst: &IpNet) -> Option<Wanted> {
-    let e = m
-        .fib
-        .table(Family::of_net(dst), table)?
-        .get(dst)?
-        .iter()
-        .find(|e| e.sub().tos == 0)?;
+    let family = Family::of_net(dst);
+    let mut e = None;
+    for r in m.fib.table(family, table)?.get(dst)?.iter() {
+        if r.tos() != 0 || r.ext_raw() != 0 {
+            continue;
+        }
+        if crate::model::rtn::is_reject(r.attrs.kind) {
+            e = Some(r);
+            break;
+        }
+        match m.usable(family, &r.attrs) {
+            Usable::Yes => {
+                e = Some(r);
+                break;
+            }
+            Usable::No => continue,
+            Usable::NoSkipPrefix => return None,
+        }
+    }
+    let e = e?;
     let hops: Vec<Hop> = m
-        .effective_hops(&e.attrs)
+        .dumped_hops(family, &e.attrs)
         .iter()
+        .filter(|h| h.flags & rtnh::DEAD == 0)
         .map(|h| {
             let (gw_family, gateway) = gateway(h.gateway);
             Hop {

@@ -22,6 +22,9 @@ pub struct Batch {
     /// Links renamed or removed (ifindex): next hops and routes rendered with their
     /// name show another one now (read it from the mirror; none if removed).
     pub links_renamed: Vec<u32>,
+    /// Links whose hops' liveness changed (see [`Journal::links_changed`]): routes
+    /// through them may forward differently without a delta of their own.
+    pub links_changed: Vec<u32>,
 }
 
 impl Batch {
@@ -33,6 +36,7 @@ impl Batch {
             nexthops_changed: journal.nexthops_changed,
             rules: journal.rules,
             links_renamed: journal.links_renamed,
+            links_changed: journal.links_changed,
         }
     }
 
@@ -41,6 +45,7 @@ impl Batch {
             && !self.nexthops_changed
             && self.rules.is_empty()
             && self.links_renamed.is_empty()
+            && self.links_changed.is_empty()
     }
 }
 

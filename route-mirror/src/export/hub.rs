@@ -203,7 +203,7 @@ mod tests {
                     ..Default::default()
                 }),
             },
-            replace: false,
+            flags: 0,
         }
     }
 

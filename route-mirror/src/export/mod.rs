@@ -59,7 +59,7 @@
 //!         ..Default::default()
 //!     });
 //!     let key = RouteKey { table: 254, dst: "10.0.0.0/8".parse()?, sub: SubKey::metric(0) };
-//!     m.apply(Change::NewRoute { route: Route { key, attrs }, replace: false });
+//!     m.apply(Change::NewRoute { route: Route { key, attrs }, flags: 0 });
 //!     core.publish(&mut m, "netlink");
 //! }
 //!

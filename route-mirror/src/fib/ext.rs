@@ -1,23 +1,21 @@
 //! The rare part of a route's sub-key, interned process-wide.
 //!
-//! Only IPv6 routes have a source prefix (`RTA_SRC`) or a next-hop identity in their key
-//! ([`HopId`]), and a whole table has few distinct values of them (one per device,
-//! RA router or nexthop object). Keeping them inline made every [`super::Entry`] 64 bytes;
-//! interned, an entry holds a `u32` and is 24 bytes. Id 0 is "neither", which every
-//! IPv4 route and most IPv6 routes have, so the common path takes no lock.
+//! Only IPv6 source-specific routes have a source prefix (`RTA_SRC`) in their key, and a
+//! whole table has few distinct ones. Keeping it inline made every [`super::Entry`] 64
+//! bytes (with the IPv6 next-hop identity it then held); interned, an entry holds a `u32`
+//! and is 24 bytes. Id 0 is "none", which every IPv4 route and most IPv6 routes have, so
+//! the common path takes no lock.
 //!
 //! The table is process-wide (not per [`super::Fib`]) so that an `Entry` can resolve its
 //! own key without a handle to its FIB. Values are never forgotten: the set is bounded by
-//! the distinct (source prefix, next hop) pairs the kernel ever reported, which is small.
+//! the distinct source prefixes the kernel ever reported, which is small.
 
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
 
 use ipnet::IpNet;
 
-use crate::model::HopId;
-
-/// Handle of an interned (source prefix, next-hop identity) pair.
+/// Handle of an interned source prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ExtId(u32);
 
@@ -28,7 +26,7 @@ impl ExtId {
     }
 }
 
-type Ext = (Option<IpNet>, Option<HopId>);
+type Ext = Option<IpNet>;
 
 #[derive(Default)]
 struct Table {
@@ -40,50 +38,50 @@ fn table() -> &'static RwLock<Table> {
     static T: OnceLock<RwLock<Table>> = OnceLock::new();
     T.get_or_init(|| {
         RwLock::new(Table {
-            list: vec![(None, None)],
-            ids: HashMap::from([((None, None), 0)]),
+            list: vec![None],
+            ids: HashMap::from([(None, 0)]),
         })
     })
 }
 
-/// The id of `(src, hop)`, interning it if new.
-pub fn intern(src: Option<IpNet>, hop: Option<HopId>) -> ExtId {
-    if src.is_none() && hop.is_none() {
+/// The id of `src`, interning it if new.
+pub fn intern(src: Option<IpNet>) -> ExtId {
+    if src.is_none() {
         return ExtId(0);
     }
-    if let Some(id) = find(src, hop) {
+    if let Some(id) = find(src) {
         return id;
     }
     // A poisoned lock only means another thread panicked mid-insert of a plain map
     // operation; the data is still consistent, so keep going rather than panic too.
     let mut t = table().write().unwrap_or_else(|e| e.into_inner());
     let next = t.list.len() as u32;
-    let id = *t.ids.entry((src, hop)).or_insert(next);
+    let id = *t.ids.entry(src).or_insert(next);
     if id == next {
-        t.list.push((src, hop));
+        t.list.push(src);
     }
     ExtId(id)
 }
 
-/// The id of `(src, hop)` if it was ever interned (else no route can have that key).
-pub fn find(src: Option<IpNet>, hop: Option<HopId>) -> Option<ExtId> {
-    if src.is_none() && hop.is_none() {
+/// The id of `src` if it was ever interned (else no route can have that key).
+pub fn find(src: Option<IpNet>) -> Option<ExtId> {
+    if src.is_none() {
         return Some(ExtId(0));
     }
     let t = table().read().unwrap_or_else(|e| e.into_inner());
-    t.ids.get(&(src, hop)).map(|&i| ExtId(i))
+    t.ids.get(&src).map(|&i| ExtId(i))
 }
 
-/// The pair behind `id`.
+/// The source prefix behind `id`.
 pub fn resolve(id: ExtId) -> Ext {
     if id.0 == 0 {
-        return (None, None);
+        return None;
     }
     let t = table().read().unwrap_or_else(|e| e.into_inner());
-    t.list.get(id.0 as usize).copied().unwrap_or((None, None))
+    t.list.get(id.0 as usize).copied().unwrap_or(None)
 }
 
-/// Number of interned pairs (including the empty one).
+/// Number of interned source prefixes (including "none").
 pub fn len() -> usize {
     table().read().unwrap_or_else(|e| e.into_inner()).list.len()
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::poptrie::{Poptrie, NONE};
-use super::{Entry, Fib, RouteTable};
+use super::{Entry, Fib, RouteTable, Usable};
 use crate::model::{rtn, Family};
 
 /// Most classes one table can have (values are 31 bits, 8 of them the length).
@@ -95,9 +95,16 @@ impl Fib {
     /// [`ExtractCursor`] takes the same in pieces, for callers that must not hold the
     /// FIB's lock that long.
     pub fn extract(&self) -> Extract {
+        self.extract_with(&mut |_, _| Usable::Yes)
+    }
+
+    /// [`Fib::extract`] taking, for each prefix, its first route that `usable` accepts
+    /// (a prefix with none is left out, so lookups fall through to shorter ones, as the
+    /// kernel's do past dead routes).
+    pub fn extract_with(&self, usable: &mut dyn FnMut(Family, &Entry) -> Usable) -> Extract {
         let mut cursor = ExtractCursor::new(self);
         loop {
-            match cursor.step(self, usize::MAX) {
+            match cursor.step_with(self, usize::MAX, usable) {
                 Step::Done(x) => return x,
                 Step::More => continue,
                 Step::Changed => unreachable!("the FIB cannot change while borrowed"),
@@ -164,6 +171,16 @@ impl ExtractCursor {
     /// Takes pieces from `fib` (the FIB the cursor was made from) until about `budget`
     /// prefixes have been visited.
     pub fn step(&mut self, fib: &Fib, budget: usize) -> Step {
+        self.step_with(fib, budget, &mut |_, _| Usable::Yes)
+    }
+
+    /// [`ExtractCursor::step`] with a liveness predicate (see [`Fib::extract_with`]).
+    pub fn step_with(
+        &mut self,
+        fib: &Fib,
+        budget: usize,
+        usable: &mut dyn FnMut(Family, &Entry) -> Usable,
+    ) -> Step {
         if fib.version() != self.version || !Arc::ptr_eq(&fib.version, &self.counter) {
             return Step::Changed;
         }
@@ -185,7 +202,7 @@ impl ExtractCursor {
                     self.pieces.push(net);
                     return Step::More;
                 }
-                spent += take_piece(t, net, self.piece_limit, x, &mut self.pieces);
+                spent += take_piece(t, net, self.piece_limit, x, &mut self.pieces, usable);
             }
             let x = self.current.take().expect("extractor of the current table");
             self.done.push((key, x.finish()));
@@ -211,12 +228,13 @@ fn take_piece(
     limit: usize,
     x: &mut TableExtractor,
     pieces: &mut Vec<IpNet>,
+    usable: &mut dyn FnMut(Family, &Entry) -> Usable,
 ) -> usize {
     let mark = x.len();
     let len = net.prefix_len();
     for (p, es) in t.prefix_entries_covering(&net) {
         if p.prefix_len() < len && p.network() == net.network() {
-            x.add(p, es);
+            x.add(p, es, usable);
         }
     }
     let can_split = len + SPLIT_BITS <= net.max_prefix_len();
@@ -232,13 +250,14 @@ fn take_piece(
             }
             return visited;
         }
-        x.add(p, es);
+        x.add(p, es, usable);
     }
     visited
 }
 
 /// One table's prefixes and classes, as they are taken.
 struct TableExtractor {
+    family: Family,
     items: ExtractedItems,
     classes: Vec<Entry>,
     // This runs under the FIB's read lock, so it is kept lean: neighbouring prefixes
@@ -252,6 +271,7 @@ struct TableExtractor {
 impl TableExtractor {
     fn new(family: Family, prefixes: usize) -> TableExtractor {
         TableExtractor {
+            family,
             items: match family {
                 Family::V4 => ExtractedItems::V4(Vec::with_capacity(prefixes)),
                 Family::V6 => ExtractedItems::V6(Vec::with_capacity(prefixes)),
@@ -280,9 +300,25 @@ impl TableExtractor {
         }
     }
 
-    fn add(&mut self, net: IpNet, es: &[Entry]) {
+    fn add(&mut self, net: IpNet, es: &[Entry], usable: &mut dyn FnMut(Family, &Entry) -> Usable) {
         self.has_tos |= es.iter().any(|e| e.tos != 0);
-        let Some(e) = es.iter().find(|e| e.tos == 0) else {
+        // The route a TOS-0 lookup takes here, as RouteTable::lookup_with picks it.
+        let mut best = None;
+        for e in es.iter().filter(|e| e.tos == 0 && e.ext.raw() == 0) {
+            if crate::model::rtn::is_reject(e.attrs.kind) {
+                best = Some(e);
+                break;
+            }
+            match usable(self.family, e) {
+                Usable::Yes => {
+                    best = Some(e);
+                    break;
+                }
+                Usable::No => continue,
+                Usable::NoSkipPrefix => break,
+            }
+        }
+        let Some(e) = best else {
             return;
         };
         let c = self.class_of(e);

@@ -1,7 +1,10 @@
 //! The forwarding information base: an LPM trie per (family, table).
 //!
-//! Each trie node holds every route of one destination prefix (several metrics, TOS
-//! values or IPv6 source prefixes), sorted by [`SubKey`] so the preferred one is first.
+//! Each trie node holds every route of one destination prefix in the kernel's order: its
+//! keys ([`SubKey`]: metric, TOS, IPv6 source prefix) in the order the kernel lists them,
+//! and each key's *list* of routes (`ip route append`/`prepend`, the connected routes of a
+//! subnet addressed on two devices, IPv6 device routes of one metric) as the kernel keeps
+//! it ([`Place`]). Lookups take the first route that can forward ([`Usable`]).
 //!
 //! Used as a library (the daemon fills it from netlink; `examples/fib_lookup.rs` fills
 //! it from one dump of this host's tables):
@@ -65,10 +68,10 @@ use crate::model::{rtn, table, Family, RouteAttrs, RouteKey, SubKey};
 /// the mark-and-sweep prune ([`crate::reconcile`]).
 ///
 /// Laid out for memory: a full table holds over a million of these, one per prefix
-/// inline in the trie's value slot. The rare parts of the sub-key (IPv6 source prefix,
-/// IPv6 next-hop identity) live in a process-wide interned table ([`ext`]) and are held
-/// here as a `u32`, so an entry is 24 bytes instead of 64 (see BENCHMARKS.md). The hot
-/// parts (metric, TOS) stay inline: lookups never touch the side table.
+/// inline in the trie's value slot. The rare part of the sub-key (the IPv6 source
+/// prefix) lives in a process-wide interned table ([`ext`]) and is held here as a `u32`,
+/// so an entry is 24 bytes instead of 64 (see BENCHMARKS.md). The hot parts (metric,
+/// TOS) stay inline: lookups never touch the side table.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub attrs: Arc<RouteAttrs>,
@@ -83,7 +86,7 @@ impl Entry {
         Entry {
             attrs,
             priority: sub.priority,
-            ext: ext::intern(sub.src, sub.hop),
+            ext: ext::intern(sub.src),
             stamp,
             tos: sub.tos,
         }
@@ -91,12 +94,10 @@ impl Entry {
 
     /// The full sub-key (resolves the interned rare part).
     pub fn sub(&self) -> SubKey {
-        let (src, hop) = ext::resolve(self.ext);
         SubKey {
             priority: self.priority,
             tos: self.tos,
-            src,
-            hop,
+            src: ext::resolve(self.ext),
         }
     }
 
@@ -105,7 +106,7 @@ impl Entry {
         self.priority
     }
 
-    /// The interned id of the rare sub-key part (0: no source prefix, no hop identity).
+    /// The interned id of the rare sub-key part (0: no source prefix).
     pub fn ext_raw(&self) -> u32 {
         self.ext.raw()
     }
@@ -115,16 +116,18 @@ impl Entry {
         self.tos
     }
 
-    /// Whether this entry has sub-key `sub`, without resolving anything: interned ids
-    /// are canonical, so equal keys have equal ids.
-    fn matches(&self, sub: &SubKey, id: ext::ExtId) -> bool {
-        self.priority == sub.priority && self.tos == sub.tos && self.ext == id
+    /// Whether both have the same key, without resolving anything: interned ids are
+    /// canonical, so equal keys have equal ids.
+    fn same_key(&self, other: &Entry) -> bool {
+        self.priority == other.priority && self.tos == other.tos && self.ext == other.ext
     }
 
-    /// [`SubKey`] order (priority, tos, src, hop), resolving the rare part only on ties.
-    fn cmp_sub(&self, other: &Entry) -> std::cmp::Ordering {
-        (self.priority, self.tos)
-            .cmp(&(other.priority, other.tos))
+    /// The order of keys within a prefix, as the kernel lists them: IPv4 by TOS
+    /// descending, then metric ascending (`fib_find_alias`); IPv6 by metric, then source
+    /// prefix (resolved only on ties).
+    fn cmp_key(&self, other: &Entry) -> std::cmp::Ordering {
+        (std::cmp::Reverse(self.tos), self.priority)
+            .cmp(&(std::cmp::Reverse(other.tos), other.priority))
             .then_with(|| {
                 if self.ext == other.ext {
                     std::cmp::Ordering::Equal
@@ -135,8 +138,50 @@ impl Entry {
     }
 }
 
-/// The routes of one prefix, sorted by sub-key (lowest metric first).
+/// The routes of one prefix in the kernel's order: keys in [`Entry::cmp_key`] order, and
+/// each key's routes as the kernel lists them (its first one forwards).
 pub type Entries = SmallVec<[Entry; 1]>;
+
+/// Where a new route goes in its key's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Replaces the key's first route (`NLM_F_REPLACE`, or a plain upsert).
+    ReplaceFirst,
+    /// Before the key's routes (`ip route prepend`: `NLM_F_CREATE` alone).
+    Front,
+    /// After the key's routes (`ip route append`: `NLM_F_CREATE|NLM_F_APPEND`).
+    Back,
+    /// The key's only route (`NLM_F_CREATE|NLM_F_EXCL`: the key was new to the kernel, so
+    /// whatever the mirror still held for it is stale).
+    Only,
+}
+
+/// The index range of `sub`'s routes within `es`, or where they would go.
+fn key_range(es: &Entries, probe: &Entry) -> std::ops::Range<usize> {
+    let start = es
+        .iter()
+        .position(|e| e.cmp_key(probe) != std::cmp::Ordering::Less)
+        .unwrap_or(es.len());
+    let len = es[start..].iter().take_while(|e| e.same_key(probe)).count();
+    start..start + len
+}
+
+/// A stand-in entry with `sub`'s key (for ordering), if such a key can exist.
+fn probe(sub: &SubKey) -> Option<Entry> {
+    let ext = ext::find(sub.src)?;
+    Some(Entry {
+        attrs: probe_attrs(),
+        priority: sub.priority,
+        ext,
+        stamp: 0,
+        tos: sub.tos,
+    })
+}
+
+fn probe_attrs() -> Arc<RouteAttrs> {
+    static A: std::sync::OnceLock<Arc<RouteAttrs>> = std::sync::OnceLock::new();
+    A.get_or_init(|| Arc::new(RouteAttrs::default())).clone()
+}
 
 /// The LPM trie under each table. prefix-trie's PrefixMap beat our own Patricia trie
 /// (`benches/fib/patricia.rs`) on build speed, lookups and memory (BENCHMARKS.md), so it
@@ -158,10 +203,17 @@ macro_rules! with_map {
     };
 }
 
-fn take_sub<P: Prefix>(t: &mut PrefixMap<P, Entries>, p: &P, sub: &SubKey) -> Option<Entry> {
-    let id = ext::find(sub.src, sub.hop)?;
+/// Removes the route at `index` of `sub`'s list under `p`.
+fn take_at<P: Prefix>(
+    t: &mut PrefixMap<P, Entries>,
+    p: &P,
+    sub: &SubKey,
+    pick: impl FnOnce(&[Entry]) -> Option<usize>,
+) -> Option<Entry> {
+    let probe = probe(sub)?;
     let entries = t.get_mut(p)?;
-    let i = entries.iter().position(|e| e.matches(sub, id))?;
+    let r = key_range(entries, &probe);
+    let i = r.start + pick(&entries[r])?;
     let e = entries.remove(i);
     if entries.is_empty() {
         t.remove(p);
@@ -258,38 +310,101 @@ impl RouteTable {
         with_map!(&self.prefixes, dst, |t, n| t.get(n), None)
     }
 
-    pub fn get_entry(&self, dst: &IpNet, sub: &SubKey) -> Option<&Entry> {
-        let id = ext::find(sub.src, sub.hop)?;
-        self.get(dst)?.iter().find(|e| e.matches(sub, id))
+    /// The routes of one key in the kernel's order (the first one forwards); empty if none.
+    pub fn key_routes(&self, dst: &IpNet, sub: &SubKey) -> &[Entry] {
+        let (Some(es), Some(probe)) = (self.get(dst), probe(sub)) else {
+            return &[];
+        };
+        &es[key_range(es, &probe)]
     }
 
-    /// Inserts or replaces the route `dst`+`sub`. Returns the previous entry.
-    pub fn upsert(&mut self, dst: &IpNet, entry: Entry) -> Option<Entry> {
+    /// The first route of a key: the one the kernel forwards with (if alive).
+    pub fn get_entry(&self, dst: &IpNet, sub: &SubKey) -> Option<&Entry> {
+        self.key_routes(dst, sub).first()
+    }
+
+    /// Inserts `entry` into its key's list at `place`. Returns the routes it replaced.
+    pub fn insert(&mut self, dst: &IpNet, entry: Entry, place: Place) -> SmallVec<[Entry; 1]> {
         let entries = with_map!(
             &mut self.prefixes,
             dst,
             |t, n| t.entry(*n).or_insert_with(Entries::new),
-            return None
+            return SmallVec::new()
         );
-        match entries.binary_search_by(|e| e.cmp_sub(&entry)) {
-            Ok(i) => Some(std::mem::replace(&mut entries[i], entry)),
-            Err(i) => {
-                entries.insert(i, entry);
+        let r = key_range(entries, &entry);
+        let mut gone = SmallVec::new();
+        match place {
+            Place::ReplaceFirst if !r.is_empty() => {
+                gone.push(std::mem::replace(&mut entries[r.start], entry));
+            }
+            Place::Only if !r.is_empty() => {
+                gone.extend(entries.drain(r.start + 1..r.end));
+                gone.insert(0, std::mem::replace(&mut entries[r.start], entry));
+                self.routes -= r.len() - 1;
+            }
+            Place::ReplaceFirst | Place::Only | Place::Front => {
+                entries.insert(r.start, entry);
                 self.routes += 1;
-                None
+            }
+            Place::Back => {
+                entries.insert(r.end, entry);
+                self.routes += 1;
             }
         }
+        gone
     }
 
-    /// Mutable access to one route (to change it without moving it).
-    pub fn get_entry_mut(&mut self, dst: &IpNet, sub: &SubKey) -> Option<&mut Entry> {
-        let id = ext::find(sub.src, sub.hop)?;
+    /// Inserts or replaces the first route of `dst`+`sub`. Returns the previous one.
+    pub fn upsert(&mut self, dst: &IpNet, entry: Entry) -> Option<Entry> {
+        self.insert(dst, entry, Place::ReplaceFirst)
+            .into_iter()
+            .next()
+    }
+
+    /// Inserts `entry` at position `index` of its key's list (clamped to its end).
+    pub fn insert_at(&mut self, dst: &IpNet, entry: Entry, index: usize) {
+        let entries = with_map!(
+            &mut self.prefixes,
+            dst,
+            |t, n| t.entry(*n).or_insert_with(Entries::new),
+            return
+        );
+        let r = key_range(entries, &entry);
+        entries.insert(r.start + index.min(r.len()), entry);
+        self.routes += 1;
+    }
+
+    /// Mutable access to one key's routes (to change or reorder them in place).
+    pub fn key_routes_mut(&mut self, dst: &IpNet, sub: &SubKey) -> Option<&mut [Entry]> {
+        let probe = probe(sub)?;
         let entries = with_map!(&mut self.prefixes, dst, |t, n| t.get_mut(n), None)?;
-        entries.iter_mut().find(|e| e.matches(sub, id))
+        let r = key_range(entries, &probe);
+        (!r.is_empty()).then(|| &mut entries[r])
     }
 
+    /// Mutable access to a key's first route (to change it without moving it).
+    pub fn get_entry_mut(&mut self, dst: &IpNet, sub: &SubKey) -> Option<&mut Entry> {
+        self.key_routes_mut(dst, sub)?.first_mut()
+    }
+
+    /// Removes a key's first route.
     pub fn remove(&mut self, dst: &IpNet, sub: &SubKey) -> Option<Entry> {
-        let removed = with_map!(&mut self.prefixes, dst, |t, n| take_sub(t, n, sub), None);
+        self.remove_where(dst, sub, |es| (!es.is_empty()).then_some(0))
+    }
+
+    /// Removes the route of `dst`+`sub` that `pick` chooses (an index into the key's list).
+    pub fn remove_where(
+        &mut self,
+        dst: &IpNet,
+        sub: &SubKey,
+        pick: impl FnOnce(&[Entry]) -> Option<usize>,
+    ) -> Option<Entry> {
+        let removed = with_map!(
+            &mut self.prefixes,
+            dst,
+            |t, n| take_at(t, n, sub, pick),
+            None
+        );
         if removed.is_some() {
             self.routes -= 1;
         }
@@ -375,10 +490,10 @@ impl RouteTable {
         }
     }
 
-    /// The route the kernel's `fib_table_lookup` would return for `addr` with `tos`:
-    /// the longest matching prefix that has a route for this TOS, lowest metric first.
+    /// The route the kernel's `fib_table_lookup` would return for `addr` with `tos` if
+    /// every route were alive: see [`RouteTable::lookup_with`].
     pub fn lookup(&self, addr: IpAddr, tos: u8) -> TableLookup<'_> {
-        self.lookup_by(addr, tos, |_| true)
+        self.lookup_with(addr, tos, &mut |_, _| Usable::Yes)
     }
 
     /// [`RouteTable::lookup`] over the routes `accept` lets through: the others are
@@ -389,32 +504,85 @@ impl RouteTable {
         tos: u8,
         accept: impl Fn(&Entry) -> bool,
     ) -> TableLookup<'_> {
+        self.lookup_with(addr, tos, &mut |_, e| {
+            if accept(e) {
+                Usable::Yes
+            } else {
+                Usable::No
+            }
+        })
+    }
+
+    /// The route the kernel's `fib_table_lookup` returns for `addr` with `tos`: the
+    /// longest matching prefix with a route for this TOS that `usable` accepts, taking
+    /// each prefix's routes in the kernel's order. Reject routes (blackhole,
+    /// unreachable, prohibit, throw) answer at once, as in the kernel; an IPv6 lookup
+    /// (which has no source address here) skips source-specific routes.
+    pub fn lookup_with(
+        &self,
+        addr: IpAddr,
+        tos: u8,
+        usable: &mut dyn FnMut(Family, &Entry) -> Usable,
+    ) -> TableLookup<'_> {
         fn pick<'e>(
+            family: Family,
             es: &'e Entries,
             tos: u8,
-            accept: &impl Fn(&Entry) -> bool,
+            usable: &mut dyn FnMut(Family, &Entry) -> Usable,
         ) -> Option<&'e Entry> {
-            es.iter()
-                .find(|e| (e.tos == 0 || e.tos == tos) && accept(e))
+            for e in es.iter() {
+                if e.tos != 0 && e.tos != tos {
+                    continue;
+                }
+                if e.ext.raw() != 0 {
+                    continue;
+                }
+                if rtn::is_reject(e.attrs.kind) {
+                    return Some(e);
+                }
+                match usable(family, e) {
+                    Usable::Yes => return Some(e),
+                    Usable::No => continue,
+                    Usable::NoSkipPrefix => return None,
+                }
+            }
+            None
         }
-        // cover() walks from the shortest prefix to the longest: keep the last match.
-        let found = match (&self.prefixes, addr) {
+        // cover() walks from the shortest prefix to the longest: try the longest first.
+        let covering: SmallVec<[(IpNet, &Entries); 8]> = match (&self.prefixes, addr) {
             (Prefixes::V4(t), IpAddr::V4(a)) => t
                 .cover(&Ipv4Net::from(a))
-                .filter_map(|(p, es)| pick(es, tos, &accept).map(|e| (IpNet::V4(p), e)))
-                .last(),
+                .map(|(p, es)| (IpNet::V4(p), es))
+                .collect(),
             (Prefixes::V6(t), IpAddr::V6(a)) => t
                 .cover(&Ipv6Net::from(a))
-                .filter_map(|(p, es)| pick(es, 0, &accept).map(|e| (IpNet::V6(p), e)))
-                .last(),
-            _ => None,
+                .map(|(p, es)| (IpNet::V6(p), es))
+                .collect(),
+            _ => SmallVec::new(),
         };
+        let tos = if addr.is_ipv4() { tos } else { 0 };
+        let found = covering
+            .iter()
+            .rev()
+            .find_map(|(net, es)| pick(self.family, es, tos, usable).map(|e| (*net, e)));
         match found {
             Some((_, e)) if e.attrs.kind == rtn::THROW => TableLookup::Throw,
             Some((net, e)) => TableLookup::Route(net, e),
             None => TableLookup::None,
         }
     }
+}
+
+/// Whether a route can forward now (decided by the mirror from link and netconf state,
+/// [`crate::liveness`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    Yes,
+    /// No usable next hop: the kernel tries the prefix's next route.
+    No,
+    /// A nexthop-object route without a usable hop: the kernel's lookup gives up on this
+    /// prefix and backtracks to shorter ones (`fib_table_lookup`'s `miss`).
+    NoSkipPrefix,
 }
 
 /// All tables of both families.
@@ -493,12 +661,24 @@ impl Fib {
     }
 
     /// Longest-prefix match through `tables` in order, as the kernel's policy routing
-    /// does with the default rules: a `throw` route moves on to the next table.
+    /// does with the default rules: a `throw` route moves on to the next table. Every
+    /// route counts as alive; [`Fib::lookup_with`] asks.
     pub fn lookup(&self, addr: IpAddr, tables: &[u32], tos: u8) -> Option<(u32, IpNet, &Entry)> {
+        self.lookup_with(addr, tables, tos, &mut |_, _| Usable::Yes)
+    }
+
+    /// [`Fib::lookup`] skipping the routes `usable` rejects, as the kernel skips dead ones.
+    pub fn lookup_with(
+        &self,
+        addr: IpAddr,
+        tables: &[u32],
+        tos: u8,
+        usable: &mut dyn FnMut(Family, &Entry) -> Usable,
+    ) -> Option<(u32, IpNet, &Entry)> {
         let family = Family::of(&addr);
         for &id in tables {
             if let Some(t) = self.table(family, id) {
-                match t.lookup(addr, tos) {
+                match t.lookup_with(addr, tos, usable) {
                     TableLookup::Route(net, e) => return Some((id, net, e)),
                     TableLookup::Throw | TableLookup::None => continue,
                 }
@@ -557,35 +737,18 @@ mod tests {
 
     #[test]
     fn compact_entry_keeps_the_full_sub_key_and_its_order() {
-        use crate::model::HopId;
         assert_eq!(std::mem::size_of::<Entry>(), 24);
         let mut t = RouteTable::new(Family::V6);
         let net: IpNet = "2001:db8::/32".parse().unwrap();
+        let src = |s: &str| SubKey {
+            src: Some(s.parse().unwrap()),
+            ..SubKey::metric(5)
+        };
         let subs = [
-            SubKey {
-                priority: 5,
-                tos: 0,
-                src: Some("2001:db8:1::/48".parse().unwrap()),
-                hop: None,
-            },
-            SubKey {
-                priority: 5,
-                tos: 0,
-                src: None,
-                hop: Some(HopId::Dev(7)),
-            },
-            SubKey {
-                priority: 5,
-                tos: 0,
-                src: None,
-                hop: Some(HopId::Gateway("fe80::1".parse().unwrap(), 3)),
-            },
-            SubKey {
-                priority: 1,
-                tos: 0,
-                src: None,
-                hop: Some(HopId::Object(9)),
-            },
+            src("2001:db8:1::/48"),
+            SubKey::metric(5),
+            src("2001:db8:2::/48"),
+            SubKey::metric(1),
         ];
         for s in subs {
             let e = entry(0, rtn::UNICAST, 0);
@@ -598,15 +761,105 @@ mod tests {
         for s in subs {
             assert_eq!(t.get_entry(&net, &s).map(Entry::sub), Some(s));
         }
-        let unknown = SubKey {
-            priority: 5,
-            tos: 0,
-            src: None,
-            hop: Some(HopId::Dev(12345)),
-        };
-        assert!(t.get_entry(&net, &unknown).is_none());
+        assert!(t.get_entry(&net, &src("2001:db8:9::/48")).is_none());
         assert!(t.remove(&net, &subs[2]).is_some());
         assert_eq!(t.len(), 3);
+    }
+
+    fn via(ifindex: u32, priority: u32) -> Entry {
+        let mut e = entry(priority, rtn::UNICAST, 0);
+        Arc::make_mut(&mut e.attrs).nexthops = vec![NextHop::new(None, ifindex)].into();
+        e
+    }
+
+    fn ifs(t: &RouteTable, net: &IpNet, sub: &SubKey) -> Vec<u32> {
+        t.key_routes(net, sub)
+            .iter()
+            .map(|e| e.attrs.nexthops[0].ifindex)
+            .collect()
+    }
+
+    /// `ip route add` / `append` / `prepend` / `replace` as `fib_table_insert` orders them.
+    #[test]
+    fn a_key_keeps_its_routes_in_kernel_order() {
+        let mut t = RouteTable::new(Family::V4);
+        let net: IpNet = "10.9.0.0/24".parse().unwrap();
+        let k = SubKey::metric(0);
+        t.insert(&net, via(2, 0), Place::Only);
+        t.insert(&net, via(3, 0), Place::Back);
+        t.insert(&net, via(4, 0), Place::Front);
+        t.insert(&net, via(5, 20), Place::Only); // another key, after
+        t.insert(&net, via(6, 0), Place::Back);
+        assert_eq!(ifs(&t, &net, &k), vec![4, 2, 3, 6]);
+        assert_eq!(t.len(), 5);
+        let gone = t.insert(&net, via(7, 0), Place::ReplaceFirst);
+        assert_eq!(gone[0].attrs.nexthops[0].ifindex, 4);
+        assert_eq!(ifs(&t, &net, &k), vec![7, 2, 3, 6]);
+        // Deletes name the route: the one with those attributes goes, wherever it is.
+        let e = t.remove_where(&net, &k, |es| {
+            es.iter().position(|e| e.attrs.nexthops[0].ifindex == 3)
+        });
+        assert!(e.is_some());
+        assert_eq!(ifs(&t, &net, &k), vec![7, 2, 6]);
+        // A new-key notification (CREATE|EXCL) means the kernel had none: stale ones go.
+        let gone = t.insert(&net, via(8, 0), Place::Only);
+        assert_eq!(gone.len(), 3);
+        assert_eq!(ifs(&t, &net, &k), vec![8]);
+        assert_eq!(ifs(&t, &net, &SubKey::metric(20)), vec![5]);
+        assert_eq!(t.len(), 2);
+        // TOS keys come first (fib_find_alias orders TOS descending, then metric).
+        let tos = SubKey {
+            tos: 0x10,
+            ..SubKey::metric(30)
+        };
+        t.insert(&net, Entry::new(tos, via(9, 0).attrs, 0), Place::Only);
+        let order: Vec<(u8, u32)> = t
+            .get(&net)
+            .unwrap()
+            .iter()
+            .map(|e| (e.tos(), e.priority()))
+            .collect();
+        assert_eq!(order, vec![(0x10, 30), (0, 0), (0, 20)]);
+    }
+
+    /// Dead routes are skipped: the prefix's next route, then shorter prefixes; a
+    /// nexthop-object route without a live hop skips the rest of its prefix.
+    #[test]
+    fn lookups_skip_what_is_not_usable() {
+        let mut t = RouteTable::new(Family::V4);
+        let p24: IpNet = "10.9.0.0/24".parse().unwrap();
+        let p16: IpNet = "10.9.0.0/16".parse().unwrap();
+        t.insert(&p24, via(2, 0), Place::Only);
+        t.insert(&p24, via(3, 0), Place::Back);
+        t.insert(&p24, via(4, 10), Place::Only);
+        t.insert(&p16, via(5, 0), Place::Only);
+        let a: IpAddr = "10.9.0.1".parse().unwrap();
+        let first_alive = |dead: &'static [u32]| {
+            let mut usable = |_: Family, e: &Entry| {
+                if dead.contains(&e.attrs.nexthops[0].ifindex) {
+                    Usable::No
+                } else {
+                    Usable::Yes
+                }
+            };
+            match t.lookup_with(a, 0, &mut usable) {
+                TableLookup::Route(n, e) => Some((n.prefix_len(), e.attrs.nexthops[0].ifindex)),
+                _ => None,
+            }
+        };
+        assert_eq!(first_alive(&[]), Some((24, 2)));
+        assert_eq!(first_alive(&[2]), Some((24, 3)));
+        assert_eq!(first_alive(&[2, 3]), Some((24, 4)));
+        assert_eq!(first_alive(&[2, 3, 4]), Some((16, 5)));
+        assert_eq!(first_alive(&[2, 3, 4, 5]), None);
+        let mut skip = |_: Family, e: &Entry| match e.attrs.nexthops[0].ifindex {
+            2 => Usable::NoSkipPrefix,
+            _ => Usable::Yes,
+        };
+        let TableLookup::Route(n, _) = t.lookup_with(a, 0, &mut skip) else {
+            panic!()
+        };
+        assert_eq!(n, p16);
     }
 
     #[test]
@@ -697,14 +950,16 @@ mod tests {
                 }
                 let listed: Vec<(IpNet, SubKey)> = t.iter().map(|(n, e)| (n, e.sub())).collect();
                 let mut expected: Vec<(IpNet, SubKey)> = m.keys().copied().collect();
-                expected.sort_by_key(|(n, s)| (n.network(), n.prefix_len(), *s));
+                expected.sort_by_key(|(n, s)| (n.network(), n.prefix_len(), std::cmp::Reverse(s.tos), s.priority));
                 prop_assert_eq!(listed, expected);
                 for a in addrs.into_iter().chain([0x0a01_0181, 0xffff_ffff, 0]) {
                     let addr = IpAddr::V4(Ipv4Addr::from(a));
+                    // Longest prefix; then the kernel's order: TOS descending, metric.
+                    let order = |s: &SubKey| (std::cmp::Reverse(s.tos), s.priority);
                     let best = m
                         .iter()
                         .filter(|((n, s), _)| n.contains(&addr) && (s.tos == 0 || s.tos == tos))
-                        .max_by(|((n1, s1), _), ((n2, s2), _)| n1.prefix_len().cmp(&n2.prefix_len()).then(s2.cmp(s1)));
+                        .max_by(|((n1, s1), _), ((n2, s2), _)| n1.prefix_len().cmp(&n2.prefix_len()).then(order(s2).cmp(&order(s1))));
                     match (t.lookup(addr, tos), best) {
                         (TableLookup::None, None) => {}
                         (TableLookup::Throw, Some((_, true))) => {}

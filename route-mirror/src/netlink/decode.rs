@@ -12,7 +12,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::AddressFamily;
 
 use super::msg::{self, DecodeCounters, DecodeError, RawMsg};
-use super::{nexthop, route, rule, vrf};
+use super::{netconf, nexthop, route, rule, vrf};
 use crate::model::{Address, Change, Link};
 
 /// Decodes one message. `Ok(None)` means "nothing for the mirror" (already counted).
@@ -31,6 +31,11 @@ pub fn decode(m: &RawMsg<'_>, c: &mut DecodeCounters) -> Result<Option<Change>, 
         }
         msg::RTM_NEWRULE => Ok(rule::decode(m.payload, c)?.map(Change::NewRule)),
         msg::RTM_DELRULE => Ok(rule::decode(m.payload, c)?.map(Change::DelRule)),
+        msg::RTM_NEWNETCONF => Ok(netconf::decode(m.payload, c)?.map(Change::NewNetconf)),
+        msg::RTM_DELNETCONF => Ok(netconf::decode(m.payload, c)?.map(|n| Change::DelNetconf {
+            family: n.family,
+            ifindex: n.ifindex,
+        })),
         _ => {
             c.unknown_messages += 1;
             Ok(None)
@@ -158,20 +163,23 @@ mod tests {
     }
 
     #[test]
-    fn dead_single_path_route_is_reported_dead() {
+    fn dead_route_is_a_route_and_its_liveness_is_not_stored() {
         let p = route_payload(
             2,
             24,
             254,
             1,
-            rtnh::DEAD as u32,
+            u32::from(rtnh::DEAD | rtnh::LINKDOWN | rtnh::ONLINK),
             &[(1, vec![10, 0, 0, 0]), (4, 3u32.to_ne_bytes().to_vec())],
         );
         let mut c = DecodeCounters::default();
-        assert!(matches!(
-            decode(&raw(msg::RTM_NEWROUTE, &p), &mut c).unwrap(),
-            Some(Change::DeadRoute { .. })
-        ));
+        let Some(Change::NewRoute { route, .. }) =
+            decode(&raw(msg::RTM_NEWROUTE, &p), &mut c).unwrap()
+        else {
+            panic!("a dead route is still a route")
+        };
+        assert_eq!(route.attrs.flags, u32::from(rtnh::ONLINK));
+        assert_eq!(route.attrs.nexthops[0].flags, rtnh::ONLINK);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod decode;
 pub mod msg;
+pub mod netconf;
 pub mod nexthop;
 pub mod route;
 pub mod rule;
@@ -56,6 +57,24 @@ pub fn dump_blocking_counting(
     interner: &mut Interner,
     out: &mut Vec<Change>,
 ) -> Result<u64, DumpError> {
+    dump_raw(sock, kind, |m| match decode::decode(m, counters) {
+        Ok(Some(Change::NewRoute { mut route, flags })) => {
+            route.attrs = interner.intern(route.attrs);
+            out.push(Change::NewRoute { route, flags });
+        }
+        Ok(Some(c)) => out.push(c),
+        Ok(None) => {}
+        Err(_) => counters.malformed += 1,
+    })
+}
+
+/// Runs one dump to completion, handing each of its messages (undecoded) to `each`.
+/// Returns how many other messages arrived meanwhile (see [`dump_blocking_counting`]).
+pub fn dump_raw(
+    sock: &mut NlSocket,
+    kind: DumpKind,
+    mut each: impl FnMut(&msg::RawMsg<'_>),
+) -> Result<u64, DumpError> {
     let mut others = 0u64;
     let seq = sock.request_dump(kind)?;
     let mut buf = Vec::with_capacity(socket::RECV_BUF);
@@ -90,15 +109,7 @@ pub fn dump_blocking_counting(
                         err: io::Error::from_raw_os_error(code),
                     });
                 }
-                _ => match decode::decode(&m, counters) {
-                    Ok(Some(Change::NewRoute { mut route, replace })) => {
-                        route.attrs = interner.intern(route.attrs);
-                        out.push(Change::NewRoute { route, replace });
-                    }
-                    Ok(Some(c)) => out.push(c),
-                    Ok(None) => {}
-                    Err(_) => counters.malformed += 1,
-                },
+                _ => each(&m),
             }
         }
     }

@@ -30,6 +30,9 @@ pub const RTM_GETROUTE: u16 = 26;
 pub const RTM_NEWRULE: u16 = 32;
 pub const RTM_DELRULE: u16 = 33;
 pub const RTM_GETRULE: u16 = 34;
+pub const RTM_NEWNETCONF: u16 = 80;
+pub const RTM_DELNETCONF: u16 = 81;
+pub const RTM_GETNETCONF: u16 = 82;
 pub const RTM_NEWNEXTHOP: u16 = 104;
 pub const RTM_DELNEXTHOP: u16 = 105;
 pub const RTM_GETNEXTHOP: u16 = 106;
@@ -137,6 +140,8 @@ pub enum DumpKind {
     Nexthops,
     /// Policy rules of one family.
     Rules(Family),
+    /// Per-device settings (`ignore_routes_with_linkdown`) of one family.
+    Netconf(Family),
     /// Routes of one family; `Some(table)` dumps only that table (strict checking).
     Routes(Family, Option<u32>),
 }
@@ -161,6 +166,8 @@ pub fn dump_request(kind: DumpKind, seq: u32) -> Vec<u8> {
             b[0] = f.af();
             (RTM_GETRULE, b)
         }
+        // netconfmsg: family (padded to 4; strict checking wants nothing after it)
+        DumpKind::Netconf(f) => (RTM_GETNETCONF, vec![f.af(), 0, 0, 0]),
         // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
         DumpKind::Routes(f, table) => {
             let mut b = vec![0u8; 12];

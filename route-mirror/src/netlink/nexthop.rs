@@ -91,7 +91,9 @@ pub fn decode(payload: &[u8], c: &mut DecodeCounters) -> Result<NexthopObject, D
         NexthopKind::Single {
             gateway,
             ifindex: oif,
-            flags: (nh_flags as u8) & rtnh::STABLE,
+            // As reported: an object made while its link had no carrier stays `linkdown`
+            // (the kernel never revisits it). Hardware offload bits are not kept.
+            flags: (nh_flags as u8) & !(rtnh::OFFLOAD | rtnh::TRAP),
         }
     };
     Ok(NexthopObject {

@@ -15,13 +15,11 @@ use smallvec::SmallVec;
 
 use super::msg::{self, attrs, u32_attr, DecodeCounters, DecodeError, RawMsg};
 use crate::model::{
-    rtn, rtnh, Change, Family, HopId, NextHop, Route, RouteAttrs, RouteKey, SubKey,
+    rtax, rtm_f, rtn, rtnh, Change, Family, MetricValue, Metrics, NextHop, Route, RouteAttrs,
+    RouteKey, SubKey,
 };
 
 const RTMSG_LEN: usize = 12;
-const RTM_F_CLONED: u32 = 0x200;
-/// Router-advertisement routes (`RTF_ADDRCONF`): the kernel never merges them into ECMP.
-const RTPROT_RA: u8 = 9;
 
 const RTA_DST: u16 = 1;
 const RTA_SRC: u16 = 2;
@@ -41,7 +39,6 @@ const RTA_EXPIRES: u16 = 23;
 const RTA_PAD: u16 = 24;
 const RTA_UID: u16 = 25;
 const RTA_NH_ID: u16 = 30;
-const RTAX_MTU: u16 = 2;
 /// `struct rtnexthop { u16 len; u8 flags; u8 hops; i32 ifindex; }`
 const RTNH_LEN: usize = 8;
 
@@ -65,7 +62,8 @@ pub(crate) struct RawRoute {
     pub priority: u32,
     pub nh_id: Option<u32>,
     pub pref: Option<u8>,
-    pub mtu: Option<u32>,
+    /// `RTA_METRICS`, in message order.
+    pub metrics: Vec<(u16, MetricValue)>,
     /// `RTA_MULTIPATH` hops with their raw `RTNH_F_*` flags.
     pub multipath: Option<SmallVec<[NextHop; 2]>>,
     pub unknown_attrs: u64,
@@ -167,9 +165,13 @@ pub(crate) fn parse(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             RTA_METRICS => {
                 for m in attrs(v) {
                     let (mty, mv) = m?;
-                    if mty == RTAX_MTU {
-                        r.mtu = Some(u32_attr(mv, "RTAX_MTU")?);
-                    }
+                    let value = if mty == rtax::CC_ALGO {
+                        let name = mv.split(|b| *b == 0).next().unwrap_or_default();
+                        MetricValue::Name(String::from_utf8_lossy(name).into())
+                    } else {
+                        MetricValue::U32(u32_attr(mv, "RTA_METRICS")?)
+                    };
+                    r.metrics.push((mty, value));
                 }
             }
             // Informational or per-dump values that say nothing about the forwarding state.
@@ -214,7 +216,7 @@ pub(crate) fn build(
         c.other_families += 1;
         return Ok(None);
     };
-    if r.flags & RTM_F_CLONED != 0 {
+    if r.flags & rtm_f::CLONED != 0 {
         c.cloned += 1;
         return Ok(None);
     }
@@ -225,12 +227,12 @@ pub(crate) fn build(
         }
         _ => None,
     };
-    // Next hops with their dead flag; the mirror stores only the stable flags.
-    let (mut hops, dead): (SmallVec<[NextHop; 2]>, bool) = match r.multipath {
-        Some(mp) => {
-            let dead = !mp.is_empty() && mp.iter().all(|h| h.flags & rtnh::DEAD != 0);
-            (mp, dead)
-        }
+    let multipath = r.multipath.as_ref().is_some_and(|mp| mp.len() > 1);
+    // Next hops in the kernel's order (an IPv6 notification about one sibling of a
+    // multipath route lists that sibling first: the mirror re-orders on merge). Only the
+    // configured flags are kept; liveness is derived.
+    let mut hops: SmallVec<[NextHop; 2]> = match r.multipath {
+        Some(mp) => mp,
         None => {
             let mut one = SmallVec::new();
             if r.gateway.is_some() || r.oif != 0 {
@@ -241,26 +243,16 @@ pub(crate) fn build(
                     flags: r.flags as u8,
                 });
             }
-            (one, r.flags & u32::from(rtnh::DEAD) != 0)
+            one
         }
     };
     for h in hops.iter_mut() {
         h.flags &= rtnh::STABLE;
     }
-    // IPv6 multipath routes are sibling routes: a message about one sibling lists it
-    // first, so the same route arrives in different orders. Keep a canonical order.
-    if family == Family::V6 {
-        hops.sort();
+    // A nexthop-object route is its object, whatever `nexthop_compat_mode` spells out.
+    if r.nh_id.is_some() {
+        hops.clear();
     }
-    let hop = match (family, r.nh_id, &hops[..]) {
-        (Family::V4, ..) => None,
-        (_, Some(id), _) => Some(HopId::Object(id)),
-        (_, None, [h]) if h.gateway.is_none() => Some(HopId::Dev(h.ifindex)),
-        (_, None, [h]) if r.protocol == RTPROT_RA => {
-            h.gateway.map(|g| HopId::Gateway(g, h.ifindex))
-        }
-        _ => None,
-    };
     let key = RouteKey {
         table: r.table,
         dst,
@@ -268,38 +260,38 @@ pub(crate) fn build(
             priority: r.priority,
             tos: if family == Family::V4 { r.tos } else { 0 },
             src,
-            hop,
         },
     };
-    if m.ty == msg::RTM_DELROUTE {
-        return Ok(Some(Change::DelRoute {
-            key,
-            hops: hops.into_iter().collect(),
-        }));
-    }
     if r.kind > rtn::MAX_KNOWN {
         c.unknown_route_types += 1;
     }
-    if dead {
-        return Ok(Some(Change::DeadRoute { key }));
+    let mut flags = r.flags & !rtm_f::VOLATILE;
+    if family == Family::V4 && multipath && r.nh_id.is_none() {
+        // The kernel's fib_info flag (see RouteAttrs::flags).
+        flags |= r.flags & u32::from(rtnh::LINKDOWN);
     }
     let attrs = RouteAttrs {
         protocol: r.protocol,
         kind: r.kind,
         scope: r.scope,
-        flags: r.flags & u32::from(rtnh::STABLE),
+        flags,
         prefsrc: r.prefsrc,
         nh_id: r.nh_id,
-        nexthops: hops.into_iter().collect(),
+        nexthops: hops,
         pref: r.pref,
-        mtu: r.mtu,
+        metrics: Metrics::new(r.metrics),
+        hop_metrics: None,
     };
+    let route = Route {
+        key,
+        attrs: Arc::new(attrs),
+    };
+    if m.ty == msg::RTM_DELROUTE {
+        return Ok(Some(Change::DelRoute { route }));
+    }
     Ok(Some(Change::NewRoute {
-        route: Route {
-            key,
-            attrs: Arc::new(attrs),
-        },
-        replace: m.flags & msg::NLM_F_REPLACE != 0,
+        route,
+        flags: m.flags,
     }))
 }
 
@@ -359,9 +351,37 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             RouteAttribute::Preference(p) => r.pref = Some(u8::from(*p)),
             RouteAttribute::Metrics(ms) => {
                 for m in ms {
-                    if let RouteMetric::Mtu(v) = m {
-                        r.mtu = Some(*v);
-                    }
+                    let (t, v) = match m {
+                        RouteMetric::Lock(v) => (rtax::LOCK, *v),
+                        RouteMetric::Mtu(v) => (rtax::MTU, *v),
+                        RouteMetric::Window(v) => (rtax::WINDOW, *v),
+                        RouteMetric::Rtt(v) => (rtax::RTT, *v),
+                        RouteMetric::RttVar(v) => (rtax::RTTVAR, *v),
+                        RouteMetric::SsThresh(v) => (rtax::SSTHRESH, *v),
+                        RouteMetric::Cwnd(v) => (rtax::CWND, *v),
+                        RouteMetric::Advmss(v) => (rtax::ADVMSS, *v),
+                        RouteMetric::Reordering(v) => (rtax::REORDERING, *v),
+                        RouteMetric::Hoplimit(v) => (rtax::HOPLIMIT, *v),
+                        RouteMetric::InitCwnd(v) => (rtax::INITCWND, *v),
+                        RouteMetric::Features(v) => (rtax::FEATURES, *v),
+                        RouteMetric::RtoMin(v) => (rtax::RTO_MIN, *v),
+                        RouteMetric::InitRwnd(v) => (rtax::INITRWND, *v),
+                        RouteMetric::QuickAck(v) => (rtax::QUICKACK, *v),
+                        RouteMetric::FastopenNoCookie(v) => (rtax::FASTOPEN_NO_COOKIE, *v),
+                        RouteMetric::CcAlgo(n) => {
+                            r.metrics
+                                .push((rtax::CC_ALGO, MetricValue::Name(n.as_str().into())));
+                            continue;
+                        }
+                        RouteMetric::Other(nla) => {
+                            use netlink_packet_core::Nla;
+                            let mut b = vec![0u8; nla.value_len()];
+                            nla.emit_value(&mut b);
+                            (nla.kind() & 0x3fff, u32_attr(&b, "RTA_METRICS")?)
+                        }
+                        _ => continue,
+                    };
+                    r.metrics.push((t, MetricValue::U32(v)));
                 }
             }
             RouteAttribute::MultiPath(hops) => {
@@ -477,7 +497,12 @@ mod tests {
                     }
                     if mtu {
                         let mut m = Vec::new();
-                        put(&mut m, RTAX_MTU, &1400u32.to_ne_bytes());
+                        put(&mut m, rtax::LOCK, &(1u32 << rtax::MTU).to_ne_bytes());
+                        put(&mut m, rtax::MTU, &1400u32.to_ne_bytes());
+                        put(&mut m, rtax::ADVMSS, &1360u32.to_ne_bytes());
+                        put(&mut m, rtax::INITCWND, &10u32.to_ne_bytes());
+                        put(&mut m, rtax::CC_ALGO, b"cubic\0");
+                        put(&mut m, rtax::QUICKACK, &1u32.to_ne_bytes());
                         put(&mut b, RTA_METRICS, &m);
                     }
                     if junk {

@@ -11,14 +11,14 @@
 
 use std::net::IpAddr;
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteNextHop,
     RouteNextHopFlags, RoutePreference, RouteProtocol, RouteScope, RouteType, RouteVia,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::model::{Family, NexthopKind, NexthopObject, RouteAttrs, RouteKey};
+use crate::model::{Family, MetricValue, NexthopKind, NexthopObject, RouteAttrs, RouteKey};
 use crate::netlink::msg;
 
 pub const NLM_F_ACK: u16 = 0x4;
@@ -43,9 +43,9 @@ pub enum RouteOp {
 }
 
 impl RouteOp {
-    fn header(self, key: &RouteKey) -> (u16, u16) {
+    fn header(self, key: &RouteKey, a: &RouteAttrs) -> (u16, u16) {
         match self {
-            RouteOp::Add if key.family() == Family::V6 && key.sub.hop.is_some() => {
+            RouteOp::Add if key.family() == Family::V6 && v6_never_merged(a) => {
                 (msg::RTM_NEWROUTE, msg::NLM_F_REQUEST | NLM_F_CREATE)
             }
             RouteOp::Add => (
@@ -61,8 +61,13 @@ impl RouteOp {
     }
 }
 
+/// An IPv6 route the kernel never merges into a multipath sibling: a device route or a
+/// nexthop-object route. Several of them share a prefix and metric as separate entries.
+fn v6_never_merged(a: &RouteAttrs) -> bool {
+    a.nh_id.is_some() || matches!(a.nexthops.as_slice(), [h] if h.gateway.is_none())
+}
+
 const RT_SCOPE_NOWHERE: u8 = 255;
-const RTAX_MTU: u16 = 2;
 
 /// The attributes of a route request, shared by both encoders. Deletes name the key,
 /// the protocol and, where the kernel needs it to pick one of several routes (an IPv6
@@ -99,7 +104,7 @@ fn route_attrs(op: RouteOp, key: &RouteKey, a: &RouteAttrs) -> (RouteHeader, Vec
         h.scope = RouteScope::from(RT_SCOPE_NOWHERE);
         h.flags = RouteFlags::empty();
         // The hop picks one of several IPv6 routes with the same dst and metric.
-        if family == Family::V6 && key.sub.hop.is_some() {
+        if family == Family::V6 && kept_apart(a) {
             hop_attrs(family, a, &mut h, &mut v);
             h.flags = RouteFlags::empty();
         }
@@ -112,10 +117,45 @@ fn route_attrs(op: RouteOp, key: &RouteKey, a: &RouteAttrs) -> (RouteHeader, Vec
     if let Some(p) = a.pref {
         v.push(RouteAttribute::Preference(RoutePreference::from(p)));
     }
-    if let Some(mtu) = a.mtu {
-        v.push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
+    if !a.metrics.is_empty() {
+        v.push(RouteAttribute::Metrics(
+            a.metrics.iter().map(route_metric).collect(),
+        ));
     }
     (h, v)
+}
+
+/// An IPv6 route the kernel never merges into a multipath route (a device route or a
+/// nexthop-object route): several can share a key, and a delete must name its hop.
+fn kept_apart(a: &RouteAttrs) -> bool {
+    a.nh_id.is_some() || matches!(a.nexthops.as_slice(), [h] if h.gateway.is_none())
+}
+
+fn route_metric((t, v): &(u16, MetricValue)) -> RouteMetric {
+    use crate::model::rtax;
+    match (*t, v) {
+        (rtax::CC_ALGO, MetricValue::Name(n)) => RouteMetric::CcAlgo(n.to_string()),
+        (_, MetricValue::Name(_)) => RouteMetric::Other(DefaultNla::new(*t, Vec::new())),
+        (t, MetricValue::U32(x)) => match t {
+            rtax::LOCK => RouteMetric::Lock(*x),
+            rtax::MTU => RouteMetric::Mtu(*x),
+            rtax::WINDOW => RouteMetric::Window(*x),
+            rtax::RTT => RouteMetric::Rtt(*x),
+            rtax::RTTVAR => RouteMetric::RttVar(*x),
+            rtax::SSTHRESH => RouteMetric::SsThresh(*x),
+            rtax::CWND => RouteMetric::Cwnd(*x),
+            rtax::ADVMSS => RouteMetric::Advmss(*x),
+            rtax::REORDERING => RouteMetric::Reordering(*x),
+            rtax::HOPLIMIT => RouteMetric::Hoplimit(*x),
+            rtax::INITCWND => RouteMetric::InitCwnd(*x),
+            rtax::FEATURES => RouteMetric::Features(*x),
+            rtax::RTO_MIN => RouteMetric::RtoMin(*x),
+            rtax::INITRWND => RouteMetric::InitRwnd(*x),
+            rtax::QUICKACK => RouteMetric::QuickAck(*x),
+            rtax::FASTOPEN_NO_COOKIE => RouteMetric::FastopenNoCookie(*x),
+            t => RouteMetric::Other(DefaultNla::new(t, x.to_ne_bytes().to_vec())),
+        },
+    }
 }
 
 fn gateway_attr(family: Family, gw: IpAddr) -> RouteAttribute {
@@ -168,7 +208,7 @@ fn hop_attrs(family: Family, a: &RouteAttrs, h: &mut RouteHeader, v: &mut Vec<Ro
 /// reference [`route`] is checked against, and the measured alternative.
 pub fn route_typed(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &RouteAttrs) {
     let (header, attributes) = route_attrs(op, key, a);
-    let (ty, flags) = op.header(key);
+    let (ty, flags) = op.header(key, a);
     let mut nh = NetlinkHeader::default();
     nh.message_type = ty;
     nh.flags = flags;
@@ -193,7 +233,7 @@ pub fn route_typed(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: 
 /// Appends one route request, built byte by byte.
 pub fn route(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &RouteAttrs) {
     let family = key.family();
-    let (ty, flags) = op.header(key);
+    let (ty, flags) = op.header(key, a);
     let start = buf.len();
     push_header(buf, ty, flags, seq);
     let delete = op == RouteOp::Delete;
@@ -221,7 +261,7 @@ pub fn route(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &Route
         put_addr(buf, RTA_SRC, src.addr());
     }
     put_u32(buf, RTA_PRIORITY, key.sub.priority);
-    if !delete || (family == Family::V6 && key.sub.hop.is_some()) {
+    if !delete || (family == Family::V6 && kept_apart(a)) {
         if let Some(id) = a.nh_id {
             put_u32(buf, RTA_NH_ID, id);
         } else if let Some(h) = single {
@@ -253,9 +293,18 @@ pub fn route(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &Route
         if let Some(p) = a.pref {
             put(buf, RTA_PREF, &[p]);
         }
-        if let Some(mtu) = a.mtu {
+        if !a.metrics.is_empty() {
             let at = begin_attr(buf, RTA_METRICS);
-            put_u32(buf, RTAX_MTU, mtu);
+            for (t, v) in a.metrics.iter() {
+                match v {
+                    MetricValue::U32(x) => put_u32(buf, *t, *x),
+                    MetricValue::Name(n) => {
+                        let mut b = n.as_bytes().to_vec();
+                        b.push(0);
+                        put(buf, *t, &b);
+                    }
+                }
+            }
             end_attr(buf, at);
         }
     }
@@ -411,7 +460,7 @@ fn end_attr(buf: &mut Vec<u8>, at: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{rtn, Change, GroupMember, HopId, NextHop, Route, SubKey};
+    use crate::model::{rtn, Change, GroupMember, NextHop, Route, SubKey};
     use crate::netlink::decode::decode;
     use crate::netlink::msg::messages;
     use crate::netlink::msg::DecodeCounters;
@@ -432,7 +481,6 @@ mod tests {
             ..Default::default()
         };
         let mut v6key = key("2001:db8::/48", 1024);
-        v6key.sub.hop = Some(HopId::Dev(3));
         v6key.sub.src = Some("2001:db8:1::/64".parse().unwrap());
         vec![
             (
@@ -440,7 +488,13 @@ mod tests {
                 RouteAttrs {
                     nexthops: vec![NextHop::new(gw("198.18.1.2"), 3)].into(),
                     prefsrc: gw("198.18.1.1"),
-                    mtu: Some(1400),
+                    metrics: crate::model::Metrics::new(vec![
+                        (crate::model::rtax::MTU, MetricValue::U32(1400)),
+                        (
+                            crate::model::rtax::CC_ALGO,
+                            MetricValue::Name("cubic".into()),
+                        ),
+                    ]),
                     ..uni.clone()
                 },
             ),

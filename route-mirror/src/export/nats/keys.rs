@@ -162,7 +162,7 @@ mod tests {
                     ..attrs
                 }),
             },
-            replace: false,
+            flags: 0,
         }
     }
 

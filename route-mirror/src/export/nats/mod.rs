@@ -305,7 +305,18 @@ impl Publisher {
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default()
             };
-            let rederive = batch.nexthops_changed || !batch.links_renamed.is_empty();
+            // Links renamed or removed, and links whose hops' liveness changed (a
+            // route's hops show `dead`/`linkdown` as a dump would now).
+            let mut links = batch.links_renamed.clone();
+            if batch
+                .links_changed
+                .contains(&crate::mirror::Journal::ALL_LINKS)
+            {
+                links.extend(m.links.keys());
+            } else {
+                links.extend(&batch.links_changed);
+            }
+            let rederive = batch.nexthops_changed || !links.is_empty();
             let mut sent: std::collections::HashSet<KeyOf> = Default::default();
             for d in &batch.deltas {
                 let sub = d.entry.sub();
@@ -332,19 +343,12 @@ impl Publisher {
                 v.push((subject, self.msg(batch.time_unix_ms, body)));
             }
             if rederive {
-                let affected =
-                    self.derived
-                        .affected(&m, &batch.links_renamed, batch.nexthops_changed);
+                let affected = self.derived.affected(&m, &links, batch.nexthops_changed);
                 for (k @ (table, dst, priority, tos, src), cause) in affected {
                     if sent.contains(&k) {
                         continue; // its change above already shows it as it is now
                     }
-                    let sub = crate::model::SubKey {
-                        priority,
-                        tos,
-                        src,
-                        ..crate::model::SubKey::metric(priority)
-                    };
+                    let sub = crate::model::SubKey { priority, tos, src };
                     let list: Vec<RouteView> = key_routes(&m, table, &dst, &sub)
                         .into_iter()
                         .map(|e| route_view(&*m, table, dst, e))

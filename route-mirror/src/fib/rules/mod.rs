@@ -472,18 +472,33 @@ impl<'a> Tables for FastTables<'a> {
     }
 }
 
-/// The exact FIB as [`Tables`]: `RouteTable::lookup` with the flow's TOS, and the
-/// output device's filter ([`KernelFlow::oif_filter`]) over the next hops `hops`
-/// resolves (nexthop objects included).
+/// The exact FIB as [`Tables`]: `RouteTable::lookup` with the flow's TOS, the output
+/// device's filter ([`KernelFlow::oif_filter`]) over the next hops `hops` resolves
+/// (nexthop objects included), and, given [`ExactTables::with_usable`], the routes the
+/// mirror's liveness says cannot forward skipped (`Mirror::usable`), as
+/// `fib_table_lookup` skips dead ones.
 #[derive(Clone, Copy)]
 pub struct ExactTables<'a> {
     pub fib: &'a super::Fib,
     pub hops: &'a dyn Fn(&RouteAttrs) -> Vec<NextHop>,
+    pub usable: Option<&'a dyn Fn(Family, &super::Entry) -> super::Usable>,
 }
 
 impl<'a> ExactTables<'a> {
     pub fn new(fib: &'a super::Fib, hops: &'a dyn Fn(&RouteAttrs) -> Vec<NextHop>) -> Self {
-        ExactTables { fib, hops }
+        ExactTables {
+            fib,
+            hops,
+            usable: None,
+        }
+    }
+
+    /// Skips the routes `usable` says cannot forward.
+    pub fn with_usable(self, usable: &'a dyn Fn(Family, &super::Entry) -> super::Usable) -> Self {
+        ExactTables {
+            usable: Some(usable),
+            ..self
+        }
     }
 
     /// Whether `e` can carry a flow that must leave through `oif`: IPv4 decides reject
@@ -508,10 +523,13 @@ impl<'a> Tables for ExactTables<'a> {
             Family::V4 => f.legacy_tos(),
             Family::V6 => 0,
         };
-        let found = match f.oif_filter() {
-            None => t.lookup(f.dst, tos),
-            Some(oif) => t.lookup_by(f.dst, tos, |e| self.through(family, e, oif)),
-        };
+        let oif = f.oif_filter();
+        let found = t.lookup_with(f.dst, tos, &mut |fam, e| {
+            if oif.is_some_and(|o| !self.through(family, e, o)) {
+                return super::Usable::No;
+            }
+            self.usable.map_or(super::Usable::Yes, |u| u(fam, e))
+        });
         match found {
             super::TableLookup::Route(net, e) => TableAnswer::Route {
                 route: (net, e),

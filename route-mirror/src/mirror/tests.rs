@@ -1,0 +1,441 @@
+use std::collections::HashSet;
+
+use super::*;
+use crate::model::{
+    nlm, rtax, rtn, rtnh, GroupMember, MetricValue, Metrics, Netconf, NexthopKind, SubKey,
+};
+
+const UP: u32 = libc::IFF_UP as u32 | libc::IFF_RUNNING as u32 | 0x10000;
+const NO_CARRIER: u32 = libc::IFF_UP as u32;
+const ADD: u16 = nlm::CREATE | nlm::EXCL;
+const APPEND: u16 = nlm::CREATE | nlm::APPEND;
+const PREPEND: u16 = nlm::CREATE;
+
+/// Link `ifindex`, "vethN", with `flags`.
+fn link(ifindex: u32, flags: u32) -> Link {
+    Link {
+        ifindex,
+        name: format!("veth{ifindex}"),
+        flags,
+        mtu: 1500,
+        ..Default::default()
+    }
+}
+
+fn veth1(flags: u32) -> Link {
+    link(3, flags)
+}
+
+fn attrs(hops: &[(Option<&str>, u32)]) -> RouteAttrs {
+    RouteAttrs {
+        protocol: 4,
+        kind: rtn::UNICAST,
+        nexthops: hops
+            .iter()
+            .map(|(g, i)| NextHop::new(g.map(|g| g.parse().unwrap()), *i))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn route_with(dst: &str, metric: u32, a: RouteAttrs) -> Route {
+    Route {
+        key: RouteKey {
+            table: 254,
+            dst: dst.parse().unwrap(),
+            sub: SubKey::metric(metric),
+        },
+        attrs: Arc::new(a),
+    }
+}
+
+fn route(dst: &str, metric: u32, ifindex: u32) -> Route {
+    route_with(dst, metric, attrs(&[(None, ifindex)]))
+}
+
+fn new(r: Route) -> Change {
+    Change::route(r)
+}
+
+fn with(r: Route, flags: u16) -> Change {
+    Change::NewRoute { route: r, flags }
+}
+
+/// The ifindexes of the first hop of each route of `dst` metric `metric`, in list order.
+fn list(m: &Mirror, dst: &str, metric: u32) -> Vec<u32> {
+    let net: IpNet = dst.parse().unwrap();
+    m.fib
+        .table(Family::of_net(&net), 254)
+        .map(|t| {
+            t.key_routes(&net, &SubKey::metric(metric))
+                .iter()
+                .map(|e| e.attrs.nexthops.first().map_or(0, |h| h.ifindex))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn scan(m: &mut Mirror, scope: ScanScope) -> ActiveScan {
+    let gen = m.begin_scan();
+    ActiveScan::new(ScanReason::Manual, scope, gen)
+}
+
+#[test]
+fn scan_verdicts_and_prune() {
+    let mut m = Mirror::new();
+    m.apply(new(route("10.0.0.0/8", 0, 2)));
+    m.apply(new(route("10.1.0.0/16", 0, 2))); // will be missing from the dump
+    m.apply(new(route("10.2.0.0/16", 0, 2))); // will differ in the dump
+    let mut scan = scan(&mut m, ScanScope::routes(Family::V4));
+    m.mark(new(route("10.0.0.0/8", 0, 2)), &mut scan);
+    m.mark(new(route("10.2.0.0/16", 0, 3)), &mut scan);
+    m.mark(new(route("10.3.0.0/16", 0, 2)), &mut scan);
+    // An event during the scan is newer than the dump: it must survive the prune.
+    m.apply(new(route("10.4.0.0/16", 0, 2)));
+    m.prune(&mut scan);
+    let v = scan.verdicts;
+    assert_eq!((v.seen, v.updated, v.created, v.deleted), (1, 1, 1, 1));
+    assert_eq!(m.fib.len(), 4);
+    assert!(m.fib.get(&route("10.1.0.0/16", 0, 2).key).is_none());
+    assert!(m.fib.get(&route("10.4.0.0/16", 0, 2).key).is_some());
+}
+
+#[test]
+fn failed_dump_prunes_nothing() {
+    let mut m = Mirror::new();
+    m.apply(new(route("10.0.0.0/8", 0, 2)));
+    let mut scan = scan(&mut m, ScanScope::routes(Family::V4));
+    scan.failed.push(DumpKind::Routes(Family::V4, None));
+    m.prune(&mut scan);
+    assert_eq!(m.fib.len(), 1);
+}
+
+/// `ip route add` / `append` / `prepend` / `replace` / `del` and the two connected routes
+/// of one subnet on two devices, as the notifications' flags place them.
+#[test]
+fn ipv4_keys_hold_lists_in_kernel_order() {
+    let mut m = Mirror::new();
+    let p = "10.9.0.0/24";
+    m.apply(with(route(p, 0, 2), ADD));
+    m.apply(with(route(p, 0, 3), APPEND));
+    m.apply(with(route(p, 0, 4), PREPEND));
+    m.apply(with(route(p, 0, 5), APPEND));
+    assert_eq!(list(&m, p, 0), vec![4, 2, 3, 5]);
+    assert_eq!(m.fib.len(), 4);
+    // A delete names the route: the one with those attributes goes.
+    m.apply(Change::DelRoute {
+        route: route(p, 0, 3),
+    });
+    assert_eq!(list(&m, p, 0), vec![4, 2, 5]);
+    // `replace` replaces the first.
+    m.apply(with(route(p, 0, 6), nlm::REPLACE));
+    assert_eq!(list(&m, p, 0), vec![6, 2, 5]);
+    // Lookups use the first (alive) route.
+    let (_, _, e) = m
+        .lookup(
+            "10.9.0.1".parse().unwrap(),
+            &crate::fib::DEFAULT_RULE_TABLES,
+            0,
+        )
+        .unwrap();
+    assert_eq!(e.attrs.nexthops[0].ifindex, 6);
+    // A dump with the same list: all seen; then a dump missing one and reordered.
+    let mut s = scan(&mut m, ScanScope::routes(Family::V4));
+    for i in [6, 2, 5] {
+        m.mark(new(route(p, 0, i)), &mut s);
+    }
+    m.prune(&mut s);
+    assert_eq!(s.verdicts.corrections(), 0, "{:?}", s.verdicts);
+    let mut s = scan(&mut m, ScanScope::routes(Family::V4));
+    for i in [5, 6] {
+        m.mark(new(route(p, 0, i)), &mut s);
+    }
+    m.prune(&mut s);
+    assert_eq!(list(&m, p, 0), vec![5, 6]);
+    assert!(
+        s.verdicts.deleted == 1 && s.verdicts.updated >= 1,
+        "{:?}",
+        s.verdicts
+    );
+    // A new-key notification means the kernel had no route for the key: stale ones go.
+    m.apply(with(route(p, 0, 7), ADD));
+    assert_eq!(list(&m, p, 0), vec![7]);
+}
+
+#[test]
+fn a_dumped_duplicate_is_created_in_its_place() {
+    let mut m = Mirror::new();
+    let p = "10.9.0.0/24";
+    m.apply(with(route(p, 0, 2), ADD));
+    let mut s = scan(&mut m, ScanScope::routes(Family::V4));
+    m.mark(new(route(p, 0, 4)), &mut s);
+    m.mark(new(route(p, 0, 2)), &mut s);
+    m.mark(new(route(p, 0, 3)), &mut s);
+    m.prune(&mut s);
+    assert_eq!(list(&m, p, 0), vec![4, 2, 3]);
+}
+
+fn v6_gw(n: u8, ifindex: u32) -> (Option<&'static str>, u32) {
+    let g: &'static str = Box::leak(format!("2001:2:0:{n}::2").into_boxed_str());
+    (Some(g), ifindex)
+}
+
+fn mtu(n: u32) -> Metrics {
+    Metrics::new(vec![(rtax::MTU, MetricValue::U32(n))])
+}
+
+/// `ip -6 route add P via A mtu 1400; append P via B mtu 1300; del P via A`: the route
+/// shows the first sibling's metrics, then the next one's.
+#[test]
+fn ipv6_siblings_and_their_metrics() {
+    let mut m = Mirror::new();
+    let p = "2001:db8:9::/48";
+    let a = |hops: &[(Option<&str>, u32)], mt: u32| RouteAttrs {
+        metrics: mtu(mt),
+        ..attrs(hops)
+    };
+    m.apply(with(route_with(p, 1024, a(&[v6_gw(1, 2)], 1400)), ADD));
+    m.apply(with(
+        route_with(p, 1024, a(&[v6_gw(2, 3), v6_gw(1, 2)], 1300)),
+        APPEND,
+    ));
+    let key = route(p, 1024, 0).key;
+    let e = m.fib.get(&key).unwrap();
+    assert_eq!(m.fib.len(), 1);
+    assert_eq!(e.attrs.mtu(), Some(1400));
+    assert_eq!(e.attrs.nexthops[0].ifindex, 2);
+    // A dump agrees (it shows the first sibling's metrics only): nothing to correct.
+    let mut s = scan(&mut m, ScanScope::routes(Family::V6));
+    m.mark(
+        new(route_with(p, 1024, a(&[v6_gw(1, 2), v6_gw(2, 3)], 1400))),
+        &mut s,
+    );
+    m.prune(&mut s);
+    assert_eq!(s.verdicts.corrections(), 0, "{:?}", s.verdicts);
+    // The first sibling goes: the next one's metrics show.
+    m.apply(Change::DelRoute {
+        route: route_with(p, 1024, a(&[v6_gw(1, 2)], 1400)),
+    });
+    let e = m.fib.get(&key).unwrap();
+    assert_eq!(e.attrs.nexthops.len(), 1);
+    assert_eq!(e.attrs.mtu(), Some(1300));
+    // Device routes of one metric are a list; `prepend` appends and `replace` replaces
+    // the first of the same kind.
+    m.apply(with(route(p, 1024, 2), APPEND));
+    m.apply(with(route(p, 1024, 4), PREPEND));
+    assert_eq!(list(&m, p, 1024), vec![3, 2, 4]);
+    m.apply(with(route(p, 1024, 4), nlm::REPLACE));
+    assert_eq!(list(&m, p, 1024), vec![4, 3, 4]);
+}
+
+#[test]
+fn admin_down_flushes_ipv4_routes_without_a_live_hop_in_all_tables() {
+    let mut m = Mirror::new();
+    m.apply(Change::NewLink(veth1(UP)));
+    m.apply(Change::NewLink(link(4, UP)));
+    m.apply(new(route("10.0.0.0/8", 0, 3)));
+    let mut r = route("10.0.0.0/8", 5, 3);
+    r.key.table = 100;
+    m.apply(new(r));
+    m.apply(new(route("10.9.0.0/16", 0, 4)));
+    let mp = route_with("10.8.0.0/16", 0, attrs(&[(None, 3), (None, 4)]));
+    m.apply(new(mp.clone()));
+    let f = m.apply(Change::NewLink(veth1(0)));
+    assert_eq!(f.unwrap().reason, ScanReason::LinkChange);
+    // The multipath route stays, its hop through veth1 dead.
+    assert_eq!(m.fib.len(), 2);
+    assert_eq!(m.counters.inferred_removals, 2);
+    let e = m.fib.get(&mp.key).unwrap();
+    let hops = m.dumped_hops(Family::V4, &e.attrs);
+    assert_eq!(hops[0].flags, rtnh::DEAD | rtnh::LINKDOWN);
+    assert_eq!(hops[1].flags, 0);
+    // The other link goes down too: now it has no live hop either.
+    m.apply(Change::NewLink(link(4, 0)));
+    assert!(m.fib.get(&mp.key).is_none());
+}
+
+/// Carrier loss keeps routes (flagged), removes nexthop objects on the link and the
+/// routes using them, shrinks groups and drops groups left empty.
+#[test]
+fn carrier_loss_is_state_for_routes_and_death_for_nexthop_objects() {
+    let mut m = Mirror::new();
+    m.apply(Change::NewLink(veth1(UP)));
+    m.apply(Change::NewLink(link(4, UP)));
+    let single = |id, ifindex| {
+        Change::NewNexthop(NexthopObject {
+            id,
+            family: Some(Family::V4),
+            protocol: 0,
+            kind: NexthopKind::Single {
+                gateway: None,
+                ifindex,
+                flags: 0,
+            },
+        })
+    };
+    let group = |id, members: &[u32]| {
+        Change::NewNexthop(NexthopObject {
+            id,
+            family: None,
+            protocol: 0,
+            kind: NexthopKind::Group {
+                members: members
+                    .iter()
+                    .map(|&id| GroupMember { id, weight: 1 })
+                    .collect(),
+                resilient: false,
+            },
+        })
+    };
+    m.apply(single(1, 3));
+    m.apply(single(2, 4));
+    m.apply(group(10, &[1, 2]));
+    m.apply(group(11, &[1]));
+    let nh = |dst: &str, id| {
+        route_with(
+            dst,
+            0,
+            RouteAttrs {
+                nh_id: Some(id),
+                nexthops: Default::default(),
+                ..attrs(&[])
+            },
+        )
+    };
+    m.apply(new(nh("10.70.0.0/16", 10)));
+    m.apply(new(nh("10.71.0.0/16", 1)));
+    m.apply(new(nh("10.72.0.0/16", 11)));
+    let plain = route("10.60.0.0/16", 0, 3);
+    m.apply(new(plain.clone()));
+    m.apply(Change::NewLink(veth1(NO_CARRIER)));
+    assert_eq!(
+        m.nexthops.keys().copied().collect::<HashSet<_>>(),
+        HashSet::from([2, 10])
+    );
+    let NexthopKind::Group { members, .. } = &m.nexthops[&10].kind else {
+        panic!()
+    };
+    assert_eq!(members.len(), 1);
+    assert_eq!(m.fib.len(), 2);
+    assert_eq!(m.counters.inferred_nexthop_removals, 2);
+    // The plain route stays, linkdown; dead (and skipped) only if ignored.
+    let e = m.fib.get(&plain.key).unwrap();
+    assert_eq!(m.dumped_hops(Family::V4, &e.attrs)[0].flags, rtnh::LINKDOWN);
+    let addr: IpAddr = "10.60.0.1".parse().unwrap();
+    let tables = crate::fib::DEFAULT_RULE_TABLES;
+    assert!(m.lookup(addr, &tables, 0).is_some());
+    m.apply(Change::NewNetconf(Netconf {
+        family: Family::V4,
+        ifindex: 3,
+        ignore_linkdown: Some(true),
+    }));
+    let e = m.fib.get(&plain.key).unwrap();
+    assert_eq!(
+        m.dumped_hops(Family::V4, &e.attrs)[0].flags,
+        rtnh::LINKDOWN | rtnh::DEAD
+    );
+    assert!(m.lookup(addr, &tables, 0).is_none());
+    // Carrier back: alive again, no route message needed.
+    m.apply(Change::NewLink(veth1(UP)));
+    assert!(m.lookup(addr, &tables, 0).is_some());
+}
+
+#[test]
+fn inferred_removals_are_confirmed_or_refuted_by_the_next_dump() {
+    let mut m = Mirror::new();
+    m.journal = Some(Journal::default());
+    m.apply(Change::NewLink(veth1(UP)));
+    m.apply(new(route("10.0.0.0/8", 0, 3)));
+    m.apply(new(route("10.1.0.0/16", 0, 3)));
+    m.apply(new(route("10.2.0.0/16", 0, 3)));
+    m.journal.as_mut().unwrap().deltas.clear();
+    m.apply(Change::NewLink(veth1(0)));
+    assert_eq!(m.counters.inferred_removals, 3);
+    assert_eq!(m.counters.inferred_pending, 3);
+    // Every removal reached the exports' funnel (the BPF FIB and watch follow it).
+    assert_eq!(m.journal.as_ref().unwrap().deltas.len(), 3);
+    // Re-added by an event before the dump: neither confirmed nor refuted.
+    m.apply(new(route("10.2.0.0/16", 0, 3)));
+    assert_eq!(m.counters.inferred_pending, 2);
+    let gen = m.begin_scan();
+    let mut scan = ActiveScan::new(ScanReason::LinkChange, ScanScope::routes(Family::V4), gen);
+    // The dump still lists 10.1/16: the inference was wrong for it.
+    m.mark(new(route("10.1.0.0/16", 0, 3)), &mut scan);
+    m.mark(new(route("10.2.0.0/16", 0, 3)), &mut scan);
+    m.prune(&mut scan);
+    let c = &m.counters;
+    assert_eq!(
+        (c.inferred_confirmed, c.inferred_refuted, c.inferred_pending),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn v6_sibling_delete_keeps_the_other_hops() {
+    let mut m = Mirror::new();
+    let r = route_with("2001:db8::/32", 1024, attrs(&[v6_gw(1, 3), v6_gw(2, 4)]));
+    let key = r.key;
+    m.apply(new(r));
+    m.apply(Change::DelRoute {
+        route: route_with("2001:db8::/32", 1024, attrs(&[v6_gw(1, 3)])),
+    });
+    assert_eq!(m.fib.get(&key).unwrap().attrs.nexthops.len(), 1);
+    m.apply(Change::DelRoute {
+        route: route_with("2001:db8::/32", 1024, attrs(&[v6_gw(2, 4)])),
+    });
+    assert!(m.fib.get(&key).is_none());
+}
+
+#[test]
+fn ipv6_all_sets_every_device_and_ipv4_default_asks_for_a_dump() {
+    let mut m = Mirror::new();
+    let f = m.apply(Change::NewNetconf(Netconf {
+        family: Family::V4,
+        ifindex: crate::model::netconf::DEFAULT,
+        ignore_linkdown: Some(true),
+    }));
+    assert!(f.is_some_and(|f| f.scope.dumps() == ScanScope::netconf().dumps()));
+    // A notification about another setting leaves this one alone.
+    m.apply(Change::NewNetconf(Netconf {
+        family: Family::V4,
+        ifindex: 3,
+        ignore_linkdown: None,
+    }));
+    assert!(!m.live.ignores_linkdown(Family::V4, 3));
+}
+
+/// Renames and removals reach the funnel, from events and from scans alike: what
+/// names a route's device (the AFT's next hops, NATS route objects) must re-read it.
+#[test]
+fn link_renames_and_removals_are_journaled() {
+    let mut m = Mirror::new();
+    m.journal = Some(Journal::default());
+    let renamed = |m: &mut Mirror| std::mem::take(&mut m.journal.as_mut().unwrap().links_renamed);
+    m.apply(Change::NewLink(veth1(UP)));
+    assert!(renamed(&mut m).is_empty(), "a new link renames nothing");
+    m.apply(Change::NewLink(Link {
+        name: "wan0".into(),
+        ..veth1(UP)
+    }));
+    m.apply(Change::NewLink(Link {
+        name: "wan0".into(),
+        mtu: 9000,
+        ..veth1(UP)
+    }));
+    assert_eq!(renamed(&mut m), [3], "once, for the rename only");
+    // A scan that finds it renamed again, then one that no longer finds it.
+    let gen = m.begin_scan();
+    let mut scan = ActiveScan::new(ScanReason::Periodic, ScanScope::full(), gen);
+    m.mark(Change::NewLink(veth1(UP)), &mut scan);
+    m.prune(&mut scan);
+    assert_eq!(renamed(&mut m), [3]);
+    let gen = m.begin_scan();
+    let mut scan = ActiveScan::new(ScanReason::Periodic, ScanScope::full(), gen);
+    m.prune(&mut scan);
+    assert_eq!(renamed(&mut m), [3]);
+    assert!(m.links.is_empty());
+    m.apply(Change::NewLink(veth1(UP)));
+    m.apply(Change::DelLink { ifindex: 3 });
+    m.apply(Change::DelLink { ifindex: 3 });
+    assert_eq!(renamed(&mut m), [3], "removed once");
+}
