@@ -305,7 +305,14 @@ fn carrier_loss(ignore: bool, how: &str) {
     if ignore {
         // The kernel skips the dead hop: the metric-10 route answers.
         let r = d.lookup("10.60.0.1", None).expect("the fallback route");
-        assert_eq!(r["metric"].as_u64(), Some(10), "{r}");
+        assert_eq!(
+            r["metric"].as_u64(),
+            Some(10),
+            "mirror: {r}\nkernel: {:?}\n{}\nstats: {}",
+            kernel_lookup(&ns, "10.60.0.1"),
+            ns.ip(&["-d", "route", "show", "10.60.0.0/16"]),
+            d.stats()["fast_lookup"]
+        );
     }
     far.ip(&["link", "set", "vethcp", "up"]);
     wait_kernel(&ns, "-4", "10.60.0.0/16", "via 198.18.9.2 dev vethc \n");
