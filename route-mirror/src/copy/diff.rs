@@ -91,12 +91,17 @@ pub fn kernel_table(ns: Option<String>, table: u32) -> Result<Mirror> {
         }
         let mut m = Mirror::new();
         for ch in out {
-            if matches!(
-                ch,
-                Change::NewRoute { .. } | Change::NewLink(_) | Change::NewNexthop(_)
-            ) {
-                m.apply(ch);
-            }
+            match ch {
+                // A dump lists a key's routes in the kernel's order: each goes after
+                // the ones before it (IPv6 device routes of one prefix and metric on
+                // several devices, `ip route append`), as an append's notification.
+                Change::NewRoute { route, .. } => m.apply(Change::NewRoute {
+                    route,
+                    flags: crate::model::nlm::CREATE | crate::model::nlm::APPEND,
+                }),
+                ch @ (Change::NewLink(_) | Change::NewNexthop(_)) => m.apply(ch),
+                _ => None,
+            };
         }
         Ok(m)
     })
@@ -163,8 +168,8 @@ pub fn compare(
             .table(Family::of_net(&dst), job.to.table)
             .and_then(|t| t.get(&dst))
             .map_or(&[], |es| es.as_slice());
-        let mut matched = vec![false; current.len()];
-        for w in &wanted {
+        let (pairs, matched) = super::sync::pair_ours(current, &wanted, ours);
+        for (w, pair) in wanted.iter().zip(pairs) {
             d.wanted += 1;
             match w {
                 Err((sub, dev)) => {
@@ -183,9 +188,8 @@ pub fn compare(
                 }
                 Ok((k, a)) => {
                     let want = Entry::new(k.sub, std::sync::Arc::new(a.clone()), 0);
-                    match current.iter().position(|e| e.sub() == k.sub && ours(e)) {
+                    match pair {
                         Some(i) => {
-                            matched[i] = true;
                             if *current[i].attrs != *a {
                                 d.differing_count += 1;
                                 if d.differing.len() < LIST_MAX {

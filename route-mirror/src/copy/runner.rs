@@ -748,7 +748,7 @@ impl Runner {
             s.failing = 0;
             s.failing_by_reason.clear();
             s.refused.clear();
-            for ((dst, sub), f) in j.sync.failures() {
+            for ((dst, sub, _), f) in j.sync.failures() {
                 s.failing += 1;
                 *s.failing_by_reason
                     .entry(f.reason.name().to_string())

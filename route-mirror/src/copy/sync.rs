@@ -233,7 +233,7 @@ pub struct TargetSync {
     pass: VecDeque<IpNet>,
     pass_kind: Option<Pass>,
     busy: HashMap<IpNet, Busy>,
-    failures: HashMap<(IpNet, SubKey), Failure>,
+    failures: HashMap<FailKey, Failure>,
     pub counters: SyncCounters,
     /// Source-change-to-write-acknowledged delays, in ms.
     pub lag: LagHistogram,
@@ -315,7 +315,7 @@ impl TargetSync {
     /// The target's links or addresses changed: refusals they may cure are retried now.
     pub fn links_changed(&mut self, now: Instant) {
         let mut due = Vec::new();
-        for ((dst, _), f) in self.failures.iter_mut() {
+        for ((dst, _, _), f) in self.failures.iter_mut() {
             if f.reason.link_related() {
                 f.next_try = now;
                 due.push(*dst);
@@ -351,7 +351,7 @@ impl TargetSync {
             .failures
             .iter()
             .filter(|(_, f)| f.next_try <= now)
-            .map(|((d, _), _)| *d)
+            .map(|((d, _, _), _)| *d)
             .filter(|d| !self.dirty.contains_key(d))
             .collect();
         for d in due {
@@ -409,7 +409,7 @@ impl TargetSync {
         self.dirty.len() + self.pass.len() + self.busy.len()
     }
 
-    pub fn failures(&self) -> impl Iterator<Item = (&(IpNet, SubKey), &Failure)> {
+    pub fn failures(&self) -> impl Iterator<Item = (&FailKey, &Failure)> {
         self.failures.iter()
     }
 
@@ -440,14 +440,13 @@ impl TargetSync {
         }
         let mut dels = Vec::new();
         let mut writes = Vec::new();
-        let mut matched = vec![false; current.len()];
-        for w in wanted {
+        let (pairs, matched) = pair_ours(current, wanted, |e| self.ours(e));
+        for (w, pair) in wanted.iter().zip(pairs) {
             let (key, attrs) = match w {
                 Ok(ka) => ka,
                 Err((sub, MissingDevice(dev))) => {
                     self.refuse(
-                        dst,
-                        *sub,
+                        (dst, *sub, missing_which(dev)),
                         Reason::NoDevice,
                         None,
                         Some(format!("no device {dev:?} in the target")),
@@ -460,11 +459,8 @@ impl TargetSync {
             let at_key: Vec<usize> = (0..current.len())
                 .filter(|&i| current[i].sub() == key.sub)
                 .collect();
-            let mine = at_key.iter().copied().find(|&i| self.ours(&current[i]));
-            if let Some(i) = mine {
-                matched[i] = true;
-            }
-            let fkey = (dst, key.sub);
+            let mine = pair;
+            let fkey = (dst, key.sub, which(key, attrs));
             if let Some(i) = mine {
                 if *current[i].attrs == *attrs {
                     self.failures.remove(&fkey);
@@ -492,8 +488,10 @@ impl TargetSync {
             // Where another route shares the kernel's key (IPv6: dst, source, metric;
             // IPv4 with `ip route append`: the same list), a replace may hit that one
             // instead: delete ours, then add.
+            // Another route of ours at the key (IPv6 device routes of one metric on two
+            // devices) is contested the same way.
             let contested = current.iter().enumerate().any(|(i, e)| {
-                !self.ours(e)
+                (!self.ours(e) || matched[i])
                     && Some(i) != mine
                     && e.priority() == key.sub.priority
                     && e.tos() == key.sub.tos
@@ -574,16 +572,16 @@ impl TargetSync {
             }
         }
         // Failures of routes no longer wanted here are forgotten.
-        if self.failures.keys().any(|(d, _)| *d == dst) {
-            let keep: Vec<SubKey> = wanted
+        if self.failures.keys().any(|(d, _, _)| *d == dst) {
+            let keep: Vec<(SubKey, u64)> = wanted
                 .iter()
                 .map(|w| match w {
-                    Ok((k, _)) => k.sub,
-                    Err((s, _)) => *s,
+                    Ok((k, a)) => (k.sub, which(k, a)),
+                    Err((s, MissingDevice(dev))) => (*s, missing_which(dev)),
                 })
                 .collect();
             self.failures
-                .retain(|(d, s), _| *d != dst || keep.contains(s));
+                .retain(|(d, s, h), _| *d != dst || keep.contains(&(*s, *h)));
         }
         dels.append(&mut writes);
         if !dels.is_empty() {
@@ -603,7 +601,7 @@ impl TargetSync {
 
     /// Whether a route with a refusal on record should be tried now: its retry is due,
     /// or what is wanted changed since the refused attempt.
-    fn due(&mut self, fkey: &(IpNet, SubKey), attrs: &RouteAttrs, why: Why, now: Instant) -> bool {
+    fn due(&mut self, fkey: &FailKey, attrs: &RouteAttrs, why: Why, now: Instant) -> bool {
         match self.failures.get(fkey) {
             None => true,
             Some(f) if f.next_try <= now || f.attrs.as_ref() != Some(attrs) => {
@@ -619,8 +617,7 @@ impl TargetSync {
     #[allow(clippy::too_many_arguments)]
     fn refuse(
         &mut self,
-        dst: IpNet,
-        sub: SubKey,
+        fkey: FailKey,
         reason: Reason,
         errno: Option<i32>,
         detail: Option<String>,
@@ -633,7 +630,7 @@ impl TargetSync {
             .failed_by_reason
             .entry(reason.name())
             .or_default() += 1;
-        let f = self.failures.entry((dst, sub)).or_insert(Failure {
+        let f = self.failures.entry(fkey).or_insert(Failure {
             reason,
             errno,
             detail: None,
@@ -658,7 +655,8 @@ impl TargetSync {
         match o {
             Outcome::Done => {
                 echo = true;
-                self.failures.remove(&(p.dst, p.key.sub));
+                self.failures
+                    .remove(&(p.dst, p.key.sub, which(&p.key, &p.attrs)));
                 let v = &mut self.counters.verdicts;
                 match p.verdict {
                     _ if p.op == RouteOp::Delete && p.verdict != Verdict::Removed => {}
@@ -672,8 +670,7 @@ impl TargetSync {
             Outcome::Failed(KernelError { errno, .. })
                 if p.op == RouteOp::Delete && matches!(*errno, libc::ESRCH | libc::ENOENT) => {}
             Outcome::Failed(e) => self.refuse(
-                p.dst,
-                p.key.sub,
+                (p.dst, p.key.sub, which(&p.key, &p.attrs)),
                 Reason::of_errno(e.errno),
                 Some(e.errno),
                 e.msg.clone(),
@@ -798,6 +795,75 @@ impl LagHistogram {
         }
         Some(self.max_ms)
     }
+}
+
+/// A refusal on record: prefix, key and which of the key's routes ([`which`]).
+pub type FailKey = (IpNet, SubKey, u64);
+
+/// Tells apart the routes of one key that the kernel keeps side by side (IPv6 device
+/// and nexthop-object routes, by device or object); 0 for the others.
+fn which(key: &RouteKey, a: &RouteAttrs) -> u64 {
+    if key.family() != crate::model::Family::V6 {
+        return 0;
+    }
+    match (a.nh_id, a.nexthops.as_slice()) {
+        (Some(id), _) => 1 << 32 | u64::from(id),
+        (None, [h]) if h.gateway.is_none() => u64::from(h.ifindex),
+        _ => 0,
+    }
+}
+
+/// [`which`] for a route refused for a missing device: by the device's name.
+fn missing_which(dev: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dev.hash(&mut h);
+    h.finish() | 1 << 40
+}
+
+/// Which of our routes in `current` stands for each wanted route. A key holds a list
+/// (IPv6 device routes of one metric on several devices, `ip route append`): identical
+/// routes pair first; then a wanted route takes a free one of ours at its key to replace,
+/// except an IPv6 route the kernel keeps apart by its hop (a device or object route):
+/// that one is added beside, and the free one removed.
+pub(crate) fn pair_ours(
+    current: &[Entry],
+    wanted: &[Wanted],
+    ours: impl Fn(&Entry) -> bool,
+) -> (Vec<Option<usize>>, Vec<bool>) {
+    let mut matched = vec![false; current.len()];
+    let mut pairs = vec![None; wanted.len()];
+    let free = |matched: &[bool], key: &RouteKey| {
+        (0..current.len())
+            .filter(|&i| !matched[i] && current[i].sub() == key.sub && ours(&current[i]))
+            .collect::<Vec<_>>()
+    };
+    for (w, pair) in wanted.iter().zip(pairs.iter_mut()) {
+        if let Ok((key, attrs)) = w {
+            if let Some(i) = free(&matched, key)
+                .into_iter()
+                .find(|&i| *current[i].attrs == *attrs)
+            {
+                matched[i] = true;
+                *pair = Some(i);
+            }
+        }
+    }
+    for (w, pair) in wanted.iter().zip(pairs.iter_mut()) {
+        if let (Ok((key, attrs)), None) = (w, &pair) {
+            let apart = key.family() == crate::model::Family::V6
+                && (attrs.nh_id.is_some()
+                    || matches!(attrs.nexthops.as_slice(), [h] if h.gateway.is_none()));
+            if apart {
+                continue;
+            }
+            if let Some(&i) = free(&matched, key).first() {
+                matched[i] = true;
+                *pair = Some(i);
+            }
+        }
+    }
+    (pairs, matched)
 }
 
 #[cfg(test)]

@@ -135,9 +135,11 @@ impl Mirror {
             (i.unwrap_or(0), route, Place::ReplaceFirst)
         } else if flags & nlm::CREATE == 0 {
             (0, route, Place::ReplaceFirst)
-        } else if flags & nlm::EXCL != 0 {
-            (0, route, Place::Only)
         } else {
+            // IPv6 notifications of an added route always carry NLM_F_EXCL
+            // (`fib6_add_rt2node` starts from it), also when the key holds other routes
+            // (device routes of one prefix and metric on several devices): an add goes
+            // after them, or merges into the key's multipath route.
             match list.iter().position(|e| v6_ecmp(&e.attrs)) {
                 // New siblings of the key's multipath route: the message lists the new
                 // one first, then the others; the route keeps its first sibling first.

@@ -45,7 +45,7 @@ pub enum RouteOp {
 impl RouteOp {
     fn header(self, key: &RouteKey, a: &RouteAttrs) -> (u16, u16) {
         match self {
-            RouteOp::Add if key.family() == Family::V6 && v6_never_merged(a) => {
+            RouteOp::Add if key.family() == Family::V6 && kept_apart(a) => {
                 (msg::RTM_NEWROUTE, msg::NLM_F_REQUEST | NLM_F_CREATE)
             }
             RouteOp::Add => (
@@ -59,12 +59,6 @@ impl RouteOp {
             RouteOp::Delete => (msg::RTM_DELROUTE, msg::NLM_F_REQUEST),
         }
     }
-}
-
-/// An IPv6 route the kernel never merges into a multipath sibling: a device route or a
-/// nexthop-object route. Several of them share a prefix and metric as separate entries.
-fn v6_never_merged(a: &RouteAttrs) -> bool {
-    a.nh_id.is_some() || matches!(a.nexthops.as_slice(), [h] if h.gateway.is_none())
 }
 
 const RT_SCOPE_NOWHERE: u8 = 255;
