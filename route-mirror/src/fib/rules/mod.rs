@@ -481,8 +481,11 @@ impl<'a> Tables for FastTables<'a> {
 pub struct ExactTables<'a> {
     pub fib: &'a super::Fib,
     pub hops: &'a dyn Fn(&RouteAttrs) -> Vec<NextHop>,
-    pub usable: Option<&'a dyn Fn(Family, &super::Entry) -> super::Usable>,
+    pub usable: Option<&'a UsableFn<'a>>,
 }
+
+/// Whether a route can forward now (`Mirror::usable`).
+pub type UsableFn<'f> = dyn Fn(Family, &super::Entry) -> super::Usable + 'f;
 
 impl<'a> ExactTables<'a> {
     pub fn new(fib: &'a super::Fib, hops: &'a dyn Fn(&RouteAttrs) -> Vec<NextHop>) -> Self {
