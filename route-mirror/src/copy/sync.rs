@@ -446,7 +446,7 @@ impl TargetSync {
                 Ok(ka) => ka,
                 Err((sub, MissingDevice(dev))) => {
                     self.refuse(
-                        (dst, *sub, missing_which(dev)),
+                        (dst, *sub, missing_which(&dst, dev)),
                         Reason::NoDevice,
                         None,
                         Some(format!("no device {dev:?} in the target")),
@@ -577,7 +577,7 @@ impl TargetSync {
                 .iter()
                 .map(|w| match w {
                     Ok((k, a)) => (k.sub, which(k, a)),
-                    Err((s, MissingDevice(dev))) => (*s, missing_which(dev)),
+                    Err((s, MissingDevice(dev))) => (*s, missing_which(&dst, dev)),
                 })
                 .collect();
             self.failures
@@ -813,8 +813,12 @@ fn which(key: &RouteKey, a: &RouteAttrs) -> u64 {
     }
 }
 
-/// [`which`] for a route refused for a missing device: by the device's name.
-fn missing_which(dev: &str) -> u64 {
+/// [`which`] for a route refused for a missing device: 0 for IPv4 (as [`which`], so
+/// the retry finds the refusal), else by the device's name.
+fn missing_which(dst: &IpNet, dev: &str) -> u64 {
+    if dst.addr().is_ipv4() {
+        return 0;
+    }
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     dev.hash(&mut h);

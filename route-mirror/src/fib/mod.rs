@@ -537,9 +537,8 @@ impl RouteTable {
                 if e.ext.raw() != 0 {
                     continue;
                 }
-                if rtn::is_reject(e.attrs.kind) {
-                    return Some(e);
-                }
+                // Reject routes are usable by liveness (they answer at once, as in the
+                // kernel); a filter (the output device's) may still pass over them.
                 match usable(family, e) {
                     Usable::Yes => return Some(e),
                     Usable::No => continue,
