@@ -156,20 +156,7 @@ async fn render(hub: &Afts, sels: &[Selector], enc: Encoding, target: &str) -> V
     if sels.iter().all(|s| s.key.is_some()) {
         hub.with(build).await
     } else {
-        let snap = hub.snapshot().await;
-        heavy(|| build(&snap))
-    }
-}
-
-/// Runs a full-snapshot rendering without holding an async worker: the runtime has two,
-/// and 10 subscribers rendering a full table (1.15M entries) inline left new connections
-/// unanswered for over 20 s (7 of 10 timed out before the HTTP/2 SETTINGS frame, see
-/// BENCHMARKS.md). `block_in_place` hands the worker's other tasks to another thread.
-fn heavy<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
+        build(&hub.snapshot().await)
     }
 }
 
@@ -303,14 +290,11 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
     } = call;
     let mut sub = hub.subscribe().await;
     if !updates_only {
-        let rendered = heavy(|| {
-            let mut b = Builder::new(enc, &target, sub.time_ns);
-            for s in subs.iter() {
-                b.snapshot(&sub.snapshot, &s.sel, &instance_name);
-            }
-            b.finish()
-        });
-        if !send_all(&tx, &stats, rendered).await {
+        let mut b = Builder::new(enc, &target, sub.time_ns);
+        for s in subs.iter() {
+            b.snapshot(&sub.snapshot, &s.sel, &instance_name);
+        }
+        if !send_all(&tx, &stats, b.finish()).await {
             return;
         }
     }
@@ -367,23 +351,20 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
                     // sync_response. Subscribe first so nothing after it is missed.
                     stats.resyncs.fetch_add(1, Ordering::Relaxed);
                     sub = hub.subscribe().await;
-                    let rendered = heavy(|| {
-                        let mut b = Builder::new(enc, &target, sub.time_ns);
-                        let mut instances: Vec<String> = sub.snapshot.instances.keys().map(|t| instance_name(*t)).collect();
-                        instances.extend(subs.iter().filter_map(|s| s.sel.ni.clone()));
-                        instances.sort();
-                        instances.dedup();
-                        for s in subs.iter() {
-                            for ni in instances.iter().filter(|n| s.sel.wants_ni(n)) {
-                                b.delete_path(ni, s.sel.root_in(ni));
-                            }
-                            b.snapshot(&sub.snapshot, &s.sel, &instance_name);
+                    let mut b = Builder::new(enc, &target, sub.time_ns);
+                    let mut instances: Vec<String> = sub.snapshot.instances.keys().map(|t| instance_name(*t)).collect();
+                    instances.extend(subs.iter().filter_map(|s| s.sel.ni.clone()));
+                    instances.sort();
+                    instances.dedup();
+                    for s in subs.iter() {
+                        for ni in instances.iter().filter(|n| s.sel.wants_ni(n)) {
+                            b.delete_path(ni, s.sel.root_in(ni));
                         }
-                        b.finish()
-                    });
+                        b.snapshot(&sub.snapshot, &s.sel, &instance_name);
+                    }
                     drop(std::mem::take(&mut sub.snapshot));
                     touched.iter_mut().for_each(Touched::clear);
-                    if !send_all(&tx, &stats, rendered).await || tx.send(Ok(sync_response())).await.is_err() {
+                    if !send_all(&tx, &stats, b.finish()).await || tx.send(Ok(sync_response())).await.is_err() {
                         return;
                     }
                 }
