@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     for ty in [msg::RTM_NEWROUTE, msg::RTM_DELROUTE] {
-        let mut c = decode::DecodeCounters::default();
+        let mut c = msg::DecodeCounters::default();
         if let Ok(Some(change)) = decode_compact(ty, data, &mut c) {
             let _ = Mirror::new().apply(change);
         }
