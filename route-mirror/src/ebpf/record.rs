@@ -188,24 +188,7 @@ mod tests {
     const RTA_EXPIRES: u16 = 23;
     const RTA_NH_ID: u16 = 30;
 
-    fn put(b: &mut Vec<u8>, ty: u16, val: &[u8]) {
-        b.extend_from_slice(&((4 + val.len()) as u16).to_ne_bytes());
-        b.extend_from_slice(&ty.to_ne_bytes());
-        b.extend_from_slice(val);
-        while !b.len().is_multiple_of(4) {
-            b.push(0);
-        }
-    }
-
-    fn addr(v6: bool, seed: u8) -> Vec<u8> {
-        if v6 {
-            vec![
-                0x20, 0x01, 0x0d, 0xb8, seed, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, seed,
-            ]
-        } else {
-            vec![198, 18, seed, 2]
-        }
-    }
+    use crate::netlink::route::tests::{ip_bytes as addr, put};
 
     /// A whole netlink message (header included) around a route payload.
     fn message(ty: u16, nlflags: u16, payload: &[u8]) -> Vec<u8> {

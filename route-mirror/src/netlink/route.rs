@@ -417,11 +417,12 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn put(b: &mut Vec<u8>, ty: u16, val: &[u8]) {
+    /// One attribute, padded: the test message builder the eBPF record tests share.
+    pub(crate) fn put(b: &mut Vec<u8>, ty: u16, val: &[u8]) {
         b.extend_from_slice(&((4 + val.len()) as u16).to_ne_bytes());
         b.extend_from_slice(&ty.to_ne_bytes());
         b.extend_from_slice(val);
@@ -430,7 +431,7 @@ mod tests {
         }
     }
 
-    fn ip_bytes(v6: bool, seed: u8) -> Vec<u8> {
+    pub(crate) fn ip_bytes(v6: bool, seed: u8) -> Vec<u8> {
         if v6 {
             vec![
                 0x20, 0x01, 0x0d, 0xb8, seed, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, seed,
