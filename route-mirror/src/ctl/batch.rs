@@ -13,7 +13,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::RwLockReadGuard;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -179,18 +179,11 @@ pub fn answer_lines(
             }
             (addr, Lookup::Exact) => {
                 used_exact = true;
-                if guard.is_none() {
-                    match shared.mirror.read() {
-                        Ok(g) => guard = Some(g),
-                        // A writer panicked mid-change: nothing trustworthy to answer from.
-                        Err(_) => {
-                            error_line(q.format, n, text.as_bytes(), "mirror unavailable", &mut s);
-                            counts.errors += 1;
-                            continue;
-                        }
-                    }
-                }
-                let Some(m) = guard.as_deref() else { continue };
+                let Some(m) = read_mirror(&shared.mirror, &mut guard) else {
+                    error_line(q.format, n, text.as_bytes(), "mirror unavailable", &mut s);
+                    counts.errors += 1;
+                    continue;
+                };
                 match m.lookup(addr, &tables, q.tos) {
                     Some((t, net, e)) => {
                         found(m, false, q, text, t, net, e, &mut cache, &mut s);
@@ -371,17 +364,11 @@ fn rule_lines(
             Some(a) => a,
             None => {
                 used_exact = true;
-                if guard.is_none() {
-                    match shared.mirror.read() {
-                        Ok(g) => guard = Some(g),
-                        Err(_) => {
-                            error_line(q.format, n, text.as_bytes(), "mirror unavailable", &mut s);
-                            counts.errors += 1;
-                            continue;
-                        }
-                    }
-                }
-                let Some(m) = guard.as_deref() else { continue };
+                let Some(m) = read_mirror(&shared.mirror, &mut guard) else {
+                    error_line(q.format, n, text.as_bytes(), "mirror unavailable", &mut s);
+                    counts.errors += 1;
+                    continue;
+                };
                 match super::lookup::flow(m, addr, tos, &fl.args) {
                     Ok(f) => {
                         let set = m.rules.set();
@@ -792,6 +779,19 @@ fn found<C: RouteContext + ?Sized>(
         }
     }
     s.push('\n');
+}
+
+/// The mirror's read guard, taken on the first line that needs the exact mirror and held
+/// for the rest of the batch; `None` when a writer panicked mid-change (nothing
+/// trustworthy to answer from).
+fn read_mirror<'g, 'm>(
+    mirror: &'m RwLock<Mirror>,
+    guard: &'g mut Option<RwLockReadGuard<'m, Mirror>>,
+) -> Option<&'g Mirror> {
+    if guard.is_none() {
+        *guard = Some(mirror.read().ok()?);
+    }
+    guard.as_deref()
 }
 
 #[cfg(test)]
