@@ -36,8 +36,6 @@ pub struct Why {
     pub foreign: bool,
     /// A full pass: start-up (adoption) or a scan.
     pub pass: Option<Pass>,
-    /// A refused route's retry is due.
-    pub retry: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +49,6 @@ impl Why {
     fn merge(&mut self, o: Why) {
         self.source |= o.source;
         self.foreign |= o.foreign;
-        self.retry |= o.retry;
         if o.pass.is_some() && self.pass != Some(Pass::Initial) {
             self.pass = o.pass;
         }
@@ -322,14 +319,7 @@ impl TargetSync {
             }
         }
         for d in due {
-            self.mark(
-                d,
-                Why {
-                    retry: true,
-                    ..Why::default()
-                },
-                None,
-            );
+            self.mark(d, Why::default(), None);
         }
     }
 
@@ -355,14 +345,7 @@ impl TargetSync {
             .filter(|d| !self.dirty.contains_key(d))
             .collect();
         for d in due {
-            self.mark(
-                d,
-                Why {
-                    retry: true,
-                    ..Why::default()
-                },
-                None,
-            );
+            self.mark(d, Why::default(), None);
         }
         let take: Vec<IpNet> = self
             .dirty
@@ -482,7 +465,7 @@ impl TargetSync {
                 && !why.source
                 && why.pass.is_none()
                 && !self.failures.contains_key(&fkey);
-            if !self.due(&fkey, attrs, why, now) {
+            if !self.due(&fkey, attrs, now) {
                 continue;
             }
             // Where another route shares the kernel's key (IPv6: dst, source, metric;
@@ -600,14 +583,14 @@ impl TargetSync {
     }
 
     /// Whether a route with a refusal on record should be tried now: its retry is due,
-    /// or what is wanted changed since the refused attempt.
-    fn due(&mut self, fkey: &FailKey, attrs: &RouteAttrs, why: Why, now: Instant) -> bool {
+    /// or what is wanted changed since the refused attempt (a missing device came back,
+    /// say). Either way the attempt counts as a retry, whatever made the prefix looked
+    /// at: a link check, a timer or a scan's full pass, which race one another.
+    fn due(&mut self, fkey: &FailKey, attrs: &RouteAttrs, now: Instant) -> bool {
         match self.failures.get(fkey) {
             None => true,
             Some(f) if f.next_try <= now || f.attrs.as_ref() != Some(attrs) => {
-                if why.retry || f.next_try <= now {
-                    self.counters.retries += 1;
-                }
+                self.counters.retries += 1;
                 true
             }
             Some(_) => false,
@@ -1100,8 +1083,38 @@ mod tests {
         assert!(ready.contains(&d) && ready.contains(&d2));
         // Success clears the record; a route no longer wanted drops its record.
         let p = s.plan(d, Why::default(), None, &wanted, &[], t0);
+        assert_eq!(s.counters.retries, 2, "tried again after the link change");
         s.outcome(&p[0], &Outcome::Done, t0, 0);
         s.plan(d2, src_change(), None, &[], &[], t0);
+        assert_eq!(s.failures().count(), 0);
+    }
+
+    #[test]
+    fn a_scan_pass_that_finds_the_missing_device_back_counts_a_retry() {
+        // The target's scan after the device came back can plan the prefix before the
+        // link check marks it: the attempt is a retry all the same.
+        let mut s = TargetSync::new(200, PROTO, false);
+        let t0 = Instant::now();
+        let d = net("10.1.0.0/16");
+        let k = key("10.1.0.0/16", 0);
+        let p = s.plan(
+            d,
+            src_change(),
+            None,
+            &[Err((k.sub, MissingDevice(Arc::from("veth9"))))],
+            &[],
+            t0,
+        );
+        assert!(p.is_empty());
+        let pass = Why {
+            pass: Some(Pass::Scan),
+            ..Why::default()
+        };
+        let wanted = [Ok((k, attrs(PROTO, 9)))];
+        let p = s.plan(d, pass, None, &wanted, &[], t0);
+        assert_eq!(p.len(), 1, "tried before the backoff: the device is back");
+        assert_eq!(s.counters.retries, 1);
+        s.outcome(&p[0], &Outcome::Done, t0, 0);
         assert_eq!(s.failures().count(), 0);
     }
 
