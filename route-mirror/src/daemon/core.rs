@@ -308,6 +308,12 @@ impl Core {
             let Some(kind) = scan.remaining.pop() else {
                 continue;
             };
+            // Route events from here on may or may not be in the dump's chunks.
+            self.shared
+                .mirror
+                .write()
+                .expect("mirror lock")
+                .dump_started(kind);
             match self.sock.request_dump(kind) {
                 Ok(seq) => {
                     scan.current = Some((kind, seq));
@@ -473,8 +479,10 @@ impl Core {
             while i < rx.len() && dump_done.is_none() {
                 let mut msgs = msg::messages(rx.get(i));
                 i += 1;
+                let mut chunk = false;
                 for m in msgs.by_ref() {
                     if self.scans.is_dump_reply(&m, port) {
+                        chunk = true;
                         if let Some(end) = self.scans.dump_reply(&mut mirror, &m, &mut self.events)
                         {
                             dump_done = Some(end);
@@ -490,6 +498,10 @@ impl Core {
                 }
                 if msgs.truncated() {
                     truncated += 1;
+                }
+                if chunk && dump_done.is_none() {
+                    // The next chunk's window of route events starts here.
+                    self.scans.chunk_done(&mut mirror);
                 }
             }
             self.exports.publish(&mut mirror, source_name(&self.ebpf));

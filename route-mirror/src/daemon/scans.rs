@@ -126,9 +126,15 @@ impl Scans {
         let scan = self.running_mut()?;
         scan.current_replied = true;
         match m.ty {
-            msg::NLMSG_DONE => Some(None),
+            msg::NLMSG_DONE => {
+                mirror.dump_ended(scan);
+                Some(None)
+            }
             msg::NLMSG_ERROR => {
                 let code = msg::error_code(m.payload).unwrap_or(libc::EIO);
+                if code != 0 {
+                    mirror.dump_ended(scan);
+                }
                 (code != 0).then_some(Some(code))
             }
             _ => {
@@ -140,6 +146,13 @@ impl Scans {
                 }
                 None
             }
+        }
+    }
+
+    /// A datagram of the running dump's replies was marked (the dump goes on).
+    pub fn chunk_done(&mut self, mirror: &mut Mirror) {
+        if let Some(scan) = self.running_mut() {
+            mirror.dump_chunk_done(scan);
         }
     }
 

@@ -146,13 +146,13 @@ impl Mirror {
         let mut gone = 0;
         let mut dropped = Vec::new();
         let mut pend = Vec::new();
-        let journaling = self.tracking();
+        let listing = self.tracking() || self.window.active();
         for ((family, table), t) in self.fib.tables_mut() {
             gone += t.retain(|dst, e| {
                 let keep = !e.attrs.nh_id.is_some_and(|id| removed.contains(&id));
                 if !keep {
                     pend.push((family, key_hash(table, dst, &e.sub(), &e.attrs)));
-                    if journaling {
+                    if listing {
                         dropped.push((table, *dst, e.clone()));
                     }
                 }
@@ -160,7 +160,7 @@ impl Mirror {
             });
         }
         for (t, dst, e) in dropped {
-            self.note(DeltaOp::Delete, Cause::Inferred, t, dst, &e);
+            self.silently_removed(t, dst, &e);
         }
         self.pend_inferred(pend);
         self.touch_nh_routes();
@@ -219,7 +219,7 @@ impl Mirror {
         let mut gone = 0;
         let mut removed = Vec::new();
         let mut pend = Vec::new();
-        let journaling = self.tracking();
+        let listing = self.tracking() || self.window.active();
         for t in tables {
             gone += self.fib.table_mut(Family::V4, t).retain(|dst, e| {
                 let doom = doomed
@@ -228,7 +228,7 @@ impl Mirror {
                     .unwrap_or(false);
                 if doom {
                     pend.push((Family::V4, key_hash(t, dst, &e.sub(), &e.attrs)));
-                    if journaling {
+                    if listing {
                         removed.push((t, *dst, e.clone()));
                     }
                 }
@@ -236,10 +236,38 @@ impl Mirror {
             });
         }
         for (t, dst, e) in removed {
-            self.note(DeltaOp::Delete, Cause::Inferred, t, dst, &e);
+            self.silently_removed(t, dst, &e);
         }
         self.pend_inferred(pend);
         gone
+    }
+}
+
+impl Mirror {
+    /// A route the kernel removes without a message: to the exports, and to the running
+    /// dump's window (a chunk may show it still there, see [`super::window`]).
+    fn silently_removed(&mut self, table: u32, dst: ipnet::IpNet, e: &crate::fib::Entry) {
+        let key = crate::model::RouteKey {
+            table,
+            dst,
+            sub: e.sub(),
+        };
+        if self.window.covers(&key) {
+            // The list before: this route was just taken out of it (its position is
+            // lost; the comparison of a dumped list with it is then only pessimistic).
+            let mut base = self.key_list(&key);
+            base.push(crate::model::Route {
+                key,
+                attrs: e.attrs.clone(),
+            });
+            let gone = crate::model::Route {
+                key,
+                attrs: e.attrs.clone(),
+            };
+            self.window
+                .record(super::window::RouteEvent::Del(gone), || base);
+        }
+        self.note(DeltaOp::Delete, Cause::Inferred, table, dst, e);
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod inference;
 mod routes;
+mod window;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use serde::{Deserialize, Serialize};
+use tracing::debug;
 
 use crate::fib::{Entry, Fib, Usable};
 use crate::intern::Interner;
@@ -50,6 +52,10 @@ pub struct ApplyCounters {
     pub route_deletes: u64,
     /// Deletes of routes the mirror did not have (harmless; e.g. after an inferred removal).
     pub route_deletes_unknown: u64,
+    /// Route notifications the mirror already reflected (a dump chunk showed the change
+    /// before its notification came; see `mirror::window`).
+    #[serde(default)]
+    pub route_adds_reflected: u64,
     pub link_events: u64,
     pub addr_events: u64,
     pub nexthop_events: u64,
@@ -167,6 +173,8 @@ pub struct Mirror {
     /// Inferred removals awaiting confirmation: route hash → (family, generation at
     /// removal). A scan confirms only removals older than itself.
     inferred: HashMap<u64, (Family, u32)>,
+    /// Route events a running dump's chunks may or may not reflect.
+    window: window::DumpWindow,
 }
 
 impl Mirror {
@@ -375,10 +383,26 @@ impl Mirror {
                 None
             }
             Change::NewRoute { route, flags } => {
+                if self.window.covers(&route.key) {
+                    let base = || self.key_list(&route.key);
+                    let base = base();
+                    self.window.record(
+                        window::RouteEvent::New {
+                            route: route.clone(),
+                            flags,
+                        },
+                        || base,
+                    );
+                }
                 self.apply_new_route(route, flags, gen);
                 None
             }
             Change::DelRoute { route } => {
+                if self.window.covers(&route.key) {
+                    let base = self.key_list(&route.key);
+                    self.window
+                        .record(window::RouteEvent::Del(route.clone()), || base);
+                }
                 self.apply_del_route(&route);
                 None
             }
@@ -442,7 +466,7 @@ impl Mirror {
         match change {
             Change::NewRoute { route, .. } => {
                 scan.routes_dumped += 1;
-                self.mark_route(route, scan);
+                self.mark_dumped_route(route, scan);
             }
             Change::DelRoute { .. } => {}
             Change::NewRule(rule) => {
@@ -531,12 +555,50 @@ impl Mirror {
         }
     }
 
+    /// A dump of `kind` was requested: route events from now on may or may not be in its
+    /// chunks ([`window`]).
+    pub fn dump_started(&mut self, kind: DumpKind) {
+        match kind {
+            DumpKind::Routes(family, table) => self.window.start(family, table),
+            _ => self.window.stop(),
+        }
+    }
+
+    /// One chunk (datagram) of the running dump was marked.
+    pub fn dump_chunk_done(&mut self, scan: &mut ActiveScan) {
+        self.flush_held(scan);
+        self.keep_unlisted(scan);
+        if self.window.take_overflow() {
+            scan.interrupted += 1;
+        }
+        self.window.chunk_done(scan.route_cursor.map(|(k, _)| k));
+    }
+
+    /// The running dump ended (or failed).
+    pub fn dump_ended(&mut self, scan: &mut ActiveScan) {
+        self.flush_held(scan);
+        self.keep_unlisted(scan);
+        if self.window.take_overflow() {
+            scan.interrupted += 1;
+        }
+        self.window.stop();
+    }
+
     /// Deletes what the scan's completed dumps did not mark.
     pub fn prune(&mut self, scan: &mut ActiveScan) {
         self.fib.touch();
+        self.flush_held(scan);
+        // Corrections a later notification showed to be changes in flight, not misses.
+        let (updated, created) = self.window.finish_scan();
+        let v = &mut scan.verdicts;
+        let (updated, created) = (updated.min(v.updated), created.min(v.created));
+        v.updated -= updated;
+        v.created -= created;
+        v.seen += updated + created;
         let gen = scan.generation;
         let mut deleted = 0u64;
-        let journaling = self.tracking();
+        // Corrections are listed in the debug log too (they mean the events missed something).
+        let listing = self.tracking() || tracing::enabled!(tracing::Level::DEBUG);
         let mut removed = Vec::new();
         for ((family, id), t) in self.fib.tables_mut() {
             if scan.scope.covers_route(family, id)
@@ -544,7 +606,7 @@ impl Mirror {
             {
                 deleted += t.retain(|dst, e| {
                     let keep = e.stamp == gen;
-                    if !keep && journaling {
+                    if !keep && listing {
                         removed.push((id, *dst, e.clone()));
                     }
                     keep
@@ -552,6 +614,7 @@ impl Mirror {
             }
         }
         for (t, dst, e) in removed {
+            debug!(table = t, %dst, attrs = ?e.attrs, "scan pruned a route");
             self.note(DeltaOp::Delete, Cause::Scan, t, dst, &e);
         }
         self.fib.drop_empty();

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use smallvec::SmallVec;
+use tracing::debug;
 
 use super::{key_hash, Cause, DeltaOp, Mirror};
 use crate::fib::{Entry, Place};
@@ -77,6 +78,13 @@ impl Mirror {
                 self.counters.inferred_pending = self.inferred.len() as u64;
             }
         }
+        if self.reflects(&route, flags) {
+            // The list already shows this route where the notification puts it: a dump
+            // chunk read it before its notification came (see [`super::window`]).
+            self.counters.route_adds_reflected += 1;
+            self.window.reflected(&route.key);
+            return;
+        }
         let (route, place) = match route.key.family() {
             Family::V4 => (route, v4_place(flags)),
             Family::V6 => self.v6_place(route, flags),
@@ -101,6 +109,69 @@ impl Mirror {
         if let Some(e) = noted {
             self.note(op, Cause::Event, key.table, key.dst, &e);
         }
+    }
+}
+
+impl Mirror {
+    /// Whether the key's list already holds what notification (`route`, `flags`) says
+    /// happened. A key never holds two identical routes: the kernel refuses an add or
+    /// replace of a route the key lists (`fib_table_insert`: `fa_match`; IPv6
+    /// `fib6_add_rt2node`: `rt6_duplicate_nexthop`) with `EEXIST` and notifies nothing,
+    /// so such a notification was already reflected by a dump.
+    fn reflects(&self, route: &Route, flags: u16) -> bool {
+        let k = &route.key;
+        let Some(t) = self.fib.table(k.family(), k.table) else {
+            return false;
+        };
+        let list = t.key_routes(&k.dst, &k.sub);
+        if list.is_empty() {
+            return false;
+        }
+        let new = &route.attrs;
+        match k.family() {
+            Family::V4 => match v4_place(flags) {
+                Place::ReplaceFirst => same_for_delete(&list[0].attrs, new),
+                _ => list.iter().any(|e| same_for_delete(&e.attrs, new)),
+            },
+            Family::V6 => {
+                let ecmp = v6_ecmp(new);
+                if flags & nlm::REPLACE != 0 || flags & nlm::CREATE == 0 {
+                    let i = if flags & nlm::REPLACE != 0 {
+                        list.iter()
+                            .position(|e| v6_ecmp(&e.attrs) == ecmp)
+                            .unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    return same_for_delete(&list[i].attrs, new)
+                        && list[i].attrs.hop_metrics.is_none();
+                }
+                match list.iter().position(|e| v6_ecmp(&e.attrs)) {
+                    // A sibling notification: every sibling it lists is in the route.
+                    Some(i) if ecmp && new.nexthops.len() > 1 => {
+                        let have = &list[i].attrs.nexthops;
+                        have.len() == new.nexthops.len()
+                            && new
+                                .nexthops
+                                .iter()
+                                .all(|h| have.iter().any(|o| same_hop(o, h)))
+                    }
+                    _ => list.iter().any(|e| v6_duplicate(&e.attrs, new)),
+                }
+            }
+        }
+    }
+}
+
+/// `rt6_duplicate_nexthop`: an IPv6 route of the key already uses `new`'s next hop.
+fn v6_duplicate(old: &RouteAttrs, new: &RouteAttrs) -> bool {
+    if old.nh_id.is_some() || new.nh_id.is_some() {
+        return old.nh_id == new.nh_id;
+    }
+    match new.nexthops.as_slice() {
+        [] => old.nexthops.is_empty() && old.kind == new.kind,
+        [h] => old.nexthops.iter().any(|o| same_hop(o, h)),
+        _ => same_for_delete(old, new),
     }
 }
 
@@ -301,6 +372,10 @@ impl Mirror {
             }
         };
         scan.verdicts.count(verdict);
+        self.window.correction(key, verdict);
+        if let Some(e) = &noted {
+            debug!(?verdict, table = key.table, dst = %key.dst, attrs = ?e.attrs, "scan corrected a route");
+        }
         if let Some(e) = noted {
             let op = match verdict {
                 Verdict::Created => DeltaOp::Add,

@@ -439,3 +439,137 @@ fn link_renames_and_removals_are_journaled() {
     m.apply(Change::DelLink { ifindex: 3 });
     assert_eq!(renamed(&mut m), [3], "removed once");
 }
+
+/// One chunk of a route dump as the core applies it: its routes, then its end.
+fn v4_dump(m: &mut Mirror, s: &mut ActiveScan, chunk: &[Route]) {
+    for r in chunk {
+        m.mark(new(r.clone()), s);
+    }
+    m.dump_chunk_done(s);
+}
+
+fn v4_scan(m: &mut Mirror) -> ActiveScan {
+    let s = scan(m, ScanScope::routes(Family::V4));
+    m.dump_started(DumpKind::Routes(Family::V4, None));
+    s
+}
+
+/// IPv4 route dumps run under RCU (Linux 6.10+): a chunk can read a key before changes
+/// whose notifications still reach the socket ahead of it. Wherever in those changes the
+/// chunk read the key, the mirror (which applied them all) is confirmed, not corrected
+/// back to the older list.
+#[test]
+fn a_chunk_older_or_newer_than_the_events_before_it_confirms_them() {
+    let p = "10.9.0.0/24";
+    let bh = route_with(
+        p,
+        0,
+        RouteAttrs {
+            kind: rtn::BLACKHOLE,
+            ..attrs(&[])
+        },
+    );
+    for chunk_after in 0..=4 {
+        let mut m = Mirror::new();
+        m.apply(with(route(p, 0, 7), ADD));
+        m.apply(with(route(p, 0, 9), APPEND));
+        let mut s = v4_scan(&mut m);
+        // [7, 9] -> append 2 -> replace first by a blackhole -> del 2 -> del blackhole.
+        let mut lists = vec![vec![route(p, 0, 7), route(p, 0, 9)]];
+        let events = [
+            with(route(p, 0, 2), APPEND),
+            with(bh.clone(), nlm::REPLACE),
+            Change::DelRoute {
+                route: route(p, 0, 2),
+            },
+            Change::DelRoute { route: bh.clone() },
+        ];
+        lists.push(vec![route(p, 0, 7), route(p, 0, 9), route(p, 0, 2)]);
+        lists.push(vec![bh.clone(), route(p, 0, 9), route(p, 0, 2)]);
+        lists.push(vec![bh.clone(), route(p, 0, 9)]);
+        lists.push(vec![route(p, 0, 9)]);
+        for e in events {
+            m.apply(e);
+        }
+        v4_dump(&mut m, &mut s, &lists[chunk_after]);
+        m.dump_ended(&mut s);
+        m.prune(&mut s);
+        assert_eq!(
+            list(&m, p, 0),
+            vec![9],
+            "chunk read after {chunk_after} events"
+        );
+        assert_eq!(s.verdicts.corrections(), 0, "chunk after {chunk_after}");
+    }
+}
+
+/// An insert in flight when the chunk read its key: the chunk shows the route, its
+/// notification comes after the chunk. No duplicate, and no correction counted.
+#[test]
+fn an_insert_in_flight_is_notified_after_the_chunk_that_shows_it() {
+    let p = "10.9.0.0/24";
+    let mut m = Mirror::new();
+    m.apply(with(route(p, 0, 2), ADD));
+    let mut s = v4_scan(&mut m);
+    v4_dump(&mut m, &mut s, &[route(p, 0, 2), route(p, 0, 3)]);
+    m.apply(with(route(p, 0, 3), APPEND));
+    m.dump_ended(&mut s);
+    m.prune(&mut s);
+    assert_eq!(list(&m, p, 0), vec![2, 3]);
+    assert_eq!(m.counters.route_adds_reflected, 1);
+    assert_eq!(s.verdicts.corrections(), 0, "{:?}", s.verdicts);
+    assert_eq!(s.verdicts.seen, 2);
+}
+
+/// A delete in flight: notified before the route leaves the list, so a chunk after the
+/// notification may still show it. It stays deleted.
+#[test]
+fn a_delete_in_flight_is_notified_before_the_chunk_that_still_shows_it() {
+    let p = "10.9.0.0/24";
+    let mut m = Mirror::new();
+    m.apply(with(route(p, 0, 2), ADD));
+    m.apply(with(route(p, 0, 3), APPEND));
+    let mut s = v4_scan(&mut m);
+    m.apply(Change::DelRoute {
+        route: route(p, 0, 3),
+    });
+    v4_dump(&mut m, &mut s, &[route(p, 0, 2), route(p, 0, 3)]);
+    m.dump_ended(&mut s);
+    m.prune(&mut s);
+    assert_eq!(list(&m, p, 0), vec![2]);
+    assert_eq!(s.verdicts.corrections(), 0, "{:?}", s.verdicts);
+}
+
+/// An add queued before the dump's first reply (stamped older: confirmed by the dump),
+/// of a key the chunk read before the add: it survives the prune.
+#[test]
+fn an_add_the_chunk_read_too_early_survives_the_prune() {
+    let mut m = Mirror::new();
+    m.apply(with(route("10.1.0.0/16", 0, 2), ADD));
+    let mut s = v4_scan(&mut m);
+    m.apply_stamped(
+        with(route("10.9.0.0/24", 0, 3), ADD),
+        s.generation.wrapping_sub(1),
+    );
+    v4_dump(&mut m, &mut s, &[route("10.1.0.0/16", 0, 2)]);
+    m.dump_ended(&mut s);
+    m.prune(&mut s);
+    assert_eq!(list(&m, "10.9.0.0/24", 0), vec![3]);
+    assert_eq!(s.verdicts.corrections(), 0, "{:?}", s.verdicts);
+}
+
+/// The window does not hide a wrong mirror: a dumped list the key never went through is
+/// a correction, made with the window's events applied on top of it.
+#[test]
+fn a_list_the_key_never_went_through_is_corrected() {
+    let p = "10.9.0.0/24";
+    let mut m = Mirror::new();
+    m.apply(with(route(p, 0, 2), ADD)); // the kernel has 5 instead (an event was lost)
+    let mut s = v4_scan(&mut m);
+    m.apply(with(route(p, 0, 3), APPEND));
+    v4_dump(&mut m, &mut s, &[route(p, 0, 5), route(p, 0, 3)]);
+    m.dump_ended(&mut s);
+    m.prune(&mut s);
+    assert_eq!(list(&m, p, 0), vec![5, 3]);
+    assert!(s.verdicts.corrections() > 0, "{:?}", s.verdicts);
+}
