@@ -5,13 +5,14 @@
 #   2. bench/floor.c, the kernel's floor (prebuilt messages, 256 KiB per sendmsg);
 #   3. the daemon copying namespace A's main into B/200 (empty): the copy's first pass
 #      from both mirrors synced to every route written and confirmed, its rate, and
-#      the daemon's CPU per installed route;
+#      the daemon's CPU per installed route; then the floor again into B while the
+#      daemon mirrors B (a copy's target is always mirrored: its floor);
 #   4. lag: A's main flushed (the copy removes 1M routes), then the floor loads the 1M
 #      routes into A at the kernel's full rate while the copy follows: the copy's lag
 #      histogram (source change seen -> write acknowledged, p50/p99/max) and how long
 #      the target trailed the source's last route;
-#   5. repair: foreign deletes in B/200, time until the copy put each back (polled
-#      with `ip route get` every 1 ms).
+#   5. repair: foreign deletes in B/200, time from sending the delete to the kernel's
+#      notification of the copy's re-add (netlink in B, no polling).
 # Run under `flock /work/locks/heavy` on a shared machine. Usage: bench/copy.sh [RUNS]
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +46,15 @@ BASE_ARGS=("${DAEMON_ARGS[@]}")
 TCK=$(getconf CLK_TCK)
 
 copy_json() { cli copies --json 2>/dev/null; }
+# flush_table NS TABLE [ip route selectors...]: `ip route flush` gives up after a while
+# on a loaded machine (1M routes): again until empty.
+flush_table() {
+    local ns=$1 t=$2
+    shift 2
+    until [ -z "$(ip -n "$ns" route show table "$t" "$@" | head -1)" ]; do
+        ip -n "$ns" route flush table "$t" "$@" >/dev/null 2>&1 || true
+    done
+}
 # Events lost by either mirror so far (each forces a resync): warnings in the daemon log.
 losses() { grep -c -E "events were lost|ring lost notifications|dump stalled" "$WORK/daemon.log" || true; }
 copy_field() { # copy_field PYEXPR (on the first copy as `c`)
@@ -59,12 +69,12 @@ for run in $(seq "$RUNS"); do
     # 1. ip -batch
     t0=$(now); ip -n "$B" -batch "$WORK/ipbatch.txt" >/dev/null; t1=$(now)
     IPB=$(elapsed "$t0" "$t1")
-    ip -n "$B" route flush table 300
+    flush_table "$B" 300
     log "ip -batch: ${IPB}s"
 
     # 2. floor
     FLOOR_JSON=$(ip netns exec "$B" "$FLOOR" -t 301 "$ROUTES_TXT")
-    ip -n "$B" route flush table 301
+    flush_table "$B" 301
     log "floor: $FLOOR_JSON"
 
     # 3. the copy, into an empty B/200
@@ -81,13 +91,16 @@ for run in $(seq "$RUNS"); do
     log "losses so far: $(losses)"
     log "copy: ${COPY_MS} ms, installed $INSTALLED, copy thread ${COPY_CPU}s CPU, daemon ${DAEMON_CPU}s CPU (incl. both initial syncs)"
 
+    # 3b. the floor into B while the daemon mirrors B, as a copy's target always is
+    # (that is how foreign changes are seen): every route also goes to B's mirror.
+    FLOOR_M_JSON=$(ip netns exec "$B" "$FLOOR" -t 301 "$ROUTES_TXT")
+    flush_table "$B" 301
+    log "floor into the mirrored B: $FLOOR_M_JSON"
+
     # 4. lag: flush the source (the copy removes everything), then a full-rate load.
     cpu0=$(cpu_ticks "$DAEMON_PID"); ccpu0=$COPY_CPU
     t0=$(now)
-    # `ip route flush` gives up after a while on a loaded machine: again until empty.
-    until [ -z "$(ip -n "$A" route show table main proto 3 | head -1)" ]; do
-        ip -n "$A" route flush table main proto 3 >/dev/null 2>&1 || true
-    done
+    flush_table "$A" main proto 3
     FLUSH_S=$(elapsed "$t0" "$(now)")
     until_copy 'c["installed"] <= 1000 and c["pending"] == 0'
     REMOVE_S=$(elapsed "$t0" "$(now)")
@@ -113,41 +126,98 @@ for run in $(seq "$RUNS"); do
     log "losses so far: $(losses) (log restarted with the daemon: cumulative)"
     log "full-rate load: $LOAD_JSON; target done ${TRAIL}s after the load; lag $LAG; daemon CPU ${LOAD_CPU}s (copy thread ${LOAD_COPY_CPU}s)"
 
-    # 5. repair of foreign deletes
-    REPAIRS=$(python3 - "$B" <<'EOF'
-import subprocess, sys, time
-ns = sys.argv[1]
-out = subprocess.run(["ip", "-n", ns, "route", "show", "table", "200", "proto", "240"],
+    # 5. repair of foreign deletes: from just before the RTM_DELROUTE is sent until the
+    # kernel's notification of the copy's re-add is read, on a netlink socket subscribed
+    # in B (a poll with `ip route show PREFIX` cannot time it: it dumps the whole
+    # 1M-route table, 1-7 s per poll depending on the machine's load).
+    REPAIRS=$(ip netns exec "$B" python3 - <<'EOF'
+import select, socket, struct, subprocess, time
+TABLE, COUNT = 200, 10
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+s.bind((0, 0x40))  # RTMGRP_IPV4_ROUTE
+out = subprocess.run(["ip", "route", "show", "table", str(TABLE), "proto", "240"],
                      capture_output=True, text=True).stdout.splitlines()
-# single-path routes only (a multipath route's hops are continuation lines)
-prefixes = [l.split()[0] for l in out if l[:1].isdigit() and " via " in l][:20:2]
+# single-path routes only (a multipath route's hops are continuation lines), spread out
+single = [l.split()[0] for l in out if l[:1].isdigit() and " via " in l]
+prefixes = single[:: max(1, len(single) // COUNT)][:COUNT]
+
+def events(buf):
+    """(type, dst, table) of each RTM_NEWROUTE/RTM_DELROUTE in a datagram."""
+    off = 0
+    while off + 16 <= len(buf):
+        ln, ty = struct.unpack_from("IH", buf, off)
+        if ln < 16:
+            break
+        if ty in (24, 25):
+            dlen, table = buf[off + 17], buf[off + 20]
+            a, dst = off + 28, None
+            while a + 4 <= off + ln:
+                al, at = struct.unpack_from("HH", buf, a)
+                if al < 4:
+                    break
+                if at == 1:
+                    dst = socket.inet_ntop(socket.AF_INET, buf[a + 4:a + 8]) + "/" + str(dlen)
+                elif at == 15:
+                    table = struct.unpack_from("I", buf, a + 4)[0]
+                a += (al + 3) & ~3
+            yield ty, dst, table
+        off += (ln + 3) & ~3
+
+def delete(p):
+    """RTM_DELROUTE of p from TABLE, sent on its own socket; returns once the kernel
+    has deleted it (its ACK)."""
+    addr, plen = p.split("/")
+    rta_dst = struct.pack("HH", 8, 1) + socket.inet_aton(addr)
+    rta_table = struct.pack("HHI", 8, 15, TABLE)
+    body = struct.pack("BBBBBBBBI", socket.AF_INET, int(plen), 0, 0, 0, 0, 0, 0, 0) + rta_dst + rta_table
+    hdr = struct.pack("IHHII", 16 + len(body), 25, 0x1 | 0x4, 1, 0)  # REQUEST | ACK
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as w:
+        w.send(hdr + body)
+        ack = w.recv(65536)
+    err = struct.unpack_from("i", ack, 16)[0]
+    assert err == 0, f"delete {p}: errno {-err}"
+
 times = []
 for p in prefixes:
-    subprocess.run(["ip", "-n", ns, "route", "del", p, "table", "200"], check=True)
-    t = time.monotonic()
-    while subprocess.run(["ip", "-n", ns, "route", "show", p, "table", "200"],
-                         capture_output=True, text=True).stdout == "":
-        time.sleep(0.001)
-    times.append((time.monotonic() - t) * 1000)
+    p = p if "/" in p else p + "/32"
+    t_del = time.monotonic()  # from just before the delete: an upper bound
+    delete(p)
+    t_new = None
+    deadline = t_del + 30
+    while t_new is None and time.monotonic() < deadline:
+        if not select.select([s], [], [], 0.5)[0]:
+            continue
+        buf = s.recv(1 << 20)
+        t = time.monotonic()
+        for ty, dst, table in events(buf):
+            if dst == p and table == TABLE and ty == 24:
+                t_new = t
+    if t_new is not None:
+        times.append((t_new - t_del) * 1000)
+    time.sleep(0.2)
 times.sort()
-print(f"{len(times)} repairs: median {times[len(times)//2]:.1f} ms, max {times[-1]:.1f} ms")
+lost = len(prefixes) - len(times)
+print(f"{len(times)} repairs (delete sent to the re-add's notification read): median {times[len(times)//2]:.1f} ms,"
+      f" max {times[-1]:.1f} ms" + (f"; {lost} not repaired within 30 s" if lost else ""))
 EOF
 )
     log "$REPAIRS"
     stop_daemon
     ns_delete "$A"; ns_delete "$B"; NS=""; B=""
 
-    python3 - "$N" "$IPB" "$FLOOR_JSON" "$COPY_MS" "$INSTALLED" "$COPY_CPU" "$LOAD_CPU" "$LOAD_COPY_CPU" "$TRAIL" "$LAG" "$REPAIRS" "$REMOVE_S" "$REMOVE_CPU" "$LOAD_JSON" "$FLUSH_S" <<'EOF'
+    python3 - "$N" "$IPB" "$FLOOR_JSON" "$COPY_MS" "$INSTALLED" "$COPY_CPU" "$LOAD_CPU" "$LOAD_COPY_CPU" "$TRAIL" "$LAG" "$REPAIRS" "$REMOVE_S" "$REMOVE_CPU" "$LOAD_JSON" "$FLUSH_S" "$FLOOR_M_JSON" <<'EOF'
 import json, sys
-n, ipb, floor, copy_ms, inst, ccpu, lcpu, lccpu, trail, lag, rep, rm_s, rm_cpu, load, flush_s = sys.argv[1:]
-load = json.loads(load)
+n, ipb, floor, copy_ms, inst, ccpu, lcpu, lccpu, trail, lag, rep, rm_s, rm_cpu, load, flush_s, floor_m = sys.argv[1:]
+load = json.loads(load); floor_m = json.loads(floor_m)
 n = int(n); ipb = float(ipb); floor = json.loads(floor); copy_s = float(copy_ms) / 1000
 lag = json.loads(lag)
 print(f"| writer ({n:,} IPv4 routes into an empty table) | time | routes/s | vs ip -batch | vs floor rate |")
 print("|---|---:|---:|---:|---:|")
 print(f"| ip -batch | {ipb:.1f} s | {n/ipb:,.0f} | 1.00 | {n/ipb/floor['rate']:.2f} |")
 print(f"| bench/floor.c | {floor['seconds']:.1f} s | {floor['rate']:,.0f} | {floor['seconds']/ipb:.2f} | 1.00 |")
-print(f"| route-mirror copy (first pass) | {copy_s:.1f} s | {n/copy_s:,.0f} | {copy_s/ipb:.2f} | {n/copy_s/floor['rate']:.2f} |")
+print(f"| bench/floor.c into the mirrored target (B, while the daemon mirrors it) | {floor_m['seconds']:.1f} s | {floor_m['rate']:,.0f} | {floor_m['seconds']/ipb:.2f} | {floor_m['rate']/floor['rate']:.2f} |")
+print(f"| route-mirror copy (first pass) | {copy_s:.1f} s | {n/copy_s:,.0f} | {copy_s/ipb:.2f} | {n/copy_s/floor['rate']:.2f} ({n/copy_s/floor_m['rate']:.2f} of the mirrored floor) |")
 print()
 print(f"copy thread CPU for the first pass: {float(ccpu):.1f} s = {float(ccpu)/int(inst)*1e6:.2f} us per installed route")
 print(f"source flushed (`ip route flush`, {float(flush_s):.1f} s): the copy's target empty {float(rm_s):.1f} s after the flush began (daemon CPU {float(rm_cpu):.1f} s)")

@@ -335,6 +335,31 @@ pub struct WatchRecord {
     /// A policy rule added or removed: its family and `ip rule` line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// `op` is `copy`: what a copy (or declared route set) did to a kernel table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyEvent>,
+}
+
+/// One write of a copy into its target table, as `route-mirror watch` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyEvent {
+    /// The copy's name.
+    pub name: String,
+    /// The namespace written (`None`: the daemon's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    pub table: u32,
+    pub prefix: IpNet,
+    pub metric: u32,
+    /// `installed`, `replaced`, `removed`, `reinstalled`, `failed` (the kernel refused:
+    /// `error` says why; retried with backoff) or `unknown` (the outcome was lost:
+    /// checked again).
+    pub verdict: String,
+    /// It undid someone else's delete or replace of a route of the copy.
+    #[serde(default)]
+    pub repair: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 pub fn format_watch(w: &WatchRecord) -> String {
@@ -349,6 +374,25 @@ pub fn format_watch(w: &WatchRecord) -> String {
     };
     let what = match (&w.route, &w.note) {
         _ if w.rule.is_some() => format!("rule {}", w.rule.as_deref().unwrap_or_default()),
+        _ if w.copy.is_some() => {
+            let c = w.copy.as_ref().expect("checked");
+            let mut s = format!(
+                "copy {}: {}{} {} metric {} table {}",
+                c.name,
+                c.verdict,
+                if c.repair { " (repair)" } else { "" },
+                c.prefix,
+                c.metric,
+                c.table
+            );
+            if let Some(ns) = &c.netns {
+                let _ = write!(s, " netns {ns}");
+            }
+            if let Some(e) = &c.error {
+                let _ = write!(s, ": {e}");
+            }
+            s
+        }
         (Some(r), _) => format_route(r, true)
             .replace(" \n\t", " ")
             .replace('\n', " "),

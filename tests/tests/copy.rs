@@ -235,6 +235,7 @@ fn copies_into_another_namespace_and_the_same_one_stay_exact_through_churn_and_a
 fn foreign_deletes_and_replaces_are_repaired_and_aliens_left_alone() {
     let a = Netns::new();
     let b = Netns::new();
+    let tmp = TempDir::new("copy-repair").unwrap();
     add_via_veth1(&a, 20);
     // Aliens in the target: one at a key the copy wants, one elsewhere.
     b.ip(&[
@@ -280,13 +281,15 @@ fn foreign_deletes_and_replaces_are_repaired_and_aliens_left_alone() {
     assert_eq!(v["missing"][0]["reason"], "exists", "{v}");
 
     // A foreign delete, then a foreign replace of a route of ours: repaired at once.
-    let mut repair_ms = Vec::new();
+    // Timed by the kernel's own notifications (`ip -ts monitor`: the foreign change's
+    // and the repair's), so the test's polling does not count.
+    let mon = Monitor::start_timestamped(&b, tmp.path());
+    let watch = WatchFile::start(&d, tmp.path());
+    let mut prefixes = Vec::new();
     for round in 0..3 {
         let p = format!("100.64.{}.0/24", 10 + round);
         b.ip(&["route", "del", &p, "table", "200"]);
-        let t = Instant::now();
         poll(Duration::from_secs(5), || route(&b, &p, "200")).expect("deleted route repaired");
-        repair_ms.push(t.elapsed().as_millis());
         b.ip(&[
             "route",
             "replace",
@@ -298,18 +301,58 @@ fn foreign_deletes_and_replaces_are_repaired_and_aliens_left_alone() {
             "table",
             "200",
         ]);
-        let t = Instant::now();
         poll(Duration::from_secs(5), || {
             route(&b, &p, "200").filter(|r| r["gateway"] == "198.18.1.2" && r["protocol"] == PROTO)
         })
         .expect("replaced route repaired");
-        repair_ms.push(t.elapsed().as_millis());
+        prefixes.push(p);
     }
-    repair_ms.sort();
-    eprintln!("repair times (ms, incl. ip polling every 50 ms): {repair_ms:?}");
-    // Speed belongs to benchmarks (bench/copy.sh measures it without polling); here:
-    // repaired at once, not at the next scan (60 s).
-    assert!(repair_ms[repair_ms.len() / 2] < 1000, "{repair_ms:?}");
+    let log = mon.stop();
+    let mut repair_ms: Vec<f64> = prefixes
+        .iter()
+        .flat_map(|p| repair_delays(&log, p))
+        .collect();
+    assert_eq!(
+        repair_ms.len(),
+        6,
+        "3 deletes and 3 replaces repaired:\n{log}"
+    );
+    repair_ms.sort_by(f64::total_cmp);
+    eprintln!("repair times (ms, kernel notification to notification): {repair_ms:?}");
+    // Speed belongs to benchmarks (bench/copy.sh at 1M routes); here a bound a loaded
+    // CI machine meets while a repair that waits for a timer (a settle or count tick of
+    // a second, or the next scan) fails it.
+    assert!(repair_ms[repair_ms.len() / 2] < 250.0, "{repair_ms:?}");
+    assert!(repair_ms[repair_ms.len() - 1] < 900.0, "{repair_ms:?}");
+    // `watch` on the source's daemon showed each repair as a copy event.
+    let events = poll(Duration::from_secs(10), || {
+        let ev: Vec<Value> = watch
+            .records()
+            .into_iter()
+            .filter(|r| r["op"] == "copy" && r["copy"]["repair"] == true)
+            .collect();
+        (ev.len() >= 6).then_some(ev)
+    })
+    .unwrap_or_else(|| panic!("repairs in watch: {:#?}", watch.records()));
+    for p in &prefixes {
+        let of = |verdict: &str| {
+            events
+                .iter()
+                .filter(|r| r["copy"]["prefix"] == p.as_str() && r["copy"]["verdict"] == verdict)
+                .count()
+        };
+        assert_eq!(
+            (of("reinstalled"), of("replaced")),
+            (1, 1),
+            "{p}: {events:#?}"
+        );
+    }
+    let e = &events[0]["copy"];
+    assert_eq!(
+        (e["name"].as_str(), e["netns"].as_str(), e["table"].as_u64()),
+        (Some(name.as_str()), Some(b.name()), Some(200)),
+        "{e}"
+    );
     // diff --copy waits for the copy to settle (its counters are then current).
     let (_, v) = diff_copy(&d, &name);
     assert_eq!(v["missing_count"], 1, "only the alien's key: {v}");
@@ -364,8 +407,18 @@ struct Monitor {
 
 impl Monitor {
     fn start(ns: &Netns, dir: &Path) -> Monitor {
+        Monitor::spawn(ns, dir, &[])
+    }
+
+    /// Each line starts with the time the notification was read (`[2026-...T07:18:39.400019]`).
+    fn start_timestamped(ns: &Netns, dir: &Path) -> Monitor {
+        Monitor::spawn(ns, dir, &["-ts"])
+    }
+
+    fn spawn(ns: &Netns, dir: &Path, opts: &[&str]) -> Monitor {
         let out = dir.join("monitor.txt");
         let child = Command::new("ip")
+            .args(opts)
             .args(["-n", ns.name(), "monitor", "route"])
             .stdout(fs::File::create(&out).unwrap())
             .stderr(Stdio::null())
@@ -388,6 +441,100 @@ impl Drop for Monitor {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `route-mirror watch --json` into a file.
+struct WatchFile {
+    child: Child,
+    out: std::path::PathBuf,
+}
+
+impl WatchFile {
+    fn start(d: &Daemon, dir: &Path) -> WatchFile {
+        let out = dir.join("watch.json");
+        let child = Command::new(route_mirror_tests::daemon_bin())
+            .arg("--socket")
+            .arg(d.socket())
+            .args(["watch", "--json"])
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("route-mirror watch");
+        poll(Duration::from_secs(5), || {
+            (d.stats()["watchers"].as_u64() >= Some(1)).then_some(())
+        })
+        .expect("watcher subscribed");
+        WatchFile { child, out }
+    }
+
+    /// The records so far (one JSON object a line).
+    fn records(&self) -> Vec<Value> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for WatchFile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seconds of the day of an `ip -ts monitor` line's stamp, and the rest of the line.
+fn stamped(line: &str) -> Option<(f64, &str)> {
+    let (stamp, rest) = line.strip_prefix('[')?.split_once("] ")?;
+    let (_, time) = stamp.split_once('T')?;
+    let mut secs = 0.0;
+    for part in time.split(':') {
+        secs = secs * 60.0 + part.parse::<f64>().ok()?;
+    }
+    Some((secs, rest))
+}
+
+/// From a timestamped monitor log: for every change of `prefix` by someone else (a
+/// delete, or a route of another protocol), the ms until our route was back.
+fn repair_delays(log: &str, prefix: &str) -> Vec<f64> {
+    let ours = |l: &str| {
+        !l.starts_with("Deleted")
+            && (l.contains(" proto 240 ") || l.contains(" proto route-mirror "))
+    };
+    let mut out = Vec::new();
+    let mut foreign_at = None;
+    for (t, l) in log.lines().filter_map(stamped) {
+        if l.trim_start_matches("Deleted ").split(' ').next() != Some(prefix) {
+            continue;
+        }
+        match (ours(l), foreign_at) {
+            (true, Some(t0)) => {
+                out.push((t - t0) * 1000.0);
+                foreign_at = None;
+            }
+            (false, None) => foreign_at = Some(t),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn repair_delays_pair_foreign_changes_with_our_route_coming_back() {
+    let log = "[2026-12-05T07:18:39.400019] 10.1.0.0/24 via 198.18.1.2 dev veth1 table 200 proto 240 \n\
+               [2026-12-05T07:18:39.500000] Deleted 10.1.0.0/24 via 198.18.1.2 dev veth1 table 200 proto 240 \n\
+               [2026-12-05T07:18:39.500100] 10.2.0.0/24 via 198.18.1.2 dev veth1 table 200 proto 240 \n\
+               [2026-12-05T07:18:39.512500] 10.1.0.0/24 via 198.18.1.2 dev veth1 table 200 proto 240 \n\
+               [2026-12-05T07:18:59.999000] 10.1.0.0/24 via 198.18.2.2 dev veth2 table 200 proto boot \n\
+               [2026-12-05T07:19:00.001000] 10.1.0.0/24 via 198.18.1.2 dev veth1 table 200 proto 240 \n";
+    let d = repair_delays(log, "10.1.0.0/24");
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(
+        (d[0] - 12.5).abs() < 0.01 && (d[1] - 2.0).abs() < 0.01,
+        "{d:?}"
+    );
+    assert!(repair_delays(log, "10.2.0.0/24").is_empty());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! (every route, for a table the copy owns). A wanted route the target lacks is shown
 //! with the reason it was refused, if the copy recorded one.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
@@ -149,7 +149,7 @@ pub fn compare(
             }
         }
     }
-    let links: HashMap<&str, u32> = tgt
+    let links: rustc_hash::FxHashMap<&str, u32> = tgt
         .links
         .values()
         .map(|l| (l.value.name.as_str(), l.value.ifindex))

@@ -7,7 +7,7 @@
 //! it finds: a restart neither flushes nor reinstalls), then follows changes at once,
 //! and makes a full pass again after every scan of either mirror.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -22,14 +23,15 @@ use super::spec::{Job, Producer};
 use super::status::{
     Bell, JobStatus, LagStats, Mirrored, Msg, Refused, Registry, ThreadCtl, REFUSED_LIST,
 };
-use super::sync::{Origin, Pass, Planned, TargetSync};
+use super::sync::{Origin, Pass, Planned, TargetSync, Verdict};
 use super::want::Want;
 use crate::export::change::DeltaOp;
 use crate::export::feed::{Feed, Update};
 use crate::fib::Entry;
 use crate::mirror::Mirror;
 use crate::model::Family;
-use crate::writer::{Outcome, Writer, DEFAULT_BATCH_BYTES};
+use crate::view::{CopyEvent, WatchRecord};
+use crate::writer::{Outcome, RouteOp, Writer, DEFAULT_BATCH_BYTES};
 
 /// Prefixes planned per job per round (a round is one commit: ~2,000-4,000 routes).
 const ROUND: usize = 4096;
@@ -51,9 +53,15 @@ struct JobState {
     sync: TargetSync,
     status: JobStatus,
     /// Declared routes by prefix.
-    declared: HashMap<IpNet, Vec<Want>>,
+    declared: FxHashMap<IpNet, Vec<Want>>,
     /// When the first pass started.
     first_pass: Option<Instant>,
+    /// Routes of ours in the target, kept up to date from the target's changes; `None`
+    /// when a change could not tell (a replace does not say whose route it replaced):
+    /// then counted again, at most every [`COUNT_EVERY`]. Counting walks the whole
+    /// table under the target mirror's read lock, which holds back its core (and the
+    /// foreign deletes we are to repair) for as long as the walk takes.
+    count: Option<u64>,
 }
 
 impl JobState {
@@ -65,6 +73,7 @@ impl JobState {
             declared,
             job,
             first_pass: None,
+            count: None,
         }
     }
 
@@ -207,6 +216,41 @@ pub fn start(
         handles.push(h);
     }
     Ok(handles)
+}
+
+/// What `route-mirror watch` shows of one write's outcome (nothing for the delete half
+/// of a delete-and-add replace).
+fn copy_event(job: &Job, netns: Option<&String>, p: &Planned, o: &Outcome) -> Option<CopyEvent> {
+    let verdict = match (o, p.verdict) {
+        (Outcome::Done, _) if p.op == RouteOp::Delete && p.verdict != Verdict::Removed => {
+            return None
+        }
+        (Outcome::Done, Verdict::Installed) => "installed",
+        (Outcome::Done, Verdict::Replaced) => "replaced",
+        (Outcome::Done, Verdict::Removed) => "removed",
+        (Outcome::Done, Verdict::Reinstalled) => "reinstalled",
+        // Deleting what is already gone is done (see `TargetSync::outcome`).
+        (Outcome::Failed(e), _)
+            if p.op == RouteOp::Delete && matches!(e.errno, libc::ESRCH | libc::ENOENT) =>
+        {
+            return None
+        }
+        (Outcome::Failed(_), _) => "failed",
+        (Outcome::Unknown, _) => "unknown",
+    };
+    Some(CopyEvent {
+        name: job.name.clone(),
+        netns: netns.cloned(),
+        table: p.key.table,
+        prefix: p.dst,
+        metric: p.key.sub.priority,
+        verdict: verdict.into(),
+        repair: p.repair,
+        error: match o {
+            Outcome::Failed(e) => Some(e.to_string()),
+            _ => None,
+        },
+    })
 }
 
 fn now_ms() -> u64 {
@@ -358,7 +402,7 @@ impl Runner {
             }
             Producer::Declared(_) => dsts.extend(j.declared.keys().copied()),
         }
-        let seen: HashSet<IpNet> = dsts.iter().copied().collect();
+        let seen: FxHashSet<IpNet> = dsts.iter().copied().collect();
         {
             let tm = self.nss[self.ns(&j.job.to.netns)].m.mirror.clone();
             let m = tm.read().expect("mirror lock");
@@ -468,14 +512,27 @@ impl Runner {
                                     }
                                 }
                                 if to == Some(d.table) {
-                                    let ours_deleted = d.op == DeltaOp::Delete
-                                        && d.entry.attrs.protocol == self.protocol;
+                                    let ours = d.entry.attrs.protocol == self.protocol;
+                                    match (d.op, &mut job.count) {
+                                        (_, None) => {}
+                                        (DeltaOp::Add, Some(c)) if ours => *c += 1,
+                                        (DeltaOp::Delete, Some(c)) if ours => {
+                                            *c = c.saturating_sub(1)
+                                        }
+                                        (DeltaOp::Replace, _) => job.count = None,
+                                        _ => {}
+                                    }
+                                    let ours_deleted = d.op == DeltaOp::Delete && ours;
                                     let o = job.sync.target_changed(
                                         d.dst,
                                         Origin::Unknown,
                                         ours_deleted,
                                     );
-                                    tracing::trace!(dst = %d.dst, op = ?d.op, cause = ?d.cause, origin = ?o, "target change");
+                                    if o == Origin::Foreign {
+                                        tracing::debug!(dst = %d.dst, op = ?d.op, cause = ?d.cause, since_ms = now_ms().saturating_sub(b.time_unix_ms), "copies: foreign change in the target");
+                                    } else {
+                                        tracing::trace!(dst = %d.dst, op = ?d.op, cause = ?d.cause, origin = ?o, "target change");
+                                    }
                                 }
                             }
                             if let Some((t, filter)) = from.filter(|_| b.nexthops_changed) {
@@ -506,6 +563,9 @@ impl Runner {
                             netns = name.as_deref().unwrap_or("(own)"),
                             "copies fell behind a mirror: full pass"
                         );
+                        for j in self.jobs.iter_mut().filter(|j| j.job.to.netns == name) {
+                            j.count = None;
+                        }
                         self.pass_for(&name);
                     }
                     Update::ResyncStart { .. } | Update::ResyncDone { .. } | Update::Synced => {}
@@ -618,7 +678,7 @@ impl Runner {
         let tmirror = self.nss[t].m.mirror.clone();
         {
             let tm = tmirror.read().expect("mirror lock");
-            let links: HashMap<&str, u32> = tm
+            let links: FxHashMap<&str, u32> = tm
                 .links
                 .values()
                 .map(|l| (l.value.name.as_str(), l.value.ifindex))
@@ -637,6 +697,9 @@ impl Runner {
                 let src: &Mirror = src_guard.as_deref().unwrap_or(&tm);
                 let j = &mut self.jobs[i];
                 for (dst, why, at) in ready {
+                    if why.foreign {
+                        tracing::debug!(%dst, "copies: planning a repair");
+                    }
                     let wanted = j
                         .job
                         .wanted_at(&j.declared, dst, src, &links, self.protocol);
@@ -665,9 +728,51 @@ impl Runner {
                 }
                 self.jobs[*i].sync.outcome(p, o, now, ms);
             }
+            self.watch_events(&plans, ms);
         }
         self.finish_first_passes();
         any_ready
+    }
+
+    /// Shows the round's outcomes to `route-mirror watch` clients of the target's
+    /// namespace and of the job's source namespace (built only while someone watches).
+    fn watch_events(&self, plans: &[(usize, Planned)], ms: u64) {
+        let t = self.ns(&self.target);
+        let mut hubs: Vec<(usize, Vec<&crate::export::hub::Hub>)> = Vec::new();
+        for (i, j) in self.jobs.iter().enumerate() {
+            let mut hs = vec![&self.nss[t].m.hub];
+            if let Some(src) = j.source_ns().filter(|ns| **ns != self.target) {
+                hs.push(&self.nss[self.ns(src)].m.hub);
+            }
+            hs.retain(|h| h.watchers() > 0);
+            if !hs.is_empty() {
+                hubs.push((i, hs));
+            }
+        }
+        if hubs.is_empty() {
+            return;
+        }
+        for ((i, p), (_, o)) in plans.iter().zip(self.outcomes.iter()) {
+            let Some((_, hs)) = hubs.iter().find(|(j, _)| j == i) else {
+                continue;
+            };
+            let Some(ev) = copy_event(&self.jobs[*i].job, self.target.as_ref(), p, o) else {
+                continue;
+            };
+            let rec = Arc::new(WatchRecord {
+                time_unix_ms: ms,
+                op: "copy".into(),
+                cause: None,
+                source: "copy".into(),
+                route: None,
+                note: None,
+                rule: None,
+                copy: Some(ev),
+            });
+            for h in hs {
+                h.watch_send(rec.clone());
+            }
+        }
     }
 
     fn finish_first_passes(&mut self) {
@@ -718,25 +823,38 @@ impl Runner {
             return;
         }
         self.last_publish = Instant::now();
-        let count = self.started && self.last_count.elapsed() >= COUNT_EVERY || now;
-        let installed: Vec<u64> = if count {
+        let stale = self.jobs.iter().any(|j| j.count.is_none());
+        if self.started && stale && (now || self.last_count.elapsed() >= COUNT_EVERY) {
             self.last_count = Instant::now();
             let t = self.ns(&self.target);
             let m = self.nss[t].m.mirror.read().expect("mirror lock");
-            self.jobs
-                .iter()
-                .map(|j| {
+            // Exact only with no change of the target queued for us (those are in the
+            // mirror already and would count twice); the lock keeps the queue still.
+            let queued = self.nss[t].feed.as_ref().map_or(0, |f| f.stats().queued);
+            for j in self
+                .jobs
+                .iter_mut()
+                .filter(|j| j.count.is_none() && queued == 0)
+            {
+                j.count = Some(
                     Family::ALL
                         .iter()
                         .filter_map(|f| m.fib.table(*f, j.job.to.table))
                         .flat_map(|rt| rt.iter())
                         .filter(|(_, e)| e.attrs.protocol == self.protocol)
-                        .count() as u64
-                })
-                .collect()
-        } else {
-            self.jobs.iter().map(|j| j.status.installed).collect()
-        };
+                        .count() as u64,
+                );
+            }
+            tracing::debug!(
+                ms = self.last_count.elapsed().as_secs_f64() * 1000.0,
+                "copies: routes of ours counted"
+            );
+        }
+        let installed: Vec<u64> = self
+            .jobs
+            .iter()
+            .map(|j| j.count.unwrap_or(j.status.installed))
+            .collect();
         let cpu = thread_cpu_s();
         let now_i = Instant::now();
         let mut reg = self.registry.jobs.lock().expect("copy status");

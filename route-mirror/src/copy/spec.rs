@@ -3,11 +3,12 @@
 //! `[[routes]]`, `--copy`, `--routes`) are [`crate::config`]'s: the configuration
 //! stays below copy/, which reads it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use super::filter::{Filter, PrefixRange, Rewrite};
@@ -97,8 +98,8 @@ impl Job {
     }
 
     /// Declared routes by prefix (empty for a copy).
-    pub fn declared_index(&self) -> HashMap<IpNet, Vec<Want>> {
-        let mut m: HashMap<IpNet, Vec<Want>> = HashMap::new();
+    pub fn declared_index(&self) -> FxHashMap<IpNet, Vec<Want>> {
+        let mut m: FxHashMap<IpNet, Vec<Want>> = FxHashMap::default();
         if let Producer::Declared(ws) = &self.producer {
             for w in ws {
                 m.entry(w.dst).or_default().push(w.clone());
@@ -112,10 +113,10 @@ impl Job {
     /// rewritten, or the declared ones (`declared`: [`Job::declared_index`]).
     pub fn wanted_at(
         &self,
-        declared: &HashMap<IpNet, Vec<Want>>,
+        declared: &FxHashMap<IpNet, Vec<Want>>,
         dst: IpNet,
         src: &Mirror,
-        links: &HashMap<&str, u32>,
+        links: &FxHashMap<&str, u32>,
         protocol: u8,
     ) -> Vec<Wanted> {
         let resolve = |w: &Want| {

@@ -13,10 +13,11 @@
 //! mirror state would be stale). Only routes of the copy's protocol are ever replaced or
 //! deleted, unless the copy owns the table.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::want::MissingDevice;
@@ -195,6 +196,8 @@ pub struct Planned {
     /// For a delete: the route deleted (its protocol is named in the request).
     pub attrs: RouteAttrs,
     pub verdict: Verdict,
+    /// It undoes someone else's change (a foreign delete or replace).
+    pub repair: bool,
 }
 
 /// What a successful write counts as.
@@ -225,12 +228,18 @@ pub struct TargetSync {
     pub table: u32,
     pub protocol: u8,
     pub owner: bool,
-    dirty: HashMap<IpNet, (Why, Option<u64>)>,
+    /// Prefixes to look at, why, and the oldest source change they serve.
+    dirty: FxHashMap<IpNet, (Why, Option<u64>)>,
+    /// The dirty prefixes in the order they became dirty (oldest first: under a load, a
+    /// change waits behind older ones only, not behind a hash order). A prefix taken
+    /// while busy leaves it and comes back to the front when it settles; entries no
+    /// longer dirty are skipped.
+    order: VecDeque<IpNet>,
     /// A full pass still to go through (kept apart: a million prefixes).
     pass: VecDeque<IpNet>,
     pass_kind: Option<Pass>,
-    busy: HashMap<IpNet, Busy>,
-    failures: HashMap<FailKey, Failure>,
+    busy: FxHashMap<IpNet, Busy>,
+    failures: FxHashMap<FailKey, Failure>,
     pub counters: SyncCounters,
     /// Source-change-to-write-acknowledged delays, in ms.
     pub lag: LagHistogram,
@@ -244,11 +253,12 @@ impl TargetSync {
             table,
             protocol,
             owner,
-            dirty: HashMap::new(),
+            dirty: FxHashMap::default(),
+            order: VecDeque::new(),
             pass: VecDeque::new(),
             pass_kind: None,
-            busy: HashMap::new(),
-            failures: HashMap::new(),
+            busy: FxHashMap::default(),
+            failures: FxHashMap::default(),
             counters: SyncCounters::default(),
             lag: LagHistogram::default(),
             synced: false,
@@ -256,7 +266,10 @@ impl TargetSync {
     }
 
     fn mark(&mut self, dst: IpNet, why: Why, at_ms: Option<u64>) {
-        let e = self.dirty.entry(dst).or_insert((Why::default(), None));
+        let e = self.dirty.entry(dst).or_insert_with(|| {
+            self.order.push_back(dst);
+            (Why::default(), None)
+        });
         e.0.merge(why);
         e.1 = match (e.1, at_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -332,8 +345,8 @@ impl TargetSync {
         }
     }
 
-    /// Up to `max` prefixes ready to plan now: dirty ones first, then the full pass.
-    /// Busy prefixes stay dirty until they settle.
+    /// Up to `max` prefixes ready to plan now: dirty ones first, oldest first, then the
+    /// full pass. Busy prefixes stay dirty until they settle.
     pub fn ready(&mut self, now: Instant, max: usize) -> Vec<(IpNet, Why, Option<u64>)> {
         let mut out = Vec::new();
         // Failures whose retry is due.
@@ -347,18 +360,20 @@ impl TargetSync {
         for d in due {
             self.mark(d, Why::default(), None);
         }
-        let take: Vec<IpNet> = self
-            .dirty
-            .keys()
-            .filter(|d| !self.busy.contains_key(d))
-            .take(max)
-            .copied()
-            .collect();
-        for d in take {
-            let (why, at) = self.dirty.remove(&d).expect("dirty prefix");
-            out.push((d, why, at));
+        let mut taken: FxHashSet<IpNet> = FxHashSet::default();
+        while out.len() < max {
+            let Some(d) = self.order.pop_front() else {
+                break;
+            };
+            // Busy: back in `order` when it settles (see `unbusy`).
+            if self.busy.contains_key(&d) {
+                continue;
+            }
+            if let Some((why, at)) = self.dirty.remove(&d) {
+                taken.insert(d);
+                out.push((d, why, at));
+            }
         }
-        let mut taken: std::collections::HashSet<IpNet> = out.iter().map(|o| o.0).collect();
         while out.len() < max {
             let Some(d) = self.pass.pop_front() else {
                 break;
@@ -423,6 +438,7 @@ impl TargetSync {
         }
         let mut dels = Vec::new();
         let mut writes = Vec::new();
+        let repair = why.foreign && !why.source && why.pass.is_none();
         let (pairs, matched) = pair_ours(current, wanted, |e| self.ours(e));
         for (w, pair) in wanted.iter().zip(pairs) {
             let (key, attrs) = match w {
@@ -480,7 +496,7 @@ impl TargetSync {
                     && e.tos() == key.sub.tos
                     && e.sub().src == key.sub.src
             });
-            let verdict = if why.foreign && !why.source && why.pass.is_none() {
+            let verdict = if repair {
                 if mine.is_some() || took_over {
                     self.counters.repaired_replaces += 1;
                     Verdict::Replaced
@@ -503,6 +519,7 @@ impl TargetSync {
                         key: *key,
                         attrs: (*current[i].attrs).clone(),
                         verdict,
+                        repair,
                     });
                     writes.push(Planned {
                         dst,
@@ -510,6 +527,7 @@ impl TargetSync {
                         key: *key,
                         attrs: attrs.clone(),
                         verdict,
+                        repair,
                     });
                 }
                 Some(_) => writes.push(Planned {
@@ -518,6 +536,7 @@ impl TargetSync {
                     key: *key,
                     attrs: attrs.clone(),
                     verdict,
+                    repair,
                 }),
                 None if took_over => writes.push(Planned {
                     dst,
@@ -525,6 +544,7 @@ impl TargetSync {
                     key: *key,
                     attrs: attrs.clone(),
                     verdict,
+                    repair,
                 }),
                 // An alien route at the key: not ours to replace, unless we own the
                 // table (then `mine` would have found it). The kernel's EEXIST is the
@@ -535,6 +555,7 @@ impl TargetSync {
                     key: *key,
                     attrs: attrs.clone(),
                     verdict,
+                    repair,
                 }),
             }
         }
@@ -551,6 +572,7 @@ impl TargetSync {
                     },
                     attrs: (*e.attrs).clone(),
                     verdict: Verdict::Removed,
+                    repair,
                 });
             }
         }
@@ -687,7 +709,15 @@ impl TargetSync {
             .get(&dst)
             .is_some_and(|b| b.in_flight == 0 && b.echoes == 0 && !b.uncertain)
         {
-            self.busy.remove(&dst);
+            self.unbusy(dst);
+        }
+    }
+
+    /// A prefix settles: if it became dirty meanwhile, it is next (it waited longest).
+    fn unbusy(&mut self, dst: IpNet) {
+        self.busy.remove(&dst);
+        if self.dirty.contains_key(&dst) {
+            self.order.push_front(dst);
         }
     }
 
@@ -707,7 +737,7 @@ impl TargetSync {
     pub fn settled(&mut self, dsts: &[IpNet]) {
         for d in dsts {
             if self.busy.get(d).is_some_and(|b| b.in_flight == 0) {
-                self.busy.remove(d);
+                self.unbusy(*d);
                 self.counters.settled_by_barrier += 1;
                 self.mark(*d, Why::default(), None);
             }
@@ -717,12 +747,16 @@ impl TargetSync {
     /// Forgets everything in flight (the target's mirror is resynced or the writer was
     /// replaced): the caller starts a full pass.
     pub fn reset_busy(&mut self) {
-        self.busy.clear();
+        let busy: Vec<IpNet> = self.busy.keys().copied().collect();
+        for d in busy {
+            self.unbusy(d);
+        }
     }
 }
 
-/// Delays in milliseconds, in buckets fine enough for p50/p99 (1 ms up to 100 ms,
-/// then 10 ms up to 1 s, then 1 s up to 60 s).
+/// Delays in milliseconds, in buckets fine enough for p50/p99 at every scale: 1 ms up to
+/// 100 ms, 10 ms up to 1 s, 100 ms up to 10 s, then 1 s up to 2 min (beyond: the last
+/// bucket, reported as the max).
 #[derive(Debug, Clone)]
 pub struct LagHistogram {
     buckets: Vec<u64>,
@@ -730,10 +764,18 @@ pub struct LagHistogram {
     pub max_ms: u64,
 }
 
+/// Bucket bounds: (from ms, bucket width ms, buckets).
+const LAG_BUCKETS: [(u64, u64, usize); 4] = [
+    (0, 1, 100),
+    (100, 10, 90),
+    (1000, 100, 90),
+    (10_000, 1000, 110),
+];
+
 impl Default for LagHistogram {
     fn default() -> Self {
         LagHistogram {
-            buckets: vec![0; 100 + 90 + 60],
+            buckets: vec![0; LAG_BUCKETS.iter().map(|b| b.2).sum()],
             count: 0,
             max_ms: 0,
         }
@@ -742,19 +784,26 @@ impl Default for LagHistogram {
 
 impl LagHistogram {
     fn bucket(ms: u64) -> usize {
-        match ms {
-            0..100 => ms as usize,
-            100..1000 => 100 + (ms as usize - 100) / 10,
-            _ => (190 + (ms as usize - 1000) / 1000).min(249),
+        let mut base = 0;
+        for (from, width, n) in LAG_BUCKETS {
+            if ms < from + width * n as u64 {
+                return base + ((ms - from) / width) as usize;
+            }
+            base += n;
         }
+        base - 1
     }
 
+    /// The upper bound of bucket `i`.
     fn upper(i: usize) -> u64 {
-        match i {
-            0..100 => i as u64 + 1,
-            100..190 => 100 + (i as u64 - 100 + 1) * 10,
-            _ => 1000 + (i as u64 - 190 + 1) * 1000,
+        let mut base = 0;
+        for (from, width, n) in LAG_BUCKETS {
+            if i < base + n {
+                return from + (i - base + 1) as u64 * width;
+            }
+            base += n;
         }
+        u64::MAX
     }
 
     pub fn record(&mut self, ms: u64) {
@@ -1169,5 +1218,44 @@ mod tests {
         assert_eq!(h.quantile(0.99), Some(2500));
         assert_eq!(h.max_ms, 2500);
         assert_eq!(LagHistogram::default().quantile(0.5), None);
+        // Above a second: 100 ms buckets up to 10 s, 1 s buckets up to 2 min.
+        let mut h = LagHistogram::default();
+        for ms in [1234, 1250, 1299, 1300, 17_400, 500_000] {
+            h.record(ms);
+        }
+        assert_eq!(h.quantile(0.5), Some(1300));
+        assert_eq!(h.quantile(0.8), Some(18_000));
+        assert_eq!(h.quantile(1.0), Some(500_000));
+        for ms in [0, 99, 100, 999, 1000, 9999, 10_000, 119_999, 120_000] {
+            let b = LagHistogram::bucket(ms);
+            assert!(LagHistogram::upper(b) > ms || b == LagHistogram::default().buckets.len() - 1);
+            assert!(b == 0 || LagHistogram::upper(b - 1) <= ms, "{ms}");
+        }
+    }
+
+    #[test]
+    fn dirty_prefixes_are_taken_oldest_first() {
+        let mut s = TargetSync::new(200, PROTO, false);
+        let now = Instant::now();
+        let nets: Vec<IpNet> = (0..50).map(|i| net(&format!("10.{i}.0.0/16"))).collect();
+        for (i, d) in nets.iter().enumerate() {
+            s.source_changed(*d, i as u64);
+        }
+        let got: Vec<IpNet> = s.ready(now, 20).into_iter().map(|r| r.0).collect();
+        assert_eq!(got, nets[..20]);
+        // A prefix changed again while its write is unconfirmed waits, then goes first.
+        let wanted = [Ok((key("10.0.0.0/16", 0), attrs(PROTO, 3)))];
+        let p = s.plan(nets[0], src_change(), Some(0), &wanted, &[], now);
+        s.outcome(&p[0], &Outcome::Done, now, 1);
+        s.source_changed(nets[0], 100);
+        let got: Vec<IpNet> = s.ready(now, 10).into_iter().map(|r| r.0).collect();
+        assert_eq!(got, nets[20..30], "busy: not taken");
+        s.target_changed(nets[0], Origin::Unknown, false);
+        let got: Vec<IpNet> = s.ready(now, 10).into_iter().map(|r| r.0).collect();
+        assert_eq!(got[0], nets[0], "settled: first");
+        assert_eq!(got[1..], nets[30..39]);
+        let rest: Vec<IpNet> = s.ready(now, 100).into_iter().map(|r| r.0).collect();
+        assert_eq!(rest, nets[39..]);
+        assert!(s.idle());
     }
 }

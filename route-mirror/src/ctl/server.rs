@@ -642,6 +642,9 @@ async fn watch(
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = shared.exports.watch();
     let wanted = |r: &WatchRecord| match &r.route {
+        None if r.copy.is_some() => r.copy.as_ref().is_some_and(|c| {
+            table.is_none_or(|t| t == c.table) && prefix.is_none_or(|p| p.contains(&c.prefix))
+        }),
         // Markers go to everyone; rule changes to those not watching one prefix.
         None => r.rule.is_none() || prefix.is_none(),
         Some(v) => {

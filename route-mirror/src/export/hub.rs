@@ -57,6 +57,12 @@ impl Hub {
         self.inner.watch.watchers()
     }
 
+    /// Shows a record made outside the core to this namespace's watchers (a copy's
+    /// writes into one of its tables). Check [`Hub::watchers`] first to skip building it.
+    pub fn watch_send(&self, rec: Arc<crate::view::WatchRecord>) {
+        self.inner.watch.send(rec);
+    }
+
     /// A new feed for an export running on its own thread or task: take a
     /// [`Feed::snapshot`], then apply what [`Feed::recv`] delivers. `capacity` bounds
     /// the route changes it may fall behind by before it must resnapshot.

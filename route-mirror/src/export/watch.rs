@@ -51,6 +51,7 @@ impl Watch {
                 route: Some(route_view(mirror, d.table, d.dst, &d.entry)),
                 note: None,
                 rule: None,
+                copy: None,
             };
             let _ = self.tx.send(Arc::new(rec));
         }
@@ -73,6 +74,7 @@ impl Watch {
                 route: None,
                 note: None,
                 rule: Some(format!("{f} {}", line.replacen(":\t", ": ", 1))),
+                copy: None,
             };
             let _ = self.tx.send(Arc::new(rec));
         }
@@ -90,7 +92,13 @@ impl Watch {
             route: None,
             note: Some(m.note().to_string()),
             rule: None,
+            copy: None,
         }));
+    }
+
+    /// Records made outside the core (a copy's writes), sent as they are.
+    pub fn send(&self, rec: Arc<WatchRecord>) {
+        let _ = self.tx.send(rec);
     }
 }
 
