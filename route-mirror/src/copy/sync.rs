@@ -755,7 +755,7 @@ impl TargetSync {
 }
 
 /// Delays in milliseconds, in buckets fine enough for p50/p99 at every scale: 1 ms up to
-/// 100 ms, 10 ms up to 1 s, 100 ms up to 10 s, then 1 s up to 2 min (beyond: the last
+/// 100 ms, 10 ms up to 1 s, 100 ms up to 10 s, then 1 s up to 2 min (beyond: one open
 /// bucket, reported as the max).
 #[derive(Debug, Clone)]
 pub struct LagHistogram {
@@ -775,7 +775,7 @@ const LAG_BUCKETS: [(u64, u64, usize); 4] = [
 impl Default for LagHistogram {
     fn default() -> Self {
         LagHistogram {
-            buckets: vec![0; LAG_BUCKETS.iter().map(|b| b.2).sum()],
+            buckets: vec![0; LAG_BUCKETS.iter().map(|b| b.2).sum::<usize>() + 1],
             count: 0,
             max_ms: 0,
         }
@@ -791,7 +791,7 @@ impl LagHistogram {
             }
             base += n;
         }
-        base - 1
+        base
     }
 
     /// The upper bound of bucket `i`.
@@ -1226,11 +1226,18 @@ mod tests {
         assert_eq!(h.quantile(0.5), Some(1300));
         assert_eq!(h.quantile(0.8), Some(18_000));
         assert_eq!(h.quantile(1.0), Some(500_000));
-        for ms in [0, 99, 100, 999, 1000, 9999, 10_000, 119_999, 120_000] {
+        for ms in [
+            0, 99, 100, 999, 1000, 9999, 10_000, 119_999, 120_000, 10_000_000,
+        ] {
             let b = LagHistogram::bucket(ms);
-            assert!(LagHistogram::upper(b) > ms || b == LagHistogram::default().buckets.len() - 1);
+            assert!(b < LagHistogram::default().buckets.len(), "{ms}");
+            assert!(LagHistogram::upper(b) > ms, "{ms}");
             assert!(b == 0 || LagHistogram::upper(b - 1) <= ms, "{ms}");
         }
+        // Beyond 2 min: the max, not a bucket's bound.
+        let mut h = LagHistogram::default();
+        h.record(187_725);
+        assert_eq!(h.quantile(0.99), Some(187_725));
     }
 
     #[test]
