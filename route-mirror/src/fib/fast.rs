@@ -28,7 +28,7 @@ use std::sync::Arc;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::poptrie::{Poptrie, NONE};
-use super::{Entry, Fib, RouteTable, Usable};
+use super::{Entry, Fib, Usable};
 use crate::model::{rtn, Family};
 
 /// Most classes one table can have (values are 31 bits, 8 of them the length).
@@ -113,29 +113,22 @@ impl Fib {
     }
 }
 
-/// Most prefixes one piece may hold before it is split (into [`SPLIT_BITS`] finer
-/// pieces): about a millisecond of work under the lock.
-const PIECE_LIMIT: usize = 4096;
-const SPLIT_BITS: u8 = 4;
-
-/// A resumable [`Fib::extract`]. Each [`ExtractCursor::step`] takes pieces of the
-/// address space (prefix ranges, split finer where prefixes are dense) until a budget of
-/// prefixes is spent, under the caller's read lock; between steps the caller releases
-/// the lock, so the writer waits for one step at most, never for the whole table (a full
-/// table's extract holds it for about 200 ms, BENCHMARKS.md). The FIB's version is
-/// checked at every step: if it moved, the pieces already taken may disagree with the
-/// rest, and the cursor reports [`Step::Changed`] (start again later).
+/// A resumable [`Fib::extract`]. Each [`ExtractCursor::step`] takes a budget of
+/// prefixes (a range of each table's storage slots) under the caller's read lock; between
+/// steps the caller releases the lock, so the writer waits for one step at most, never
+/// for the whole table (a full table's extract holds it for about 200 ms, BENCHMARKS.md).
+/// The FIB's version is checked at every step: if it moved, the slots already taken may
+/// disagree with the rest, and the cursor reports [`Step::Changed`] (start again later).
 pub struct ExtractCursor {
     version: u64,
     counter: Arc<AtomicU64>,
     keys: Vec<(Family, u32)>,
     /// Next table (index into `keys`).
     table: usize,
-    /// Pieces of that table still to take, the next one last.
-    pieces: Vec<IpNet>,
+    /// Next slot of that table.
+    slot: usize,
     current: Option<TableExtractor>,
     done: Vec<((Family, u32), Extracted)>,
-    piece_limit: usize,
 }
 
 /// What one [`ExtractCursor::step`] got to.
@@ -154,21 +147,13 @@ impl ExtractCursor {
             counter: fib.version_counter(),
             keys: fib.tables().map(|(k, _)| k).collect(),
             table: 0,
-            pieces: Vec::new(),
+            slot: 0,
             current: None,
             done: Vec::new(),
-            piece_limit: PIECE_LIMIT,
         }
     }
 
-    /// Splits pieces holding more than `n` prefixes (default [`PIECE_LIMIT`]); tests use
-    /// tiny limits to exercise the splitting on small tables.
-    pub fn with_piece_limit(mut self, n: usize) -> ExtractCursor {
-        self.piece_limit = n;
-        self
-    }
-
-    /// Takes pieces from `fib` (the FIB the cursor was made from) until about `budget`
+    /// Takes prefixes from `fib` (the FIB the cursor was made from) until about `budget`
     /// prefixes have been visited.
     pub fn step(&mut self, fib: &Fib, budget: usize) -> Step {
         self.step_with(fib, budget, &mut |_, _| Usable::Yes)
@@ -184,29 +169,31 @@ impl ExtractCursor {
         if fib.version() != self.version || !Arc::ptr_eq(&fib.version, &self.counter) {
             return Step::Changed;
         }
-        let mut spent = 0usize;
+        let mut left = budget.max(1);
         while let Some(&key @ (family, id)) = self.keys.get(self.table) {
             let Some(t) = fib.table(family, id) else {
                 return Step::Changed;
             };
-            let x = match &mut self.current {
-                Some(x) => x,
-                None => {
-                    self.pieces = vec![family.default_net()];
-                    self.current
-                        .insert(TableExtractor::new(family, t.prefixes()))
-                }
-            };
-            while let Some(net) = self.pieces.pop() {
-                if spent >= budget {
-                    self.pieces.push(net);
+            let x = self
+                .current
+                .get_or_insert_with(|| TableExtractor::new(family, t.prefixes()));
+            let end = t.slot_count();
+            if self.slot < end {
+                if left == 0 {
                     return Step::More;
                 }
-                spent += take_piece(t, net, self.piece_limit, x, &mut self.pieces, usable);
+                let to = end.min(self.slot.saturating_add(left));
+                for (p, es) in t.slot_entries(self.slot..to) {
+                    x.add(p, es, usable);
+                }
+                left -= to - self.slot;
+                self.slot = to;
+                continue;
             }
             let x = self.current.take().expect("extractor of the current table");
             self.done.push((key, x.finish()));
             self.table += 1;
+            self.slot = 0;
         }
         Step::Done(Extract {
             version: self.version,
@@ -214,45 +201,6 @@ impl ExtractCursor {
             tables: std::mem::take(&mut self.done),
         })
     }
-}
-
-/// Adds the prefixes of piece `net` to `x`, or, when it holds more than `limit`,
-/// nothing, and queues its finer pieces instead. Returns the prefixes visited.
-///
-/// Each prefix belongs to exactly one piece of the final partition: the piece holding
-/// its first address. It is inside that piece (found by `prefix_entries_within`) or
-/// covers it, and then starts where the piece starts (found by the cover walk).
-fn take_piece(
-    t: &RouteTable,
-    net: IpNet,
-    limit: usize,
-    x: &mut TableExtractor,
-    pieces: &mut Vec<IpNet>,
-    usable: &mut dyn FnMut(Family, &Entry) -> Usable,
-) -> usize {
-    let mark = x.len();
-    let len = net.prefix_len();
-    for (p, es) in t.prefix_entries_covering(&net) {
-        if p.prefix_len() < len && p.network() == net.network() {
-            x.add(p, es, usable);
-        }
-    }
-    let can_split = len + SPLIT_BITS <= net.max_prefix_len();
-    let mut visited = 0;
-    for (p, es) in t.prefix_entries_within(&net) {
-        visited += 1;
-        if visited > limit && can_split {
-            x.truncate(mark);
-            if let Ok(subnets) = net.subnets(len + SPLIT_BITS) {
-                let start = pieces.len();
-                pieces.extend(subnets);
-                pieces[start..].reverse();
-            }
-            return visited;
-        }
-        x.add(p, es, usable);
-    }
-    visited
 }
 
 /// One table's prefixes and classes, as they are taken.
@@ -281,22 +229,6 @@ impl TableExtractor {
             last: None,
             has_tos: false,
             too_many: false,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match &self.items {
-            ExtractedItems::V4(v) => v.len(),
-            ExtractedItems::V6(v) => v.len(),
-            ExtractedItems::TooMany => 0,
-        }
-    }
-
-    fn truncate(&mut self, n: usize) {
-        match &mut self.items {
-            ExtractedItems::V4(v) => v.truncate(n),
-            ExtractedItems::V6(v) => v.truncate(n),
-            ExtractedItems::TooMany => {}
         }
     }
 
@@ -798,7 +730,7 @@ mod tests {
                 prop_assert!(snap.is_current());
                 check(&fib, &snap, &probes(&all, &extra))?;
                 // Taken in tiny pieces, a few per step: the same answers.
-                let mut c = ExtractCursor::new(&fib).with_piece_limit(1);
+                let mut c = ExtractCursor::new(&fib);
                 let split = loop {
                     match c.step(&fib, 3) {
                         Step::More => continue,

@@ -52,6 +52,7 @@ pub mod l3mdev;
 pub mod multipath;
 pub mod poptrie;
 pub mod rules;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -59,10 +60,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use prefix_trie::{Prefix, PrefixMap};
 use smallvec::SmallVec;
 
 use crate::model::{rtn, table, Family, RouteAttrs, RouteKey, SubKey};
+use store::{Net, PrefixStore};
 
 /// One route in the FIB: its sub-key, interned attributes and the scan stamp used by
 /// the mark-and-sweep prune ([`crate::reconcile`]).
@@ -183,12 +184,11 @@ fn probe_attrs() -> Arc<RouteAttrs> {
     A.get_or_init(|| Arc::new(RouteAttrs::default())).clone()
 }
 
-/// The LPM trie under each table. prefix-trie's PrefixMap beat our own Patricia trie
-/// (`benches/fib/patricia.rs`) on build speed, lookups and memory (BENCHMARKS.md), so it
-/// is the one used.
+/// The prefixes under each table ([`store`]: a hash index on the exact prefix; it
+/// replaced prefix-trie's `PrefixMap`, whose inserts were 44% of the event path).
 enum Prefixes {
-    V4(PrefixMap<Ipv4Net, Entries>),
-    V6(PrefixMap<Ipv6Net, Entries>),
+    V4(PrefixStore<Ipv4Net>),
+    V6(PrefixStore<Ipv6Net>),
 }
 
 /// Runs `$body` with `$t` bound to the family's map and `$n` to `$net` of the same family;
@@ -204,8 +204,8 @@ macro_rules! with_map {
 }
 
 /// Removes the route at `index` of `sub`'s list under `p`.
-fn take_at<P: Prefix>(
-    t: &mut PrefixMap<P, Entries>,
+fn take_at<P: Net>(
+    t: &mut PrefixStore<P>,
     p: &P,
     sub: &SubKey,
     pick: impl FnOnce(&[Entry]) -> Option<usize>,
@@ -221,29 +221,25 @@ fn take_at<P: Prefix>(
     Some(e)
 }
 
-fn retain_in<P: Prefix + Copy + Into<IpNet>>(
-    t: &mut PrefixMap<P, Entries>,
+fn retain_in<P: Net>(
+    t: &mut PrefixStore<P>,
     f: &mut impl FnMut(&IpNet, &mut Entry) -> bool,
 ) -> usize {
     let mut removed = 0;
-    let mut emptied = false;
-    for (p, entries) in t.iter_mut() {
-        let net: IpNet = p.into();
+    t.retain_entries(|p, entries| {
+        let net: IpNet = (*p).into();
         let before = entries.len();
         entries.retain(|e| f(&net, e));
         removed += before - entries.len();
-        emptied |= entries.is_empty();
-    }
-    if emptied {
-        t.retain(|_, es| !es.is_empty());
-    }
+    });
     removed
 }
 
-fn spilled_bytes<P: Prefix>(t: &PrefixMap<P, Entries>) -> usize {
-    t.values()
-        .filter(|e| e.spilled())
-        .map(|e| e.capacity() * std::mem::size_of::<Entry>())
+fn spilled_bytes<P: Net>(t: &PrefixStore<P>) -> usize {
+    t.slots()
+        .iter()
+        .filter(|(_, e)| e.spilled())
+        .map(|(_, e)| e.capacity() * std::mem::size_of::<Entry>())
         .sum()
 }
 
@@ -268,8 +264,8 @@ pub enum TableLookup<'a> {
 impl RouteTable {
     pub fn new(family: Family) -> RouteTable {
         let prefixes = match family {
-            Family::V4 => Prefixes::V4(PrefixMap::new()),
-            Family::V6 => Prefixes::V6(PrefixMap::new()),
+            Family::V4 => Prefixes::V4(PrefixStore::default()),
+            Family::V6 => Prefixes::V6(PrefixStore::default()),
         };
         RouteTable {
             family,
@@ -298,11 +294,11 @@ impl RouteTable {
         }
     }
 
-    /// Heap bytes of the trie and of entry lists that outgrew their inline slot.
+    /// Heap bytes of the store and of entry lists that outgrew their inline slot.
     pub fn heap_bytes(&self) -> usize {
         match &self.prefixes {
-            Prefixes::V4(t) => t.mem_size() + spilled_bytes(t),
-            Prefixes::V6(t) => t.mem_size() + spilled_bytes(t),
+            Prefixes::V4(t) => t.heap_bytes() + spilled_bytes(t),
+            Prefixes::V6(t) => t.heap_bytes() + spilled_bytes(t),
         }
     }
 
@@ -328,7 +324,7 @@ impl RouteTable {
         let entries = with_map!(
             &mut self.prefixes,
             dst,
-            |t, n| t.entry(*n).or_insert_with(Entries::new),
+            |t, n| t.entry(*n),
             return SmallVec::new()
         );
         let r = key_range(entries, &entry);
@@ -363,12 +359,7 @@ impl RouteTable {
 
     /// Inserts `entry` at position `index` of its key's list (clamped to its end).
     pub fn insert_at(&mut self, dst: &IpNet, entry: Entry, index: usize) {
-        let entries = with_map!(
-            &mut self.prefixes,
-            dst,
-            |t, n| t.entry(*n).or_insert_with(Entries::new),
-            return
-        );
+        let entries = with_map!(&mut self.prefixes, dst, |t, n| t.entry(*n), return);
         let r = key_range(entries, &entry);
         entries.insert(r.start + index.min(r.len()), entry);
         self.routes += 1;
@@ -443,6 +434,32 @@ impl RouteTable {
         }
     }
 
+    /// Number of storage slots (one per prefix): see [`RouteTable::slot_entries`].
+    pub fn slot_count(&self) -> usize {
+        self.prefixes()
+    }
+
+    /// The prefixes in storage slots `range` with their entries, in no particular order.
+    /// Slots stay put while the table's prefixes do (the FIB's version tells), so a
+    /// reader can take a table in ranges across lock releases.
+    pub fn slot_entries(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> Box<dyn Iterator<Item = (IpNet, &Entries)> + '_> {
+        fn part<P: Net>(
+            t: &PrefixStore<P>,
+            range: std::ops::Range<usize>,
+        ) -> impl Iterator<Item = (IpNet, &Entries)> + '_ {
+            let s = t.slots();
+            let r = range.start.min(s.len())..range.end.min(s.len());
+            s[r].iter().map(|(p, es)| ((*p).into(), es))
+        }
+        match &self.prefixes {
+            Prefixes::V4(t) => Box::new(part(t, range)),
+            Prefixes::V6(t) => Box::new(part(t, range)),
+        }
+    }
+
     /// Prefixes inside `net` (including `net` itself) with their entries.
     pub fn prefix_entries_within(
         &self,
@@ -450,10 +467,10 @@ impl RouteTable {
     ) -> Box<dyn Iterator<Item = (IpNet, &Entries)> + '_> {
         match (&self.prefixes, net) {
             (Prefixes::V4(t), IpNet::V4(n)) => {
-                Box::new(t.children(n).map(|(p, es)| (IpNet::V4(p), es)))
+                Box::new(t.within(n).map(|(p, es)| (IpNet::V4(p), es)))
             }
             (Prefixes::V6(t), IpNet::V6(n)) => {
-                Box::new(t.children(n).map(|(p, es)| (IpNet::V6(p), es)))
+                Box::new(t.within(n).map(|(p, es)| (IpNet::V6(p), es)))
             }
             _ => Box::new(std::iter::empty()),
         }
@@ -466,10 +483,10 @@ impl RouteTable {
     ) -> Box<dyn Iterator<Item = (IpNet, &Entries)> + '_> {
         match (&self.prefixes, net) {
             (Prefixes::V4(t), IpNet::V4(n)) => {
-                Box::new(t.cover(n).map(|(p, es)| (IpNet::V4(p), es)))
+                Box::new(t.covering(n).map(|(p, es)| (IpNet::V4(p), es)))
             }
             (Prefixes::V6(t), IpNet::V6(n)) => {
-                Box::new(t.cover(n).map(|(p, es)| (IpNet::V6(p), es)))
+                Box::new(t.covering(n).map(|(p, es)| (IpNet::V6(p), es)))
             }
             _ => Box::new(std::iter::empty()),
         }
@@ -479,11 +496,11 @@ impl RouteTable {
     pub fn iter_within(&self, net: &IpNet) -> Box<dyn Iterator<Item = (IpNet, &Entry)> + '_> {
         match (&self.prefixes, net) {
             (Prefixes::V4(t), IpNet::V4(n)) => Box::new(
-                t.children(n)
+                t.within(n)
                     .flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V4(p), e))),
             ),
             (Prefixes::V6(t), IpNet::V6(n)) => Box::new(
-                t.children(n)
+                t.within(n)
                     .flat_map(|(p, es)| es.iter().map(move |e| (IpNet::V6(p), e))),
             ),
             _ => Box::new(std::iter::empty()),
@@ -547,23 +564,17 @@ impl RouteTable {
             }
             None
         }
-        // cover() walks from the shortest prefix to the longest: try the longest first.
-        let covering: SmallVec<[(IpNet, &Entries); 8]> = match (&self.prefixes, addr) {
-            (Prefixes::V4(t), IpAddr::V4(a)) => t
-                .cover(&Ipv4Net::from(a))
-                .map(|(p, es)| (IpNet::V4(p), es))
-                .collect(),
-            (Prefixes::V6(t), IpAddr::V6(a)) => t
-                .cover(&Ipv6Net::from(a))
-                .map(|(p, es)| (IpNet::V6(p), es))
-                .collect(),
-            _ => SmallVec::new(),
-        };
         let tos = if addr.is_ipv4() { tos } else { 0 };
-        let found = covering
-            .iter()
-            .rev()
-            .find_map(|(net, es)| pick(self.family, es, tos, usable).map(|e| (*net, e)));
+        let family = self.family;
+        let found = match (&self.prefixes, addr) {
+            (Prefixes::V4(t), IpAddr::V4(a)) => t
+                .covering_longest_first(&Ipv4Net::from(a))
+                .find_map(|(p, es)| pick(family, es, tos, usable).map(|e| (IpNet::V4(p), e))),
+            (Prefixes::V6(t), IpAddr::V6(a)) => t
+                .covering_longest_first(&Ipv6Net::from(a))
+                .find_map(|(p, es)| pick(family, es, tos, usable).map(|e| (IpNet::V6(p), e))),
+            _ => None,
+        };
         match found {
             Some((_, e)) if e.attrs.kind == rtn::THROW => TableLookup::Throw,
             Some((net, e)) => TableLookup::Route(net, e),
