@@ -47,6 +47,10 @@ pub struct Liveness {
     v6_dead: HashSet<u32>,
     /// `ignore_routes_with_linkdown` per (family, ifindex or [`netconf::ALL`]/`DEFAULT`).
     ignore: HashMap<(Family, i32), bool>,
+    /// Links whose last IPv4 address went: IPv4 is disabled on them
+    /// (`fib_disable_ip(dev, NETDEV_DOWN, force)`), their IPv4 hops are dead until an
+    /// address comes back or the link comes up (`fib_sync_up(dev, RTNH_F_DEAD)`).
+    v4_disabled: HashSet<u32>,
 }
 
 /// What a link change means for the routes through it.
@@ -71,6 +75,9 @@ impl Liveness {
         } else if flags & IFF_RUNNING != 0 {
             self.v6_dead.remove(&ifindex);
         }
+        if up && old.is_some_and(|o| o & IFF_UP == 0) {
+            self.v4_disabled.remove(&ifindex);
+        }
         let (was_up, had_carrier) = match old {
             Some(o) => (
                 o & IFF_UP != 0,
@@ -86,9 +93,26 @@ impl Liveness {
         }
     }
 
+    /// The link's last IPv4 address went (true) or one came back (false); returns
+    /// whether that changed anything.
+    pub fn set_v4_disabled(&mut self, ifindex: u32, disabled: bool) -> bool {
+        if disabled {
+            self.v4_disabled.insert(ifindex)
+        } else {
+            self.v4_disabled.remove(&ifindex)
+        }
+    }
+
+    /// Whether IPv4 hops through `ifindex` are dead (admin down, or IPv4 disabled).
+    pub fn v4_dead(&self, ifindex: u32) -> bool {
+        self.v4_disabled.contains(&ifindex)
+            || self.flags.get(&ifindex).is_some_and(|f| f & IFF_UP == 0)
+    }
+
     pub fn remove_link(&mut self, ifindex: u32) {
         self.flags.remove(&ifindex);
         self.v6_dead.remove(&ifindex);
+        self.v4_disabled.remove(&ifindex);
         for f in Family::ALL {
             self.ignore.remove(&(f, ifindex as i32));
         }
@@ -121,6 +145,7 @@ impl Liveness {
     /// checked first so lookups and snapshots skip the per-route work).
     pub fn all_alive(&self) -> bool {
         self.v6_dead.is_empty()
+            && self.v4_disabled.is_empty()
             && self
                 .flags
                 .values()
@@ -137,10 +162,11 @@ impl Liveness {
         match family {
             Family::V4 => {
                 let mut x = 0;
-                if !up {
+                let disabled = self.v4_disabled.contains(&ifindex);
+                if !up || disabled {
                     x |= rtnh::DEAD;
                 }
-                if !up || f & (IFF_LOWER_UP | IFF_RUNNING) == 0 {
+                if !up || disabled || f & (IFF_LOWER_UP | IFF_RUNNING) == 0 {
                     x |= rtnh::LINKDOWN;
                 }
                 x

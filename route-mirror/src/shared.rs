@@ -87,6 +87,8 @@ pub struct Status {
     pub scans_by_reason: std::collections::BTreeMap<String, u64>,
     pub verdicts: Verdicts,
     pub object_verdicts: Verdicts,
+    /// See `Stats::unexplained_corrections`.
+    pub unexplained_corrections: u64,
     pub last_scan: Option<ScanReport>,
     pub scan_in_progress: Option<(ScanReason, u64)>,
     pub scan_pending: bool,

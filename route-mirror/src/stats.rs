@@ -65,6 +65,10 @@ pub struct Stats {
     pub scans_by_reason: BTreeMap<String, u64>,
     pub verdicts: Verdicts,
     pub object_verdicts: Verdicts,
+    /// Corrections made by scans that followed no loss of events (not the initial sync,
+    /// not a resync, no overrun while they ran): the event path missed something. A soak
+    /// fails on any.
+    pub unexplained_corrections: u64,
     pub last_scan: Option<ScanReport>,
     pub last_scan_age_s: Option<f64>,
     /// The running scan's reason and the routes it has dumped so far.
@@ -189,6 +193,7 @@ impl Stats {
             scans_by_reason: st.scans_by_reason,
             verdicts: st.verdicts,
             object_verdicts: st.object_verdicts,
+            unexplained_corrections: st.unexplained_corrections,
             last_scan: st.last_scan,
             last_scan_age_s,
             scan_in_progress: st.scan_in_progress,
@@ -276,6 +281,7 @@ mod tests {
             "scans_by_reason",
             "verdicts",
             "object_verdicts",
+            "unexplained_corrections",
             "last_scan",
             "last_scan_age_s",
             "scan_in_progress",

@@ -6,6 +6,13 @@
 //! mid-storm. After every round the generator pauses and each daemon must report it
 //! caught up (`sync`) with an empty `diff`.
 //!
+//! The generator also appends and prepends routes to keys that hold others, and routes
+//! some of them through `vethc`, whose peer lives in another namespace and loses its
+//! carrier a few times every round (`ip link set vethcp down/up` there). Besides an
+//! empty `diff` at every checkpoint, the report counts the corrections scans made after
+//! no loss of events (`unexplained_corrections` in `stats`: the event path missed
+//! something).
+//!
 //! `soak_bounded` is the CI variant (~1 minute). `soak_long` (ignored) is the bench
 //! variant run by bench/soak.sh: more rounds, plus repeated 1M-route load/flush cycles
 //! with RSS measured after each. Knobs: SOAK_ROUNDS, SOAK_OPS, SOAK_1M_CYCLES.
@@ -19,6 +26,11 @@ use serde_json::Value;
 
 const GW4: [&str; 2] = ["198.18.1.2", "198.18.2.2"];
 const GW6: [&str; 2] = ["2001:2:0:1::2", "2001:2:0:2::2"];
+/// Gateways behind `vethc` (carrier flaps), with the links' own.
+const GWC4: [&str; 3] = ["198.18.1.2", "198.18.2.2", "198.18.9.2"];
+const GWC6: [&str; 3] = ["2001:2:0:1::2", "2001:2:0:2::2", "2001:2:0:9::2"];
+/// Carrier flaps of `vethc` per round.
+const CARRIER_FLAPS: usize = 3;
 /// v4 nexthop objects 1..=4 (gateways), 5 (group), 9 (v6 gateway), 8 (blackhole).
 const NH_SETUP: &[&str] = &[
     "nexthop replace id 1 via 198.18.1.2 dev veth1",
@@ -130,11 +142,22 @@ impl Gen {
                     format!("route replace {p} table {t}{m} {spec}")
                 }
             }
-            400..=599 => {
+            400..=539 => {
                 let p = self.v4();
                 let t = self.table(false);
                 let m = self.metric(false);
                 format!("route del {p} table {t}{m}")
+            }
+            540..=599 => {
+                // Another route for a key (a list of several): appended or prepended.
+                let p = self.v4();
+                let m = self.metric(false);
+                let how = self.rng.pick(&["append", "prepend"]);
+                let gw = self.rng.pick(&GWC4);
+                // Out of main: A's copy of main cannot pair every list yet (a key with
+                // a reject route and a unicast one: "exists").
+                let t = self.rng.pick(&["100", "1000", "4000"]);
+                format!("route {how} {p} table {t}{m} via {gw}")
             }
             600..=769 => {
                 let p = self.v6();
@@ -156,11 +179,19 @@ impl Gen {
                     format!("route replace {p} table {t}{m} {spec}")
                 }
             }
-            770..=899 => {
+            770..=869 => {
                 let p = self.v6();
                 let t = self.table(false);
                 let m = self.metric(true);
                 format!("route del {p} table {t}{m}")
+            }
+            870..=899 => {
+                let p = self.v6();
+                let m = self.metric(true);
+                let how = self.rng.pick(&["append", "prepend"]);
+                let gw = self.rng.pick(&GWC6);
+                let t = self.rng.pick(&["100", "1000", "4000"]);
+                format!("-6 route {how} {p} table {t}{m} via {gw}")
             }
             900..=969 => match self.rng.below(6) {
                 0 | 1 => {
@@ -258,6 +289,7 @@ struct Totals {
     resyncs: u64,
     resets: u64,
     malformed: u64,
+    unexplained: u64,
 }
 
 impl Totals {
@@ -266,7 +298,47 @@ impl Totals {
         self.resyncs += u(s, "resyncs");
         self.resets += u(s, "socket_resets");
         self.malformed += s["decode"]["malformed"].as_u64().unwrap_or(0);
+        self.unexplained += u(s, "unexplained_corrections");
     }
+}
+
+/// A veth `vethc` in `ns` whose peer `vethcp` lives in `far`: taking the peer down takes
+/// `vethc`'s carrier away without touching its admin state.
+fn far_veth(ns: &Netns, far: &Netns) {
+    ns.ip(&[
+        "link",
+        "add",
+        "vethc",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vethcp",
+        "netns",
+        far.name(),
+    ]);
+    far.ip(&["link", "set", "vethcp", "up"]);
+    ns.ip(&["link", "set", "vethc", "up"]);
+    ns.ip(&["addr", "add", "198.18.9.1/24", "dev", "vethc"]);
+    ns.ip(&["addr", "add", "2001:2:0:9::1/64", "dev", "vethc", "nodad"]);
+}
+
+/// Takes `vethc`'s carrier away and back [`CARRIER_FLAPS`] times (on a thread, while a
+/// storm runs).
+fn carrier_flaps(far: &Netns) -> std::thread::JoinHandle<()> {
+    let far = far.name().to_string();
+    std::thread::spawn(move || {
+        for _ in 0..CARRIER_FLAPS {
+            for state in ["down", "up"] {
+                std::thread::sleep(Duration::from_millis(100));
+                let ok = Command::new("ip")
+                    .args(["-n", &far, "link", "set", "vethcp", state])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "carrier flap ({state}) failed");
+            }
+        }
+    })
 }
 
 struct Report {
@@ -326,6 +398,8 @@ fn copy_checkpoint(d: &Daemon) -> Result<(), String> {
 
 fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
     let ns = Netns::new();
+    let far = Netns::new();
+    far_veth(&ns, &far);
     ns.load_batch(batch("v4-10k"));
     let setup: Vec<String> = NH_SETUP.iter().map(|s| s.to_string()).collect();
     assert_eq!(run_batch(&ns, &setup), 0, "nexthop setup");
@@ -360,6 +434,7 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
         lines.extend(NH_SETUP.iter().map(|s| s.to_string()));
         rep.lines += lines.len();
         let child = spawn_batch(&ns, &lines);
+        let flaps = carrier_flaps(&far);
         let fault = round % 4;
         std::thread::sleep(Duration::from_millis(150));
         match fault {
@@ -378,6 +453,7 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
             _ => {}
         }
         let out = child.wait_with_output().unwrap();
+        flaps.join().expect("carrier flaps");
         rep.failed += failures(&out, lines.len());
         if std::env::var_os("SOAK_DEBUG").is_some() {
             let err = String::from_utf8_lossy(&out.stderr);
@@ -475,6 +551,10 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
         rep.totals.malformed, 0,
         "malformed messages from the kernel"
     );
+    // Not asserted yet: on 6.18, scans confirming nexthop-object removals still correct
+    // a route now and then after no loss of events (the order of a key list holding an
+    // `nhid` route and appended ones): the event path misses something there, to be
+    // found (issue 11 item 6). Printed in the report until then.
     if route_mirror_tests::suite_source() == "netlink" {
         assert!(
             rep.totals.enobufs > 0,
@@ -499,6 +579,10 @@ fn print_report(r: &Report) {
     println!("| socket resets (A+B) | {} |", r.totals.resets);
     println!("| checkpoints (sync + diff) | {} |", r.checkpoints);
     println!("| checkpoints with a non-empty diff | {} |", r.diffs);
+    println!(
+        "| scan corrections after no loss of events (A+B) | {} |",
+        r.totals.unexplained
+    );
     println!(
         "| worst time to converge (sync) | {:.2} s |",
         r.worst_sync.as_secs_f64()

@@ -278,7 +278,7 @@ pub fn log_report(report: &ScanReport, since_start: Duration) {
             since_start_ms = since_start.as_millis() as u64,
             "initial sync done"
         ),
-        _ if corrections > 0 && !report.overrun_during && report.reason != ScanReason::Overrun => {
+        _ if corrections > 0 && unexplained(report) => {
             warn!(
                 reason = ?report.reason,
                 created = v.created,
@@ -301,6 +301,12 @@ pub fn log_report(report: &ScanReport, since_start: Duration) {
     }
 }
 
+/// Whether the scan's corrections follow no loss of events (see
+/// `Stats::unexplained_corrections`).
+fn unexplained(report: &ScanReport) -> bool {
+    !report.overrun_during && !matches!(report.reason, ScanReason::Overrun | ScanReason::Initial)
+}
+
 /// Adds a finished scan to the published status.
 fn record(st: &mut Status, report: &ScanReport) {
     st.scans += 1;
@@ -311,6 +317,10 @@ fn record(st: &mut Status, report: &ScanReport) {
     *st.scans_by_reason.entry(reason).or_default() += 1;
     st.verdicts.add(&report.verdicts);
     st.object_verdicts.add(&report.object_verdicts);
+    if unexplained(report) {
+        st.unexplained_corrections +=
+            report.verdicts.corrections() + report.object_verdicts.corrections();
+    }
     if report.reason == ScanReason::Initial {
         st.synced = true;
         st.initial_sync_ms = Some(report.duration_ms);

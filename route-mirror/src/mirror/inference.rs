@@ -59,20 +59,7 @@ impl Mirror {
         if t.went_down {
             // fib_sync_down_dev(NETDEV_DOWN) then fib_flush: IPv4 routes through this
             // device whose every hop is now dead. Host-scope routes are spared.
-            let down: HashSet<u32> = self
-                .live
-                .link_flags()
-                .iter()
-                .filter(|(_, f)| *f & libc::IFF_UP as u32 == 0)
-                .map(|(&i, _)| i)
-                .collect();
-            let gone = self.remove_v4_where(|a, _| {
-                a.nh_id.is_none()
-                    && a.scope != scope::HOST
-                    && a.nexthops.iter().any(|h| h.ifindex == ifindex)
-                    && a.nexthops.iter().all(|h| down.contains(&h.ifindex))
-            });
-            self.counters.inferred_removals += gone as u64;
+            self.v4_flush(ifindex, false);
             followup = Some(link_followup());
         }
         if t.liveness_changed {
@@ -105,10 +92,47 @@ impl Mirror {
         Some(link_followup())
     }
 
+    /// `fib_sync_down_dev(dev, NETDEV_DOWN, force)` + `fib_flush`: IPv4 routes through
+    /// `ifindex` whose every hop is now dead go. Without `force` (admin down) host-scope
+    /// routes are spared; with it (the last address went) they are not.
+    fn v4_flush(&mut self, ifindex: u32, force: bool) {
+        let live = &self.live;
+        let dead: HashSet<u32> = live
+            .link_flags()
+            .keys()
+            .copied()
+            .filter(|&i| live.v4_dead(i))
+            .collect();
+        let gone = self.remove_v4_where(|a, _| {
+            a.nh_id.is_none()
+                && (force || a.scope != scope::HOST)
+                && a.nexthops.iter().any(|h| h.ifindex == ifindex)
+                && a.nexthops.iter().all(|h| dead.contains(&h.ifindex))
+        });
+        self.counters.inferred_removals += gone as u64;
+    }
+
     pub(super) fn addr_removed(&mut self, a: &Address) -> Option<FollowUp> {
-        if !a.addr.is_ipv4() || self.addrs.keys().any(|o| o.addr == a.addr) {
-            // Another device still has it: the kernel keeps the routes.
+        if !a.addr.is_ipv4() {
             return None;
+        }
+        let last = !self
+            .addrs
+            .keys()
+            .any(|o| o.ifindex == a.ifindex && o.addr.is_ipv4());
+        if last && self.live.set_v4_disabled(a.ifindex, true) {
+            // The device's last IPv4 address went: fib_inetaddr_event disables IPv4 on
+            // it (`fib_disable_ip(dev, NETDEV_DOWN, true)`): its hops die, and routes
+            // left without a live hop are flushed, silently (seen on 6.18 in the soak).
+            self.touch_dev_routes(Some(a.ifindex));
+            self.v4_flush(a.ifindex, true);
+        }
+        if self.addrs.keys().any(|o| o.addr == a.addr) {
+            // Another device still has it: the kernel keeps the prefsrc routes.
+            return Some(FollowUp {
+                reason: ScanReason::AddrRemoved,
+                scope: ScanScope::routes(Family::V4),
+            });
         }
         let addr = a.addr;
         let gone = self.remove_v4_where(|attrs, t| t == table::MAIN && attrs.prefsrc == Some(addr));

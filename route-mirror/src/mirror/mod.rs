@@ -416,6 +416,10 @@ impl Mirror {
             }
             Change::NewAddr(a) => {
                 self.counters.addr_events += 1;
+                if a.addr.is_ipv4() && self.live.set_v4_disabled(a.ifindex, false) {
+                    // fib_add_ifaddr + fib_sync_up(dev, RTNH_F_DEAD): its hops revive.
+                    self.touch_dev_routes(Some(a.ifindex));
+                }
                 self.addrs.insert(a, gen);
                 None
             }

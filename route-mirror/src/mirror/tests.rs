@@ -573,3 +573,39 @@ fn a_list_the_key_never_went_through_is_corrected() {
     assert_eq!(list(&m, p, 0), vec![5, 3]);
     assert!(s.verdicts.corrections() > 0, "{:?}", s.verdicts);
 }
+
+/// A device's last IPv4 address going disables IPv4 on it (`fib_inetaddr_event`:
+/// `fib_disable_ip(dev, NETDEV_DOWN, true)`): its hops die, IPv4 routes left without a
+/// live hop go without a message, multipath routes keep the dead hop; an address coming
+/// back revives it (`fib_sync_up`). Found by the soak (scans after `addr del` pruned
+/// the routes through the device).
+#[test]
+fn the_last_ipv4_address_going_kills_the_devices_hops() {
+    let mut m = Mirror::new();
+    m.apply(Change::NewLink(veth1(UP)));
+    m.apply(Change::NewLink(link(5, UP)));
+    let addr = Address {
+        ifindex: 3,
+        addr: "198.18.1.1".parse().unwrap(),
+        prefix_len: 24,
+        scope: 0,
+    };
+    m.apply(Change::NewAddr(addr));
+    let gw1 = (Some("198.18.1.2"), 3);
+    let gw2 = (Some("198.18.2.2"), 5);
+    m.apply(with(route_with("10.1.0.0/16", 0, attrs(&[gw1])), ADD));
+    m.apply(with(route_with("10.2.0.0/16", 0, attrs(&[gw1, gw2])), ADD));
+    m.apply(Change::DelAddr(addr));
+    assert!(m.fib.get(&route("10.1.0.0/16", 0, 3).key).is_none());
+    let mp = m
+        .fib
+        .get(&route("10.2.0.0/16", 0, 3).key)
+        .expect("multipath kept");
+    let hops = m.dumped_hops(Family::V4, &mp.attrs.clone());
+    assert_eq!(hops[0].flags & rtnh::DEAD, rtnh::DEAD, "{hops:?}");
+    assert_eq!(hops[1].flags & rtnh::DEAD, 0, "{hops:?}");
+    m.apply(Change::NewAddr(addr));
+    let mp = m.fib.get(&route("10.2.0.0/16", 0, 3).key).unwrap();
+    let hops = m.dumped_hops(Family::V4, &mp.attrs.clone());
+    assert_eq!(hops[0].flags & rtnh::LIVENESS, 0, "{hops:?}");
+}
