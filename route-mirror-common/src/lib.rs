@@ -30,6 +30,51 @@ pub mod groups {
     ];
 }
 
+/// The record ABI between the eBPF object and the daemon that embeds it. The object
+/// carries it as the symbol [`ABI_SYMBOL`] and the daemon refuses an object whose value
+/// differs: an object built before a record change (it is built apart, with nightly)
+/// would otherwise write records the decoder misreads and lose events silently.
+///
+/// The sizes of the shared records are folded in, so a layout change changes it by
+/// itself; bump [`ABI_REVISION`] for a change sizes do not show (a flag, a field's
+/// meaning, a counter's index, the compact rules).
+pub const RECORD_ABI: u32 = abi_fingerprint();
+
+/// Manual part of [`RECORD_ABI`].
+pub const ABI_REVISION: u32 = 1;
+
+/// Name of the object's `u32` global holding its [`RECORD_ABI`].
+pub const ABI_SYMBOL: &str = "ROUTE_MIRROR_RECORD_ABI";
+
+const fn abi_fingerprint() -> u32 {
+    let parts = [
+        ABI_REVISION,
+        EventHeader::SIZE as u32,
+        MAX_MSG as u32,
+        compact::Route::SIZE as u32,
+        compact::ADDRS as u32,
+        compact::MAX_ATTRS as u32,
+        counter::LEN,
+        fib::Key4::SIZE as u32,
+        fib::Key6::SIZE as u32,
+        fib::Value::SIZE as u32,
+        fib::Group::SIZE as u32,
+    ];
+    // FNV-1a over the parts: never 0, so a zeroed or missing value never matches.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < parts.len() {
+        h ^= parts[i];
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
 /// The header of every ring-buffer record the socket filter writes.
 ///
 /// Two kinds of record follow it ([`event_flags::COMPACT`]):

@@ -25,6 +25,12 @@ use route_mirror_common::{compact, counter, event_flags, fib, EventHeader, MAX_M
 #[no_mangle]
 static OUR_PORT: u32 = 0;
 
+/// The record ABI this object was built with: the daemon reads it from the object
+/// before loading and refuses a mismatch (see `route_mirror_common::RECORD_ABI`).
+/// Read once per message (a load that never branches away) so the linker keeps it.
+#[no_mangle]
+static ROUTE_MIRROR_RECORD_ABI: u32 = route_mirror_common::RECORD_ABI;
+
 /// Size is set by userspace (`--ring-size`) before load.
 #[map]
 static RING: RingBuf = RingBuf::with_byte_size(4096, 0);
@@ -111,6 +117,10 @@ fn filter(ctx: &SkBuffContext) -> i64 {
     };
     // SAFETY: a plain read of a constant the loader patched.
     let port = unsafe { core::ptr::read_volatile(&OUR_PORT) };
+    // SAFETY: a plain read of a constant (never 0: see `RECORD_ABI`).
+    if unsafe { core::ptr::read_volatile(&ROUTE_MIRROR_RECORD_ABI) } == 0 {
+        return skb_len as i64;
+    }
     if hdr[3] == port {
         add(counter::PASSED, 1);
         return skb_len as i64;

@@ -415,6 +415,11 @@ fn families(all: &[(String, Stats)]) -> Vec<Family> {
         },
     );
     c.family(
+        "route_mirror_ebpf_abi_mismatches_total",
+        "eBPF objects refused because their record ABI is not this daemon's (a stale embedded object; the source falls back to netlink under --source auto).",
+        |st, s| s.counter(st.ebpf_abi_mismatches),
+    );
+    c.family(
         "route_mirror_synced",
         "1 once the initial full sync is done.",
         |st, s| s.gauge(f64::from(u8::from(st.synced))),

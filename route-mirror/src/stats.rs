@@ -23,6 +23,9 @@ pub struct Stats {
     pub source: String,
     /// Why `auto` fell back to netlink, if it did.
     pub source_fallback: Option<String>,
+    /// eBPF objects refused because their record ABI is not this daemon's (a stale
+    /// embedded object; the process-wide count).
+    pub ebpf_abi_mismatches: u64,
     /// eBPF ring statistics (eBPF source only).
     pub ring: Option<RingStats>,
     /// Pinned BPF FIB counters (`--bpf-fib` only).
@@ -153,6 +156,7 @@ impl Stats {
         Stats {
             source: st.source.to_string(),
             source_fallback: st.source_fallback,
+            ebpf_abi_mismatches: crate::ebpf::abi::mismatches(),
             ring: st.ring,
             bpf_fib: st.bpf_fib,
             netns: shared.netns.clone(),
@@ -255,6 +259,7 @@ mod tests {
         let mut want = vec![
             "source",
             "source_fallback",
+            "ebpf_abi_mismatches",
             "ring",
             "bpf_fib",
             "netns",

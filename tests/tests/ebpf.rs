@@ -178,6 +178,46 @@ fn explicit_ebpf_fails_when_unloadable() {
     assert!(d.log_tail(20).contains("cannot use the eBPF source"));
 }
 
+/// An embedded object whose record ABI is not the daemon's (what a stale object built
+/// before a record change looks like: the knob makes the daemon expect another ABI) is
+/// refused before anything is loaded: `auto` falls back to netlink saying why, counts
+/// it, and stays exact; `--source ebpf` refuses to start.
+#[test]
+fn stale_object_abi_is_refused() {
+    if !need_ebpf() {
+        return;
+    }
+    const STALE: &[(&str, &str)] = &[("ROUTE_MIRROR_TEST_EBPF_ABI", "1")];
+    let ns = settled(Netns::new());
+    let d = Daemon::start_env(&ns, &["--source", "auto"], STALE);
+    d.wait_synced(route_mirror_tests::SYNC_TIMEOUT);
+    let s = d.stats();
+    assert_eq!(s["source"], "netlink", "{s}");
+    assert!(s["ring"].is_null(), "{s}");
+    let why = s["source_fallback"].as_str().unwrap_or_default();
+    assert!(why.contains("record ABI") && why.contains("stale"), "{s}");
+    assert_eq!(num(&s, "ebpf_abi_mismatches"), 1, "{s}");
+    let log = d.log_tail(50);
+    assert!(
+        log.contains("eBPF source unavailable") && log.contains("record ABI"),
+        "{log}"
+    );
+    ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.1.2"]);
+    d.diff_empty();
+    drop(d);
+
+    let d = Daemon::start_env(&ns, &["--source", "ebpf"], STALE);
+    let st = poll(Duration::from_secs(10), || d.exited());
+    assert!(st.is_some_and(|s| !s.success()), "daemon kept running");
+    assert!(d.log_tail(20).contains("record ABI"), "{}", d.log_tail(20));
+
+    // Without the knob the embedded object's ABI is the daemon's: nothing counted.
+    let d = Daemon::start_synced(&ns, &["--source", "ebpf"]);
+    let s = d.stats();
+    assert_eq!(s["source"], "ebpf", "{s}");
+    assert_eq!(num(&s, "ebpf_abi_mismatches"), 0, "{s}");
+}
+
 /// One FIB entry as the test compares it: (type, metric, hops as (ifindex, gateway, weight)).
 type Best = (u8, u64, Vec<(u64, String, u64)>);
 

@@ -7,6 +7,7 @@
 //! `daemon::core`). Lost records (ring full, message too long) are detected from the
 //! kernel's per-CPU counters and force a full resync, exactly like ENOBUFS.
 
+pub mod abi;
 pub mod clock;
 pub mod record;
 pub mod ring;
@@ -51,8 +52,23 @@ pub enum LoadError {
     TestKnob,
     #[error("BPF not permitted (needs CAP_BPF or root, and BPF enabled): {0}")]
     Permission(String),
+    #[error("{}", abi_message(*.found, *.want))]
+    AbiMismatch { found: Option<u32>, want: u32 },
     #[error("{0}")]
     Other(String),
+}
+
+fn abi_message(found: Option<u32>, want: u32) -> String {
+    match found {
+        Some(f) => format!(
+            "embedded eBPF object has record ABI {f:#010x}, this daemon decodes {want:#010x}: \
+             the object is stale (rebuild with `cargo xtask build`)"
+        ),
+        None => format!(
+            "embedded eBPF object has no record ABI (built before the check), this daemon \
+             decodes {want:#010x}: rebuild with `cargo xtask build`"
+        ),
+    }
 }
 
 pub(crate) fn classify(context: &str, e: impl std::error::Error) -> LoadError {
@@ -104,6 +120,7 @@ impl EbpfSource {
         pin_name: Option<&str>,
     ) -> Result<EbpfSource, LoadError> {
         let obj = OBJECT.ok_or(LoadError::NotBuilt)?;
+        abi::check(obj)?;
         if !ring_size.is_power_of_two() || !(4096..=1 << 31).contains(&ring_size) {
             return Err(LoadError::BadRingSize(ring_size));
         }

@@ -100,6 +100,7 @@ impl BpfFib {
     /// Unlike the source's pins these are the product, so a pin failure is an error.
     pub fn create(tables: Vec<u32>, pin_name: &str) -> Result<BpfFib, LoadError> {
         let obj = OBJECT.ok_or(LoadError::NotBuilt)?;
+        ebpf::abi::check(obj)?;
         if std::env::var_os(ebpf::FAIL_KNOB).is_some_and(|v| !v.is_empty()) {
             return Err(LoadError::TestKnob);
         }
