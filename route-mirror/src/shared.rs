@@ -89,6 +89,7 @@ pub struct Status {
     pub object_verdicts: Verdicts,
     /// See `Stats::unexplained_corrections`.
     pub unexplained_corrections: u64,
+    pub unexplained_object_corrections: u64,
     pub last_scan: Option<ScanReport>,
     pub scan_in_progress: Option<(ScanReason, u64)>,
     pub scan_pending: bool,

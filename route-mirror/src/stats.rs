@@ -68,10 +68,12 @@ pub struct Stats {
     pub scans_by_reason: BTreeMap<String, u64>,
     pub verdicts: Verdicts,
     pub object_verdicts: Verdicts,
-    /// Corrections made by scans that followed no loss of events (not the initial sync,
-    /// not a resync, no overrun while they ran): the event path missed something. A soak
-    /// fails on any.
+    /// Route corrections made by scans that followed no loss of events (not the initial
+    /// sync, not a resync, no overrun while they ran): the event path missed something.
+    /// The soak fails on any.
     pub unexplained_corrections: u64,
+    /// The same for links, addresses, nexthop objects, rules and netconf settings.
+    pub unexplained_object_corrections: u64,
     pub last_scan: Option<ScanReport>,
     pub last_scan_age_s: Option<f64>,
     /// The running scan's reason and the routes it has dumped so far.
@@ -198,6 +200,7 @@ impl Stats {
             verdicts: st.verdicts,
             object_verdicts: st.object_verdicts,
             unexplained_corrections: st.unexplained_corrections,
+            unexplained_object_corrections: st.unexplained_object_corrections,
             last_scan: st.last_scan,
             last_scan_age_s,
             scan_in_progress: st.scan_in_progress,
@@ -287,6 +290,7 @@ mod tests {
             "verdicts",
             "object_verdicts",
             "unexplained_corrections",
+            "unexplained_object_corrections",
             "last_scan",
             "last_scan_age_s",
             "scan_in_progress",

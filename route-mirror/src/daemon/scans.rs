@@ -318,8 +318,8 @@ fn record(st: &mut Status, report: &ScanReport) {
     st.verdicts.add(&report.verdicts);
     st.object_verdicts.add(&report.object_verdicts);
     if unexplained(report) {
-        st.unexplained_corrections +=
-            report.verdicts.corrections() + report.object_verdicts.corrections();
+        st.unexplained_corrections += report.verdicts.corrections();
+        st.unexplained_object_corrections += report.object_verdicts.corrections();
     }
     if report.reason == ScanReason::Initial {
         st.synced = true;

@@ -518,6 +518,9 @@ impl Mirror {
                     Verdict::Created
                 };
                 scan.object_verdicts.count(v);
+                if a.addr.is_ipv4() && self.live.set_v4_disabled(a.ifindex, false) {
+                    self.touch_dev_routes(Some(a.ifindex));
+                }
                 self.addrs.insert(a, gen);
             }
             Change::NewNexthop(nh) => {
@@ -670,9 +673,25 @@ impl Mirror {
         for f in Family::ALL {
             if scan.dumped(DumpKind::Addrs(f)) {
                 let before = self.addrs.len();
-                self.addrs
-                    .retain(|a, stamp| Family::of(&a.addr) != f || *stamp == gen);
+                let mut gone = Vec::new();
+                self.addrs.retain(|a, stamp| {
+                    let keep = Family::of(&a.addr) != f || *stamp == gen;
+                    if !keep {
+                        gone.push(*a);
+                    }
+                    keep
+                });
                 objects += before - self.addrs.len();
+                // A missed removal of a link's last IPv4 address disabled IPv4 on it.
+                for a in gone.iter().filter(|a| a.addr.is_ipv4()) {
+                    let last = !self
+                        .addrs
+                        .keys()
+                        .any(|o| o.ifindex == a.ifindex && o.addr.is_ipv4());
+                    if last && self.live.set_v4_disabled(a.ifindex, true) {
+                        self.touch_dev_routes(Some(a.ifindex));
+                    }
+                }
             }
             if scan.dumped(DumpKind::Netconf(f)) {
                 let gone: Vec<(Family, i32)> = self

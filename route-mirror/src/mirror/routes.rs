@@ -128,15 +128,21 @@ impl Mirror {
             return false;
         }
         let new = &route.attrs;
+        // IPv4: a replace of a route the key lists anywhere is refused by the kernel, so
+        // this is either reflected already or the renotification of a route whose
+        // nexthop object was replaced (`fib_info_notify_update`: `NLM_F_REPLACE` for
+        // every route using the object), which moves nothing. (IPv6 replaces the first
+        // route of the same kind even with an identical one further on.)
+        let replace = flags & nlm::REPLACE != 0;
         match k.family() {
             Family::V4 => match v4_place(flags) {
-                Place::ReplaceFirst => same_for_delete(&list[0].attrs, new),
+                Place::ReplaceFirst if !replace => same_for_delete(&list[0].attrs, new),
                 _ => list.iter().any(|e| same_for_delete(&e.attrs, new)),
             },
             Family::V6 => {
                 let ecmp = v6_ecmp(new);
-                if flags & nlm::REPLACE != 0 || flags & nlm::CREATE == 0 {
-                    let i = if flags & nlm::REPLACE != 0 {
+                if replace || flags & nlm::CREATE == 0 {
+                    let i = if replace {
                         list.iter()
                             .position(|e| v6_ecmp(&e.attrs) == ecmp)
                             .unwrap_or(0)

@@ -609,3 +609,33 @@ fn the_last_ipv4_address_going_kills_the_devices_hops() {
     let hops = m.dumped_hops(Family::V4, &mp.attrs.clone());
     assert_eq!(hops[0].flags & rtnh::LIVENESS, 0, "{hops:?}");
 }
+
+/// Replacing a nexthop object renotifies every route using it with `NLM_F_REPLACE`
+/// (`fib_info_notify_update`), wherever the route sits in its key's list: that moves
+/// nothing (found by the soak: a key [via 9.2, nhid 8] became [nhid 8, ...]).
+#[test]
+fn a_nexthop_replace_renotification_moves_nothing() {
+    let p = "10.9.0.0/24";
+    let mut m = Mirror::new();
+    let nh8 = route_with(
+        p,
+        10,
+        RouteAttrs {
+            kind: rtn::BLACKHOLE,
+            nh_id: Some(8),
+            ..attrs(&[])
+        },
+    );
+    m.apply(with(nh8.clone(), ADD));
+    m.apply(with(route(p, 10, 6), PREPEND));
+    m.apply(with(nh8, nlm::REPLACE));
+    let first: Vec<Option<u32>> = m
+        .fib
+        .table(Family::V4, 254)
+        .unwrap()
+        .key_routes(&p.parse().unwrap(), &SubKey::metric(10))
+        .iter()
+        .map(|e| e.attrs.nh_id)
+        .collect();
+    assert_eq!(first, vec![None, Some(8)]);
+}
