@@ -117,6 +117,56 @@ pub struct Change {
     pub op: Op,
 }
 
+/// A position in an instance, in the order a snapshot walks it: next hops, groups,
+/// IPv4 entries, IPv6 entries (objects before the entries that use them), each by key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Slot {
+    Hop(u64),
+    Group(u64),
+    V4(Ipv4Net),
+    V6(Ipv6Net),
+    /// After every object of the instance.
+    End,
+}
+
+impl Slot {
+    fn rank(self) -> u8 {
+        match self {
+            Slot::Hop(_) => 0,
+            Slot::Group(_) => 1,
+            Slot::V4(_) => 2,
+            Slot::V6(_) => 3,
+            Slot::End => 4,
+        }
+    }
+
+    pub fn of_prefix(p: IpNet) -> Slot {
+        match p {
+            IpNet::V4(p) => Slot::V4(p),
+            IpNet::V6(p) => Slot::V6(p),
+        }
+    }
+
+    /// The object an operation is about.
+    pub fn of_op(op: &Op) -> Slot {
+        match op {
+            Op::NextHop { index, .. }
+            | Op::NextHopInterface { index, .. }
+            | Op::NextHopDelete { index } => Slot::Hop(*index),
+            Op::Group { id, .. } | Op::GroupDelete { id } => Slot::Group(*id),
+            Op::Entry { prefix, .. } | Op::EntryDelete { prefix } => Slot::of_prefix(*prefix),
+        }
+    }
+}
+
+/// One object met by [`Aft::visit`].
+#[derive(Debug)]
+pub enum Obj<'a> {
+    Hop(u64, NextHop),
+    Group(u64, &'a Arc<[Member]>),
+    Entry(IpNet, &'a Entry4),
+}
+
 /// Reference-counted objects with small ids, deduplicated by value.
 #[derive(Debug, Clone)]
 struct Pool<V: std::hash::Hash + Eq + Clone> {
@@ -169,11 +219,13 @@ impl<V: std::hash::Hash + Eq + Clone> Pool<V> {
     }
 }
 
-/// One network instance: a mirrored table.
+/// One network instance: a mirrored table. Every list is ordered by its key, so a
+/// snapshot can be walked in bounded slices and resumed after the last key it sent
+/// ([`Aft::visit`]) while the AFT keeps changing between slices.
 #[derive(Debug, Clone, Default)]
 pub struct Instance {
-    pub v4: HashMap<Ipv4Net, Entry4>,
-    pub v6: HashMap<Ipv6Net, Entry4>,
+    pub v4: BTreeMap<Ipv4Net, Entry4>,
+    pub v6: BTreeMap<Ipv6Net, Entry4>,
     hops: Pool<HopKey>,
     /// Each next hop's interface name, by index.
     interfaces: HashMap<u64, Option<Arc<str>>>,
@@ -244,7 +296,7 @@ impl Instance {
         self.groups.get(id)
     }
 
-    /// Entries of one family, unordered.
+    /// Entries of one family, in prefix order.
     pub fn family_entries(&self, f: Family) -> Box<dyn Iterator<Item = (IpNet, &Entry4)> + '_> {
         match f {
             Family::V4 => Box::new(self.v4.iter().map(|(p, e)| (IpNet::V4(*p), e))),
@@ -394,6 +446,74 @@ impl Aft {
 
     pub fn entries(&self) -> usize {
         self.instances.values().map(Instance::entries).sum()
+    }
+
+    /// Visits up to `budget` objects after `after` (from the start when `None`), in
+    /// walk order ([`Slot`]), skipping the sections `wants(table, section)` declines
+    /// (`section`: any slot of it, key meaningless). Returns the last position visited,
+    /// or `None` when the walk reached the end. Resuming after a position that changed
+    /// meanwhile is fine: the walk goes on after its key.
+    pub fn visit(
+        &self,
+        after: Option<(u32, Slot)>,
+        mut budget: usize,
+        wants: &dyn Fn(u32, Slot) -> bool,
+        f: &mut dyn FnMut(u32, Obj<'_>),
+    ) -> Option<(u32, Slot)> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let first = after.map_or(Unbounded, |(t, _)| Included(t));
+        let mut last = None;
+        for (&table, inst) in self.instances.range((first, Unbounded)) {
+            let from = after.filter(|(t, _)| *t == table).map(|(_, s)| s);
+            // Whether the walk is past `slot`'s section start (then resume after `from`).
+            let bound = |kind: Slot| -> Option<std::ops::Bound<Slot>> {
+                match from {
+                    Some(f) if f.rank() > kind.rank() => None,
+                    Some(f) if f.rank() == kind.rank() => Some(Excluded(f)),
+                    _ => Some(Unbounded),
+                }
+            };
+            macro_rules! section {
+                ($kind:expr, $map:expr, $key:path, $obj:expr) => {
+                    if let Some(b) = bound($kind).filter(|_| wants(table, $kind)) {
+                        let lo = match b {
+                            Excluded($key(k)) => Excluded(k),
+                            _ => Unbounded,
+                        };
+                        for (k, v) in $map.range((lo, Unbounded)) {
+                            if budget == 0 {
+                                return last;
+                            }
+                            budget -= 1;
+                            f(table, ($obj)(*k, v));
+                            last = Some((table, $key(*k)));
+                        }
+                    }
+                };
+            }
+            section!(Slot::Hop(0), inst.hops.values, Slot::Hop, |k, _| Obj::Hop(
+                k,
+                inst.next_hop(k).expect("listed")
+            ));
+            section!(Slot::Group(0), inst.groups.values, Slot::Group, |k, g| {
+                Obj::Group(k, g)
+            });
+            section!(
+                Slot::V4(Ipv4Net::default()),
+                inst.v4,
+                Slot::V4,
+                |k, e| Obj::Entry(IpNet::V4(k), e)
+            );
+            section!(
+                Slot::V6(Ipv6Net::default()),
+                inst.v6,
+                Slot::V6,
+                |k, e| Obj::Entry(IpNet::V6(k), e)
+            );
+            // The instance is done: a later walk resumes at the next one.
+            last = Some((table, Slot::End));
+        }
+        None
     }
 
     /// Links renamed or removed ([`crate::export::change::Batch::links_renamed`]): the

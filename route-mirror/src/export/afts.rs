@@ -48,13 +48,6 @@ pub enum Batch {
     Resync { time_ns: i64 },
 }
 
-/// A snapshot taken together with the stream of what follows it.
-pub struct Subscription {
-    pub snapshot: Aft,
-    pub time_ns: i64,
-    pub rx: broadcast::Receiver<Arc<Batch>>,
-}
-
 /// Counters of one namespace's AFT.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct AftsStats {
@@ -107,16 +100,14 @@ impl Afts {
         }
     }
 
-    /// Waits for the first snapshot, then returns it with the stream that follows it.
-    pub async fn subscribe(&self) -> Subscription {
+    /// Waits for the first snapshot, then returns the stream of what changes from now
+    /// on. Snapshots are read in slices through [`Afts::read`]: whatever a slice reads
+    /// is the AFT after every batch this receiver has drained under the same lock (the
+    /// pump broadcasts under it), so a reader knows exactly which changes it has seen.
+    pub async fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
         let mut ready = self.ready.subscribe();
         let _ = ready.wait_for(|r| *r).await;
-        let state = self.state.lock().expect("afts lock");
-        Subscription {
-            snapshot: state.clone().unwrap_or_default(),
-            time_ns: now_ns(),
-            rx: self.tx.subscribe(),
-        }
+        self.tx.subscribe()
     }
 
     /// Lets subscribers in (the pump does it once the mirror is synced).
@@ -124,15 +115,12 @@ impl Afts {
         self.ready.send_replace(true);
     }
 
-    /// A copy of the current AFT (after the first snapshot exists).
-    pub async fn snapshot(&self) -> Aft {
-        let mut ready = self.ready.subscribe();
-        let _ = ready.wait_for(|r| *r).await;
-        self.state
-            .lock()
-            .expect("afts lock")
-            .clone()
-            .unwrap_or_default()
+    /// Runs `f` on the current AFT under the hub's lock, now (after [`Afts::subscribe`]
+    /// or [`Afts::with`] waited for the first snapshot). The pump waits meanwhile: keep
+    /// `f` to a bounded slice of work. Blocking: call it off the async workers.
+    pub fn read<R>(&self, f: impl FnOnce(&Aft) -> R) -> R {
+        let state = self.state.lock().expect("afts lock");
+        f(state.as_ref().unwrap_or(&Aft::default()))
     }
 
     /// Runs `f` on the current AFT under the hub's lock (for reads of a few objects:
@@ -140,8 +128,7 @@ impl Afts {
     pub async fn with<R>(&self, f: impl FnOnce(&Aft) -> R) -> R {
         let mut ready = self.ready.subscribe();
         let _ = ready.wait_for(|r| *r).await;
-        let state = self.state.lock().expect("afts lock");
-        f(state.as_ref().unwrap_or(&Aft::default()))
+        self.read(f)
     }
 
     /// Replaces the AFT (first build, rebuild) and tells subscribers to start over.

@@ -12,7 +12,9 @@
 
 use super::path::{afts_path, elem, Key, Section, Selector};
 use super::proto::{typed_value, Encoding, Notification, Path, TypedValue, Update};
-use crate::export::aft::{metadata, origin_protocol, Aft, Entry4, Instance, Member, NextHop};
+use crate::export::aft::{
+    metadata, origin_protocol, Aft, Change, Entry4, Instance, Member, NextHop, Obj, Op,
+};
 
 /// Objects per notification.
 pub const PER_NOTIFICATION: usize = 64;
@@ -289,6 +291,34 @@ impl<'a> Builder<'a> {
             ],
             ..Default::default()
         });
+    }
+
+    /// One AFT operation, if `sel` selects its object: an update, or a delete.
+    pub fn op(&mut self, ni: &str, sel: &Selector, c: &Change) {
+        match &c.op {
+            Op::NextHop { index, hop } => self.hop(ni, sel, *index, hop),
+            Op::NextHopInterface { index, hop } => self.hop_interface(ni, sel, *index, hop),
+            Op::NextHopDelete { index } => self.delete(ni, sel, Section::Hops, Key::Id(*index)),
+            Op::Group { id, members } => self.group(ni, sel, *id, members),
+            Op::GroupDelete { id } => self.delete(ni, sel, Section::Groups, Key::Id(*id)),
+            Op::Entry { prefix, entry } => self.entry(ni, sel, *prefix, entry),
+            Op::EntryDelete { prefix } => {
+                let s = match prefix {
+                    ipnet::IpNet::V4(_) => Section::V4,
+                    ipnet::IpNet::V6(_) => Section::V6,
+                };
+                self.delete(ni, sel, s, Key::Prefix(*prefix))
+            }
+        }
+    }
+
+    /// An object met by a snapshot walk ([`Aft::visit`]), if `sel` selects it.
+    pub fn obj(&mut self, ni: &str, sel: &Selector, o: &Obj<'_>) {
+        match o {
+            Obj::Hop(x, h) => self.hop(ni, sel, *x, h),
+            Obj::Group(x, g) => self.group(ni, sel, *x, g),
+            Obj::Entry(p, e) => self.entry(ni, sel, *p, e),
+        }
     }
 
     /// Everything `sel` selects in one instance: next hops, groups, then entries, so a

@@ -9,6 +9,7 @@
 pub mod encode;
 pub mod path;
 pub mod service;
+pub mod snapshot;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -12,13 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast::error::RecvError, mpsc, Barrier};
+use tokio::sync::{broadcast, broadcast::error::RecvError, mpsc, Barrier, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
 use super::encode::{instance_name, Builder};
 use super::path::{display, join, Key, Section, Selector};
+use super::snapshot::{drop_stale, Mode, Step, Walk};
 use super::proto::g_nmi_server::GNmi;
 use super::proto::{
     get_request, subscribe_request, subscribe_response, subscription_list, CapabilityRequest,
@@ -29,8 +31,17 @@ use crate::export::aft::{Aft, Op};
 use crate::export::afts::{now_ns, Afts, Batch};
 
 /// Responses queued towards one subscriber's gRPC stream. When it is full the
-/// subscriber's task waits, its hub queue fills, and it starts over from a snapshot.
+/// subscriber's task waits (a snapshot renders its next slice only once there is
+/// room), its hub queue fills, and it starts over from a snapshot.
 const RESPONSE_QUEUE: usize = 64;
+
+/// Snapshot slices rendered at once, whatever the number of subscribers: each on a
+/// blocking thread, so rendering never occupies the async workers that accept
+/// connections and forward changes, and ten full-table subscribers cost the CPU of
+/// this many, not ten.
+fn renderers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 /// Shortest SAMPLE interval honoured.
 const MIN_SAMPLE: Duration = Duration::from_millis(100);
 
@@ -46,6 +57,10 @@ pub struct GnmiStats {
     /// Resync brackets sent (mirror resyncs and overflows).
     pub resyncs: AtomicU64,
     pub errors: AtomicU64,
+    /// The most notifications one subscriber ever had rendered but not yet taken by
+    /// its gRPC stream (its queue plus the slice being sent): what bounds a
+    /// subscriber's memory, whatever the size of the table.
+    pub unsent_max: AtomicU64,
 }
 
 impl GnmiStats {
@@ -59,6 +74,7 @@ impl GnmiStats {
             "overflows": g(&self.overflows),
             "resyncs": g(&self.resyncs),
             "errors": g(&self.errors),
+            "unsent_max": g(&self.unsent_max),
         })
     }
 }
@@ -66,6 +82,7 @@ impl GnmiStats {
 pub struct Service {
     hubs: Vec<Arc<Afts>>,
     pub stats: Arc<GnmiStats>,
+    renderers: Arc<Semaphore>,
 }
 
 /// The models this server's paths come from (openconfig/public, release/models).
@@ -111,6 +128,14 @@ impl Service {
         Service {
             hubs,
             stats: Arc::new(GnmiStats::default()),
+            renderers: Arc::new(Semaphore::new(renderers())),
+        }
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            stats: self.stats.clone(),
+            renderers: self.renderers.clone(),
         }
     }
 
@@ -142,21 +167,105 @@ impl Service {
     }
 }
 
-/// The current state `sels` select in one hub: a copy of the AFT for broad selections,
-/// direct reads under the hub's lock for single objects.
-async fn render(hub: &Afts, sels: &[Selector], enc: Encoding, target: &str) -> Vec<Notification> {
-    let time_ns = now_ns();
-    let build = |aft: &Aft| {
-        let mut b = Builder::new(enc, target, time_ns);
-        for s in sels {
-            b.snapshot(aft, s, &instance_name);
+/// What snapshot rendering needs, shared by every call.
+#[derive(Clone)]
+struct Ctx {
+    stats: Arc<GnmiStats>,
+    renderers: Arc<Semaphore>,
+}
+
+type Rx = broadcast::Receiver<Arc<Batch>>;
+
+/// Runs `f` on a blocking thread once a renderer is free.
+async fn render<T: Send + 'static>(ctx: &Ctx, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let _permit = ctx.renderers.acquire().await.expect("never closed");
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("snapshot renderer panicked")
+}
+
+/// One step of a walk (a slice) under the hub's lock.
+async fn step(ctx: &Ctx, hub: &Arc<Afts>, walk: Walk, rx: Rx) -> (Walk, Rx, Vec<Notification>, Step) {
+    let hub = hub.clone();
+    render(ctx, move || {
+        let (mut walk, mut rx) = (walk, rx);
+        let (ns, st) = hub.read(|aft| walk.step(aft, &mut rx));
+        (walk, rx, ns, st)
+    })
+    .await
+}
+
+/// Sends one hub's snapshot of `sels` a slice at a time (see [`super::snapshot`]),
+/// each slice rendered only once the previous one is queued. `rx` comes from
+/// [`Afts::subscribe`]; it is returned positioned right after the state the snapshot
+/// ends at (its next changes apply on top). `None` once the client is gone.
+async fn send_snapshot(
+    ctx: &Ctx,
+    hub: &Arc<Afts>,
+    walk: Walk,
+    out: &Out,
+    mut rx: Rx,
+) -> Option<Rx> {
+    let mut walk = walk;
+    loop {
+        let (w, r, slice, st) = step(ctx, hub, walk, rx).await;
+        (walk, rx) = (w, r);
+        // The slice waits (rendered, counted) while the changes drained before it go.
+        out.hold(slice.len());
+        while walk.has_changes() {
+            let (w, piece) = render(ctx, move || {
+                let mut walk = walk;
+                let piece = walk.changes();
+                (walk, piece)
+            })
+            .await;
+            walk = w;
+            if !out.send_all(piece).await {
+                out.release(slice.len());
+                return None;
+            }
         }
-        b.finish()
-    };
-    if sels.iter().all(|s| s.key.is_some()) {
-        hub.with(build).await
-    } else {
-        build(&hub.snapshot().await)
+        if !out.send_held(slice).await {
+            return None;
+        }
+        match st {
+            Step::More => {}
+            Step::Done => return Some(rx),
+            Step::Restarted { lagged } => {
+                if lagged {
+                    ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                    info!(netns = %hub.name, "gNMI subscriber fell behind during a snapshot: starting it over");
+                }
+                ctx.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The current state `sels` select in one hub, for a Get: rendered a slice at a time
+/// like a snapshot, exact as of its last slice.
+async fn get_snapshot(
+    ctx: &Ctx,
+    hub: &Arc<Afts>,
+    sels: Arc<[Selector]>,
+    enc: Encoding,
+    target: &str,
+) -> Vec<Notification> {
+    let mut rx = hub.subscribe().await;
+    let mut walk = Walk::new(sels, enc, target, Mode::Get);
+    let mut out = Vec::new();
+    loop {
+        let (w, r, ns, st) = step(ctx, hub, walk, rx).await;
+        (walk, rx) = (w, r);
+        match st {
+            Step::More => out.extend(ns),
+            Step::Done => {
+                drop_stale(&mut out, &walk.stale());
+                out.extend(ns);
+                return out;
+            }
+            Step::Restarted { .. } => out.clear(),
+        }
     }
 }
 
@@ -176,15 +285,74 @@ fn update(n: Notification) -> SubscribeResponse {
 
 type Tx = mpsc::Sender<Result<SubscribeResponse, Status>>;
 
-/// Sends notifications; false once the client is gone.
-async fn send_all(tx: &Tx, stats: &GnmiStats, ns: Vec<Notification>) -> bool {
-    for n in ns {
-        stats.notifications.fetch_add(1, Ordering::Relaxed);
-        if tx.send(Ok(update(n))).await.is_err() {
-            return false;
+/// One subscriber's responses: its bounded queue, and how many notifications are
+/// rendered but not yet taken by its gRPC stream ([`responses`] counts them down).
+#[derive(Clone)]
+struct Out {
+    tx: Tx,
+    stats: Arc<GnmiStats>,
+    unsent: Arc<AtomicU64>,
+}
+
+impl Out {
+    fn new(tx: Tx, stats: Arc<GnmiStats>) -> Out {
+        Out {
+            tx,
+            stats,
+            unsent: Arc::new(AtomicU64::new(0)),
         }
     }
-    true
+
+    /// Counts `n` notifications rendered and kept for [`Out::send_held`].
+    fn hold(&self, n: usize) {
+        let now = self.unsent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        self.stats.unsent_max.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn release(&self, n: usize) {
+        self.unsent.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+
+    /// Sends notifications; false once the client is gone.
+    async fn send_all(&self, ns: Vec<Notification>) -> bool {
+        self.hold(ns.len());
+        self.send_held(ns).await
+    }
+
+    /// Sends notifications already counted by [`Out::hold`].
+    async fn send_held(&self, ns: Vec<Notification>) -> bool {
+        let mut left = ns.len() as u64;
+        for x in ns {
+            self.stats.notifications.fetch_add(1, Ordering::Relaxed);
+            if self.tx.send(Ok(update(x))).await.is_err() {
+                self.unsent.fetch_sub(left, Ordering::Relaxed);
+                return false;
+            }
+            left -= 1;
+        }
+        true
+    }
+
+    async fn send(&self, r: Result<SubscribeResponse, Status>) -> bool {
+        self.tx.send(r).await.is_ok()
+    }
+}
+
+/// The gRPC response stream of one subscriber: its queue, counting notifications out.
+fn responses(
+    rx: mpsc::Receiver<Result<SubscribeResponse, Status>>,
+    unsent: Arc<AtomicU64>,
+) -> impl tokio_stream::Stream<Item = Result<SubscribeResponse, Status>> {
+    ReceiverStream::new(rx).map(move |r| {
+        if let Ok(SubscribeResponse {
+            response: Some(subscribe_response::Response::Update(_)),
+            ..
+        }) = &r
+        {
+            unsent.fetch_sub(1, Ordering::Relaxed);
+        }
+        r
+    })
 }
 
 /// One subscription of a list, resolved.
@@ -195,25 +363,10 @@ struct Sub {
     heartbeat: Option<Duration>,
 }
 
-/// The AFT operations of a batch that `sub` selects, as notifications.
+/// The AFT operations of a batch that `sel` selects, as notifications.
 fn render_ops(b: &mut Builder<'_>, sel: &Selector, changes: &[crate::export::aft::Change]) {
     for c in changes {
-        let ni = instance_name(c.table);
-        match &c.op {
-            Op::NextHop { index, hop } => b.hop(&ni, sel, *index, hop),
-            Op::NextHopInterface { index, hop } => b.hop_interface(&ni, sel, *index, hop),
-            Op::NextHopDelete { index } => b.delete(&ni, sel, Section::Hops, Key::Id(*index)),
-            Op::Group { id, members } => b.group(&ni, sel, *id, members),
-            Op::GroupDelete { id } => b.delete(&ni, sel, Section::Groups, Key::Id(*id)),
-            Op::Entry { prefix, entry } => b.entry(&ni, sel, *prefix, entry),
-            Op::EntryDelete { prefix } => {
-                let s = match prefix {
-                    ipnet::IpNet::V4(_) => Section::V4,
-                    ipnet::IpNet::V6(_) => Section::V6,
-                };
-                b.delete(&ni, sel, s, Key::Prefix(*prefix))
-            }
-        }
+        b.op(&instance_name(c.table), sel, c);
     }
 }
 
@@ -273,8 +426,8 @@ struct StreamCall {
     updates_only: bool,
     /// The sync_response goes out once every hub sent its snapshot.
     barrier: Arc<Barrier>,
-    tx: Tx,
-    stats: Arc<GnmiStats>,
+    out: Out,
+    ctx: Ctx,
 }
 
 /// STREAM mode for one hub: snapshot, sync (once all hubs sent theirs), then changes;
@@ -285,21 +438,20 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
         enc,
         updates_only,
         barrier,
-        tx,
-        stats,
+        out,
+        ctx,
     } = call;
-    let mut sub = hub.subscribe().await;
+    let stats = &ctx.stats;
+    let sels: Arc<[Selector]> = subs.iter().map(|s| s.sel.clone()).collect();
+    let mut rx = hub.subscribe().await;
     if !updates_only {
-        let mut b = Builder::new(enc, &target, sub.time_ns);
-        for s in subs.iter() {
-            b.snapshot(&sub.snapshot, &s.sel, &instance_name);
-        }
-        if !send_all(&tx, &stats, b.finish()).await {
+        let walk = Walk::new(sels.clone(), enc, &target, Mode::Stream);
+        let Some(r) = send_snapshot(&ctx, &hub, walk, &out, rx).await else {
             return;
-        }
+        };
+        rx = r;
     }
-    drop(std::mem::take(&mut sub.snapshot));
-    if barrier.wait().await.is_leader() && tx.send(Ok(sync_response())).await.is_err() {
+    if barrier.wait().await.is_leader() && !out.send(Ok(sync_response())).await {
         return;
     }
     // SAMPLE timers: next due time and what changed since the last sample, per sub.
@@ -320,7 +472,7 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
             }
         };
         tokio::select! {
-            r = sub.rx.recv() => {
+            r = rx.recv() => {
                 let resync = match r {
                     Ok(batch) => match &*batch {
                         Batch::Changes { time_ns, changes } => {
@@ -332,7 +484,7 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
                                     render_ops(&mut b, &s.sel, changes);
                                 }
                             }
-                            if !send_all(&tx, &stats, b.finish()).await {
+                            if !out.send_all(b.finish()).await {
                                 return;
                             }
                             false
@@ -348,23 +500,15 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
                 };
                 if resync {
                     // Bracket: delete what this subscription covers, a fresh snapshot,
-                    // sync_response. Subscribe first so nothing after it is missed.
+                    // sync_response. The receiver goes on after the snapshot's state.
                     stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                    sub = hub.subscribe().await;
-                    let mut b = Builder::new(enc, &target, sub.time_ns);
-                    let mut instances: Vec<String> = sub.snapshot.instances.keys().map(|t| instance_name(*t)).collect();
-                    instances.extend(subs.iter().filter_map(|s| s.sel.ni.clone()));
-                    instances.sort();
-                    instances.dedup();
-                    for s in subs.iter() {
-                        for ni in instances.iter().filter(|n| s.sel.wants_ni(n)) {
-                            b.delete_path(ni, s.sel.root_in(ni));
-                        }
-                        b.snapshot(&sub.snapshot, &s.sel, &instance_name);
-                    }
-                    drop(std::mem::take(&mut sub.snapshot));
                     touched.iter_mut().for_each(Touched::clear);
-                    if !send_all(&tx, &stats, b.finish()).await || tx.send(Ok(sync_response())).await.is_err() {
+                    let walk = Walk::new(sels.clone(), enc, &target, Mode::Stream).bracketed();
+                    let Some(r) = send_snapshot(&ctx, &hub, walk, &out, rx).await else {
+                        return;
+                    };
+                    rx = r;
+                    if !out.send(Ok(sync_response())).await {
                         return;
                     }
                 }
@@ -378,22 +522,26 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
                     if heartbeat {
                         beat[i] = s.heartbeat.map(|h| now + h);
                     }
-                    let ns = if s.suppress_redundant && !heartbeat {
+                    if s.suppress_redundant && !heartbeat {
                         let t = std::mem::take(&mut touched[i]);
                         if t.is_empty() {
                             continue;
                         }
-                        hub.with(|aft| {
+                        let ns = hub.with(|aft| {
                             let mut b = Builder::new(enc, &target, now_ns());
                             render_touched(&mut b, aft, &s.sel, &t);
                             b.finish()
-                        }).await
+                        }).await;
+                        if !out.send_all(ns).await {
+                            return;
+                        }
                     } else {
                         touched[i].clear();
-                        render(&hub, std::slice::from_ref(&s.sel), enc, &target).await
-                    };
-                    if !send_all(&tx, &stats, ns).await {
-                        return;
+                        let one: Arc<[Selector]> = Arc::from([s.sel.clone()]);
+                        let walk = Walk::new(one, enc, &target, Mode::Stream);
+                        if send_snapshot(&ctx, &hub, walk, &out, hub.subscribe().await).await.is_none() {
+                            return;
+                        }
                     }
                 }
             }
@@ -408,27 +556,28 @@ async fn subscription(
     subs: Vec<Sub>,
     enc: Encoding,
     mut reqs: Streaming<SubscribeRequest>,
-    tx: Tx,
-    stats: Arc<GnmiStats>,
+    out: Out,
+    ctx: Ctx,
 ) {
-    let sels: Vec<Selector> = subs.iter().map(|s| s.sel.clone()).collect();
+    let sels: Arc<[Selector]> = subs.iter().map(|s| s.sel.clone()).collect();
+    // ONCE and each POLL: every hub's snapshot, then sync_response.
+    let snapshots = || async {
+        for (hub, target) in &targets {
+            let rx = hub.subscribe().await;
+            let walk = Walk::new(sels.clone(), enc, target, Mode::Stream);
+            if send_snapshot(&ctx, hub, walk, &out, rx).await.is_none() {
+                return false;
+            }
+        }
+        out.send(Ok(sync_response())).await
+    };
     match subscription_list::Mode::try_from(list.mode).unwrap_or(subscription_list::Mode::Stream) {
         subscription_list::Mode::Once => {
-            for (hub, target) in &targets {
-                if !send_all(&tx, &stats, render(hub, &sels, enc, target).await).await {
-                    return;
-                }
-            }
-            let _ = tx.send(Ok(sync_response())).await;
+            snapshots().await;
         }
         subscription_list::Mode::Poll => loop {
             // The first poll is implicit: the list itself asks for the current state.
-            for (hub, target) in &targets {
-                if !send_all(&tx, &stats, render(hub, &sels, enc, target).await).await {
-                    return;
-                }
-            }
-            if tx.send(Ok(sync_response())).await.is_err() {
+            if !snapshots().await {
                 return;
             }
             match reqs.message().await {
@@ -437,7 +586,7 @@ async fn subscription(
                     ..
                 })) => continue,
                 Ok(Some(_)) => {
-                    let _ = tx
+                    let _ = out
                         .send(Err(Status::invalid_argument(
                             "only Poll messages may follow a POLL subscription list",
                         )))
@@ -448,13 +597,14 @@ async fn subscription(
             }
         },
         subscription_list::Mode::Stream => {
+            let tx = out.tx.clone();
             let call = StreamCall {
                 subs: Arc::new(subs),
                 enc,
                 updates_only: list.updates_only,
                 barrier: Arc::new(Barrier::new(targets.len())),
-                tx: tx.clone(),
-                stats,
+                out,
+                ctx,
             };
             let mut tasks = tokio::task::JoinSet::new();
             for (hub, target) in targets {
@@ -551,8 +701,10 @@ impl GNmi for Service {
         let mut notification = Vec::new();
         // The AFT is state only: a CONFIG Get selects nothing.
         if r.r#type != get_request::DataType::Config as i32 {
+            let ctx = self.ctx();
+            let sels: Arc<[Selector]> = sels.into();
             for (hub, target) in &targets {
-                notification.extend(render(hub, &sels, enc, target).await);
+                notification.extend(get_snapshot(&ctx, hub, sels.clone(), enc, target).await);
             }
         }
         if notification.is_empty() {
@@ -602,11 +754,114 @@ impl GNmi for Service {
         self.stats.subscribers.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let gauge = Gauge(self.stats.clone());
-        let stats = self.stats.clone();
+        let out = Out::new(tx, self.stats.clone());
+        let unsent = out.unsent.clone();
+        let ctx = self.ctx();
         tokio::spawn(async move {
             let _gauge = gauge;
-            subscription(targets, list, subs, enc, reqs, tx, stats).await;
+            subscription(targets, list, subs, enc, reqs, out, ctx).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(responses(rx, unsent))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::export::gnmi::snapshot::{tests as walk, MAX_RENDERED};
+
+    /// A STREAM subscriber that reads slowly while the AFT churns: the daemon never
+    /// holds more than its queue plus one slice of rendered notifications for it
+    /// (a small fraction of the table), and once the churn stops the subscriber's view
+    /// equals the AFT.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_stream_subscriber_costs_a_slice_and_ends_exact() {
+        const N: u32 = 50_000;
+        let afts = walk::hub(N);
+        let stats = Arc::new(GnmiStats::default());
+        let ctx = Ctx {
+            stats: stats.clone(),
+            renderers: Arc::new(Semaphore::new(1)),
+        };
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let out = Out::new(tx, stats.clone());
+        let mut stream = Box::pin(responses(rx, out.unsent.clone()));
+        let call = StreamCall {
+            subs: Arc::new(vec![Sub {
+                sel: Selector::all(),
+                sample: None,
+                suppress_redundant: false,
+                heartbeat: None,
+            }]),
+            enc: Encoding::Proto,
+            updates_only: false,
+            barrier: Arc::new(Barrier::new(1)),
+            out,
+            ctx,
+        };
+        let task = tokio::spawn(stream_hub(afts.clone(), String::new(), call));
+
+        // Churn on a thread of its own, as the pump does.
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = {
+            let (afts, stop) = (afts.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut round = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    round += 1;
+                    afts.apply(|aft, out| {
+                        for k in 0..20 {
+                            let i = round.wrapping_mul(7919).wrapping_add(k * 104_729) % N;
+                            let best = (k % 3 != 0).then(|| walk::best(round % 9, i % 7));
+                            aft.set(254, walk::net(i), best.as_ref(), out);
+                        }
+                    });
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                round
+            })
+        };
+
+        let mut model = BTreeMap::new();
+        let (mut synced, mut updates) = (false, 0);
+        while !synced {
+            let r = stream.next().await.expect("stream open").expect("no error");
+            match r.response {
+                Some(subscribe_response::Response::Update(n)) => {
+                    walk::apply(&mut model, &n);
+                    updates += 1;
+                    if updates % 8 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await; // a slow reader
+                    }
+                }
+                Some(subscribe_response::Response::SyncResponse(_)) => synced = true,
+                _ => {}
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let rounds = churn.join().unwrap();
+        // Drain what the churn left queued, until the stream is quiet.
+        while let Ok(Some(r)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+        {
+            if let Some(subscribe_response::Response::Update(n)) = r.unwrap().response {
+                walk::apply(&mut model, &n);
+            }
+        }
+        let want = walk::expected(&afts);
+        assert!(rounds > 10, "the table churned during the snapshot ({rounds} rounds)");
+        assert!(model == want, "the subscriber's view differs from the AFT");
+        assert_eq!(stats.overflows.load(Ordering::Relaxed), 0);
+        let max = stats.unsent_max.load(Ordering::Relaxed) as usize;
+        // The queue, the one the stream holds, a held slice and a piece of changes.
+        assert!(
+            max <= RESPONSE_QUEUE + 1 + 2 * MAX_RENDERED,
+            "{max} notifications rendered and unsent at once"
+        );
+        assert!(updates > 4 * max, "a table much larger than that: {updates}");
+        task.abort();
     }
 }
