@@ -248,8 +248,8 @@ def proc_stat(pid):
         parts = f.read().rsplit(")", 1)[1].split()
     cpu = (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
     with open(f"/proc/{pid}/status") as f:
-        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-    return cpu, rss
+        st = {l.split(":")[0]: l.split()[1] for l in f if l.startswith(("VmRSS:", "VmHWM:"))}
+    return cpu, int(st["VmRSS"]), int(st["VmHWM"])
 
 
 GNMI_CLIENT = r"""
@@ -321,19 +321,28 @@ def gnmi(args, clean):
         if subs == 0:
             # The snapshot of every entry over gNMI (ONCE, PROTO).
             t = time.time()
+            _, rss0, _ = proc_stat(d.pid)
             out = sh(PY, client, addr, "once").stdout.split()
+            time.sleep(1)
+            _, rss, hwm = proc_stat(d.pid)
             results.append(("ONCE snapshot", f"{float(out[1]):.2f} s", f"{int(out[2]) / 1e6:.1f} MB",
-                            f"{int(out[3]):,} entries in {int(out[4]):,} responses"))
+                            f"{int(out[3]):,} entries in {int(out[4]):,} responses; daemon RSS "
+                            f"{rss0 / 1024:.0f} MiB before, {rss / 1024:.0f} MiB after, peak {hwm / 1024:.0f} MiB"))
             print(results[-1], file=sys.stderr, flush=True)
         readers = []
         for _ in range(subs):
             p = subprocess.Popen([PY, client, addr, "stream"], stdout=subprocess.PIPE, text=True)
             clean.procs.append(p)
             readers.append(p)
-        for p in readers:  # each past its initial snapshot
+        t_sub = time.time()
+        synced = 0
+        for p in readers:  # each past its initial snapshot (or failed: its output ends)
             for line in p.stdout:
                 if line.startswith("SYNC"):
+                    synced += 1
                     break
+        sub_took = time.time() - t_sub
+        _, _, hwm_sub = proc_stat(d.pid)
         # Drain every reader on its own thread (a full pipe would stall the client and
         # make the server resnapshot it): the time its last update arrived.
         seen = [[0, 0.0] for _ in readers]
@@ -344,7 +353,7 @@ def gnmi(args, clean):
                     slot[0], slot[1] = int(line.split()[1]), time.time()
         for p, slot in zip(readers, seen):
             threading.Thread(target=drain, args=(p, slot), daemon=True).start()
-        cpu0, _ = proc_stat(d.pid)
+        cpu0, _, _ = proc_stat(d.pid)
         rng = random.Random(7)
         prefixes = sorted({rand_v4(rng) for _ in range(args.churn // 2)})
         t = time.time()
@@ -360,11 +369,16 @@ def gnmi(args, clean):
                 break
             time.sleep(0.2)
         delivered = (max(sl[1] for sl in seen) - t) if readers else took
-        cpu1, rss = proc_stat(d.pid)
+        cpu1, rss, hwm = proc_stat(d.pid)
         got = f", each got {min(sl[0] for sl in seen):,}-{max(sl[0] for sl in seen):,} leaves" if readers else ""
-        results.append((f"{subs} STREAM subscribers", f"{args.churn} changes applied in {took:.2f} s, "
+        snap = (f"{synced}/{subs} connected and synced their full snapshots in {sub_took:.1f} s "
+                f"(daemon peak RSS {hwm_sub / 1024:.0f} MiB); ") if readers else ""
+        unsent = json.loads(sh(BIN, "--socket", os.path.join(work, "rm.sock"), "stats", "--json",
+                               check=False).stdout or "{}").get("gnmi", {}).get("unsent_max")
+        results.append((f"{subs} STREAM subscribers", f"{snap}{args.churn} changes applied in {took:.2f} s, "
                         f"all delivered in {delivered:.2f} s{got}",
-                        f"daemon CPU {cpu1 - cpu0:.2f} s", f"RSS {rss / 1024:.0f} MiB"))
+                        f"daemon CPU {cpu1 - cpu0:.2f} s",
+                        f"RSS {rss / 1024:.0f} MiB (peak {hwm / 1024:.0f} MiB, unsent_max {unsent})"))
         print(results[-1], file=sys.stderr, flush=True)
         for p in readers:
             p.kill()

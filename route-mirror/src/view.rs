@@ -108,6 +108,8 @@ pub trait RouteContext {
     /// The route's effective hops with the flags a dump would show now.
     fn dumped_hops(&self, family: Family, attrs: &RouteAttrs) -> Vec<NextHop>;
     fn live(&self) -> &Liveness;
+    /// Whether a route can forward now (see [`crate::liveness`]).
+    fn usable(&self, family: Family, attrs: &RouteAttrs) -> crate::fib::Usable;
 }
 
 impl RouteContext for Mirror {
@@ -123,6 +125,9 @@ impl RouteContext for Mirror {
     fn live(&self) -> &Liveness {
         &self.live
     }
+    fn usable(&self, family: Family, attrs: &RouteAttrs) -> crate::fib::Usable {
+        Mirror::usable(self, family, attrs)
+    }
 }
 
 impl RouteContext for Names {
@@ -137,6 +142,9 @@ impl RouteContext for Names {
     }
     fn live(&self) -> &Liveness {
         Names::live(self)
+    }
+    fn usable(&self, family: Family, attrs: &RouteAttrs) -> crate::fib::Usable {
+        Names::usable(self, family, attrs)
     }
 }
 

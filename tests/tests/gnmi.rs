@@ -1028,3 +1028,331 @@ fn a_resync_is_bracketed_for_subscribers() {
     let _ = sub.kill();
     let _ = sub.wait();
 }
+
+/// A collector's copy from pygnmi's parsed stream: updates set leaves, deletes remove
+/// the path and everything below it, in the order they arrived.
+fn replay(msgs: &[Value]) -> BTreeMap<String, Value> {
+    let mut model = BTreeMap::new();
+    for m in msgs {
+        if !m["update"].is_object() {
+            continue;
+        }
+        let prefix = m["update"]["prefix"].as_str().unwrap_or("");
+        for d in m["update"]["delete"].as_array().into_iter().flatten() {
+            let p = d.as_str().or_else(|| d["path"].as_str()).unwrap_or("");
+            let full = if p.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}/{p}")
+            };
+            let below = format!("{full}/");
+            let gone: Vec<String> = model
+                .range(full.clone()..)
+                .map(|(k, _)| k)
+                .take_while(|k: &&String| k.starts_with(&full))
+                .filter(|k| **k == full || k.starts_with(&below))
+                .cloned()
+                .collect();
+            for k in gone {
+                model.remove(&k);
+            }
+        }
+        for (p, v) in streamed(m, "update") {
+            model.insert(p, v);
+        }
+    }
+    model
+}
+
+/// A STREAM subscriber that takes its snapshot of 20,000 routes while they churn ends,
+/// once the churn stops, with exactly the AFT a fresh ONCE reads and the kernel's
+/// prefixes:
+/// changes made during the sliced snapshot are neither lost nor applied out of order.
+#[test]
+fn a_snapshot_taken_under_churn_ends_exact() {
+    let ns = Netns::new();
+    let dir = TempDir::new("gnmi-churn").unwrap();
+    let load = dir.path().join("load.batch");
+    let mut text = String::new();
+    for i in 0..20_000u32 {
+        let via = if i % 2 == 0 {
+            "198.18.1.2"
+        } else {
+            "198.18.2.2"
+        };
+        text += &format!(
+            "route add 10.{}.{}.0/24 via {via}\n",
+            100 + i / 256,
+            i % 256
+        );
+    }
+    std::fs::write(&load, text).unwrap();
+    ns.load_batch(&load);
+    let Some((d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+    // Churn across the whole key space (both next hops, deletes, re-adds, metrics)
+    // from before the subscription until well after its sync_response.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (name, stop, dir) = (
+            ns.name().to_string(),
+            stop.clone(),
+            dir.path().to_path_buf(),
+        );
+        std::thread::spawn(move || {
+            let mut round = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                round += 1;
+                let mut text = String::new();
+                for k in 0..200u32 {
+                    let i = (round * 7919 + k * 1031) % 20_000;
+                    let p = format!("10.{}.{}.0/24", 100 + i / 256, i % 256);
+                    text += &match (round + k) % 4 {
+                        0 => format!("route del {p}\n"),
+                        1 => format!("route replace {p} via 198.18.2.2\n"),
+                        2 => format!("route replace {p} via 198.18.1.2\n"),
+                        _ => format!("route replace {p} via 198.18.1.2 metric 0 proto static\n"),
+                    };
+                }
+                let f = dir.join("churn.batch");
+                std::fs::write(&f, text).unwrap();
+                // `-force`: a delete of an already deleted prefix is no reason to stop.
+                let _ = Command::new("ip")
+                    .args(["-n", &name, "-force", "-batch"])
+                    .arg(&f)
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            round
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut sub, rx) = g.spawn(&["stream", NI, "120"]);
+    let mut msgs = collect_until(&rx, Duration::from_secs(90), |m| m["sync_response"] == true);
+    let at_sync = msgs.len();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = churn.join().unwrap();
+    // Quiet: the mirror caught up, and the stream has nothing more to say.
+    d.diff_empty();
+    while let Ok(m) = rx.recv_timeout(Duration::from_secs(3)) {
+        msgs.push(m);
+    }
+    let _ = sub.kill();
+    let _ = sub.wait();
+    assert!(
+        rounds >= 5,
+        "the routes churned throughout ({rounds} rounds)"
+    );
+    assert!(msgs.len() > at_sync, "changes streamed after the sync");
+
+    let model = replay(&msgs);
+    // A fresh ONCE (a Get of it all would exceed the client's 4 MB message limit).
+    let got = leaves(&g.run(&["once", NI]));
+    assert!(got.len() > 20_000, "{}", got.len());
+    let differ: Vec<_> = got
+        .iter()
+        .filter(|(k, v)| model.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: {v} (streamed {:?})", model.get(k)))
+        .chain(
+            model
+                .keys()
+                .filter(|k| !got.contains_key(*k))
+                .map(|k| format!("{k}: only streamed")),
+        )
+        .take(10)
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "the subscriber's copy differs from Get: {differ:?}"
+    );
+    // And from the kernel: the same IPv4 prefixes in main.
+    let kernel: BTreeSet<String> = ns
+        .ip(&["-4", "route", "show", "table", "main"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|p| {
+            if p.contains('/') {
+                p.to_string()
+            } else {
+                format!("{p}/32")
+            }
+        })
+        .filter(|p| p != "default")
+        .collect();
+    let streamed: BTreeSet<String> = model
+        .keys()
+        .filter_map(|k| {
+            k.split("ipv4-entry[prefix=")
+                .nth(1)
+                .map(|r| r.split(']').next().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(streamed, kernel);
+}
+
+/// The AFT follows the kernel's next-hop liveness. With `ignore_routes_with_linkdown`
+/// on a device whose veth peer (in another namespace) goes down, the kernel stops
+/// using its hops: the entry of a prefix with a fallback route moves to that route
+/// (its metric in `entry-metadata`), a multipath entry's group loses the dead hop, a
+/// single-path route without fallback leaves the AFT; with the carrier back all is as
+/// before. A subscriber sees each move within a second.
+#[test]
+fn the_aft_follows_carrier_loss() {
+    let ns = Netns::new();
+    let far = Netns::new();
+    ns.ip(&[
+        "link",
+        "add",
+        "vethc",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vethcp",
+        "netns",
+        far.name(),
+    ]);
+    far.ip(&["link", "set", "vethcp", "up"]);
+    ns.ip(&["link", "set", "vethc", "up"]);
+    ns.ip(&["addr", "add", "198.18.9.1/24", "dev", "vethc"]);
+    ns.exec(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.vethc.ignore_routes_with_linkdown=1",
+    ]);
+    for cmd in [
+        "route add 10.60.0.0/16 via 198.18.9.2",
+        "route add 10.60.0.0/16 via 198.18.1.2 metric 10",
+        "route add 10.61.0.0/16 nexthop via 198.18.9.2 nexthop via 198.18.1.2",
+        "route add 10.62.0.0/16 via 198.18.9.2",
+    ] {
+        ns.ip(&cmd.split(' ').collect::<Vec<_>>());
+    }
+    let Some((d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+    // Prefix → (metric, gateways of its group), from a Get.
+    let forwarding = || -> BTreeMap<String, (u32, BTreeSet<String>)> {
+        let l = leaves(&g.run(&["get", NI]));
+        let find = |suffix: &str| -> Vec<(String, Value)> {
+            l.iter()
+                .filter(|(k, _)| k.ends_with(suffix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let key = |k: &str, list: &str| -> String {
+            k.split(&format!("{list}["))
+                .nth(1)
+                .unwrap()
+                .split(']')
+                .next()
+                .unwrap()
+                .split('=')
+                .nth(1)
+                .unwrap()
+                .to_string()
+        };
+        let ip: BTreeMap<String, String> = find("/state/ip-address")
+            .into_iter()
+            .map(|(k, v)| (key(&k, "next-hop"), v.as_str().unwrap().to_string()))
+            .collect();
+        let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (k, _) in find("/state/weight") {
+            let group = key(&k, "next-hop-group");
+            let hop = k
+                .rsplit("next-hop[index=")
+                .next()
+                .unwrap()
+                .split(']')
+                .next()
+                .unwrap();
+            // A connected route's hop has an interface and no address.
+            let gw = ip.get(hop).cloned().unwrap_or_default();
+            groups.entry(group).or_default().insert(gw);
+        }
+        let mut out = BTreeMap::new();
+        for (k, v) in find("/state/next-hop-group") {
+            if !k.contains("/ipv4-entry[") {
+                continue;
+            }
+            let prefix = key(&k, "ipv4-entry");
+            if !prefix.starts_with("10.6") {
+                continue;
+            }
+            let meta = l[&k.replace("/next-hop-group", "/entry-metadata")]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let bytes = base64_decode(&meta);
+            let metric = u32::from_be_bytes(bytes[..4].try_into().unwrap());
+            let gws = groups
+                .get(v.to_string().trim_matches('"'))
+                .cloned()
+                .unwrap_or_default();
+            out.insert(prefix, (metric, gws));
+        }
+        out
+    };
+    let set = |gws: &[&str]| gws.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    let before = BTreeMap::from([
+        ("10.60.0.0/16".to_string(), (0, set(&["198.18.9.2"]))),
+        (
+            "10.61.0.0/16".to_string(),
+            (0, set(&["198.18.9.2", "198.18.1.2"])),
+        ),
+        ("10.62.0.0/16".to_string(), (0, set(&["198.18.9.2"]))),
+    ]);
+    assert_eq!(forwarding(), before);
+
+    let (mut sub, rx) = g.spawn(&["stream", &format!("{NI}/ipv4-unicast"), "60"]);
+    wait_for(&rx, Duration::from_secs(10), |m| m["sync_response"] == true);
+    let t0 = now();
+    far.ip(&["link", "set", "vethcp", "down"]);
+    let gone = wait_for(&rx, Duration::from_secs(5), |m| {
+        streamed(m, "delete")
+            .iter()
+            .any(|(p, _)| p.contains("[prefix=10.62.0.0/16]"))
+    });
+    let lag = gone["t"].as_f64().unwrap() - t0;
+    assert!(lag < 1.0, "10.62.0.0/16 left the AFT after {lag:.3}s");
+    let after = BTreeMap::from([
+        ("10.60.0.0/16".to_string(), (10, set(&["198.18.1.2"]))),
+        ("10.61.0.0/16".to_string(), (0, set(&["198.18.1.2"]))),
+    ]);
+    let ok = poll(Duration::from_secs(5), || {
+        (forwarding() == after).then_some(())
+    });
+    assert!(ok.is_some(), "carrier lost: {:?}", forwarding());
+    // The mirror's own lookup agrees on the fallback.
+    assert_eq!(
+        d.lookup("10.60.0.1", None).unwrap()["metric"].as_u64(),
+        Some(10)
+    );
+
+    far.ip(&["link", "set", "vethcp", "up"]);
+    let ok = poll(Duration::from_secs(5), || {
+        (forwarding() == before).then_some(())
+    });
+    assert!(ok.is_some(), "carrier back: {:?}", forwarding());
+    let _ = sub.kill();
+    let _ = sub.wait();
+    d.diff_empty();
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const A: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.chars().filter(|c| *c != '=') {
+        acc = (acc << 6) | A.find(c).expect("base64") as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}

@@ -2,8 +2,10 @@
 //! the gNMI export serves under `/network-instances/network-instance[name]/afts`.
 //!
 //! One network instance per mirrored table. Each prefix carries its *best* route (the
-//! one the kernel forwards with: the first TOS-0 route in sub-key order, lowest metric
-//! first), as `ipv4-entry`/`ipv6-entry`. Next hops and next-hop groups are shared
+//! one the kernel forwards with: the first TOS-0 route in the kernel's order that can
+//! forward, next-hop liveness included), as `ipv4-entry`/`ipv6-entry`, and its group
+//! holds the next hops the kernel uses (dead ones left out); a prefix none of whose
+//! routes can forward has no entry (see [`best_route`]). Next hops and next-hop groups are shared
 //! objects with ids: a next hop per distinct (gateway, interface index; a renamed link
 //! keeps its next hops, whose `interface-ref` follows the new name), a group per
 //! distinct weighted hop set, both reference-counted and deleted when their last user goes, as a
@@ -20,9 +22,9 @@ use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::fib::Entry;
+use crate::fib::{Entry, Usable};
 use crate::mirror::Mirror;
-use crate::model::Family;
+use crate::model::{rtnh, Family};
 use crate::view::RouteContext;
 
 /// A next hop as the AFT shows it (`afts/next-hops/next-hop[index]/state`).
@@ -412,7 +414,11 @@ impl Aft {
                 .iter()
                 .take_while(|r| r.0 == table && r.1 == dst)
                 .count();
-            let best = best_of(names, routes[i..i + n].iter().map(|r| &r.2));
+            let best = best_of(
+                names,
+                Family::of_net(&dst),
+                routes[i..i + n].iter().map(|r| &r.2),
+            );
             aft.set(table, dst, best.as_ref(), &mut sink);
             sink.clear();
             i += n;
@@ -498,18 +504,12 @@ impl Aft {
             section!(Slot::Group(0), inst.groups.values, Slot::Group, |k, g| {
                 Obj::Group(k, g)
             });
-            section!(
-                Slot::V4(Ipv4Net::default()),
-                inst.v4,
-                Slot::V4,
-                |k, e| Obj::Entry(IpNet::V4(k), e)
-            );
-            section!(
-                Slot::V6(Ipv6Net::default()),
-                inst.v6,
-                Slot::V6,
-                |k, e| Obj::Entry(IpNet::V6(k), e)
-            );
+            section!(Slot::V4(Ipv4Net::default()), inst.v4, Slot::V4, |k, e| {
+                Obj::Entry(IpNet::V4(k), e)
+            });
+            section!(Slot::V6(Ipv6Net::default()), inst.v6, Slot::V6, |k, e| {
+                Obj::Entry(IpNet::V6(k), e)
+            });
             // The instance is done: a later walk resumes at the next one.
             last = Some((table, Slot::End));
         }
@@ -530,20 +530,48 @@ impl Aft {
 
 /// The best route of `table`/`dst` in the mirror, as the AFT shows it.
 pub fn best_route(m: &Mirror, table: u32, dst: &IpNet) -> Option<Best> {
-    let entries = m.fib.table(Family::of_net(dst), table)?.get(dst)?;
-    best_of(m, entries.iter())
+    let family = Family::of_net(dst);
+    let entries = m.fib.table(family, table)?.get(dst)?;
+    best_of(m, family, entries.iter())
 }
 
-/// The route the kernel forwards with among one prefix's routes (sorted by sub-key):
-/// the first with TOS 0, as [`crate::fib::RouteTable::lookup`] picks it.
+/// The route the kernel forwards with among one prefix's routes (in the kernel's
+/// order: keys, then each key's list), as its lookup picks it
+/// ([`crate::fib::RouteTable::lookup_with`] with the mirror's liveness): the first
+/// TOS-0 route without a source prefix that can forward. Its next hops are the ones
+/// the kernel uses: hops that are dead (or `linkdown` on a device that ignores such
+/// routes) are left out, as `fib_select_multipath`/`fib6_select_path` skip them and
+/// as a router's hardware FIB holds only the next hops it programmed. None when no
+/// route of the prefix can forward: the kernel's lookup falls through to a shorter
+/// prefix, so the AFT has no entry for it (the BPF FIB export decides the same way).
 fn best_of<'a>(
     m: &impl RouteContext,
-    mut entries: impl Iterator<Item = &'a Entry>,
+    family: Family,
+    entries: impl Iterator<Item = &'a Entry>,
 ) -> Option<Best> {
-    let e = entries.find(|e| e.tos() == 0)?;
+    let mut best = None;
+    for e in entries {
+        if e.tos() != 0 || e.ext_raw() != 0 {
+            continue;
+        }
+        if crate::model::rtn::is_reject(e.attrs.kind) {
+            best = Some(e);
+            break;
+        }
+        match m.usable(family, &e.attrs) {
+            Usable::Yes => {
+                best = Some(e);
+                break;
+            }
+            Usable::No => continue,
+            Usable::NoSkipPrefix => return None,
+        }
+    }
+    let e = best?;
     let hops = m
-        .effective_hops(&e.attrs)
+        .dumped_hops(family, &e.attrs)
         .into_iter()
+        .filter(|h| h.flags & rtnh::DEAD == 0)
         .map(|h| {
             let hop = NextHop {
                 ip: h.gateway,

@@ -1,12 +1,13 @@
 //! One namespace's AFT, kept current from the change funnel and shared by the gNMI
-//! subscribers: a consistent snapshot plus the ordered changes after it.
+//! subscribers: the AFT, read a slice at a time under its lock, plus the ordered
+//! changes broadcast under the same lock.
 //!
 //! A pump thread follows its [`Feed`]: it builds the AFT from a feed snapshot (copied
 //! under the mirror's read lock, converted after it), then for each batch re-reads the
 //! best route of every touched prefix from the mirror (one read lock per batch; every
-//! prefix using a nexthop object when one changed; the interface name of every next
-//! hop through a renamed or removed link) and broadcasts the resulting AFT
-//! operations. The broadcast is bounded: a subscriber that falls behind gets `Lagged`
+//! prefix using a nexthop object when one changed, every prefix with a route through
+//! a link whose liveness changed; the interface name of every next hop through a
+//! renamed or removed link) and broadcasts the resulting AFT operations. The broadcast is bounded: a subscriber that falls behind gets `Lagged`
 //! and starts over from a fresh snapshot, so a slow collector never slows the daemon
 //! and never keeps a silently wrong copy. When the feed itself falls behind
 //! (`Resnapshot`), or the mirror finishes a resync, every subscriber starts over.
@@ -189,6 +190,7 @@ impl Afts {
         }
         let mut touched: Vec<(u32, IpNet)> = Vec::new();
         let mut links: Vec<u32> = Vec::new();
+        let mut live: Vec<u32> = Vec::new();
         while let Some(first) = feed.recv_blocking() {
             let (mut resync, mut lagged, mut nexthops) = (false, false, false);
             // Take whatever else is queued: one mirror read for all of it.
@@ -199,6 +201,7 @@ impl Afts {
                         touched.extend(b.deltas.iter().map(|d| (d.table, d.dst)));
                         nexthops |= b.nexthops_changed;
                         links.extend(&b.links_renamed);
+                        live.extend(&b.links_changed);
                     }
                     Update::ResyncDone { .. } => resync = true,
                     Update::ResyncStart { .. } => {}
@@ -214,14 +217,31 @@ impl Afts {
                 warn!(netns = %self.name, "AFT export fell behind the mirror: rebuilding it");
                 self.stats.lock().expect("afts stats").rebuilds += 1;
                 synced |= self.rebuild(&mut feed);
-            } else if !touched.is_empty() || nexthops || !links.is_empty() {
+            } else if !touched.is_empty() || nexthops || !links.is_empty() || !live.is_empty() {
                 let m = mirror.read();
-                if nexthops {
+                if nexthops || !live.is_empty() {
                     // A nexthop object changed: every route using one may forward
-                    // differently without a delta of its own.
+                    // differently without a delta of its own. A link died or revived
+                    // (carrier, admin state, its ignore_routes_with_linkdown): which
+                    // routes and hops forward through it changed. Decided once per
+                    // attribute set.
+                    let all = live.contains(&crate::mirror::Journal::ALL_LINKS);
+                    let affected = |a: &crate::model::RouteAttrs| {
+                        (nexthops && a.nh_id.is_some())
+                            || (!live.is_empty()
+                                && (all
+                                    || m.effective_hops(a)
+                                        .iter()
+                                        .any(|h| live.contains(&h.ifindex))))
+                    };
+                    let mut memo: std::collections::HashMap<*const crate::model::RouteAttrs, bool> =
+                        std::collections::HashMap::new();
                     for ((_, table), t) in m.fib.tables() {
                         for (dst, e) in t.iter() {
-                            if e.attrs.nh_id.is_some() {
+                            if *memo
+                                .entry(Arc::as_ptr(&e.attrs))
+                                .or_insert_with(|| affected(&e.attrs))
+                            {
                                 touched.push((table, dst));
                             }
                         }
@@ -243,6 +263,7 @@ impl Afts {
             }
             touched.clear();
             links.clear();
+            live.clear();
             if synced {
                 self.ready.send_replace(true);
             }

@@ -752,6 +752,12 @@ impl Names {
     pub fn live(&self) -> &Liveness {
         &self.live
     }
+
+    /// Whether a route can forward now, as [`Mirror::usable`] decides it.
+    pub fn usable(&self, family: Family, attrs: &RouteAttrs) -> Usable {
+        let hops = liveness::effective_hops(&self.nexthops, attrs);
+        self.live.usable(family, attrs, &hops)
+    }
 }
 
 #[cfg(test)]

@@ -20,13 +20,13 @@ use tracing::{debug, info};
 
 use super::encode::{instance_name, Builder};
 use super::path::{display, join, Key, Section, Selector};
-use super::snapshot::{drop_stale, Mode, Step, Walk};
 use super::proto::g_nmi_server::GNmi;
 use super::proto::{
     get_request, subscribe_request, subscribe_response, subscription_list, CapabilityRequest,
     CapabilityResponse, Encoding, GetRequest, GetResponse, ModelData, Notification, SetRequest,
     SetResponse, SubscribeRequest, SubscribeResponse, SubscriptionList, SubscriptionMode,
 };
+use super::snapshot::{drop_stale, Mode, Step, Walk};
 use crate::export::aft::{Aft, Op};
 use crate::export::afts::{now_ns, Afts, Batch};
 
@@ -185,7 +185,12 @@ async fn render<T: Send + 'static>(ctx: &Ctx, f: impl FnOnce() -> T + Send + 'st
 }
 
 /// One step of a walk (a slice) under the hub's lock.
-async fn step(ctx: &Ctx, hub: &Arc<Afts>, walk: Walk, rx: Rx) -> (Walk, Rx, Vec<Notification>, Step) {
+async fn step(
+    ctx: &Ctx,
+    hub: &Arc<Afts>,
+    walk: Walk,
+    rx: Rx,
+) -> (Walk, Rx, Vec<Notification>, Step) {
     let hub = hub.clone();
     render(ctx, move || {
         let (mut walk, mut rx) = (walk, rx);
@@ -195,42 +200,27 @@ async fn step(ctx: &Ctx, hub: &Arc<Afts>, walk: Walk, rx: Rx) -> (Walk, Rx, Vec<
     .await
 }
 
-/// Sends one hub's snapshot of `sels` a slice at a time (see [`super::snapshot`]),
-/// each slice rendered only once the previous one is queued. `rx` comes from
-/// [`Afts::subscribe`]; it is returned positioned right after the state the snapshot
-/// ends at (its next changes apply on top). `None` once the client is gone.
+/// Sends one hub's snapshot a slice at a time (see [`super::snapshot`]), each slice
+/// rendered only once the previous one is queued. `rx` comes from
+/// [`Afts::subscribe`]; it is returned positioned right after the walk's last slice,
+/// with the walk, whose [`send_fixups`] must follow. `None` once the client is gone.
 async fn send_snapshot(
     ctx: &Ctx,
     hub: &Arc<Afts>,
     walk: Walk,
     out: &Out,
     mut rx: Rx,
-) -> Option<Rx> {
+) -> Option<(Rx, Walk)> {
     let mut walk = walk;
     loop {
         let (w, r, slice, st) = step(ctx, hub, walk, rx).await;
         (walk, rx) = (w, r);
-        // The slice waits (rendered, counted) while the changes drained before it go.
-        out.hold(slice.len());
-        while walk.has_changes() {
-            let (w, piece) = render(ctx, move || {
-                let mut walk = walk;
-                let piece = walk.changes();
-                (walk, piece)
-            })
-            .await;
-            walk = w;
-            if !out.send_all(piece).await {
-                out.release(slice.len());
-                return None;
-            }
-        }
-        if !out.send_held(slice).await {
+        if !out.send_all(slice).await {
             return None;
         }
         match st {
             Step::More => {}
-            Step::Done => return Some(rx),
+            Step::Done => return Some((rx, walk)),
             Step::Restarted { lagged } => {
                 if lagged {
                     ctx.stats.overflows.fetch_add(1, Ordering::Relaxed);
@@ -240,6 +230,25 @@ async fn send_snapshot(
             }
         }
     }
+}
+
+/// Sends the objects a snapshot's walk had passed that changed before it ended (a
+/// STREAM's after its sync_response), a piece at a time under the hub's lock.
+async fn send_fixups(ctx: &Ctx, hub: &Arc<Afts>, mut walk: Walk, out: &Out) -> bool {
+    while walk.has_fixups() {
+        let h = hub.clone();
+        let (w, piece) = render(ctx, move || {
+            let mut walk = walk;
+            let piece = h.read(|aft| walk.fixups(aft));
+            (walk, piece)
+        })
+        .await;
+        walk = w;
+        if !out.send_all(piece).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// The current state `sels` select in one hub, for a Get: rendered a slice at a time
@@ -307,10 +316,6 @@ impl Out {
     fn hold(&self, n: usize) {
         let now = self.unsent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         self.stats.unsent_max.fetch_max(now, Ordering::Relaxed);
-    }
-
-    fn release(&self, n: usize) {
-        self.unsent.fetch_sub(n as u64, Ordering::Relaxed);
     }
 
     /// Sends notifications; false once the client is gone.
@@ -444,15 +449,22 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
     let stats = &ctx.stats;
     let sels: Arc<[Selector]> = subs.iter().map(|s| s.sel.clone()).collect();
     let mut rx = hub.subscribe().await;
+    let mut fix = None;
     if !updates_only {
         let walk = Walk::new(sels.clone(), enc, &target, Mode::Stream);
-        let Some(r) = send_snapshot(&ctx, &hub, walk, &out, rx).await else {
+        let Some((r, w)) = send_snapshot(&ctx, &hub, walk, &out, rx).await else {
             return;
         };
         rx = r;
+        fix = Some(w);
     }
     if barrier.wait().await.is_leader() && !out.send(Ok(sync_response())).await {
         return;
+    }
+    if let Some(w) = fix {
+        if !send_fixups(&ctx, &hub, w, &out).await {
+            return;
+        }
     }
     // SAMPLE timers: next due time and what changed since the last sample, per sub.
     let start = tokio::time::Instant::now();
@@ -504,11 +516,11 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
                     stats.resyncs.fetch_add(1, Ordering::Relaxed);
                     touched.iter_mut().for_each(Touched::clear);
                     let walk = Walk::new(sels.clone(), enc, &target, Mode::Stream).bracketed();
-                    let Some(r) = send_snapshot(&ctx, &hub, walk, &out, rx).await else {
+                    let Some((r, w)) = send_snapshot(&ctx, &hub, walk, &out, rx).await else {
                         return;
                     };
                     rx = r;
-                    if !out.send(Ok(sync_response())).await {
+                    if !out.send(Ok(sync_response())).await || !send_fixups(&ctx, &hub, w, &out).await {
                         return;
                     }
                 }
@@ -539,7 +551,10 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
                         touched[i].clear();
                         let one: Arc<[Selector]> = Arc::from([s.sel.clone()]);
                         let walk = Walk::new(one, enc, &target, Mode::Stream);
-                        if send_snapshot(&ctx, &hub, walk, &out, hub.subscribe().await).await.is_none() {
+                        let Some((_, w)) = send_snapshot(&ctx, &hub, walk, &out, hub.subscribe().await).await else {
+                            return;
+                        };
+                        if !send_fixups(&ctx, &hub, w, &out).await {
                             return;
                         }
                     }
@@ -560,12 +575,16 @@ async fn subscription(
     ctx: Ctx,
 ) {
     let sels: Arc<[Selector]> = subs.iter().map(|s| s.sel.clone()).collect();
-    // ONCE and each POLL: every hub's snapshot, then sync_response.
+    // ONCE and each POLL: every hub's snapshot (changes during it included, it ends
+    // the call or waits for the next poll), then sync_response.
     let snapshots = || async {
         for (hub, target) in &targets {
             let rx = hub.subscribe().await;
             let walk = Walk::new(sels.clone(), enc, target, Mode::Stream);
-            if send_snapshot(&ctx, hub, walk, &out, rx).await.is_none() {
+            let Some((_, w)) = send_snapshot(&ctx, hub, walk, &out, rx).await else {
+                return false;
+            };
+            if !send_fixups(&ctx, hub, w, &out).await {
                 return false;
             }
         }
@@ -813,13 +832,14 @@ mod tests {
                 while !stop.load(Ordering::Relaxed) {
                     round += 1;
                     afts.apply(|aft, out| {
-                        for k in 0..20 {
+                        for k in 0..100 {
                             let i = round.wrapping_mul(7919).wrapping_add(k * 104_729) % N;
                             let best = (k % 3 != 0).then(|| walk::best(round % 9, i % 7));
                             aft.set(254, walk::net(i), best.as_ref(), out);
                         }
                     });
-                    std::thread::sleep(Duration::from_micros(300));
+                    // A few dozen batches a second: the broadcast holds 1,024.
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 round
             })
@@ -828,7 +848,11 @@ mod tests {
         let mut model = BTreeMap::new();
         let (mut synced, mut updates) = (false, 0);
         while !synced {
-            let r = stream.next().await.expect("stream open").expect("no error");
+            let r = tokio::time::timeout(Duration::from_secs(300), stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no progress: {}", stats.json()))
+                .expect("stream open")
+                .expect("no error");
             match r.response {
                 Some(subscribe_response::Response::Update(n)) => {
                     walk::apply(&mut model, &n);
@@ -852,16 +876,22 @@ mod tests {
             }
         }
         let want = walk::expected(&afts);
-        assert!(rounds > 10, "the table churned during the snapshot ({rounds} rounds)");
+        assert!(
+            rounds > 10,
+            "the table churned during the snapshot ({rounds} rounds)"
+        );
         assert!(model == want, "the subscriber's view differs from the AFT");
         assert_eq!(stats.overflows.load(Ordering::Relaxed), 0);
         let max = stats.unsent_max.load(Ordering::Relaxed) as usize;
-        // The queue, the one the stream holds, a held slice and a piece of changes.
+        // The queue, the one the stream holds, and a slice.
         assert!(
-            max <= RESPONSE_QUEUE + 1 + 2 * MAX_RENDERED,
+            max <= RESPONSE_QUEUE + 1 + MAX_RENDERED,
             "{max} notifications rendered and unsent at once"
         );
-        assert!(updates > 4 * max, "a table much larger than that: {updates}");
+        assert!(
+            updates > 4 * max,
+            "a table much larger than that: {updates}"
+        );
         task.abort();
     }
 }

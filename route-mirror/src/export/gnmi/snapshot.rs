@@ -6,23 +6,24 @@
 //! [`SLICE`] objects of the AFT in key order ([`Aft::visit`]); its caller sends them and
 //! asks for the next slice only once they are queued towards the client. Between two
 //! slices the AFT keeps changing. Each step first drains the hub's broadcast (which
-//! the pump fills under the same lock: the batches are shared, draining them copies
-//! pointers) and keeps them with the walk's position at that moment. Before the
-//! step's slice goes out, [`Walk::changes`] renders, a bounded piece at a time and
-//! without the lock, the ones about objects the walk had already passed, in order;
-//! objects ahead of the walk are read as they are when it reaches them. So after every
-//! step the subscriber holds exactly the AFT as of that step for every key up to the
-//! walk's position, and when the walk ends (then `sync_response`) exactly the AFT as
-//! of its last step; the changes after it are what the receiver holds next. Nothing is
-//! lost, nothing arrives out of order, every step advances the walk (however fast the
-//! table churns), and nothing is rendered ahead but a slice.
+//! the pump fills under the same lock; draining is cheap, the batches are shared) and
+//! notes which of the changed objects the walk had already passed; objects ahead of
+//! it are read as they are when it reaches them. Once the walk ends, [`Walk::fixups`]
+//! renders the current value (or the deletion) of every noted object, a bounded piece
+//! at a time: a STREAM sends them right after its `sync_response`, ONCE and POLL right
+//! before it. So the collector ends with exactly the AFT, and the receiver's changes
+//! after the walk apply on top, in order. Nothing is lost, every step advances the walk
+//! however fast the table churns, nothing is rendered ahead but a slice, and before
+//! its `sync_response` a subscriber gets updates only (bar a resnapshot's opening
+//! delete): a collector that merges everything up to the sync, as pygnmi does, cannot
+//! apply a delete before the update it cancels.
 //!
-//! A Get cannot send deletes: it records the passed objects that changed and, at the
-//! last step, renders their current value ([`Walk::stale`] says which of the earlier
-//! renderings to drop). If the broadcast overflows or the mirror resyncs during a walk,
-//! the walk starts over, opening with a delete of everything the subscription covers.
+//! A Get notes the same objects and renders their current value at its last step
+//! ([`Walk::stale`] says which of the earlier renderings to drop). If the broadcast
+//! overflows or the mirror resyncs during a walk, the walk starts over, opening with a
+//! delete of everything the subscription covers.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::TryRecvError};
@@ -33,16 +34,13 @@ use super::proto::{Encoding, Notification};
 use crate::export::aft::{Aft, Slot};
 use crate::export::afts::{now_ns, Batch};
 
-/// Objects rendered per step (about a millisecond under the hub's lock), and changes
-/// rendered per [`Walk::changes`] piece.
+/// Objects rendered per step or per piece of fixups (about a millisecond under the
+/// hub's lock).
 pub const SLICE: usize = 1024;
-/// Batches rendered per [`Walk::changes`] piece at most (each starts a notification:
-/// its own timestamp).
-const PIECE_BATCHES: usize = 64;
-/// The most notifications one step or one piece of changes renders: what a walk holds
-/// rendered beyond its subscriber's queue (the bracket of a resnapshot aside, a
-/// notification per network instance).
-pub const MAX_RENDERED: usize = SLICE / PER_NOTIFICATION + PIECE_BATCHES + 2;
+/// The most notifications one step or piece renders in one network instance: what a
+/// walk holds rendered beyond its subscriber's queue (plus one per further instance a
+/// slice spans, and a resnapshot's opening deletes).
+pub const MAX_RENDERED: usize = SLICE / PER_NOTIFICATION + 2;
 
 /// What a walk renders changes to objects it already passed as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +79,10 @@ pub struct Walk {
     tables: BTreeSet<u32>,
     /// [`Mode::Get`]: passed objects that changed since they were rendered.
     changed: HashSet<(u32, Slot)>,
-    /// [`Mode::Stream`]: batches drained by the last step, not yet rendered (the next
-    /// change of the first to render), with the walk's position when they were drained.
-    pending: VecDeque<Arc<Batch>>,
-    pending_at: usize,
-    drained_at: (Option<(u32, Slot)>, bool),
+    /// [`Mode::Stream`], after the walk: the changed objects in walk order, and how far
+    /// [`Walk::fixups`] got (a pass of updates forwards, then of deletes backwards).
+    fixups: Vec<(u32, Slot)>,
+    fixed: (u8, usize),
     names: HashMap<u32, String>,
 }
 
@@ -101,9 +98,8 @@ impl Walk {
             bracket: false,
             tables: BTreeSet::new(),
             changed: HashSet::new(),
-            pending: VecDeque::new(),
-            pending_at: 0,
-            drained_at: (None, false),
+            fixups: Vec::new(),
+            fixed: (0, 0),
             names: HashMap::new(),
         }
     }
@@ -127,8 +123,6 @@ impl Walk {
         self.started = false;
         self.bracket = true;
         self.changed.clear();
-        self.pending.clear();
-        self.pending_at = 0;
         (Vec::new(), Step::Restarted { lagged })
     }
 
@@ -141,48 +135,88 @@ impl Walk {
         }
     }
 
-    /// Whether changes the last step drained remain for [`Walk::changes`]: the next
-    /// piece of them, for objects the walk had passed, at most [`SLICE`] changes of at
-    /// most [`PIECE_BATCHES`] batches. Send them all before the step's slice. No lock
-    /// needed.
-    pub fn has_changes(&self) -> bool {
-        !self.pending.is_empty()
+    /// [`Mode::Stream`], once the walk is done: whether objects it had passed changed
+    /// before its last slice ([`Walk::fixups`] sends them).
+    pub fn has_fixups(&self) -> bool {
+        self.mode == Mode::Stream
+            && (!self.changed.is_empty() || (self.fixed.0 < 2 && !self.fixups.is_empty()))
     }
 
-    /// See [`Walk::has_changes`].
-    pub fn changes(&mut self) -> Vec<Notification> {
+    /// The next piece (at most [`SLICE`] objects) of the current value of every object
+    /// that changed after the walk had passed it: updates in walk order (objects before
+    /// the entries using them), then deletes of those gone, in reverse. Call it under
+    /// the hub's lock, after the walk's last step; the receiver's changes after that
+    /// step apply on top (each sets an object whole, so replaying them after a newer
+    /// value still ends at the current one).
+    pub fn fixups(&mut self, aft: &Aft) -> Vec<Notification> {
+        if !self.changed.is_empty() {
+            self.fixups = self.changed.drain().collect();
+            self.fixups.sort_unstable();
+            self.fixed = (0, 0);
+        }
         let mut b = Builder::new(self.enc, &self.target, now_ns());
         let mut names = std::mem::take(&mut self.names);
-        let (mut seen, mut batches) = (0, 0);
-        while let Some(batch) = self.pending.front().cloned() {
-            if seen >= SLICE || batches >= PIECE_BATCHES {
-                break;
-            }
-            let Batch::Changes { time_ns, changes } = &*batch else {
-                self.pending.pop_front();
+        let mut budget = SLICE;
+        while self.fixed.0 < 2 && budget > 0 {
+            let (pass, i) = self.fixed;
+            if i >= self.fixups.len() {
+                self.fixed = (pass + 1, 0);
                 continue;
+            }
+            let (table, slot) = if pass == 0 {
+                self.fixups[i]
+            } else {
+                self.fixups[self.fixups.len() - 1 - i]
             };
-            b.flush();
-            b.time_ns = *time_ns;
-            batches += 1;
-            let end = changes.len().min(self.pending_at + SLICE - seen);
-            for c in &changes[self.pending_at..end] {
-                let pos = (c.table, Slot::of_op(&c.op));
-                let ni = Self::name(&mut names, c.table);
-                for sel in self.sels.iter() {
-                    if Self::passed(self.drained_at, sel, pos) {
-                        self.tables.insert(c.table);
-                        b.op(&ni, sel, c);
+            self.fixed.1 += 1;
+            budget -= 1;
+            let ni = Self::name(&mut names, table);
+            let inst = aft.instances.get(&table);
+            for s in self.sels.iter() {
+                match (pass, slot) {
+                    (0, Slot::Hop(x)) => {
+                        if let Some(h) = inst.and_then(|i| i.next_hop(x)) {
+                            b.hop(&ni, s, x, &h);
+                        }
                     }
+                    (0, Slot::Group(x)) => {
+                        if let Some(g) = inst.and_then(|i| i.group(x)) {
+                            b.group(&ni, s, x, g);
+                        }
+                    }
+                    (0, Slot::V4(_) | Slot::V6(_)) => {
+                        let p = prefix_of(slot);
+                        if let Some(e) = inst.and_then(|i| i.entry(&p)) {
+                            b.entry(&ni, s, p, e);
+                        }
+                    }
+                    (_, Slot::Hop(x)) => {
+                        if inst.and_then(|i| i.next_hop(x)).is_none() {
+                            b.delete(&ni, s, Section::Hops, Key::Id(x));
+                        }
+                    }
+                    (_, Slot::Group(x)) => {
+                        if inst.and_then(|i| i.group(x)).is_none() {
+                            b.delete(&ni, s, Section::Groups, Key::Id(x));
+                        }
+                    }
+                    (_, Slot::V4(_) | Slot::V6(_)) => {
+                        let p = prefix_of(slot);
+                        if inst.and_then(|i| i.entry(&p)).is_none() {
+                            let sec = if p.addr().is_ipv4() {
+                                Section::V4
+                            } else {
+                                Section::V6
+                            };
+                            b.delete(&ni, s, sec, Key::Prefix(p));
+                        }
+                    }
+                    (_, Slot::End) => {}
                 }
             }
-            seen += end - self.pending_at;
-            if end == changes.len() {
-                self.pending.pop_front();
-                self.pending_at = 0;
-            } else {
-                self.pending_at = end;
-            }
+        }
+        if self.fixed.0 >= 2 {
+            self.fixups = Vec::new();
         }
         self.names = names;
         b.finish()
@@ -198,10 +232,11 @@ impl Walk {
     ) -> (Vec<Notification>, Step) {
         let mut b = Builder::new(self.enc, &self.target, now_ns());
         let mut names = std::mem::take(&mut self.names);
-        // 1. What changed since the last step: kept for [`Walk::changes`] (a Get
-        // notes the objects already rendered).
-        debug_assert!(self.pending.is_empty(), "changes rendered before each step");
-        self.drained_at = (self.cursor, self.started);
+        // 1. What changed since the last step: the objects already rendered are noted
+        // (a Get re-renders them at its end, a subscription sends them after its
+        // sync_response: a collector merging what precedes it, as pygnmi does, never
+        // sees a delete before the update it cancels).
+        let at = (self.cursor, self.started);
         loop {
             let batch = match rx.try_recv() {
                 Ok(batch) => batch,
@@ -215,15 +250,11 @@ impl Walk {
                 self.names = names;
                 return self.restart(false);
             };
-            match self.mode {
-                Mode::Stream => self.pending.push_back(batch),
-                Mode::Get => {
-                    for c in changes {
-                        let pos = (c.table, Slot::of_op(&c.op));
-                        if self.sels.iter().any(|s| Self::passed(self.drained_at, s, pos)) {
-                            self.changed.insert(pos);
-                        }
-                    }
+            for c in changes {
+                let pos = (c.table, Slot::of_op(&c.op));
+                if self.sels.iter().any(|s| Self::passed(at, s, pos)) {
+                    self.tables.insert(c.table);
+                    self.changed.insert(pos);
                 }
             }
         }
@@ -331,6 +362,14 @@ impl Walk {
     }
 }
 
+fn prefix_of(slot: Slot) -> ipnet::IpNet {
+    match slot {
+        Slot::V4(p) => p.into(),
+        Slot::V6(p) => p.into(),
+        _ => unreachable!("an entry's slot"),
+    }
+}
+
 /// The section a walk position is in.
 fn section(kind: Slot) -> Section {
     match kind {
@@ -377,8 +416,8 @@ pub(crate) mod tests {
     use ipnet::{IpNet, Ipv4Net};
 
     use super::*;
-    use crate::export::afts::Afts;
     use crate::export::aft::{Best, NextHop};
+    use crate::export::afts::Afts;
     use crate::export::gnmi::proto::Path;
 
     pub fn net(i: u32) -> IpNet {
@@ -437,7 +476,16 @@ pub(crate) mod tests {
         for d in &n.delete {
             let p = text(&n.prefix, d);
             let below = format!("{p}/");
-            model.retain(|k, _| *k != p && !k.starts_with(&below));
+            let gone: Vec<String> = model
+                .range(p.clone()..)
+                .map(|(k, _)| k)
+                .take_while(|k| k.starts_with(&p))
+                .filter(|k| **k == p || k.starts_with(&below))
+                .cloned()
+                .collect();
+            for k in gone {
+                model.remove(&k);
+            }
         }
         for u in &n.update {
             let p = text(&n.prefix, u.path.as_ref().unwrap());
@@ -500,12 +548,6 @@ pub(crate) mod tests {
                 let (ns, st) = afts.read(|aft| walk.step(aft, &mut rx));
                 steps += 1;
                 biggest = biggest.max(ns.len());
-                // The changes drained before the slice go first, in bounded pieces.
-                while walk.has_changes() {
-                    let piece = walk.changes();
-                    biggest = biggest.max(piece.len());
-                    got.extend(piece);
-                }
                 match (mode, st) {
                     (_, Step::Restarted { .. }) => panic!("no overflow expected"),
                     (Mode::Get, Step::Done) => {
@@ -515,6 +557,13 @@ pub(crate) mod tests {
                     }
                     (_, Step::Done) => {
                         got.extend(ns);
+                        // After the sync_response: what changed behind the walk, in
+                        // bounded pieces, each under the lock.
+                        while walk.has_fixups() {
+                            let piece = afts.read(|aft| walk.fixups(aft));
+                            biggest = biggest.max(piece.len());
+                            got.extend(piece);
+                        }
                         break;
                     }
                     (_, Step::More) => got.extend(ns),
@@ -530,12 +579,18 @@ pub(crate) mod tests {
             }
             let want = expected(&afts);
             assert!(want.len() > 3 * N as usize, "{}", want.len());
-            assert!(model == want, "{mode:?}: the walk's view differs from the AFT");
-            assert!(steps > 10, "{steps} steps: sliced");
             assert!(
-                biggest <= MAX_RENDERED,
-                "{mode:?}: a step rendered {biggest} notifications"
+                model == want,
+                "{mode:?}: the walk's view differs from the AFT"
             );
+            assert!(steps > 10, "{steps} steps: sliced");
+            // A Get's last step adds the changed objects (its response is whole anyway).
+            if mode == Mode::Stream {
+                assert!(
+                    biggest <= MAX_RENDERED,
+                    "{mode:?}: a step rendered {biggest} notifications"
+                );
+            }
         }
     }
 }
