@@ -176,6 +176,15 @@ pub enum ScanReason {
     NexthopRemoved,
 }
 
+impl ScanReason {
+    /// Whether the scan is expected to correct the mirror (it starts from nothing, or
+    /// events were lost), so its corrections need no explaining: there is no point in
+    /// remembering them as tentative (an initial sync would remember every route).
+    pub fn expects_corrections(self) -> bool {
+        matches!(self, ScanReason::Initial | ScanReason::Overrun)
+    }
+}
+
 /// The result of one scan, as `stats` and `scan --wait` show it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanReport {

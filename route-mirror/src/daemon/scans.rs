@@ -304,7 +304,7 @@ pub fn log_report(report: &ScanReport, since_start: Duration) {
 /// Whether the scan's corrections follow no loss of events (see
 /// `Stats::unexplained_corrections`).
 fn unexplained(report: &ScanReport) -> bool {
-    !report.overrun_during && !matches!(report.reason, ScanReason::Overrun | ScanReason::Initial)
+    !report.overrun_during && !report.reason.expects_corrections()
 }
 
 /// Adds a finished scan to the published status.

@@ -378,7 +378,9 @@ impl Mirror {
             }
         };
         scan.verdicts.count(verdict);
-        self.window.correction(key, verdict);
+        if !scan.reason.expects_corrections() {
+            self.window.correction(key, verdict);
+        }
         if let Some(e) = &noted {
             debug!(?verdict, table = key.table, dst = %key.dst, attrs = ?e.attrs, "scan corrected a route");
         }

@@ -47,6 +47,11 @@ use crate::reconcile::{ActiveScan, Verdict};
 /// chunk, whose older part was queued before the request and is reflected anyway.
 const HALF_CAP: usize = 64 * 1024;
 
+/// Keys whose corrections a scan remembers as tentative (an in-flight change's
+/// notification arrives within a chunk or two of it, so a scan that corrects more than
+/// this is not a race).
+const TENTATIVE_CAP: usize = 64 * 1024;
+
 /// One route notification as applied.
 #[derive(Debug, Clone)]
 pub(super) enum RouteEvent {
@@ -183,8 +188,12 @@ impl DumpWindow {
     }
 
     /// A chunk corrected `key`'s list (`verdict`).
+    /// Past [`TENTATIVE_CAP`] keys, corrections are no longer remembered: they stay
+    /// counted (the safe side), and memory stays bounded when a scan corrects much.
     pub(super) fn correction(&mut self, key: RouteKey, verdict: Verdict) {
-        if verdict != Verdict::Seen {
+        if verdict != Verdict::Seen
+            && (self.tentative.len() < TENTATIVE_CAP || self.tentative.contains_key(&key))
+        {
             self.tentative.entry(key).or_default().push(verdict);
         }
     }
