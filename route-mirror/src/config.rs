@@ -68,6 +68,11 @@ pub struct Config {
     /// CA bundle (PEM) that gNMI client certificates must chain to; unset: clients are
     /// not asked for certificates.
     pub gnmi_tls_client_ca: Option<PathBuf>,
+    /// Largest gNMI GetResponse, bytes. A Get is one gRPC message and clients refuse
+    /// larger ones than they allow (4 MiB by default in gRPC): beyond this a Get is
+    /// answered RESOURCE_EXHAUSTED, pointing to Subscribe ONCE, before it is rendered
+    /// whole. Raise it for clients configured to receive more.
+    pub gnmi_get_max_bytes: usize,
     /// NATS server URL (`nats://127.0.0.1:4222`); unset: no NATS export.
     pub nats_url: Option<String>,
     /// The `<host>` token of the NATS subjects; unset: the system's host name.
@@ -108,14 +113,32 @@ fn tables_de<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
     })
 }
 
+/// gRPC's default receive limit (grpc-go, grpc-python and so pygnmi, gnmic): the
+/// largest GetResponse a client reads unless configured otherwise.
+pub const DEFAULT_GNMI_GET_MAX_BYTES: usize = 4 << 20;
+
 /// `--gnmi-*` settings.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GnmiConfig {
     pub listen: Option<SocketAddr>,
     pub insecure: bool,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    pub get_max_bytes: usize,
+}
+
+impl Default for GnmiConfig {
+    fn default() -> GnmiConfig {
+        GnmiConfig {
+            listen: None,
+            insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            get_max_bytes: DEFAULT_GNMI_GET_MAX_BYTES,
+        }
+    }
 }
 
 impl GnmiConfig {
@@ -158,6 +181,7 @@ impl Config {
             tls_cert: self.gnmi_tls_cert.clone(),
             tls_key: self.gnmi_tls_key.clone(),
             tls_client_ca: self.gnmi_tls_client_ca.clone(),
+            get_max_bytes: self.gnmi_get_max_bytes,
         }
     }
 }
@@ -221,6 +245,7 @@ impl Default for Config {
             gnmi_tls_cert: None,
             gnmi_tls_key: None,
             gnmi_tls_client_ca: None,
+            gnmi_get_max_bytes: DEFAULT_GNMI_GET_MAX_BYTES,
             nats_url: None,
             nats_host: None,
             nats_stream: "route-mirror".into(),
@@ -342,6 +367,9 @@ impl Config {
         if self.nats_buffer == 0 {
             return bad("nats_buffer", "must be at least 1".into());
         }
+        if self.gnmi_get_max_bytes == 0 {
+            return bad("gnmi_get_max_bytes", "must be at least 1".into());
+        }
         if let Err(msg) = self.gnmi().check() {
             return bad("gnmi_listen", msg);
         }
@@ -394,6 +422,10 @@ impl Config {
             (
                 "gnmi_tls_client_ca",
                 self.gnmi_tls_client_ca != new.gnmi_tls_client_ca,
+            ),
+            (
+                "gnmi_get_max_bytes",
+                self.gnmi_get_max_bytes != new.gnmi_get_max_bytes,
             ),
         ] {
             if differs {
@@ -448,6 +480,11 @@ pub struct RunArgs {
     /// Require gNMI client certificates signed by this CA bundle (PEM)
     #[arg(long, value_name = "FILE")]
     pub gnmi_tls_client_ca: Option<PathBuf>,
+    /// Largest gNMI Get response in bytes; a larger Get is refused with
+    /// RESOURCE_EXHAUSTED (read it with Subscribe ONCE) [default: 4 MiB, gRPC's default
+    /// receive limit]
+    #[arg(long, value_name = "BYTES")]
+    pub gnmi_get_max_bytes: Option<usize>,
     /// Publish every applied route change to this NATS server's JetStream, e.g.
     /// nats://127.0.0.1:4222 [default: off]
     #[arg(long, value_name = "URL")]
@@ -509,6 +546,9 @@ impl RunArgs {
         }
         if let Some(v) = self.gnmi_listen {
             cfg.gnmi_listen = Some(v);
+        }
+        if let Some(v) = self.gnmi_get_max_bytes {
+            cfg.gnmi_get_max_bytes = v;
         }
         if let Some(v) = &self.nats_url {
             cfg.nats_url = Some(v.clone());

@@ -4,6 +4,8 @@ lines on stdout (each with "t", the wall-clock time it arrived).
 
   gnmi_client.py ADDR caps
   gnmi_client.py ADDR get PATH [ENCODING]
+  gnmi_client.py ADDR getcount PATH [ENCODING]
+      a get that prints only the entry prefixes it read (a large selection)
   gnmi_client.py ADDR once PATH [ENCODING]
   gnmi_client.py ADDR stream PATH SECONDS [PAUSE_SECONDS]
       prints every response until SECONDS pass; with PAUSE_SECONDS it reads nothing
@@ -14,7 +16,9 @@ lines on stdout (each with "t", the wall-clock time it arrived).
       sync_response, reads nothing for PAUSE_SECONDS, then prints what follows.
 
 GNMI_TARGET, when set, is the gNMI target (prefix.target) of get and subscribe: the
-namespace to read when the daemon mirrors several.
+namespace to read when the daemon mirrors several. GNMI_MAX_RECEIVE, when set, is the
+client's gRPC receive limit in bytes (grpc.max_receive_message_length; default 4 MiB).
+A failed get prints {"error": message, "code": gRPC status code name}.
 """
 import json
 import os
@@ -42,7 +46,10 @@ def main():
         else:
             tls = {"path_cert": os.environ["GNMI_TLS_ROOT"]}
     target = os.environ.get("GNMI_TARGET") or None
-    with gNMIclient(target=(host, int(port)), insecure=not tls,
+    options = []
+    if os.environ.get("GNMI_MAX_RECEIVE"):
+        options.append(("grpc.max_receive_message_length", int(os.environ["GNMI_MAX_RECEIVE"])))
+    with gNMIclient(target=(host, int(port)), insecure=not tls, grpc_options=options,
                     gnmi_timeout=float(os.environ.get("GNMI_TIMEOUT", "10")), **tls) as gc:
         if op == "caps":
             out(gc.capabilities())
@@ -51,7 +58,23 @@ def main():
             try:
                 out({"get": gc.get(path=[sys.argv[3]], encoding=enc, target=target)})
             except Exception as e:  # a gNMI error status, e.g. NOT_FOUND
-                out({"error": str(e)})
+                orig = getattr(e, "orig_exc", None)
+                code = orig.code().name if hasattr(orig, "code") else None
+                out({"error": str(e), "code": code})
+        elif op == "getcount":
+            enc = sys.argv[4] if len(sys.argv) > 4 else None
+            try:
+                r = gc.get(path=[sys.argv[3]], encoding=enc, target=target)
+            except Exception as e:
+                orig = getattr(e, "orig_exc", None)
+                out({"error": str(e), "code": orig.code().name if hasattr(orig, "code") else None})
+                return
+            prefixes = set()
+            for n in r.get("notification", []):
+                for u in n.get("update") or []:
+                    if u["path"].endswith("/state/prefix") or u["path"] == "state/prefix":
+                        prefixes.add(u["val"])
+            out({"notifications": len(r.get("notification", [])), "prefixes": sorted(prefixes)})
         elif op == "once":
             enc = sys.argv[4] if len(sys.argv) > 4 else "json"
             sub = {"subscription": [{"path": sys.argv[3]}], "mode": "once", "encoding": enc}

@@ -191,6 +191,74 @@ fn hop_interfaces(msgs: &[Value]) -> BTreeMap<u64, String> {
     out
 }
 
+/// The next hops (gateway, interface, weight) pygnmi reads for the IPv4 entry
+/// `prefix` of the main table: Get of the entry, of its next-hop group, then of each
+/// of the group's next hops (PROTO where values are typed).
+fn gnmi_hops(g: &Gnmi, prefix: &str) -> Vec<(String, String, u64)> {
+    let get = |path: &str, enc: &str| leaves(&g.run(&["get", path, enc]));
+    let e = get(
+        &format!("{NI}/ipv4-unicast/ipv4-entry[prefix={prefix}]"),
+        "proto",
+    );
+    let nhg = e
+        .iter()
+        .find(|(p, _)| p.ends_with("/state/next-hop-group"))
+        .and_then(|(_, v)| v.as_u64())
+        .unwrap_or_else(|| panic!("no next-hop-group for {prefix}: {e:?}"));
+    let group = get(
+        &format!("{NI}/next-hop-groups/next-hop-group[id={nhg}]"),
+        "proto",
+    );
+    let mut hops = Vec::new();
+    for (path, v) in &group {
+        if path.ends_with("/state/weight") {
+            let index: u64 = path
+                .split("next-hop[index=")
+                .nth(1)
+                .unwrap()
+                .split(']')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let hop = get(&format!("{NI}/next-hops/next-hop[index={index}]"), "json");
+            let find = |suffix: &str| {
+                hop.iter()
+                    .find(|(p, _)| p.ends_with(suffix))
+                    .map(|(_, v)| v.as_str().unwrap().to_string())
+            };
+            hops.push((
+                find("/state/ip-address").unwrap(),
+                find("/interface-ref/state/interface").unwrap(),
+                v.as_u64().unwrap(),
+            ));
+        }
+    }
+    hops.sort();
+    hops
+}
+
+/// The next hops (gateway, interface, weight) `route-mirror lookup ADDR` answers with.
+fn lookup_hops(d: &Daemon, addr: &str) -> Vec<(String, String, u64)> {
+    let route = d
+        .lookup(addr, None)
+        .unwrap_or_else(|| panic!("lookup {addr} finds a route"));
+    let mut want: Vec<(String, String, u64)> = route["nexthops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["gateway"].as_str().unwrap().to_string(),
+                h["dev"].as_str().unwrap().to_string(),
+                h["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    want.sort();
+    want
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -262,55 +330,13 @@ fn pygnmi_reads_the_mirror() {
     };
     assert_eq!(e[&key("prefix")], "10.0.0.0/8");
     assert_eq!(e[&key("origin-protocol")], "openconfig-policy-types:STATIC");
-    let nhg = e[&key("next-hop-group")]
-        .as_u64()
-        .expect("next-hop-group is a uint");
-    let group = get(
-        &format!("{NI}/next-hop-groups/next-hop-group[id={nhg}]"),
-        "proto",
+    assert!(
+        e[&key("next-hop-group")].is_u64(),
+        "next-hop-group is a uint"
     );
-    let mut hops = Vec::new();
-    for (path, v) in &group {
-        if path.ends_with("/state/weight") {
-            let index: u64 = path
-                .split("next-hop[index=")
-                .nth(1)
-                .unwrap()
-                .split(']')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let hop = get(&format!("{NI}/next-hops/next-hop[index={index}]"), "json");
-            let find = |suffix: &str| {
-                hop.iter()
-                    .find(|(p, _)| p.ends_with(suffix))
-                    .map(|(_, v)| v.as_str().unwrap().to_string())
-            };
-            hops.push((
-                find("/state/ip-address").unwrap(),
-                find("/interface-ref/state/interface").unwrap(),
-                v.as_u64().unwrap(),
-            ));
-        }
-    }
-    hops.sort();
-    let route = d.lookup("10.1.2.3", None).expect("lookup finds 10.0.0.0/8");
-    let mut want: Vec<(String, String, u64)> = route["nexthops"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["gateway"].as_str().unwrap().to_string(),
-                h["dev"].as_str().unwrap().to_string(),
-                h["weight"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    want.sort();
     assert_eq!(
-        hops, want,
+        gnmi_hops(&g, "10.0.0.0/8"),
+        lookup_hops(&d, "10.1.2.3"),
         "gNMI next hops of 10.0.0.0/8 = route-mirror lookup's"
     );
     // entry-metadata: metric (u32 BE) and route type, base64 in JSON.
@@ -377,6 +403,98 @@ fn pygnmi_reads_the_mirror() {
         prefixes.len(),
         "ONCE entries = the mirror's prefixes"
     );
+}
+
+/// A Get is one gRPC message, and gRPC clients receive at most 4 MiB unless told
+/// otherwise. A Get of the whole AFT of a large table (100k routes, tens of MB) is
+/// refused with RESOURCE_EXHAUSTED naming the limit and pointing to Subscribe ONCE (not
+/// an opaque transport error after the daemon rendered it all), and counted; a Get of
+/// a prefix of that table still equals `route-mirror lookup`. With
+/// `--gnmi-get-max-bytes` raised, a client configured to receive as much reads the
+/// whole table in one Get: one entry per IPv4 prefix of the mirror's main table.
+#[test]
+fn a_get_larger_than_the_client_receives_is_refused_clearly() {
+    let ns = Netns::new();
+    ns.ip(&[
+        "route",
+        "add",
+        "10.0.0.0/8",
+        "nexthop",
+        "via",
+        "198.18.1.2",
+        "weight",
+        "2",
+        "nexthop",
+        "via",
+        "198.18.2.2",
+        "weight",
+        "5",
+    ]);
+    ns.load_batch(batch("v4-100k"));
+    let Some((d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+    for path in ["/network-instances", &format!("{NI}/ipv4-unicast")] {
+        let got = g.run(&["getcount", path, "proto"]);
+        let err = got[0]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a Get of {path} is refused: {:.300}", got[0]));
+        assert_eq!(got[0]["code"], "RESOURCE_EXHAUSTED", "{err}");
+        assert!(
+            err.contains("Subscribe ONCE") && err.contains("4194304-byte limit"),
+            "the error says why and what to do instead: {err}"
+        );
+    }
+    assert_eq!(d.stats()["gnmi"]["gets_too_large"], 2);
+    assert_eq!(
+        gnmi_hops(&g, "10.0.0.0/8"),
+        lookup_hops(&d, "10.1.2.3"),
+        "a Get of a multipath prefix = route-mirror lookup"
+    );
+    assert_eq!(
+        gnmi_hops(&g, "130.225.208.0/24"),
+        lookup_hops(&d, "130.225.208.1"),
+        "a Get of one of the 100k = route-mirror lookup"
+    );
+    drop(d);
+
+    let Some((d, g)) = Gnmi::start_with(&ns, &["--gnmi-get-max-bytes", "268435456"], &[]) else {
+        return;
+    };
+    let mut c = g.cmd(&["getcount", &format!("{NI}/ipv4-unicast"), "proto"]);
+    c.env("GNMI_MAX_RECEIVE", "268435456");
+    c.env("GNMI_TIMEOUT", "120");
+    let out = c.output().expect("pygnmi");
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "pygnmi getcount: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let prefixes: BTreeSet<String> = got["prefixes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the whole table in one Get: {got:.300}"))
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let main: BTreeSet<String> = d
+        .cli_json(&["show", "--table", "main", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["tos"].as_u64().unwrap_or(0) == 0)
+        .map(|r| r["prefix"].as_str().unwrap().to_string())
+        .filter(|p| !p.contains(':'))
+        .collect();
+    assert!(main.len() > 40_000, "{} prefixes in main", main.len());
+    assert!(
+        prefixes == main,
+        "one Get entry per IPv4 prefix of the main table ({} vs {})",
+        prefixes.len(),
+        main.len()
+    );
+    assert_eq!(d.stats()["gnmi"]["gets_too_large"], 0);
 }
 
 /// STREAM ON_CHANGE: a route added then deleted in the namespace arrives as an update

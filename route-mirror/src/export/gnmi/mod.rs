@@ -44,7 +44,7 @@ pub struct Running {
 pub async fn serve(cfg: &GnmiConfig, hubs: Vec<Arc<Afts>>) -> Result<Running> {
     let addr = cfg.listen.context("no gNMI listen address")?;
     cfg.check().map_err(anyhow::Error::msg)?;
-    let svc = service::Service::new(hubs);
+    let svc = service::Service::new(hubs, cfg.get_max_bytes);
     let stats = svc.stats.clone();
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -100,6 +100,7 @@ mod tests {
             tls_cert: tls.then(|| "c.pem".into()),
             tls_key: tls.then(|| "k.pem".into()),
             tls_client_ca: None,
+            ..GnmiConfig::default()
         };
         assert!(c("127.0.0.1:9339", true, false).check().is_ok());
         assert!(c("[::1]:9339", true, false).check().is_ok());

@@ -51,6 +51,8 @@ pub struct GnmiStats {
     pub subscribers: AtomicU64,
     pub subscriptions: AtomicU64,
     pub gets: AtomicU64,
+    /// Gets refused with RESOURCE_EXHAUSTED: larger than `gnmi_get_max_bytes`.
+    pub gets_too_large: AtomicU64,
     pub notifications: AtomicU64,
     /// Subscribers that fell behind their queue and were sent a fresh snapshot.
     pub overflows: AtomicU64,
@@ -70,6 +72,7 @@ impl GnmiStats {
             "subscribers": g(&self.subscribers),
             "subscriptions": g(&self.subscriptions),
             "gets": g(&self.gets),
+            "gets_too_large": g(&self.gets_too_large),
             "notifications": g(&self.notifications),
             "overflows": g(&self.overflows),
             "resyncs": g(&self.resyncs),
@@ -83,6 +86,8 @@ pub struct Service {
     hubs: Vec<Arc<Afts>>,
     pub stats: Arc<GnmiStats>,
     renderers: Arc<Semaphore>,
+    /// The largest GetResponse served, bytes (`gnmi_get_max_bytes`).
+    get_max: usize,
 }
 
 /// The models this server's paths come from (openconfig/public, release/models).
@@ -124,11 +129,12 @@ fn selector(p: &super::proto::Path) -> Result<Selector, Status> {
 type Targeted = Vec<(Arc<Afts>, String)>;
 
 impl Service {
-    pub fn new(hubs: Vec<Arc<Afts>>) -> Service {
+    pub fn new(hubs: Vec<Arc<Afts>>, get_max: usize) -> Service {
         Service {
             hubs,
             stats: Arc::new(GnmiStats::default()),
             renderers: Arc::new(Semaphore::new(renderers())),
+            get_max,
         }
     }
 
@@ -251,31 +257,67 @@ async fn send_fixups(ctx: &Ctx, hub: &Arc<Afts>, mut walk: Walk, out: &Out) -> b
     true
 }
 
+/// Bytes `ns` add to a GetResponse: each is a length-delimited field 1.
+fn response_bytes(ns: &[Notification]) -> usize {
+    use prost::Message;
+    ns.iter()
+        .map(|n| {
+            let len = n.encoded_len();
+            1 + prost::length_delimiter_len(len) + len
+        })
+        .sum()
+}
+
 /// The current state `sels` select in one hub, for a Get: rendered a slice at a time
-/// like a snapshot, exact as of its last slice.
+/// like a snapshot, exact as of its last slice, with its size in a GetResponse. Gives
+/// up, with the bytes rendered so far, as soon as they exceed `room`: a Get of the
+/// whole table is refused after a few MB instead of being rendered whole (GBs).
 async fn get_snapshot(
     ctx: &Ctx,
     hub: &Arc<Afts>,
     sels: Arc<[Selector]>,
     enc: Encoding,
     target: &str,
-) -> Vec<Notification> {
+    room: usize,
+) -> Result<(Vec<Notification>, usize), usize> {
     let mut rx = hub.subscribe().await;
     let mut walk = Walk::new(sels, enc, target, Mode::Get);
-    let mut out = Vec::new();
+    let (mut out, mut size) = (Vec::new(), 0);
     loop {
         let (w, r, ns, st) = step(ctx, hub, walk, rx).await;
         (walk, rx) = (w, r);
         match st {
-            Step::More => out.extend(ns),
+            Step::More => {
+                size += response_bytes(&ns);
+                if size > room {
+                    return Err(size);
+                }
+                out.extend(ns);
+            }
             Step::Done => {
                 drop_stale(&mut out, &walk.stale());
                 out.extend(ns);
-                return out;
+                let size = response_bytes(&out);
+                return if size > room {
+                    Err(size)
+                } else {
+                    Ok((out, size))
+                };
             }
-            Step::Restarted { .. } => out.clear(),
+            Step::Restarted { .. } => (out, size) = (Vec::new(), 0),
         }
     }
+}
+
+/// Why a Get is refused: what an operator needs to get the data anyway.
+fn too_large(max: usize, rendered: usize, paths: &[String]) -> Status {
+    Status::resource_exhausted(format!(
+        "Get response too large: {} is at least {rendered} bytes, above the {max}-byte limit \
+         (gnmi_get_max_bytes; a GetResponse is one gRPC message, and gRPC clients receive at \
+         most 4 MiB unless configured otherwise); read it with Subscribe ONCE, which streams \
+         any size, or Get a narrower path",
+        paths.join(", ")
+    ))
 }
 
 fn sync_response() -> SubscribeResponse {
@@ -717,20 +759,33 @@ impl GNmi for Service {
         };
         let sels = paths.iter().map(selector).collect::<Result<Vec<_>, _>>()?;
         let targets = self.targets(prefix.map_or("", |p| p.target.as_str()))?;
+        let shown = || paths.iter().map(display).collect::<Vec<String>>();
         let mut notification = Vec::new();
         // The AFT is state only: a CONFIG Get selects nothing.
         if r.r#type != get_request::DataType::Config as i32 {
             let ctx = self.ctx();
             let sels: Arc<[Selector]> = sels.into();
+            let mut size = 0;
             for (hub, target) in &targets {
-                notification.extend(get_snapshot(&ctx, hub, sels.clone(), enc, target).await);
+                let room = self.get_max - size;
+                match get_snapshot(&ctx, hub, sels.clone(), enc, target, room).await {
+                    Ok((ns, n)) => {
+                        notification.extend(ns);
+                        size += n;
+                    }
+                    Err(n) => {
+                        self.stats.gets_too_large.fetch_add(1, Ordering::Relaxed);
+                        let status = too_large(self.get_max, size + n, &shown());
+                        info!(reason = status.message(), "gNMI Get refused");
+                        return Err(status);
+                    }
+                }
             }
         }
         if notification.is_empty() {
-            let shown: Vec<String> = paths.iter().map(display).collect();
             return Err(Status::not_found(format!(
                 "not found: nothing at {}",
-                shown.join(", ")
+                shown().join(", ")
             )));
         }
         Ok(Response::new(GetResponse {
@@ -791,6 +846,76 @@ mod tests {
 
     use super::*;
     use crate::export::gnmi::snapshot::{tests as walk, MAX_RENDERED};
+
+    /// A Get answers with at most `get_max` bytes, counted exactly as the response
+    /// encodes: the whole table at exactly its size is served, a byte less is refused
+    /// with RESOURCE_EXHAUSTED pointing to Subscribe ONCE; a small limit refuses a
+    /// large table; one entry's Get is unaffected.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_get_is_bounded_by_its_response_size() {
+        use prost::Message;
+        let afts = walk::hub(20_000);
+        let all = || {
+            Request::new(GetRequest {
+                encoding: Encoding::Proto as i32,
+                ..Default::default()
+            })
+        };
+        let whole = Service::new(vec![afts.clone()], usize::MAX)
+            .get(all())
+            .await
+            .expect("no limit")
+            .into_inner();
+        let size = whole.encoded_len();
+        let entries = whole
+            .notification
+            .iter()
+            .flat_map(|n| &n.update)
+            .filter(|u| u.path.as_ref().unwrap().elem.last().unwrap().name == "prefix")
+            .count();
+        assert_eq!(entries, 20_000);
+
+        let exact = Service::new(vec![afts.clone()], size);
+        assert_eq!(
+            exact.get(all()).await.unwrap().into_inner().encoded_len(),
+            size
+        );
+        let under = Service::new(vec![afts.clone()], size - 1);
+        let err = under.get(all()).await.expect_err("a byte over the limit");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            err.message().contains("Subscribe ONCE")
+                && err.message().contains(&format!("{}-byte limit", size - 1)),
+            "{}",
+            err.message()
+        );
+        assert_eq!(under.stats.gets_too_large.load(Ordering::Relaxed), 1);
+
+        // A small limit gives up after about a slice (the message says how far it got).
+        let small = Service::new(vec![afts.clone()], 64 << 10);
+        let err = small.get(all()).await.expect_err("over 64 KiB");
+        let rendered: usize = err
+            .message()
+            .split("is at least ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}", err.message()));
+        assert!(
+            rendered > 64 << 10 && rendered < size / 4,
+            "gave up early: {rendered} of {size} bytes"
+        );
+
+        let one = Request::new(GetRequest {
+            encoding: Encoding::Proto as i32,
+            path: vec![super::super::path::parse_str(
+                "/network-instances/network-instance[name=main]/afts/ipv4-unicast/ipv4-entry[prefix=10.0.1.0/24]",
+            )],
+            ..Default::default()
+        });
+        let got = small.get(one).await.expect("one entry fits").into_inner();
+        assert_eq!(got.notification.len(), 1);
+    }
 
     /// A STREAM subscriber that reads slowly while the AFT churns: the daemon never
     /// holds more than its queue plus one slice of rendered notifications for it
