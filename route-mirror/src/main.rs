@@ -1044,8 +1044,8 @@ fn print_copy_diff(d: &route_mirror::copy::diff::CopyDiff) {
         return;
     }
     println!(
-        "missing {}, extra {}, differing {}",
-        d.missing_count, d.extra_count, d.differing_count
+        "missing {}, extra {}, differing {}, reordered {}",
+        d.missing_count, d.extra_count, d.differing_count, d.reordered_count
     );
     for m in &d.missing {
         let why = match (&m.reason, &m.detail) {
@@ -1061,6 +1061,16 @@ fn print_copy_diff(d: &route_mirror::copy::diff::CopyDiff) {
     for (want, got) in &d.differing {
         println!("~ want {want}");
         println!("  have {got}");
+    }
+    for (want, got) in &d.reordered {
+        println!("~ want in this order:");
+        for r in want {
+            println!("    {r}");
+        }
+        println!("  have:");
+        for r in got {
+            println!("    {r}");
+        }
     }
 }
 

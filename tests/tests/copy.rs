@@ -997,3 +997,150 @@ fn unreachable_gateways_are_counted_and_retried_until_reachable() {
         .iter()
         .all(|r| r["gateway"] == "203.0.113.1" && r["protocol"] == PROTO));
 }
+
+/// A key's routes in `ns`'s `table`, in the kernel's order, as "TYPE via GW dev DEV".
+fn key_list(ns: &Netns, prefix: &str, table: &str) -> Vec<String> {
+    routes(ns, "-4", table)
+        .into_iter()
+        .filter(|r| r["dst"] == prefix)
+        .map(|r| {
+            format!(
+                "{} via {} dev {}",
+                r["type"].as_str().unwrap_or("unicast"),
+                r["gateway"].as_str().unwrap_or("-"),
+                r["dev"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+/// IPv4 keys with several routes (`ip route append`/`prepend`, a reject route beside a
+/// unicast one, a subnet on two devices) are copied as lists: the same routes in the
+/// same order (the kernel forwards with the first), through appends, prepends, deletes
+/// of one entry and a foreign delete of the head in the target; a rewrite that makes a
+/// list's routes identical installs one.
+#[test]
+fn ipv4_key_lists_are_copied_in_order() {
+    let a = Netns::new();
+    let b = Netns::new();
+    let tmp = TempDir::new("copy-lists").unwrap();
+    let g1 = ["via", "198.18.1.2", "dev", "veth1"];
+    let g2 = ["via", "198.18.2.2", "dev", "veth2"];
+    let ip = |ns: &Netns, verb: &str, p: &str, rest: &[&str]| {
+        let mut args = vec!["route", verb, p];
+        args.extend_from_slice(rest);
+        ns.ip(&args);
+    };
+    ip(&a, "add", "100.70.1.0/24", &g1);
+    ip(&a, "append", "100.70.1.0/24", &g2);
+    ip(&a, "add", "100.70.2.0/24", &g1);
+    ip(&a, "prepend", "100.70.2.0/24", &g2);
+    a.ip(&["route", "add", "blackhole", "100.70.3.0/24"]);
+    ip(&a, "append", "100.70.3.0/24", &g1);
+    ip(&a, "add", "100.70.4.0/24", &g1);
+    ip(&a, "append", "100.70.4.0/24", &g2);
+    ip(&a, "append", "100.70.4.0/24", &["dev", "veth1"]);
+    // One subnet on two devices: two kernel routes at one key (in B too, whose
+    // addresses the copied routes name as their source).
+    for ns in [&a, &b] {
+        ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "veth1"]);
+        ns.ip(&["addr", "add", "10.77.0.2/24", "dev", "veth2"]);
+    }
+    assert_eq!(key_list(&a, "10.77.0.0/24", "main").len(), 2);
+    let collapsed = format!("{}/201", b.name());
+    let d = start_with_config(
+        &a,
+        tmp.path(),
+        format!(
+            r#"
+[[copy]]
+name = "lists"
+from = "main"
+to = "{b}/200"
+
+[[copy]]
+name = "collapsed"
+from = "main"
+to = "{collapsed}"
+families = [4]
+prefixes = ["100.70.0.0/16 le 32"]
+nexthop = "via 198.18.1.2 dev veth1"
+"#,
+            b = b.name()
+        ),
+    );
+    for name in ["lists", "collapsed"] {
+        wait_copy_synced(&d, name);
+        assert_exact(&d, name, "after the initial sync");
+    }
+    for p in [
+        "100.70.1.0/24",
+        "100.70.2.0/24",
+        "100.70.3.0/24",
+        "100.70.4.0/24",
+        "10.77.0.0/24",
+    ] {
+        assert_eq!(key_list(&b, p, "200"), key_list(&a, p, "main"), "{p}");
+    }
+    assert_eq!(
+        key_list(&b, "100.70.2.0/24", "200")[0],
+        "unicast via 198.18.2.2 dev veth2"
+    );
+    assert_eq!(
+        key_list(&b, "100.70.3.0/24", "200")[0],
+        "blackhole via - dev -"
+    );
+    // Rewritten to one hop, 100.70.1.0/24's two routes are one (the blackhole stays).
+    assert_eq!(
+        key_list(&b, "100.70.1.0/24", "201"),
+        ["unicast via 198.18.1.2 dev veth1"]
+    );
+    assert_eq!(key_list(&b, "100.70.3.0/24", "201").len(), 2);
+
+    // Changes of the source's lists: a delete in the middle, a delete of the head, a
+    // prepend before a reject route, a new list, a second address's route gone.
+    a.ip(&["route", "del", "100.70.4.0/24", "via", "198.18.2.2"]);
+    a.ip(&["route", "del", "100.70.1.0/24", "via", "198.18.1.2"]);
+    ip(&a, "prepend", "100.70.3.0/24", &g2);
+    ip(&a, "append", "100.70.5.0/24", &g1);
+    ip(&a, "append", "100.70.5.0/24", &g2);
+    a.ip(&["addr", "del", "10.77.0.2/24", "dev", "veth2"]);
+    for name in ["lists", "collapsed"] {
+        assert_exact(&d, name, "after the source's lists changed");
+    }
+    for p in [
+        "100.70.1.0/24",
+        "100.70.3.0/24",
+        "100.70.4.0/24",
+        "100.70.5.0/24",
+        "10.77.0.0/24",
+    ] {
+        assert_eq!(key_list(&b, p, "200"), key_list(&a, p, "main"), "{p}");
+    }
+    assert_eq!(key_list(&b, "100.70.4.0/24", "200").len(), 2);
+    assert_eq!(
+        key_list(&b, "100.70.3.0/24", "200")[0],
+        "unicast via 198.18.2.2 dev veth2"
+    );
+
+    // A foreign delete of a list's head in the target: it comes back, first.
+    b.ip(&[
+        "route",
+        "del",
+        "100.70.2.0/24",
+        "via",
+        "198.18.2.2",
+        "table",
+        "200",
+    ]);
+    let want = key_list(&a, "100.70.2.0/24", "main");
+    poll(Duration::from_secs(5), || {
+        (key_list(&b, "100.70.2.0/24", "200") == want).then_some(())
+    })
+    .expect("the list's head repaired in place");
+    assert_exact(&d, "lists", "after a foreign delete of a list's head");
+    let c = copy(&d, "lists");
+    assert_eq!(c["failing"], 0, "{c}");
+    assert_eq!(c["failing_by_reason"].get("exists"), None, "{c}");
+    assert!(c["repaired_deletes"].as_u64().unwrap() >= 1, "{c}");
+}

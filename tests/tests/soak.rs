@@ -6,7 +6,8 @@
 //! mid-storm. After every round the generator pauses and each daemon must report it
 //! caught up (`sync`) with an empty `diff`.
 //!
-//! The generator also appends and prepends routes to keys that hold others, and routes
+//! The generator also appends and prepends routes to keys that hold others (main
+//! included, so A's copy of main copies key lists), and routes
 //! some of them through `vethc`, whose peer lives in another namespace and loses its
 //! carrier a few times every round (`ip link set vethcp down/up` there). Besides an
 //! empty `diff` at every checkpoint, the report counts the corrections scans made after
@@ -154,9 +155,8 @@ impl Gen {
                 let m = self.metric(false);
                 let how = self.rng.pick(&["append", "prepend"]);
                 let gw = self.rng.pick(&GWC4);
-                // Out of main: A's copy of main cannot pair every list yet (a key with
-                // a reject route and a unicast one: "exists").
-                let t = self.rng.pick(&["100", "1000", "4000"]);
+                // main too: A's copy of main copies every key's list in order.
+                let t = self.rng.pick(&["main", "100", "1000", "4000"]);
                 format!("route {how} {p} table {t}{m} via {gw}")
             }
             600..=769 => {
@@ -398,6 +398,18 @@ fn copy_checkpoint(d: &Daemon) -> Result<(), String> {
     ))
 }
 
+/// IPv4 keys (prefix, metric) of `table` in `ns` that list more than one route.
+fn v4_lists(ns: &Netns, table: &str) -> usize {
+    let out = ns.ip(&["-j", "-4", "route", "show", "table", table]);
+    let routes: Vec<Value> = serde_json::from_str(out.trim()).unwrap_or_default();
+    let mut keys = std::collections::HashMap::new();
+    for r in &routes {
+        let k = (r["dst"].to_string(), r["metric"].as_u64().unwrap_or(0));
+        *keys.entry(k).or_insert(0usize) += 1;
+    }
+    keys.values().filter(|&&n| n > 1).count()
+}
+
 fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
     let ns = Netns::new();
     let far = Netns::new();
@@ -504,6 +516,14 @@ fn soak(rounds: usize, ops: usize, one_m_cycles: usize) -> Report {
         .unwrap_or(0);
     // (Link flaps flush main's routes through the flapped link for good: ~3,000 remain.)
     assert!(installed > 1000, "A's copy holds only {installed} routes");
+    // main held keys with several routes (appends, prepends), and so did the copy
+    // (`diff --copy` compared their order at every checkpoint).
+    let (main_lists, copy_lists) = (v4_lists(&ns, "main"), v4_lists(&ns, "200"));
+    eprintln!("IPv4 keys listing several routes: main {main_lists}, copy {copy_lists}");
+    assert!(
+        main_lists > 0 && copy_lists > 0,
+        "no key lists in main: appends did not land"
+    );
     // A (and its copy) stop here: the copy would write the 1M set into table 200 too.
     rep.totals = retired;
     rep.totals.add(&a.stats());

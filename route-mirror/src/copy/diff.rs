@@ -47,16 +47,26 @@ pub struct CopyDiff {
     pub missing_count: u64,
     pub extra_count: u64,
     pub differing_count: u64,
+    /// IPv4 keys whose routes are all there, in another order than the source's (the
+    /// kernel forwards with a key's first route).
+    #[serde(default)]
+    pub reordered_count: u64,
     pub missing: Vec<Missing>,
     /// In the target, not wanted.
     pub extra: Vec<String>,
     /// (wanted, in the target).
     pub differing: Vec<(String, String)>,
+    /// The key's routes as wanted, in order, then as the target lists them.
+    #[serde(default)]
+    pub reordered: Vec<(Vec<String>, Vec<String>)>,
 }
 
 impl CopyDiff {
     pub fn is_empty(&self) -> bool {
-        self.missing_count == 0 && self.extra_count == 0 && self.differing_count == 0
+        self.missing_count == 0
+            && self.extra_count == 0
+            && self.differing_count == 0
+            && self.reordered_count == 0
     }
 }
 
@@ -169,7 +179,7 @@ pub fn compare(
             .and_then(|t| t.get(&dst))
             .map_or(&[], |es| es.as_slice());
         let (pairs, matched) = super::sync::pair_ours(current, &wanted, ours);
-        for (w, pair) in wanted.iter().zip(pairs) {
+        for (w, pair) in wanted.iter().zip(pairs.iter().copied()) {
             d.wanted += 1;
             match w {
                 Err((sub, dev)) => {
@@ -209,6 +219,48 @@ pub fn compare(
                             }
                         }
                     }
+                }
+            }
+        }
+        // An IPv4 key lists its routes in order: paired routes out of the wanted order
+        // are a difference.
+        if dst.addr().is_ipv4() {
+            let mut subs: Vec<crate::model::SubKey> = Vec::new();
+            for (k, _) in wanted.iter().flatten() {
+                if !subs.contains(&k.sub) {
+                    subs.push(k.sub);
+                }
+            }
+            for sub in subs {
+                let ws: Vec<(usize, Option<usize>)> = wanted
+                    .iter()
+                    .zip(&pairs)
+                    .enumerate()
+                    .filter(|(_, (w, _))| matches!(w, Ok((k, _)) if k.sub == sub))
+                    .map(|(i, (_, p))| (i, *p))
+                    .collect();
+                let got: Vec<usize> = (0..current.len())
+                    .filter(|&i| current[i].sub() == sub && ours(&current[i]))
+                    .collect();
+                let placed: Vec<usize> = ws.iter().filter_map(|(_, p)| *p).collect();
+                // Routes of ours not wanted count as extra, not as an order.
+                let in_order: Vec<usize> = got.iter().copied().filter(|&i| matched[i]).collect();
+                if ws.len() < 2 || placed.len() != ws.len() || placed == in_order {
+                    continue;
+                }
+                d.reordered_count += 1;
+                if d.reordered.len() < LIST_MAX {
+                    let want_list = ws
+                        .iter()
+                        .map(|(i, _)| match &wanted[*i] {
+                            Ok((k, a)) => {
+                                show(dst, &Entry::new(k.sub, std::sync::Arc::new(a.clone()), 0))
+                            }
+                            Err(_) => String::new(),
+                        })
+                        .collect();
+                    let got_list = got.iter().map(|&i| show(dst, &current[i])).collect();
+                    d.reordered.push((want_list, got_list));
                 }
             }
         }
@@ -310,5 +362,54 @@ mod tests {
             .find(|m| m.route.contains("10.1.0.0"))
             .unwrap();
         assert_eq!(m.reason.as_deref(), Some("exists"));
+    }
+
+    /// The same routes at an IPv4 key in another order are a difference (the kernel
+    /// forwards with the first).
+    #[test]
+    fn a_key_list_in_another_order_is_reordered() {
+        let names = crate::names::Names::builtin();
+        let jobs = resolve(&[copy_flag("main=200").unwrap()], &[], &[None], &names).unwrap();
+        let list = |table: u32, proto: u8, gws: &[&str]| {
+            let mut m = mirror(&[]);
+            for gw in gws {
+                m.apply(Change::NewRoute {
+                    route: Route {
+                        key: RouteKey {
+                            table,
+                            dst: "10.5.0.0/24".parse().unwrap(),
+                            sub: SubKey::metric(0),
+                        },
+                        attrs: Arc::new(RouteAttrs {
+                            protocol: proto,
+                            kind: rtn::UNICAST,
+                            nexthops: vec![NextHop::new(Some(gw.parse().unwrap()), 3)].into(),
+                            ..Default::default()
+                        }),
+                    },
+                    flags: crate::model::nlm::CREATE | crate::model::nlm::APPEND,
+                });
+            }
+            m
+        };
+        let src = list(254, 4, &["198.18.1.2", "198.18.1.3"]);
+        let same = list(200, 240, &["198.18.1.2", "198.18.1.3"]);
+        let d = compare(&jobs[0], &src, &same, 240, &[]);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(d.wanted, 2);
+        let swapped = list(200, 240, &["198.18.1.3", "198.18.1.2"]);
+        let d = compare(&jobs[0], &src, &swapped, 240, &[]);
+        assert_eq!(
+            (
+                d.missing_count,
+                d.extra_count,
+                d.differing_count,
+                d.reordered_count
+            ),
+            (0, 0, 0, 1),
+            "{d:?}"
+        );
+        assert!(d.reordered[0].0[0].contains("198.18.1.2"), "{d:?}");
+        assert!(d.reordered[0].1[0].contains("198.18.1.3"), "{d:?}");
     }
 }

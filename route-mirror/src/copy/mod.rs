@@ -8,6 +8,7 @@ pub use crate::config::COPY_PROTOCOL as PROTOCOL;
 pub mod diff;
 pub mod filter;
 pub mod iproute;
+pub mod keylist;
 pub mod runner;
 pub mod spec;
 pub mod status;

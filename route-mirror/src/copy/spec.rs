@@ -154,7 +154,9 @@ impl Job {
                 else {
                     return Vec::new();
                 };
-                es.iter()
+                let mut out: Vec<Wanted> = Vec::with_capacity(es.len());
+                let routes = es
+                    .iter()
                     .filter(|e| filter.admits_route(e.attrs.protocol, e.attrs.kind))
                     .map(|e| {
                         let hops = src.effective_hops(&e.attrs);
@@ -168,8 +170,17 @@ impl Job {
                             w.prefsrc = None;
                         }
                         resolve(&w)
-                    })
-                    .collect()
+                    });
+                // Entries a rewrite made identical are one: the kernel keeps no two
+                // identical routes at a key.
+                for w in routes {
+                    let dup =
+                        matches!(&w, Ok(ka) if out.iter().any(|o| o.as_ref().ok() == Some(ka)));
+                    if !dup {
+                        out.push(w);
+                    }
+                }
+                out
             }
         }
     }

@@ -20,6 +20,9 @@ use ipnet::IpNet;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
+use smallvec::SmallVec;
+
+use super::keylist::{self, Step};
 use super::want::MissingDevice;
 use crate::fib::Entry;
 use crate::model::{RouteAttrs, RouteKey, SubKey};
@@ -198,6 +201,9 @@ pub struct Planned {
     pub verdict: Verdict,
     /// It undoes someone else's change (a foreign delete or replace).
     pub repair: bool,
+    /// A write of an IPv4 key's list ([`keylist`]): its success clears only the
+    /// refusal of the same route (the key's others may still be refused).
+    pub list: bool,
 }
 
 /// What a successful write counts as.
@@ -439,6 +445,85 @@ impl TargetSync {
         let mut dels = Vec::new();
         let mut writes = Vec::new();
         let repair = why.foreign && !why.source && why.pass.is_none();
+        let (owner, protocol) = (self.owner, self.protocol);
+        let alien = |e: &Entry| !owner && e.attrs.protocol != protocol;
+        if dst.addr().is_ipv4() && !current.iter().any(alien) {
+            self.plan_lists(
+                dst,
+                why,
+                repair,
+                wanted,
+                current,
+                now,
+                &mut dels,
+                &mut writes,
+            );
+        } else if dst.addr().is_ipv4() {
+            // A key holding someone else's route keeps the per-route plan: ours go
+            // beside nothing there (the kernel's EEXIST is the answer, counted).
+            let alien_at = |sub: SubKey| current.iter().any(|e| alien(e) && e.sub() == sub);
+            let (rw, lw): (Vec<Wanted>, Vec<Wanted>) = wanted
+                .iter()
+                .cloned()
+                .partition(|w| alien_at(wanted_sub(w)));
+            let (rc, lc): (Vec<Entry>, Vec<Entry>) =
+                current.iter().cloned().partition(|e| alien_at(e.sub()));
+            self.plan_lists(dst, why, repair, &lw, &lc, now, &mut dels, &mut writes);
+            self.plan_routes(dst, why, repair, &rw, &rc, now, &mut dels, &mut writes);
+        } else {
+            self.plan_routes(
+                dst,
+                why,
+                repair,
+                wanted,
+                current,
+                now,
+                &mut dels,
+                &mut writes,
+            );
+        }
+        // Failures of routes no longer wanted here are forgotten.
+        if self.failures.keys().any(|(d, _, _)| *d == dst) {
+            let keep: Vec<(SubKey, u64)> = wanted
+                .iter()
+                .map(|w| match w {
+                    Ok((k, a)) => (k.sub, which(k, a)),
+                    Err((s, MissingDevice(dev))) => (*s, missing_which(&dst, dev)),
+                })
+                .collect();
+            self.failures
+                .retain(|(d, s, h), _| *d != dst || keep.contains(&(*s, *h)));
+        }
+        dels.append(&mut writes);
+        if !dels.is_empty() {
+            self.busy.insert(
+                dst,
+                Busy {
+                    in_flight: dels.len() as u32,
+                    echoes: 0,
+                    uncertain: false,
+                    since: now,
+                    source_ms,
+                },
+            );
+        }
+        dels
+    }
+
+    /// Plans the keys of `dst` route by route (IPv6, and IPv4 keys holding someone
+    /// else's route): each wanted route pairs with one of ours ([`pair_ours`]).
+    #[allow(clippy::too_many_arguments)]
+    fn plan_routes(
+        &mut self,
+        dst: IpNet,
+        why: Why,
+        repair: bool,
+        wanted: &[Wanted],
+        current: &[Entry],
+        now: Instant,
+        dels: &mut Vec<Planned>,
+        writes: &mut Vec<Planned>,
+    ) {
         let (pairs, matched) = pair_ours(current, wanted, |e| self.ours(e));
         for (w, pair) in wanted.iter().zip(pairs) {
             let (key, attrs) = match w {
@@ -514,6 +599,7 @@ impl TargetSync {
             match mine {
                 Some(i) if contested => {
                     dels.push(Planned {
+                        list: false,
                         dst,
                         op: RouteOp::Delete,
                         key: *key,
@@ -522,6 +608,7 @@ impl TargetSync {
                         repair,
                     });
                     writes.push(Planned {
+                        list: false,
                         dst,
                         op: RouteOp::Add,
                         key: *key,
@@ -531,6 +618,7 @@ impl TargetSync {
                     });
                 }
                 Some(_) => writes.push(Planned {
+                    list: false,
                     dst,
                     op: RouteOp::Replace,
                     key: *key,
@@ -539,6 +627,7 @@ impl TargetSync {
                     repair,
                 }),
                 None if took_over => writes.push(Planned {
+                    list: false,
                     dst,
                     op: RouteOp::Replace,
                     key: *key,
@@ -550,6 +639,7 @@ impl TargetSync {
                 // table (then `mine` would have found it). The kernel's EEXIST is the
                 // answer, counted.
                 None => writes.push(Planned {
+                    list: false,
                     dst,
                     op: RouteOp::Add,
                     key: *key,
@@ -563,6 +653,7 @@ impl TargetSync {
             if !matched[i] && self.ours(e) {
                 let sub = e.sub();
                 dels.push(Planned {
+                    list: false,
                     dst,
                     op: RouteOp::Delete,
                     key: RouteKey {
@@ -576,32 +667,144 @@ impl TargetSync {
                 });
             }
         }
-        // Failures of routes no longer wanted here are forgotten.
-        if self.failures.keys().any(|(d, _, _)| *d == dst) {
-            let keep: Vec<(SubKey, u64)> = wanted
+    }
+
+    /// Plans IPv4 keys whose routes are all ours as lists ([`keylist`]): the target's
+    /// list of each key becomes the wanted one, entries and order.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_lists(
+        &mut self,
+        dst: IpNet,
+        why: Why,
+        repair: bool,
+        wanted: &[Wanted],
+        current: &[Entry],
+        now: Instant,
+        dels: &mut Vec<Planned>,
+        writes: &mut Vec<Planned>,
+    ) {
+        let mut keys: SmallVec<[SubKey; 2]> = SmallVec::new();
+        for s in wanted
+            .iter()
+            .map(wanted_sub)
+            .chain(current.iter().map(Entry::sub))
+        {
+            if !keys.contains(&s) {
+                keys.push(s);
+            }
+        }
+        for sub in keys {
+            let fkey = (dst, sub, 0);
+            let mut want: SmallVec<[&RouteAttrs; 2]> = SmallVec::new();
+            let mut missing: SmallVec<[&MissingDevice; 1]> = SmallVec::new();
+            for w in wanted {
+                match w {
+                    Ok((k, a)) if k.sub == sub && !want.contains(&a) => want.push(a),
+                    Err((s, dev)) if *s == sub => missing.push(dev),
+                    _ => {}
+                }
+            }
+            let cur: SmallVec<[&RouteAttrs; 2]> = current
                 .iter()
-                .map(|w| match w {
-                    Ok((k, a)) => (k.sub, which(k, a)),
-                    Err((s, MissingDevice(dev))) => (*s, missing_which(&dst, dev)),
-                })
+                .filter(|e| e.sub() == sub)
+                .map(|e| &*e.attrs)
                 .collect();
-            self.failures
-                .retain(|(d, s, h), _| *d != dst || keep.contains(&(*s, *h)));
-        }
-        dels.append(&mut writes);
-        if !dels.is_empty() {
-            self.busy.insert(
+            let steps = keylist::steps(&cur, &want);
+            let gated = match self.failures.get(&fkey) {
+                _ if steps.is_empty() => false,
+                None => false,
+                Some(f) => {
+                    let same = steps.iter().any(|s| match *s {
+                        Step::Delete(_) => false,
+                        Step::Add(w) | Step::Replace(w) | Step::Prepend(w) | Step::Append(w) => {
+                            f.attrs.as_ref() == Some(want[w])
+                        }
+                    });
+                    if f.next_try <= now || !same {
+                        self.counters.retries += 1;
+                        false
+                    } else {
+                        true
+                    }
+                }
+            };
+            // A device missing before is there now: its refusal is over (a refusal of
+            // the write, if any, is recorded anew).
+            if missing.is_empty() && self.failures.get(&fkey).is_some_and(|f| f.attrs.is_none()) {
+                self.failures.remove(&fkey);
+            }
+            for MissingDevice(dev) in &missing {
+                self.refuse(
+                    fkey,
+                    Reason::NoDevice,
+                    None,
+                    Some(format!("no device {dev:?} in the target")),
+                    None,
+                    now,
+                );
+            }
+            if steps.is_empty() {
+                if missing.is_empty() {
+                    self.failures.remove(&fkey);
+                }
+                let n = want.len() as u64;
+                match why.pass {
+                    Some(Pass::Initial) => self.counters.verdicts.adopted += n,
+                    Some(Pass::Scan) => self.counters.verdicts.seen += n,
+                    None => {}
+                }
+                continue;
+            }
+            if gated {
+                continue;
+            }
+            let key = RouteKey {
+                table: self.table,
                 dst,
-                Busy {
-                    in_flight: dels.len() as u32,
-                    echoes: 0,
-                    uncertain: false,
-                    since: now,
-                    source_ms,
-                },
-            );
+                sub,
+            };
+            let added = if repair || why.pass == Some(Pass::Scan) {
+                Verdict::Reinstalled
+            } else {
+                Verdict::Installed
+            };
+            for s in steps {
+                let (op, attrs, verdict) = match s {
+                    Step::Delete(i) => (RouteOp::Delete, cur[i], Verdict::Removed),
+                    Step::Replace(w) => {
+                        if repair {
+                            self.counters.repaired_replaces += 1;
+                        }
+                        (RouteOp::Replace, want[w], Verdict::Replaced)
+                    }
+                    Step::Add(w) | Step::Prepend(w) | Step::Append(w) => {
+                        if repair {
+                            self.counters.repaired_deletes += 1;
+                        }
+                        let op = match s {
+                            Step::Add(_) => RouteOp::Add,
+                            Step::Prepend(_) => RouteOp::Prepend,
+                            _ => RouteOp::Append,
+                        };
+                        (op, want[w], added)
+                    }
+                };
+                let p = Planned {
+                    dst,
+                    op,
+                    key,
+                    attrs: attrs.clone(),
+                    verdict,
+                    repair,
+                    list: true,
+                };
+                if op == RouteOp::Delete {
+                    dels.push(p);
+                } else {
+                    writes.push(p);
+                }
+            }
         }
-        dels
     }
 
     /// Whether a route with a refusal on record should be tried now: its retry is due,
@@ -660,8 +863,15 @@ impl TargetSync {
         match o {
             Outcome::Done => {
                 echo = true;
-                self.failures
-                    .remove(&(p.dst, p.key.sub, which(&p.key, &p.attrs)));
+                let fkey = (p.dst, p.key.sub, which(&p.key, &p.attrs));
+                let cleared = !p.list
+                    || self
+                        .failures
+                        .get(&fkey)
+                        .is_some_and(|f| f.attrs.as_ref() == Some(&p.attrs));
+                if cleared {
+                    self.failures.remove(&fkey);
+                }
                 let v = &mut self.counters.verdicts;
                 match p.verdict {
                     _ if p.op == RouteOp::Delete && p.verdict != Verdict::Removed => {}
@@ -826,6 +1036,14 @@ impl LagHistogram {
             }
         }
         Some(self.max_ms)
+    }
+}
+
+/// The key of a wanted route.
+fn wanted_sub(w: &Wanted) -> SubKey {
+    match w {
+        Ok((k, _)) => k.sub,
+        Err((s, _)) => *s,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::netlink::msg;
 pub const NLM_F_ACK: u16 = 0x4;
 pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
+pub const NLM_F_APPEND: u16 = 0x800;
 
 /// What a route request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,8 +38,16 @@ pub enum RouteOp {
     Add,
     /// `NLM_F_CREATE | NLM_F_REPLACE`: replaces the first route with the key.
     Replace,
+    /// `NLM_F_CREATE | NLM_F_APPEND` (`ip route append`): an IPv4 route goes after the
+    /// routes its key already lists.
+    Append,
+    /// `NLM_F_CREATE` alone (`ip route prepend`): an IPv4 route goes before the routes
+    /// its key lists, and forwards in their place.
+    Prepend,
     /// `RTM_DELROUTE` naming the route's protocol: the kernel deletes only a route of
     /// that protocol (IPv4 `fib_table_delete`, IPv6 `ip6_route_del` both check it).
+    /// IPv4 deletes also name the next hops and preferred source, so that the kernel
+    /// picks this route of a key's list, not the first of our protocol and type.
     Delete,
 }
 
@@ -56,6 +65,11 @@ impl RouteOp {
                 msg::RTM_NEWROUTE,
                 msg::NLM_F_REQUEST | NLM_F_CREATE | msg::NLM_F_REPLACE,
             ),
+            RouteOp::Append => (
+                msg::RTM_NEWROUTE,
+                msg::NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND,
+            ),
+            RouteOp::Prepend => (msg::RTM_NEWROUTE, msg::NLM_F_REQUEST | NLM_F_CREATE),
             RouteOp::Delete => (msg::RTM_DELROUTE, msg::NLM_F_REQUEST),
         }
     }
@@ -97,10 +111,16 @@ fn route_attrs(op: RouteOp, key: &RouteKey, a: &RouteAttrs) -> (RouteHeader, Vec
     if delete {
         h.scope = RouteScope::from(RT_SCOPE_NOWHERE);
         h.flags = RouteFlags::empty();
-        // The hop picks one of several IPv6 routes with the same dst and metric.
-        if family == Family::V6 && kept_apart(a) {
+        // The hop picks one of several IPv6 routes with the same dst and metric, and
+        // one route of an IPv4 key's list.
+        if family == Family::V4 || kept_apart(a) {
             hop_attrs(family, a, &mut h, &mut v);
             h.flags = RouteFlags::empty();
+        }
+        if family == Family::V4 {
+            if let Some(p) = a.prefsrc {
+                v.push(RouteAttribute::PrefSource(RouteAddress::from(p)));
+            }
         }
         return (h, v);
     }
@@ -255,7 +275,7 @@ pub fn route(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &Route
         put_addr(buf, RTA_SRC, src.addr());
     }
     put_u32(buf, RTA_PRIORITY, key.sub.priority);
-    if !delete || (family == Family::V6 && kept_apart(a)) {
+    if !delete || family == Family::V4 || kept_apart(a) {
         if let Some(id) = a.nh_id {
             put_u32(buf, RTA_NH_ID, id);
         } else if let Some(h) = single {
@@ -280,10 +300,12 @@ pub fn route(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &Route
             end_attr(buf, at);
         }
     }
-    if !delete {
+    if !delete || family == Family::V4 {
         if let Some(p) = a.prefsrc {
             put_addr(buf, RTA_PREFSRC, p);
         }
+    }
+    if !delete {
         if let Some(p) = a.pref {
             put(buf, RTA_PREF, &[p]);
         }
@@ -536,7 +558,13 @@ mod tests {
     #[test]
     fn crate_and_hand_encoders_agree() {
         for (k, a) in shapes() {
-            for op in [RouteOp::Add, RouteOp::Replace, RouteOp::Delete] {
+            for op in [
+                RouteOp::Add,
+                RouteOp::Replace,
+                RouteOp::Append,
+                RouteOp::Prepend,
+                RouteOp::Delete,
+            ] {
                 let (mut x, mut y) = (Vec::new(), Vec::new());
                 route_typed(&mut x, 9, op, &k, &a);
                 route(&mut y, 9, op, &k, &a);
