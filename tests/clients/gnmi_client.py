@@ -10,6 +10,8 @@ lines on stdout (each with "t", the wall-clock time it arrived).
   gnmi_client.py ADDR stream PATH SECONDS [PAUSE_SECONDS]
       prints every response until SECONDS pass; with PAUSE_SECONDS it reads nothing
       for that long after the first sync_response (a slow collector).
+  gnmi_client.py ADDR sample PATH MS SECONDS [suppress]
+      STREAM with SAMPLE every MS milliseconds (suppress_redundant with "suppress")
   gnmi_client.py ADDR slow PATH PAUSE_SECONDS SECONDS
       a collector that stops reading: pygnmi's own subscriber drains the stream in a
       thread, so this uses the gNMI stub pygnmi ships, reads up to the first
@@ -110,9 +112,12 @@ def main():
             out({"end": True})
             s.close()
         elif op == "sample":
-            # STREAM with SAMPLE every MS milliseconds, for SECONDS.
+            # STREAM with SAMPLE every MS milliseconds, for SECONDS; a 6th argument
+            # "suppress" sets suppress_redundant.
             path, ms, seconds = sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-            sub = {"subscription": [{"path": path, "mode": "sample", "sample_interval": ms * 1000000}],
+            suppress = len(sys.argv) > 6 and sys.argv[6] == "suppress"
+            sub = {"subscription": [{"path": path, "mode": "sample", "sample_interval": ms * 1000000,
+                                     "suppress_redundant": suppress}],
                    "mode": "stream", "encoding": "json"}
             s = gc.subscribe_stream(subscribe=sub)
             end = time.time() + seconds

@@ -858,6 +858,63 @@ fn poll_and_sample() {
     );
 }
 
+/// SAMPLE reports a deleted entry: a gNMI delete in the first or second sample after
+/// the route went, with suppress_redundant (only what changed is sampled) and without
+/// it (every sample resends every entry, and a deletion is no entry: it must be said);
+/// the entry is not sampled again after its delete.
+#[test]
+fn sample_reports_deletes() {
+    let ns = Netns::new();
+    let steady = "192.0.2.0/24";
+    ns.ip(&["route", "add", steady, "via", "198.18.1.2"]);
+    let Some((_d, g)) = Gnmi::start(&ns, &[]) else {
+        return;
+    };
+    let has = |m: &Value, what: &str, prefix: &str| {
+        m["update"][what].as_array().into_iter().flatten().any(|u| {
+            let p = u["path"].as_str().or_else(|| u.as_str()).unwrap_or("");
+            p.contains(&format!("[prefix={prefix}]"))
+        })
+    };
+    let path = format!("{NI}/ipv4-unicast");
+    for (suppress, prefix) in [(false, "203.0.113.0/24"), (true, "198.51.100.0/24")] {
+        let mut args = vec!["sample", path.as_str(), "300", "30"];
+        if suppress {
+            args.push("suppress");
+        }
+        let (mut sub, rx) = g.spawn(&args);
+        wait_for(&rx, Duration::from_secs(10), |m| m["sync_response"] == true);
+        ns.ip(&["route", "add", prefix, "via", "198.18.2.2"]);
+        wait_for(&rx, Duration::from_secs(5), |m| has(m, "update", prefix));
+        // Whatever was in flight arrives: the next message with the entry is a later
+        // sample's (or its delete).
+        ns.ip(&["route", "del", prefix]);
+        let after = collect_until(&rx, Duration::from_secs(5), |m| has(m, "delete", prefix));
+        if !suppress {
+            // Each full sample resends the steady entry once (an object's leaves are in
+            // one notification): how many samples went by before the delete.
+            let samples = after.iter().filter(|m| has(m, "update", steady)).count();
+            assert!(
+                samples <= 2,
+                "the delete came {samples} samples after the route went"
+            );
+        }
+        // Three more samples' time, then everything that arrived.
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = sub.kill();
+        let _ = sub.wait();
+        let later: Vec<Value> = rx.try_iter().collect();
+        if !suppress {
+            assert!(
+                later.iter().any(|m| has(m, "update", steady)),
+                "sampling went on"
+            );
+        }
+        let again: Vec<&Value> = later.iter().filter(|m| has(m, "update", prefix)).collect();
+        assert!(again.is_empty(), "sampled after its delete: {again:?}");
+    }
+}
+
 /// A renamed link keeps its next hops (same indices, groups and entries) and their
 /// interface-ref shows the new name within 1 s; a removed link's entries and next hops
 /// are deleted within 1 s. Routes over the links in both families.

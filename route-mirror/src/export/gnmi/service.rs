@@ -442,22 +442,26 @@ fn touch(t: &mut Touched, changes: &[crate::export::aft::Change]) {
     }
 }
 
-/// The current value (or deletion) of each touched object `sel` selects.
-fn render_touched(b: &mut Builder<'_>, aft: &Aft, sel: &Selector, t: &Touched) {
+/// The current value (or deletion) of each touched object `sel` selects; with
+/// `gone_only`, only the deletions (a full sample sends the rest in its snapshot).
+fn render_touched(b: &mut Builder<'_>, aft: &Aft, sel: &Selector, t: &Touched, gone_only: bool) {
     for &(table, s, id, prefix) in t {
         let ni = instance_name(table);
         let inst = aft.instances.get(&table);
         match (s, prefix) {
             (Section::Hops, _) => match inst.and_then(|i| i.next_hop(id)) {
-                Some(h) => b.hop(&ni, sel, id, &h),
+                Some(h) if !gone_only => b.hop(&ni, sel, id, &h),
+                Some(_) => {}
                 None => b.delete(&ni, sel, s, Key::Id(id)),
             },
             (Section::Groups, _) => match inst.and_then(|i| i.group(id)) {
-                Some(g) => b.group(&ni, sel, id, g),
+                Some(g) if !gone_only => b.group(&ni, sel, id, g),
+                Some(_) => {}
                 None => b.delete(&ni, sel, s, Key::Id(id)),
             },
             (_, Some(p)) => match inst.and_then(|i| i.entry(&p)) {
-                Some(e) => b.entry(&ni, sel, p, e),
+                Some(e) if !gone_only => b.entry(&ni, sel, p, e),
+                Some(_) => {}
                 None => b.delete(&ni, sel, s, Key::Prefix(p)),
             },
             _ => {}
@@ -576,24 +580,38 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
                     if heartbeat {
                         beat[i] = s.heartbeat.map(|h| now + h);
                     }
+                    let t = std::mem::take(&mut touched[i]);
                     if s.suppress_redundant && !heartbeat {
-                        let t = std::mem::take(&mut touched[i]);
                         if t.is_empty() {
                             continue;
                         }
                         let ns = hub.with(|aft| {
                             let mut b = Builder::new(enc, &target, now_ns());
-                            render_touched(&mut b, aft, &s.sel, &t);
+                            render_touched(&mut b, aft, &s.sel, &t, false);
                             b.finish()
                         }).await;
                         if !out.send_all(ns).await {
                             return;
                         }
                     } else {
-                        touched[i].clear();
+                        // A full sample: what went since the last sample is deleted
+                        // (a snapshot only says what exists), then what exists. The
+                        // walk's receiver comes first: a change after the deletes is
+                        // either ahead of the walk or one of its fixups.
+                        let walk_rx = hub.subscribe().await;
+                        if !t.is_empty() {
+                            let ns = hub.with(|aft| {
+                                let mut b = Builder::new(enc, &target, now_ns());
+                                render_touched(&mut b, aft, &s.sel, &t, true);
+                                b.finish()
+                            }).await;
+                            if !out.send_all(ns).await {
+                                return;
+                            }
+                        }
                         let one: Arc<[Selector]> = Arc::from([s.sel.clone()]);
                         let walk = Walk::new(one, enc, &target, Mode::Stream);
-                        let Some((_, w)) = send_snapshot(&ctx, &hub, walk, &out, hub.subscribe().await).await else {
+                        let Some((_, w)) = send_snapshot(&ctx, &hub, walk, &out, walk_rx).await else {
                             return;
                         };
                         if !send_fixups(&ctx, &hub, w, &out).await {
