@@ -2,8 +2,8 @@
 """Fleet simulation and export measurements (issue 16). Run as root, under
 `flock /work/locks/heavy` on a shared machine:
 
-  sudo bench/fleet.py fleet  [--routers 20] [--routes 2000] [--rounds 5] [--churn 400]
-  sudo bench/fleet.py gnmi   [--v4 v4-1m] [--v6 v6-230k] [--churn 20000]
+  sudo bench/fleet.py fleet  [--routers 20] [--routes 2000] [--rounds 5] [--churn 400] [--steady 20]
+  sudo bench/fleet.py gnmi   [--v4 v4-1m] [--v6 v6-230k] [--churn 20000] [--steady 20]
 
 fleet: ROUTERS namespaces (each a veth pair and ROUTES IPv4 + ROUTES/4 IPv6 routes), one
   daemon mirroring all of them (--netns x ROUTERS) and publishing to one `nats-server -js`
@@ -12,12 +12,17 @@ fleet: ROUTERS namespaces (each a veth pair and ROUTES IPv4 + ROUTES/4 IPv6 rout
   with that namespace's kernel tables (`ip -j route show table all`, both families): the
   checkpoint must show 0 differences. Then the end-to-end lag kernel -> consumer: one
   route added in a random namespace at a time, timed until `route-mirror fleet follow`
-  shows that router's copy moved (p50/p99 over LAG_SAMPLES).
+  shows that router's copy moved (p50/p99 over LAG_SAMPLES). With --steady, before the
+  lag: every router churning at once for that long, the changes/s the kernels took and
+  the consumer applied, the daemon's CPU, and when the consumer caught up.
 
 gnmi: one namespace with the v4 and v6 route sets, a daemon with --gnmi-listen: the time
   and bytes of a Subscribe ONCE snapshot of every entry (gNMI stub from pygnmi's package,
   protobuf sizes summed), then CHURN route changes with 0, 1 and 10 STREAM subscribers
   attached: the daemon's CPU seconds, peak RSS and the changes/s the subscribers saw.
+  With --steady, after each burst: sustained churn for that long (the steady update
+  throughput to 0, 1, 10 subscribers, the daemon's CPU share); with 1 subscriber, the
+  lag kernel -> subscriber of LAG_SAMPLES single route adds (p50/p99).
 
 Prints a markdown table. Needs nats-server and the test venv (`cargo xtask test` makes
 target/test-venv with pygnmi and nats-py). ROUTE_MIRROR_BIN picks the daemon binary
@@ -206,6 +211,7 @@ def fleet(args, clean):
                               text=True, bufsize=1)
     clean.procs.append(follow)
     seqs, lock = {}, threading.Condition()
+    applied_n = [0]
 
     def reader():
         for line in follow.stdout:
@@ -215,10 +221,41 @@ def fleet(args, clean):
                 continue
             with lock:
                 seqs[v["router"]] = (v["seq"], time.time())
+                applied_n[0] += 1
                 lock.notify_all()
 
     threading.Thread(target=reader, daemon=True).start()
     time.sleep(3)  # caught up with the retained stream
+    steady = None
+    if args.steady:
+        # Every router churning at once for args.steady seconds (rounds of 200 replaces
+        # and their deletes per router, routers in turn): the rate the kernels took, the
+        # daemon's CPU share, the changes the consumer applied, and how long after the
+        # churn it caught up (every router's seq = the daemon's).
+        with lock:
+            n0 = applied_n[0]
+        cpu0, _, _ = proc_stat(daemon.pid)
+        t0 = time.time()
+        changes = 0
+        while time.time() - t0 < args.steady:
+            for n in names:
+                ps = sorted({rand_v4(rng) for _ in range(100)})
+                batch(n, [f"route replace {p} via 198.18.1.2" for p in ps] + [f"route del {p}" for p in ps])
+                changes += 2 * len(ps)
+        took = time.time() - t0
+        for n in names:
+            sh(BIN, "--socket", sock(n), "sync")
+        cpu1, rss, hwm = proc_stat(daemon.pid)
+        # Caught up: no change applied by the consumer for 2 s.
+        last = t0
+        while time.time() - last < 2:
+            with lock:
+                last = max((v[1] for v in seqs.values()), default=t0)
+            time.sleep(0.2)
+        with lock:
+            got = applied_n[0] - n0
+        steady = (changes, took, cpu1 - cpu0, got, last - t0 - took, rss, hwm)
+        print(f"steady: {steady}", file=sys.stderr, flush=True)
     lags = []
     for i in range(args.lag_samples):
         n = rng.choice(names)
@@ -238,6 +275,13 @@ def fleet(args, clean):
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]} | {r[5]} | {r[6]} |")
+    if steady:
+        changes, took, cpu, got, after, rss, hwm = steady
+        print(f"steady churn over {len(names)} routers: {changes:,} route changes in {took:.1f} s "
+              f"({changes / took:,.0f}/s through ip -batch); daemon CPU {cpu:.2f} s "
+              f"({100 * cpu / took:.0f}% of a core), RSS {rss / 1024:.0f} MiB (peak {hwm / 1024:.0f} MiB); "
+              f"the consumer applied {got:,} changes ({got / took:,.0f}/s), the last {max(0.0, after):.2f} s "
+              f"after the churn ended")
     if lags:
         print(f"lag kernel -> consumer over {len(lags)} single changes: p50 {pct(lags, 50) * 1000:.1f} ms, "
               f"p99 {pct(lags, 99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms")
@@ -286,6 +330,68 @@ for r in gNMIStub(ch).Subscribe(reqs()):
         print(f"UPD {after}", flush=True)
 stop.set()
 """
+
+
+ARRIVED = threading.Condition()
+
+
+def quiet(seen, secs=2, limit=120):
+    """Waits until every subscriber has been quiet for SECS; the last arrival."""
+    end = time.time() + limit
+    while time.time() < end:
+        last = max(sl[1] for sl in seen)
+        if time.time() - last > secs:
+            break
+        time.sleep(0.2)
+    return max(sl[1] for sl in seen)
+
+
+def steady_gnmi(args, n, work, d, seen, subs):
+    """Sustained churn for args.steady seconds (rounds of 500 route replaces and their
+    deletes, back to back through ip -batch): the rate the kernel took, what every
+    subscriber received, the daemon's CPU share, and how long after the churn the last
+    update arrived."""
+    rng = random.Random(11)
+    got0 = [sl[0] for sl in seen]
+    cpu0, _, _ = proc_stat(d.pid)
+    t0 = time.time()
+    changes = 0
+    while time.time() - t0 < args.steady:
+        ps = sorted({rand_v4(rng) for _ in range(500)})
+        batch(n, [f"route replace {p} via 198.18.2.2" for p in ps] + [f"route del {p}" for p in ps])
+        changes += 2 * len(ps)
+    applied = time.time() - t0
+    sh(BIN, "--socket", os.path.join(work, "rm.sock"), "sync")
+    cpu1, rss, hwm = proc_stat(d.pid)
+    last = quiet(seen) if seen else t0 + applied
+    got = [sl[0] - g for sl, g in zip(seen, got0)]
+    st = json.loads(sh(BIN, "--socket", os.path.join(work, "rm.sock"), "stats", "--json",
+                       check=False).stdout or "{}").get("gnmi", {})
+    recv = (f"each subscriber received {min(got):,}-{max(got):,} leaves ({min(got) / applied:,.0f}/s), "
+            f"the last {max(0.0, last - t0 - applied):.2f} s after the churn ended; "
+            f"overflows {st.get('overflows')}") if seen else "no subscriber"
+    return (f"steady churn, {subs} subscribers", f"{changes:,} route changes in {applied:.1f} s "
+            f"({changes / applied:,.0f}/s through ip -batch); {recv}",
+            f"daemon CPU {cpu1 - cpu0:.2f} s ({100 * (cpu1 - cpu0) / applied:.0f}% of a core)",
+            f"RSS {rss / 1024:.0f} MiB (peak {hwm / 1024:.0f} MiB)")
+
+
+def lag_gnmi(args, n, seen):
+    """Kernel -> gNMI subscriber: one route added at a time, timed from just before
+    `ip route add` until the subscriber's stream delivered its update."""
+    lags = []
+    for i in range(args.lag_samples):
+        with ARRIVED:
+            before = seen[0][0]
+        p = f"100.{64 + i // 250}.{i % 250}.0/24"
+        t = time.time()
+        sh("ip", "-n", n, "route", "add", p, "via", "198.18.2.2")
+        with ARRIVED:
+            if ARRIVED.wait_for(lambda: seen[0][0] > before, timeout=5):
+                lags.append(seen[0][1] - t)
+        time.sleep(0.02)
+    return ("lag kernel -> gNMI subscriber", f"{len(lags)} single route adds: p50 {pct(lags, 50) * 1000:.1f} ms, "
+            f"p99 {pct(lags, 99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms", "", "")
 
 
 def gnmi(args, clean):
@@ -350,7 +456,9 @@ def gnmi(args, clean):
         def drain(p, slot):
             for line in p.stdout:
                 if line.startswith("UPD"):
-                    slot[0], slot[1] = int(line.split()[1]), time.time()
+                    with ARRIVED:
+                        slot[0], slot[1] = int(line.split()[1]), time.time()
+                        ARRIVED.notify_all()
         for p, slot in zip(readers, seen):
             threading.Thread(target=drain, args=(p, slot), daemon=True).start()
         cpu0, _, _ = proc_stat(d.pid)
@@ -380,6 +488,12 @@ def gnmi(args, clean):
                         f"daemon CPU {cpu1 - cpu0:.2f} s",
                         f"RSS {rss / 1024:.0f} MiB (peak {hwm / 1024:.0f} MiB, unsent_max {unsent})"))
         print(results[-1], file=sys.stderr, flush=True)
+        if args.steady:
+            results.append(steady_gnmi(args, n, work, d, seen, subs))
+            print(results[-1], file=sys.stderr, flush=True)
+        if subs == 1 and args.lag_samples:
+            results.append(lag_gnmi(args, n, seen))
+            print(results[-1], file=sys.stderr, flush=True)
         for p in readers:
             p.kill()
         d.send_signal(signal.SIGTERM)
@@ -399,6 +513,8 @@ def main():
     ap.add_argument("--lag-samples", type=int, default=200)
     ap.add_argument("--v4", default="v4-1m")
     ap.add_argument("--v6", default="v6-230k")
+    ap.add_argument("--steady", type=float, default=20.0,
+                    help="seconds of sustained churn (0: none)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
