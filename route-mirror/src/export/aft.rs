@@ -16,7 +16,7 @@
 //! ordered AFT operations a collector applies: objects before the entries that use them
 //! on the way in, entries before their objects on the way out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -399,6 +399,69 @@ impl Instance {
 #[derive(Debug, Clone, Default)]
 pub struct Aft {
     pub instances: BTreeMap<u32, Instance>,
+    /// What each table's network instance is called.
+    pub names: Arc<InstanceNames>,
+}
+
+/// The network-instance names of one namespace's tables: a VRF's table is named after
+/// its VRF device (as a router names its VRF instances), any other table as in
+/// `rt_tables` (`main`, `local`, or its number).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceNames {
+    vrfs: BTreeMap<u32, String>,
+    /// Names no longer used (a VRF renamed, removed, or created over a table that
+    /// had routes): a resnapshot deletes them too, so a collector keeps no instance
+    /// under an old name.
+    pub retired: BTreeSet<String>,
+}
+
+impl InstanceNames {
+    /// The VRF devices among `m`'s links (the lowest ifindex wins if two share a table).
+    pub fn vrfs_of(m: &Mirror) -> BTreeMap<u32, String> {
+        let mut links: Vec<_> = m
+            .links
+            .values()
+            .filter_map(|l| l.vrf_table.map(|t| (l.ifindex, t, l.name.clone())))
+            .collect();
+        links.sort_unstable();
+        let mut vrfs = BTreeMap::new();
+        for (_, table, name) in links {
+            vrfs.entry(table).or_insert(name);
+        }
+        vrfs
+    }
+
+    /// The VRF devices' tables and names.
+    pub fn vrfs(&self) -> &BTreeMap<u32, String> {
+        &self.vrfs
+    }
+
+    pub fn name(&self, table: u32) -> String {
+        match self.vrfs.get(&table) {
+            Some(n) => n.clone(),
+            None => crate::names::system().table_name(table),
+        }
+    }
+
+    /// These names with `vrfs` as the VRF devices, if that renames any table; the
+    /// names it replaces are retired.
+    pub fn with_vrfs(&self, vrfs: BTreeMap<u32, String>) -> Option<InstanceNames> {
+        if vrfs == self.vrfs {
+            return None;
+        }
+        let mut next = InstanceNames {
+            vrfs,
+            retired: self.retired.clone(),
+        };
+        let tables: BTreeSet<u32> = self.vrfs.keys().chain(next.vrfs.keys()).copied().collect();
+        for t in tables {
+            let old = self.name(t);
+            if old != next.name(t) {
+                next.retired.insert(old);
+            }
+        }
+        Some(next)
+    }
 }
 
 impl Aft {
@@ -784,5 +847,47 @@ mod tests {
         );
         assert_eq!(origin_protocol(2, 2), "openconfig-policy-types:LOCAL");
         assert_eq!(origin_protocol(3, 1), "openconfig-policy-types:STATIC");
+    }
+
+    /// VRF devices name their tables (the lowest ifindex if two share one), other
+    /// tables keep their rt_tables names; a rename retires the old name.
+    #[test]
+    fn vrf_devices_name_their_tables() {
+        use crate::mirror::Stamped;
+        use crate::model::Link;
+        let mut m = Mirror::default();
+        for (ifindex, name, vrf_table) in [
+            (3, "blue", Some(1001)),
+            (2, "green", Some(1002)),
+            (9, "other", Some(1001)),
+            (4, "eth0", None),
+        ] {
+            let link = Link {
+                ifindex,
+                name: name.into(),
+                vrf_table,
+                ..Link::default()
+            };
+            m.links.insert(
+                ifindex,
+                Stamped {
+                    value: link,
+                    stamp: 0,
+                },
+            );
+        }
+        let vrfs = InstanceNames::vrfs_of(&m);
+        let want: BTreeMap<u32, String> =
+            [(1001, "blue".to_string()), (1002, "green".to_string())].into();
+        assert_eq!(vrfs, want);
+        let names = InstanceNames::default().with_vrfs(vrfs.clone()).unwrap();
+        assert_eq!(names.name(1001), "blue");
+        assert_eq!(names.name(254), "main");
+        assert!(names.with_vrfs(vrfs).is_none(), "unchanged");
+        let renamed = names.with_vrfs([(1001, "red".to_string())].into()).unwrap();
+        assert_eq!(renamed.name(1001), "red");
+        assert_eq!(renamed.name(1002), "1002");
+        let retired: BTreeSet<String> = ["1001", "1002", "blue", "green"].map(String::from).into();
+        assert_eq!(renamed.retired, retired);
     }
 }

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
-use super::aft::{Aft, Change};
+use super::aft::{Aft, Change, InstanceNames};
 use super::feed::{Feed, MirrorReader, Update};
 use super::hub::Hub;
 
@@ -43,8 +43,13 @@ fn queue_batches() -> usize {
 /// What subscribers receive after their snapshot.
 #[derive(Debug)]
 pub enum Batch {
-    /// AFT operations, in order, applied at `time_ns` (Unix epoch).
-    Changes { time_ns: i64, changes: Vec<Change> },
+    /// AFT operations, in order, applied at `time_ns` (Unix epoch), and the
+    /// network-instance names of their tables.
+    Changes {
+        time_ns: i64,
+        changes: Vec<Change>,
+        names: Arc<InstanceNames>,
+    },
     /// The mirror resynced (or the pump lost track): start over from a fresh snapshot.
     Resync { time_ns: i64 },
 }
@@ -133,8 +138,17 @@ impl Afts {
     }
 
     /// Replaces the AFT (first build, rebuild) and tells subscribers to start over.
-    pub fn reset(&self, aft: Aft) {
+    pub fn reset(&self, mut aft: Aft) {
         let mut state = self.state.lock().expect("afts lock");
+        if let Some(old) = state.as_ref() {
+            // Names the collectors may hold stay retired, whatever the new AFT's are.
+            let mut names = old
+                .names
+                .with_vrfs(aft.names.vrfs().clone())
+                .unwrap_or_else(|| (*old.names).clone());
+            names.retired.extend(aft.names.retired.iter().cloned());
+            aft.names = Arc::new(names);
+        }
         let had = state.replace(aft).is_some();
         let mut st = self.stats.lock().expect("afts stats");
         st.entries = state.as_ref().map_or(0, |a| a.entries() as u64);
@@ -171,20 +185,41 @@ impl Afts {
             let _ = self.tx.send(Arc::new(Batch::Changes {
                 time_ns,
                 changes: chunk.to_vec(),
+                names: aft.names.clone(),
             }));
         }
     }
 
+    /// Renames network instances after the VRF devices `vrfs` (table → name). If that
+    /// changes any name, subscribers start over: a fresh snapshot under the new names,
+    /// opening with a delete of the old ones.
+    pub fn set_vrfs(&self, vrfs: std::collections::BTreeMap<u32, String>) {
+        let mut state = self.state.lock().expect("afts lock");
+        let Some(aft) = state.as_mut() else { return };
+        let Some(names) = aft.names.with_vrfs(vrfs) else {
+            return;
+        };
+        debug!(netns = %self.name, retired = ?names.retired, "network instances renamed");
+        aft.names = Arc::new(names);
+        self.stats.lock().expect("afts stats").resyncs += 1;
+        let _ = self.tx.send(Arc::new(Batch::Resync { time_ns: now_ns() }));
+    }
+
     /// Builds the AFT from a feed snapshot: the copy under the read lock, the
     /// conversion after it.
-    fn rebuild(&self, feed: &mut Feed) -> bool {
+    fn rebuild(&self, feed: &mut Feed, mirror: &MirrorReader) -> bool {
         let snap = feed.snapshot();
-        self.reset(Aft::build_from(&snap.routes, &snap.names));
+        let mut aft = Aft::build_from(&snap.routes, &snap.names);
+        let vrfs = InstanceNames::vrfs_of(&mirror.read());
+        if let Some(names) = aft.names.with_vrfs(vrfs) {
+            aft.names = Arc::new(names);
+        }
+        self.reset(aft);
         snap.synced
     }
 
     fn pump(&self, mut feed: Feed, mirror: &MirrorReader) {
-        let mut synced = self.rebuild(&mut feed);
+        let mut synced = self.rebuild(&mut feed, mirror);
         if synced {
             self.ready.send_replace(true);
         }
@@ -216,7 +251,7 @@ impl Afts {
             if lagged {
                 warn!(netns = %self.name, "AFT export fell behind the mirror: rebuilding it");
                 self.stats.lock().expect("afts stats").rebuilds += 1;
-                synced |= self.rebuild(&mut feed);
+                synced |= self.rebuild(&mut feed, mirror);
             } else if !touched.is_empty() || nexthops || !links.is_empty() || !live.is_empty() {
                 let m = mirror.read();
                 if nexthops || !live.is_empty() {
@@ -252,6 +287,10 @@ impl Afts {
                 debug!(netns = %self.name, prefixes = touched.len(), "AFT batch");
                 links.sort_unstable();
                 links.dedup();
+                // A VRF device created, renamed or removed renames its table's instance
+                // (links renamed or removed come with a batch; a VRF without routes
+                // names nothing yet).
+                self.set_vrfs(InstanceNames::vrfs_of(&m));
                 self.apply(|aft, out| {
                     if !links.is_empty() {
                         aft.rename_links(&m, &links, out);

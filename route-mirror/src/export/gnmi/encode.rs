@@ -386,11 +386,6 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// The network-instance name of a table: its `rt_tables` name, else its number.
-pub fn instance_name(table: u32) -> String {
-    crate::names::system().table_name(table)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

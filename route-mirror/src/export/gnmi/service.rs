@@ -18,7 +18,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use super::encode::{instance_name, Builder};
+use super::encode::Builder;
 use super::path::{display, join, Key, Section, Selector};
 use super::proto::g_nmi_server::GNmi;
 use super::proto::{
@@ -27,7 +27,7 @@ use super::proto::{
     SetResponse, SubscribeRequest, SubscribeResponse, SubscriptionList, SubscriptionMode,
 };
 use super::snapshot::{drop_stale, Mode, Step, Walk};
-use crate::export::aft::{Aft, Op};
+use crate::export::aft::{Aft, InstanceNames, Op};
 use crate::export::afts::{now_ns, Afts, Batch};
 
 /// Responses queued towards one subscriber's gRPC stream. When it is full the
@@ -411,9 +411,14 @@ struct Sub {
 }
 
 /// The AFT operations of a batch that `sel` selects, as notifications.
-fn render_ops(b: &mut Builder<'_>, sel: &Selector, changes: &[crate::export::aft::Change]) {
+fn render_ops(
+    b: &mut Builder<'_>,
+    sel: &Selector,
+    changes: &[crate::export::aft::Change],
+    names: &InstanceNames,
+) {
     for c in changes {
-        b.op(&instance_name(c.table), sel, c);
+        b.op(&names.name(c.table), sel, c);
     }
 }
 
@@ -446,7 +451,7 @@ fn touch(t: &mut Touched, changes: &[crate::export::aft::Change]) {
 /// `gone_only`, only the deletions (a full sample sends the rest in its snapshot).
 fn render_touched(b: &mut Builder<'_>, aft: &Aft, sel: &Selector, t: &Touched, gone_only: bool) {
     for &(table, s, id, prefix) in t {
-        let ni = instance_name(table);
+        let ni = aft.names.name(table);
         let inst = aft.instances.get(&table);
         match (s, prefix) {
             (Section::Hops, _) => match inst.and_then(|i| i.next_hop(id)) {
@@ -533,13 +538,13 @@ async fn stream_hub(hub: Arc<Afts>, target: String, call: StreamCall) {
             r = rx.recv() => {
                 let resync = match r {
                     Ok(batch) => match &*batch {
-                        Batch::Changes { time_ns, changes } => {
+                        Batch::Changes { time_ns, changes, names } => {
                             let mut b = Builder::new(enc, &target, *time_ns);
                             for (i, s) in subs.iter().enumerate() {
                                 if s.sample.is_some() {
                                     touch(&mut touched[i], changes);
                                 } else {
-                                    render_ops(&mut b, &s.sel, changes);
+                                    render_ops(&mut b, &s.sel, changes, names);
                                 }
                             }
                             if !out.send_all(b.finish()).await {
@@ -933,6 +938,127 @@ mod tests {
         });
         let got = small.get(one).await.expect("one entry fits").into_inner();
         assert_eq!(got.notification.len(), 1);
+    }
+
+    /// A VRF's table is the network instance named after the VRF device: created over
+    /// a table with routes, renamed, removed, each time a STREAM subscriber gets a
+    /// fresh snapshot that deletes the old name first, so its view equals the AFT
+    /// with no instance left under an old name; changes after it carry the new name;
+    /// a Get by the VRF's name finds its entries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vrf_names_its_network_instance() {
+        use std::collections::BTreeMap;
+        let afts = walk::hub(300);
+        afts.apply(|aft, out| {
+            for i in 0..200 {
+                aft.set(1001, walk::net(i), Some(&walk::best(1, i % 3)), out);
+            }
+        });
+        let stats = Arc::new(GnmiStats::default());
+        let ctx = Ctx {
+            stats: stats.clone(),
+            renderers: Arc::new(Semaphore::new(1)),
+        };
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let out = Out::new(tx, stats.clone());
+        let mut stream = Box::pin(responses(rx, out.unsent.clone()));
+        let call = StreamCall {
+            subs: Arc::new(vec![Sub {
+                sel: Selector::all(),
+                sample: None,
+                suppress_redundant: false,
+                heartbeat: None,
+            }]),
+            enc: Encoding::Proto,
+            updates_only: false,
+            barrier: Arc::new(Barrier::new(1)),
+            out,
+            ctx,
+        };
+        let task = tokio::spawn(stream_hub(afts.clone(), String::new(), call));
+        let mut model = BTreeMap::new();
+        // Reads until the stream is quiet; the sync_responses seen.
+        async fn read(
+            stream: &mut (impl tokio_stream::Stream<Item = Result<SubscribeResponse, Status>> + Unpin),
+            model: &mut BTreeMap<String, String>,
+        ) -> usize {
+            let mut syncs = 0;
+            while let Ok(Some(r)) =
+                tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+            {
+                match r.unwrap().response {
+                    Some(subscribe_response::Response::Update(n)) => walk::apply(model, &n),
+                    Some(subscribe_response::Response::SyncResponse(_)) => syncs += 1,
+                    _ => {}
+                }
+            }
+            syncs
+        }
+        let instances = |model: &BTreeMap<String, String>| -> BTreeSet<String> {
+            model
+                .keys()
+                .filter_map(|k| k.split("[name=").nth(1))
+                .map(|r| r.split(']').next().unwrap().to_string())
+                .collect()
+        };
+        let set = |afts: &Afts, vrfs: &[(u32, &str)]| {
+            afts.set_vrfs(vrfs.iter().map(|(t, n)| (*t, n.to_string())).collect())
+        };
+        use std::collections::BTreeSet;
+        assert_eq!(read(&mut stream, &mut model).await, 1);
+        let want: BTreeSet<String> = ["1001".to_string(), "main".to_string()].into();
+        assert_eq!(instances(&model), want);
+        assert!(model == walk::expected(&afts));
+
+        for (vrfs, names) in [
+            (&[(1001, "blue")][..], ["blue", "main"]),
+            (&[(1001, "red")][..], ["main", "red"]),
+            (&[][..], ["1001", "main"]),
+        ] {
+            set(&afts, vrfs);
+            // A change right after the rename, in the VRF's table.
+            afts.apply(|aft, out| {
+                aft.set(1001, walk::net(7), Some(&walk::best(9, 2)), out);
+                aft.set(1001, walk::net(8), None, out);
+            });
+            assert_eq!(
+                read(&mut stream, &mut model).await,
+                1,
+                "{names:?}: a resnapshot"
+            );
+            let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+            assert_eq!(instances(&model), want, "no instance under an old name");
+            assert!(
+                model == walk::expected(&afts),
+                "{names:?}: the view = the AFT"
+            );
+        }
+
+        set(&afts, &[(1001, "blue")]);
+        let svc = Service::new(vec![afts.clone()], usize::MAX);
+        let get = |ni: &str| {
+            Request::new(GetRequest {
+                encoding: Encoding::Proto as i32,
+                path: vec![super::super::path::parse_str(&format!(
+                    "/network-instances/network-instance[name={ni}]/afts/ipv4-unicast"
+                ))],
+                ..Default::default()
+            })
+        };
+        let got = svc.get(get("blue")).await.expect("the VRF's entries");
+        let entries = got
+            .into_inner()
+            .notification
+            .iter()
+            .flat_map(|n| &n.update)
+            .filter(|u| u.path.as_ref().unwrap().elem.last().unwrap().name == "prefix")
+            .count();
+        assert_eq!(entries, 199);
+        assert_eq!(
+            svc.get(get("1001")).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        task.abort();
     }
 
     /// A STREAM subscriber that reads slowly while the AFT churns: the daemon never

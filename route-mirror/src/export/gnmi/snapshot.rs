@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
-use super::encode::{instance_name, Builder, PER_NOTIFICATION};
+use super::encode::{Builder, PER_NOTIFICATION};
 use super::path::{Key, Section, Selector};
 use super::proto::{Encoding, Notification};
-use crate::export::aft::{Aft, Slot};
+use crate::export::aft::{Aft, InstanceNames, Slot};
 use crate::export::afts::{now_ns, Batch};
 
 /// Objects rendered per step or per piece of fixups (about a millisecond under the
@@ -83,7 +83,9 @@ pub struct Walk {
     /// [`Walk::fixups`] got (a pass of updates forwards, then of deletes backwards).
     fixups: Vec<(u32, Slot)>,
     fixed: (u8, usize),
+    /// Instance names rendered by this walk, and the AFT's names as of its last step.
     names: HashMap<u32, String>,
+    instance_names: Arc<InstanceNames>,
 }
 
 impl Walk {
@@ -101,6 +103,7 @@ impl Walk {
             fixups: Vec::new(),
             fixed: (0, 0),
             names: HashMap::new(),
+            instance_names: Arc::default(),
         }
     }
 
@@ -111,14 +114,17 @@ impl Walk {
         self
     }
 
-    fn name(names: &mut HashMap<u32, String>, table: u32) -> String {
+    fn name(names: &mut HashMap<u32, String>, aft: &Aft, table: u32) -> String {
         names
             .entry(table)
-            .or_insert_with(|| instance_name(table))
+            .or_insert_with(|| aft.names.name(table))
             .clone()
     }
 
     fn restart(&mut self, lagged: bool) -> (Vec<Notification>, Step) {
+        // Instances may have been renamed: the AFT's names from now on (the bracket
+        // deletes the retired ones).
+        self.names.clear();
         self.cursor = None;
         self.started = false;
         self.bracket = true;
@@ -170,7 +176,7 @@ impl Walk {
             };
             self.fixed.1 += 1;
             budget -= 1;
-            let ni = Self::name(&mut names, table);
+            let ni = Self::name(&mut names, aft, table);
             let inst = aft.instances.get(&table);
             for s in self.sels.iter() {
                 match (pass, slot) {
@@ -230,6 +236,7 @@ impl Walk {
         aft: &Aft,
         rx: &mut broadcast::Receiver<Arc<Batch>>,
     ) -> (Vec<Notification>, Step) {
+        self.instance_names = aft.names.clone();
         let mut b = Builder::new(self.enc, &self.target, now_ns());
         let mut names = std::mem::take(&mut self.names);
         // 1. What changed since the last step: the objects already rendered are noted
@@ -265,9 +272,10 @@ impl Walk {
                     .instances
                     .keys()
                     .chain(&self.tables)
-                    .map(|t| Self::name(&mut names, *t))
+                    .map(|t| Self::name(&mut names, aft, *t))
                     .collect();
                 instances.extend(self.sels.iter().filter_map(|s| s.ni.clone()));
+                instances.extend(aft.names.retired.iter().cloned());
                 for s in self.sels.iter() {
                     for ni in instances.iter().filter(|n| s.wants_ni(n)) {
                         b.delete_path(ni, s.root_in(ni));
@@ -277,7 +285,7 @@ impl Walk {
             }
             for s in self.sels.iter().filter(|s| s.key.is_some()) {
                 self.tables.extend(aft.instances.keys());
-                b.snapshot(aft, s, &instance_name);
+                b.snapshot(aft, s, &|t| aft.names.name(t));
             }
             self.started = true;
         }
@@ -286,7 +294,7 @@ impl Walk {
         let mut end = walking.is_empty();
         if !end {
             let wants = |table: u32, kind: Slot| {
-                let ni = instance_name(table);
+                let ni = aft.names.name(table);
                 walking
                     .iter()
                     .any(|s| s.wants_ni(&ni) && s.wants_section(section(kind)))
@@ -294,7 +302,7 @@ impl Walk {
             let tables = &mut self.tables;
             let next = aft.visit(self.cursor, SLICE, &wants, &mut |table, o| {
                 tables.insert(table);
-                let ni = Self::name(&mut names, table);
+                let ni = Self::name(&mut names, aft, table);
                 for s in &walking {
                     b.obj(&ni, s, &o);
                 }
@@ -307,7 +315,7 @@ impl Walk {
         if end && self.mode == Mode::Get {
             // The current value of each object that changed after it was rendered.
             for &(table, slot) in &self.changed {
-                let ni = Self::name(&mut names, table);
+                let ni = Self::name(&mut names, aft, table);
                 let Some(inst) = aft.instances.get(&table) else {
                     continue;
                 };
@@ -356,7 +364,7 @@ impl Walk {
                     Slot::V6(p) => (Section::V6, Key::Prefix(p.into())),
                     Slot::End => return None,
                 };
-                Some((instance_name(table), s, k.to_string()))
+                Some((self.instance_names.name(table), s, k.to_string()))
             })
             .collect()
     }
@@ -497,7 +505,7 @@ pub(crate) mod tests {
     pub fn expected(afts: &Afts) -> BTreeMap<String, String> {
         let ns = afts.read(|aft| {
             let mut b = Builder::new(Encoding::Proto, "", 0);
-            b.snapshot(aft, &Selector::all(), &instance_name);
+            b.snapshot(aft, &Selector::all(), &|t| aft.names.name(t));
             b.finish()
         });
         let mut m = BTreeMap::new();
