@@ -3,12 +3,21 @@
 as a JSON line {"subject", "stream_seq", "msg"} and exits once it has read them all.
 
   nats_client.py URL STREAM
+  nats_client.py URL STREAM purge SEQ
+      removes every message before stream sequence SEQ (as retention would)
 """
 import asyncio
 import json
 import sys
 
 import nats
+
+
+async def purge(url, stream, seq):
+    nc = await nats.connect(url)
+    ok = await nc.jetstream().purge_stream(stream, seq=seq)
+    print(json.dumps({"purged": ok}), flush=True)
+    await nc.close()
 
 
 async def main(url, stream):
@@ -32,4 +41,7 @@ async def main(url, stream):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    if len(sys.argv) > 4 and sys.argv[3] == "purge":
+        asyncio.run(purge(sys.argv[1], sys.argv[2], int(sys.argv[4])))
+    else:
+        asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -311,6 +311,92 @@ fn jetstream_carries_the_mirror() {
     server.stop();
 }
 
+/// A consumer that joins after the stream's start was discarded (JetStream keeps an
+/// hour) rebuilds exactly from a periodic snapshot: the stream is purged up to a
+/// periodic `snapshot-start` taken after some changes, more changes follow, and a
+/// fresh `route-mirror fleet` consumer's copy equals the mirror.
+#[test]
+fn a_late_consumer_rebuilds_from_a_periodic_snapshot() {
+    let Some(python) = test_python() else { return };
+    let dir = TempDir::new("rm-nats").unwrap();
+    let server = NatsServer::start(dir.path(), free_port());
+    let ns = Netns::new();
+    ns.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.1.2"]);
+    let d = Daemon::start_synced(
+        &ns,
+        &[
+            "--nats-url",
+            &server.url,
+            "--nats-host",
+            "r1",
+            "--nats-snapshot-interval",
+            "2",
+        ],
+    );
+    let router = format!("r1/{}", ns.name());
+    consumer_matches_mirror(&server.url, &router, &d, "at start");
+    ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.2.2"]);
+    ns.ip(&["route", "del", "198.51.100.0/24"]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:7::/48",
+        "via",
+        "2001:2:0:1::2",
+    ]);
+    d.diff_empty();
+    // A periodic snapshot after those changes.
+    let last_change = stream_messages(&python, &server.url)
+        .iter()
+        .filter(|m| m["msg"]["type"] == "change")
+        .filter_map(|m| m["stream_seq"].as_u64())
+        .max()
+        .expect("the changes are on the stream");
+    let start = poll(Duration::from_secs(15), || {
+        stream_messages(&python, &server.url)
+            .iter()
+            .find(|m| {
+                m["msg"]["type"] == "snapshot-start"
+                    && m["msg"]["reason"] == "periodic"
+                    && m["stream_seq"].as_u64() > Some(last_change)
+            })
+            .and_then(|m| m["stream_seq"].as_u64())
+    })
+    .expect("a periodic snapshot");
+    let out = Command::new(&python)
+        .arg(workspace_root().join("tests/clients/nats_client.py"))
+        .args([&server.url, "route-mirror", "purge", &start.to_string()])
+        .output()
+        .expect("nats-py purge");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("true"),
+        "purged: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let msgs = stream_messages(&python, &server.url);
+    assert_eq!(
+        msgs[0]["stream_seq"].as_u64(),
+        Some(start),
+        "the stream's start is gone"
+    );
+    assert_eq!(msgs[0]["msg"]["type"], "snapshot-start");
+    assert!(
+        !msgs.iter().any(|m| m["msg"]["reason"] == "start"),
+        "no start snapshot left"
+    );
+    ns.ip(&["route", "add", "192.0.2.0/24", "via", "198.18.1.2"]);
+    d.diff_empty();
+    consumer_matches_mirror(&server.url, &router, &d, "joining late");
+    let (_, routes) = fleet_routes(&server.url, &router);
+    assert!(
+        routes.iter().any(|r| r.contains("\"203.0.113.0/24\""))
+            && routes.iter().any(|r| r.contains("\"192.0.2.0/24\""))
+            && !routes.iter().any(|r| r.contains("\"198.51.100.0/24\"")),
+        "changes before and after the snapshot: {routes:?}"
+    );
+}
+
 /// A bounded buffer: with the server gone and more changes than `nats_buffer`, the
 /// excess is dropped and counted (the `nats` feed in `stats`), and a snapshot follows.
 #[test]
