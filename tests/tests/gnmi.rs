@@ -497,6 +497,234 @@ fn a_get_larger_than_the_client_receives_is_refused_clearly() {
     assert_eq!(d.stats()["gnmi"]["gets_too_large"], 0);
 }
 
+/// A route as the three readers can all say it: (metric, type, next hops as
+/// (gateway, interface, weight), sorted).
+type Said = (u64, u8, Vec<(String, String, u64)>);
+
+/// The network-instance name of a route object's table (a number or a name).
+fn table_name(t: &Value) -> String {
+    match t.as_u64() {
+        Some(254) => "main".into(),
+        Some(255) => "local".into(),
+        Some(253) => "default".into(),
+        Some(n) => n.to_string(),
+        None => t.as_str().unwrap_or("?").to_string(),
+    }
+}
+
+/// (instance, prefix) → what each route of that key says, from route objects
+/// (`route-mirror show --json`, `route-mirror fleet dump`), TOS 0 only.
+fn said_by_routes(routes: &[Value]) -> BTreeMap<(String, String), Vec<Said>> {
+    let kinds = [
+        ("unicast", 1),
+        ("local", 2),
+        ("broadcast", 3),
+        ("anycast", 4),
+        ("multicast", 5),
+        ("blackhole", 6),
+        ("unreachable", 7),
+        ("prohibit", 8),
+        ("throw", 9),
+    ];
+    let mut out: BTreeMap<(String, String), Vec<Said>> = BTreeMap::new();
+    for r in routes
+        .iter()
+        .filter(|r| r["tos"].as_u64().unwrap_or(0) == 0)
+    {
+        let kind = kinds
+            .iter()
+            .find(|(k, _)| r["type"] == *k)
+            .map_or(0, |(_, n)| *n);
+        let mut hops: Vec<(String, String, u64)> = r["nexthops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                (
+                    h["gateway"].as_str().unwrap_or("").to_string(),
+                    h["dev"].as_str().unwrap_or("").to_string(),
+                    h["weight"].as_u64().unwrap_or(1),
+                )
+            })
+            .collect();
+        hops.sort();
+        out.entry((
+            table_name(&r["table"]),
+            r["prefix"].as_str().unwrap().to_string(),
+        ))
+        .or_default()
+        .push((r["metric"].as_u64().unwrap_or(0), kind, hops));
+    }
+    out
+}
+
+/// (instance, prefix) → what its AFT entry says, from pygnmi's notifications (JSON):
+/// the entry's metadata (metric, type), its group's next hops and weights, and each
+/// hop's address and interface.
+fn said_by_gnmi(msgs: &[Value]) -> BTreeMap<(String, String), Said> {
+    let all = leaves(msgs);
+    let key = |p: &str, k: &str| {
+        p.split(&format!("[{k}="))
+            .nth(1)
+            .map(|r| r.split(']').next().unwrap().to_string())
+    };
+    let mut hops: BTreeMap<(String, u64), (String, String)> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, u64), Vec<(u64, u64)>> = BTreeMap::new();
+    let mut entries: BTreeMap<(String, String), (u64, Vec<u8>)> = BTreeMap::new();
+    for (p, v) in &all {
+        let ni = key(p, "name").unwrap();
+        if p.contains("/next-hop-groups/") {
+            if p.ends_with("/state/weight") {
+                let id = key(p, "id").unwrap().parse().unwrap();
+                let index = key(p, "index").unwrap().parse().unwrap();
+                groups
+                    .entry((ni, id))
+                    .or_default()
+                    .push((index, v.as_u64().unwrap()));
+            }
+        } else if p.contains("/next-hops/next-hop[") {
+            let index = key(p, "index").unwrap().parse().unwrap();
+            let h = hops.entry((ni, index)).or_default();
+            if p.ends_with("/state/ip-address") {
+                h.0 = v.as_str().unwrap().to_string();
+            } else if p.ends_with("/interface-ref/state/interface") {
+                h.1 = v.as_str().unwrap().to_string();
+            }
+        } else if let Some(prefix) = key(p, "prefix") {
+            let e = entries.entry((ni, prefix)).or_default();
+            if p.ends_with("/state/next-hop-group") {
+                e.0 = v.as_u64().unwrap();
+            } else if p.ends_with("/state/entry-metadata") {
+                e.1 = base64_decode(v.as_str().unwrap());
+            }
+        }
+    }
+    entries
+        .into_iter()
+        .map(|((ni, prefix), (group, meta))| {
+            let metric = u32::from_be_bytes(meta[..4].try_into().unwrap()) as u64;
+            let mut hs: Vec<(String, String, u64)> = groups
+                .get(&(ni.clone(), group))
+                .into_iter()
+                .flatten()
+                .map(|(index, weight)| {
+                    let (ip, dev) = hops[&(ni.clone(), *index)].clone();
+                    (ip, dev, *weight)
+                })
+                .collect();
+            hs.sort();
+            ((ni, prefix), (metric, meta[4], hs))
+        })
+        .collect()
+}
+
+/// The same FIB three ways: the mirror (`route-mirror show`), pygnmi's Subscribe ONCE
+/// of every AFT, and `route-mirror fleet` rebuilt from the JetStream stream (Debian's
+/// nats-server on loopback), one daemon serving both, 10k routes plus multipath,
+/// blackhole, IPv6 and a second table. The consumer holds exactly the mirror's routes
+/// (metric, type, next hops and weights); every gNMI entry says what the mirror's
+/// route for that (table, prefix) says (its first: the one the kernel forwards with),
+/// and every prefix has its entry.
+#[test]
+fn pygnmi_and_nats_read_the_same_fib() {
+    let ns = Netns::new();
+    ns.ip(&[
+        "route",
+        "add",
+        "10.0.0.0/8",
+        "metric",
+        "7",
+        "nexthop",
+        "via",
+        "198.18.1.2",
+        "weight",
+        "1",
+        "nexthop",
+        "via",
+        "198.18.2.2",
+        "weight",
+        "3",
+    ]);
+    ns.ip(&["route", "add", "blackhole", "192.0.2.0/24", "table", "100"]);
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:9::/48",
+        "via",
+        "2001:2:0:1::2",
+        "metric",
+        "5",
+    ]);
+    ns.load_batch(batch("v4-10k"));
+    let dir = TempDir::new("rm-gnmi-nats").unwrap();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let _nats = Running(
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (cargo xtask test installs it)"),
+    );
+    let Some((d, g)) = Gnmi::start_with(&ns, &["--nats-url", &url, "--nats-host", "r1"], &[])
+    else {
+        return;
+    };
+    d.diff_empty();
+    let mirror = said_by_routes(
+        d.cli_json(&["show", "--table", "all", "--json"])
+            .as_array()
+            .unwrap(),
+    );
+    assert!(mirror.len() > 9_000, "{} keys", mirror.len());
+
+    let router = format!("r1/{}", ns.name());
+    let consumer = poll(Duration::from_secs(30), || {
+        let out = Command::new(daemon_bin())
+            .args(["fleet", "--nats-url", &url, "dump"])
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let r = &v[router.as_str()];
+        let routes = said_by_routes(r["routes"].as_array()?);
+        (r["state"] == "current" && routes == mirror).then_some(routes)
+    });
+    assert!(
+        consumer.is_some(),
+        "the NATS consumer holds exactly the mirror's routes"
+    );
+
+    let gnmi = said_by_gnmi(&g.run(&["once", "/network-instances"]));
+    assert_eq!(
+        gnmi.keys().collect::<BTreeSet<_>>(),
+        mirror.keys().collect::<BTreeSet<_>>(),
+        "a gNMI entry for every (table, prefix) of the mirror"
+    );
+    let mut several = 0;
+    for (k, said) in &gnmi {
+        let routes = &mirror[k];
+        several += usize::from(routes.len() > 1);
+        // A key holding several routes (other metrics, IPv6 device routes of one
+        // metric): the entry is the one the kernel forwards with, the first.
+        assert_eq!(said, &routes[0], "{k:?}: gNMI says what the mirror says");
+    }
+    assert!(
+        several > 0,
+        "prefixes with several routes were compared too"
+    );
+    assert!(gnmi.contains_key(&("100".into(), "192.0.2.0/24".into())));
+    assert_eq!(
+        gnmi[&("main".to_string(), "10.0.0.0/8".to_string())]
+            .2
+            .len(),
+        2,
+        "multipath"
+    );
+}
+
 /// STREAM ON_CHANGE: a route added then deleted in the namespace arrives as an update
 /// and then a delete, each within 1 s; a subscription to a single entry sees that
 /// entry only.
