@@ -20,6 +20,7 @@ pub mod fib;
 pub mod fleet;
 pub mod intern;
 pub mod liveness;
+pub mod lwt;
 pub mod metrics;
 pub mod mirror;
 pub mod model;

@@ -301,12 +301,13 @@ pub fn effective_hops<N: std::ops::Deref<Target = crate::model::NexthopObject>>(
             gateway,
             ifindex,
             flags,
+            encap,
         } => Some(Hop {
             hop: NextHop {
-                gateway: *gateway,
-                ifindex: *ifindex,
                 weight,
                 flags: *flags,
+                encap: encap.clone(),
+                ..NextHop::new(*gateway, *ifindex)
             },
             object: Some(
                 obj.family

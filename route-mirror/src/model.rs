@@ -382,6 +382,59 @@ pub struct NextHop {
     pub weight: u16,
     /// `RTNH_F_*`, masked to [`rtnh::STABLE`] (liveness is derived: [`crate::liveness`]).
     pub flags: u8,
+    /// Lightweight-tunnel encapsulation (`RTA_ENCAP_TYPE` + `RTA_ENCAP`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap: Option<Box<Encap>>,
+    /// IPv4 realms (`RTA_FLOW`: `from << 16 | to`); 0 when none (the kernel omits 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub realms: u32,
+}
+
+fn is_zero(x: &u32) -> bool {
+    *x == 0
+}
+
+/// `LWTUNNEL_ENCAP_*` types.
+pub mod lwt {
+    pub const MPLS: u16 = 1;
+    pub const IP: u16 = 2;
+    pub const ILA: u16 = 3;
+    pub const IP6: u16 = 4;
+    pub const SEG6: u16 = 5;
+    pub const BPF: u16 = 6;
+    pub const SEG6_LOCAL: u16 = 7;
+    pub const RPL: u16 = 8;
+    pub const IOAM6: u16 = 9;
+    pub const XFRM: u16 = 10;
+
+    /// The name `ip route` gives an encapsulation type.
+    pub fn name(t: u16) -> Option<&'static str> {
+        Some(match t {
+            MPLS => "mpls",
+            IP => "ip",
+            ILA => "ila",
+            IP6 => "ip6",
+            SEG6 => "seg6",
+            BPF => "bpf",
+            SEG6_LOCAL => "seg6local",
+            RPL => "rpl",
+            IOAM6 => "ioam6",
+            XFRM => "xfrm",
+            _ => return None,
+        })
+    }
+}
+
+/// A next hop's lightweight-tunnel encapsulation: its type and the nested attributes of
+/// `RTA_ENCAP` exactly as the kernel sent them. The mirror does not forward through
+/// tunnels, so it keeps the bytes (compared byte for byte) and decodes them only to show
+/// them ([`crate::view`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Encap {
+    /// `LWTUNNEL_ENCAP_*` ([`lwt`]).
+    pub kind: u16,
+    /// The payload of `RTA_ENCAP` (nested attributes).
+    pub data: Box<[u8]>,
 }
 
 /// Attributes of a route other than its key. Interned: many routes share one.
@@ -424,6 +477,8 @@ impl NextHop {
             ifindex,
             weight: 1,
             flags: 0,
+            encap: None,
+            realms: 0,
         }
     }
 }
@@ -495,6 +550,9 @@ pub enum NexthopKind {
         gateway: Option<IpAddr>,
         ifindex: u32,
         flags: u8,
+        /// `NHA_ENCAP_TYPE` + `NHA_ENCAP` (see [`Encap`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encap: Option<Box<Encap>>,
     },
     Blackhole,
     /// A group of other nexthop objects (ECMP or resilient).

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fib::Entry;
 use crate::liveness::Liveness;
+use crate::lwt::{encap_view, format_encap, EncapView, FlowView};
 use crate::mirror::{Mirror, Names};
 use crate::model::{
     rtax, rtn, rtnh, scope, table, Family, MetricValue, Metrics, NextHop, RouteAttrs,
@@ -22,6 +23,12 @@ pub struct HopView {
     pub weight: u16,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// Lightweight-tunnel encapsulation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap: Option<EncapView>,
+    /// IPv4 realms (`ip -j route`'s `flow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +165,8 @@ pub fn hop_view<C: RouteContext + ?Sized>(m: &C, h: &NextHop) -> HopView {
         ifindex: h.ifindex,
         weight: h.weight,
         flags: flag_names(h.flags),
+        encap: h.encap.as_deref().map(encap_view),
+        flow: FlowView::new(h.realms),
     }
 }
 
@@ -228,8 +237,11 @@ pub fn format_route(r: &RouteView, with_table: bool) -> String {
     if let Some(id) = r.nhid {
         let _ = write!(s, " nhid {id}");
     }
-    if r.nexthops.len() == 1 {
-        let h = &r.nexthops[0];
+    let single = (r.nexthops.len() == 1).then(|| &r.nexthops[0]);
+    if let Some(e) = single.and_then(|h| h.encap.as_ref()) {
+        let _ = write!(s, " {}", format_encap(e));
+    }
+    if let Some(h) = single {
         if let Some(gw) = h.gateway {
             let _ = write!(s, " via {gw}");
         }
@@ -261,6 +273,9 @@ pub fn format_route(r: &RouteView, with_table: bool) -> String {
     for f in &r.flags {
         let _ = write!(s, " {f}");
     }
+    if let Some(f) = single.and_then(|h| h.flow) {
+        let _ = write!(s, " {}", f.text());
+    }
     format_metrics(&mut s, &r.metrics);
     if let Some(p) = &r.pref {
         let _ = write!(s, " pref {p}");
@@ -268,8 +283,14 @@ pub fn format_route(r: &RouteView, with_table: bool) -> String {
     if r.nexthops.len() > 1 {
         for h in &r.nexthops {
             s.push_str(" \n\tnexthop");
+            if let Some(e) = &h.encap {
+                let _ = write!(s, " {}", format_encap(e));
+            }
             if let Some(gw) = h.gateway {
                 let _ = write!(s, " via {gw}");
+            }
+            if let Some(f) = h.flow {
+                let _ = write!(s, " {}", f.text());
             }
             if let Some(dev) = &h.dev {
                 let _ = write!(s, " dev {dev}");
@@ -452,6 +473,8 @@ mod tests {
             ifindex: 3,
             weight: w,
             flags: vec![],
+            encap: None,
+            flow: None,
         }
     }
 

@@ -461,12 +461,7 @@ fn load_routes(file: &str, devs: &mut Vec<String>, mut out: impl FnMut(Route)) {
                     i += 1
                 }
                 "via" => {
-                    hops.push(NextHop {
-                        gateway: next.parse().ok(),
-                        ifindex: 0,
-                        weight: 1,
-                        flags: 0,
-                    });
+                    hops.push(NextHop::new(next.parse().ok(), 0));
                     i += 1
                 }
                 "dev" => {

@@ -140,12 +140,7 @@ pub fn parse_line(line: &str, names: &Names) -> Result<Declared, String> {
     let mut mtu = None;
     let mut nh_id = None;
     // Hop 0 is the route's own (`via`, `dev`); `nexthop` starts further ones.
-    let mut hops: Vec<WantHop> = vec![WantHop {
-        gateway: None,
-        dev: None,
-        weight: 1,
-        flags: 0,
-    }];
+    let mut hops: Vec<WantHop> = vec![WantHop::default_hop()];
     let mut multipath = false;
     while i < words.len() {
         let w = words[i];
@@ -324,6 +319,8 @@ impl WantHop {
             dev: None,
             weight: 1,
             flags: 0,
+            encap: None,
+            realms: 0,
         }
     }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
-use crate::model::{rtn, rtnh, scope, Family, Metrics, NextHop, RouteAttrs, RouteKey, SubKey};
+use crate::model::{
+    rtn, rtnh, scope, Encap, Family, Metrics, NextHop, RouteAttrs, RouteKey, SubKey,
+};
 
 /// One next hop, its device by name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,6 +20,10 @@ pub struct WantHop {
     pub weight: u16,
     /// `RTNH_F_ONLINK` / `RTNH_F_PERVASIVE`.
     pub flags: u8,
+    /// Lightweight-tunnel encapsulation, written as the source's bytes.
+    pub encap: Option<Box<Encap>>,
+    /// IPv4 realms (`RTA_FLOW`); 0: none.
+    pub realms: u32,
 }
 
 /// A route as its source states it, before the target resolves its devices.
@@ -68,6 +74,8 @@ impl Want {
                 }),
                 weight: h.weight,
                 flags: h.flags & rtnh::STABLE,
+                encap: h.encap.clone(),
+                realms: h.realms,
             })
             .collect();
         Want {
@@ -107,6 +115,8 @@ impl Want {
                 ifindex: ifi,
                 weight: h.weight.max(1),
                 flags: h.flags & rtnh::STABLE,
+                encap: h.encap.clone(),
+                realms: h.realms,
             });
         }
         let (scope, pref) = match family {
@@ -209,6 +219,8 @@ mod tests {
                     dev: d.map(Arc::from),
                     weight: 1,
                     flags: 0,
+                    encap: None,
+                    realms: 0,
                 })
                 .collect(),
         }

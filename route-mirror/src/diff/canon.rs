@@ -4,8 +4,9 @@
 //!
 //! The kernel side is decoded from the raw dump by netlink-packet-route, not by the
 //! daemon's own route decoder ([`crate::netlink::route`]): a decoder bug that drops or
-//! changes something must show as a difference, not vanish on both sides. Attributes the
-//! mirror does not model (encapsulation, realms...) are kept by name, so a route using
+//! changes something must show as a difference, not vanish on both sides. Encapsulations
+//! and realms are read from the dump's bytes here ([`tunnel_attrs`]) and compared byte
+//! for byte. Attributes the mirror does not model are kept by name, so a route using
 //! them differs rather than compares equal. The mirror side is rendered as a dump would
 //! show it now ([`crate::liveness`]).
 //!
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::liveness::{self, Hop};
 use crate::mirror::Mirror;
-use crate::model::{rtax, rtm_f, rtnh, Family, MetricValue, NexthopObject};
+use crate::model::{rtax, rtm_f, rtnh, Encap, Family, MetricValue, NextHop, NexthopObject};
 use crate::netlink::msg;
 use crate::netlink::msg::DecodeCounters;
 
@@ -52,6 +53,10 @@ pub struct HopRec {
     pub weight: u16,
     /// `RTNH_F_*`, liveness included (hardware offload bits left out).
     pub flags: u8,
+    /// `RTA_ENCAP_TYPE` + `RTA_ENCAP` bytes.
+    pub encap: Option<Encap>,
+    /// `RTA_FLOW` (IPv4 realms); 0: none.
+    pub realms: u32,
 }
 
 /// One route as a dump shows it, key aside.
@@ -109,6 +114,64 @@ const ROUTE_FLAGS: u32 = !(rtm_f::OFFLOAD
     | rtnh::OFFLOAD as u32
     | rtnh::TRAP as u32);
 
+/// A mirror hop as a dump shows it.
+fn hop_rec(h: &NextHop) -> HopRec {
+    HopRec {
+        gateway: h.gateway,
+        ifindex: h.ifindex,
+        weight: h.weight,
+        flags: h.flags & HOP_FLAGS,
+        encap: h.encap.as_deref().cloned(),
+        realms: h.realms,
+    }
+}
+
+/// A hop's realms and encapsulation.
+type Tunnel = (u32, Option<Encap>);
+
+const RTA_MULTIPATH: u16 = 9;
+const RTA_FLOW: u16 = 11;
+const RTA_ENCAP_TYPE: u16 = 21;
+const RTA_ENCAP: u16 = 22;
+
+/// Realms and encapsulation read from a dumped route's bytes (`attrs`: the attributes
+/// after `struct rtmsg`): the route's own, then each `RTA_MULTIPATH` hop's. Read here,
+/// not by the daemon's decoder, so a decoder that loses them shows as a difference.
+fn tunnel_attrs(attrs: &[u8]) -> (Tunnel, Vec<Tunnel>) {
+    fn of(b: &[u8]) -> Tunnel {
+        let (mut realms, mut kind, mut data) = (0, None, None);
+        for (t, v) in crate::lwt::nested(b) {
+            match t {
+                RTA_FLOW if v.len() == 4 => realms = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+                RTA_ENCAP_TYPE if v.len() >= 2 => kind = Some(u16::from_ne_bytes([v[0], v[1]])),
+                RTA_ENCAP => data = Some(v),
+                _ => {}
+            }
+        }
+        let encap = data.map(|d| Encap {
+            kind: kind.unwrap_or(0),
+            data: d.into(),
+        });
+        (realms, encap)
+    }
+    let mut hops = Vec::new();
+    if let Some((_, mut mp)) = crate::lwt::nested(attrs)
+        .into_iter()
+        .find(|(t, _)| *t == RTA_MULTIPATH)
+    {
+        // `struct rtnexthop { u16 len; u8 flags; u8 hops; i32 ifindex; }` + attributes.
+        while mp.len() >= 8 {
+            let len = usize::from(u16::from_ne_bytes([mp[0], mp[1]]));
+            if len < 8 || len > mp.len() {
+                break;
+            }
+            hops.push(of(&mp[8..len]));
+            mp = mp.get((len + 3) & !3..).unwrap_or_default();
+        }
+    }
+    (of(attrs), hops)
+}
+
 /// Replaces an object route's hops by its object's (see the module doc).
 fn resolve_object_hops(
     rec: &mut RouteRec,
@@ -117,15 +180,7 @@ fn resolve_object_hops(
 ) {
     let Some(id) = rec.nh_id else { return };
     let hops: Vec<Hop> = liveness::effective_hops(objects, &attrs_for(Some(id)));
-    rec.hops = hops
-        .into_iter()
-        .map(|h| HopRec {
-            gateway: h.hop.gateway,
-            ifindex: h.hop.ifindex,
-            weight: h.hop.weight,
-            flags: h.hop.flags & HOP_FLAGS,
-        })
-        .collect();
+    rec.hops = hops.iter().map(|h| hop_rec(&h.hop)).collect();
     // The route-level liveness of an object route depends on the compat mode (it is the
     // hop's only when the hops are spelled out): its hops carry it.
     rec.flags &= !u32::from(rtnh::LIVENESS);
@@ -308,6 +363,8 @@ fn kernel_route(p: &[u8]) -> Option<(RecKey, RouteRec)> {
                 rec.metrics.sort_by_key(|(t, _)| *t);
             }
             RouteAttribute::MultiPath(hops) => multipath = Some(hops.clone()),
+            // Compared as bytes ([`tunnel_attrs`]).
+            RouteAttribute::Realm(_) | RouteAttribute::EncapType(_) | RouteAttribute::Encap(_) => {}
             // Informational, or per-lookup: not forwarding state.
             RouteAttribute::CacheInfo(_)
             | RouteAttribute::Expires(_)
@@ -319,6 +376,8 @@ fn kernel_route(p: &[u8]) -> Option<(RecKey, RouteRec)> {
         }
     }
     let flags_of = |f: u8| f & HOP_FLAGS;
+    let ((realms, encap), mut tunnels) = tunnel_attrs(p.get(12..).unwrap_or_default());
+    tunnels.reverse();
     rec.hops = match multipath {
         Some(hops) => hops
             .iter()
@@ -328,23 +387,34 @@ fn kernel_route(p: &[u8]) -> Option<(RecKey, RouteRec)> {
                     match a {
                         RouteAttribute::Gateway(x) => g = ip(x),
                         RouteAttribute::Via(v) => g = via(v),
+                        RouteAttribute::Realm(_)
+                        | RouteAttribute::EncapType(_)
+                        | RouteAttribute::Encap(_) => {}
                         other => rec.other.push(format!("nexthop {other:?}")),
                     }
                 }
+                let (realms, encap) = tunnels.pop().unwrap_or_default();
                 HopRec {
                     gateway: g,
                     ifindex: nh.interface_index,
                     weight: u16::from(nh.hops) + 1,
                     flags: flags_of(nh.flags.bits()),
+                    encap,
+                    realms,
                 }
             })
             .collect(),
-        None if gateway.is_some() || oif != 0 => vec![HopRec {
-            gateway,
-            ifindex: oif,
-            weight: 1,
-            flags: flags_of(h.flags.bits() as u8),
-        }],
+        // A reject route has no gateway or device, but keeps its realms.
+        None if gateway.is_some() || oif != 0 || realms != 0 || encap.is_some() => {
+            vec![HopRec {
+                gateway,
+                ifindex: oif,
+                weight: 1,
+                flags: flags_of(h.flags.bits() as u8),
+                encap,
+                realms,
+            }]
+        }
         None => Vec::new(),
     };
     let net = |a: Option<IpAddr>, len: u8| -> Option<IpNet> {
@@ -385,15 +455,7 @@ pub fn mirror_state(m: &Mirror) -> State {
                 flags: m.live.route_flags(family, a, &hops) & ROUTE_FLAGS,
                 prefsrc: a.prefsrc,
                 nh_id: a.nh_id,
-                hops: hops
-                    .iter()
-                    .map(|h| HopRec {
-                        gateway: h.gateway,
-                        ifindex: h.ifindex,
-                        weight: h.weight,
-                        flags: h.flags & HOP_FLAGS,
-                    })
-                    .collect(),
+                hops: hops.iter().map(hop_rec).collect(),
                 metrics: a.metrics.iter().cloned().collect(),
                 pref: a.pref,
                 other: Vec::new(),

@@ -297,6 +297,8 @@ fn rec_view(key: &RecKey, r: &RouteRec, links: &BTreeMap<u32, LinkRec>) -> Route
                 ifindex: h.ifindex,
                 weight: h.weight,
                 flags: flag_names(h.flags),
+                encap: h.encap.as_ref().map(crate::lwt::encap_view),
+                flow: crate::lwt::FlowView::new(h.realms),
             })
             .collect(),
     }

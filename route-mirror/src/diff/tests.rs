@@ -73,6 +73,10 @@ struct V4 {
     mtu: Option<u32>,
     nhid: Option<u32>,
     flags: u32,
+    /// Attributes appended to the route (a single-path route's realms, encapsulation).
+    extra: Vec<u8>,
+    /// Attributes appended to each `RTA_MULTIPATH` hop, by index.
+    hop_extra: Vec<Vec<u8>>,
 }
 
 impl V4 {
@@ -85,6 +89,8 @@ impl V4 {
             mtu: None,
             nhid: None,
             flags: 0,
+            extra: Vec::new(),
+            hop_extra: Vec::new(),
         }
     }
 
@@ -116,9 +122,10 @@ impl V4 {
             }
             hops => {
                 let mut mp = Vec::new();
-                for (gw, ifindex, flags) in hops {
+                for (i, (gw, ifindex, flags)) in hops.iter().enumerate() {
                     let mut nh = vec![0u8; 8];
                     put(&mut nh, 5, &[198, 18, 1, *gw]);
+                    nh.extend_from_slice(self.hop_extra.get(i).map_or(&[][..], Vec::as_slice));
                     let len = nh.len() as u16;
                     nh[0..2].copy_from_slice(&len.to_ne_bytes());
                     nh[2] = *flags;
@@ -128,6 +135,7 @@ impl V4 {
                 put(&mut b, 9, &mp);
             }
         }
+        b.extend_from_slice(&self.extra);
         (msg::RTM_NEWROUTE, b)
     }
 }
@@ -138,9 +146,14 @@ const NO_CARRIER: u32 = libc::IFF_UP as u32;
 /// A kernel dump: two links (the second without carrier), nexthop objects and a group,
 /// netconf, a key with two routes (`ip route append`), a multipath route, a route with
 /// metrics, a route through the group (spelled out as with `nexthop_compat_mode=1`) and
-/// a linkdown route.
+/// a linkdown route, a route with realms and an `ip` encapsulation, and a multipath
+/// route whose second hop has both.
 fn kernel_dump() -> Vec<(u16, Vec<u8>)> {
     let dup2 = V4::new([10, 9, 0, 0], 24, &[(3, 2, 0)]);
+    let mut tun = V4::new([10, 30, 0, 0], 16, &[(2, 2, 0)]);
+    tun.extra = tunnel(5, 1);
+    let mut tun_mp = V4::new([10, 31, 0, 0], 16, &[(2, 2, 0), (3, 2, 0)]);
+    tun_mp.hop_extra = vec![Vec::new(), tunnel(3 << 16 | 4, 9)];
     let mut mtu = V4::new([10, 20, 0, 0], 16, &[(2, 2, 0)]);
     mtu.mtu = Some(1400);
     let mut nh = V4::new([10, 70, 0, 0], 16, &[(2, 2, 0), (3, 2, 0)]);
@@ -160,7 +173,23 @@ fn kernel_dump() -> Vec<(u16, Vec<u8>)> {
         mtu.msg(),
         nh.msg(),
         V4::new([10, 60, 0, 0], 16, &[(3, 3, rtnh::LINKDOWN)]).msg(),
+        tun.msg(),
+        tun_mp.msg(),
     ]
+}
+
+/// `RTA_FLOW` (`realms`), then `RTA_ENCAP` (`ip id ID dst 1.2.3.4 ttl 0`) and
+/// `RTA_ENCAP_TYPE`, in the kernel's order.
+fn tunnel(realms: u32, id: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    put(&mut b, 11, &realms.to_ne_bytes());
+    let mut e = Vec::new();
+    put(&mut e, 1, &id.to_be_bytes());
+    put(&mut e, 2, &[1, 2, 3, 4]);
+    put(&mut e, 4, &[0]);
+    put(&mut b, 22, &e);
+    put(&mut b, 21, &2u16.to_ne_bytes());
+    b
 }
 
 /// The mirror a full scan of `dump` builds, through the daemon's decoder.
@@ -198,10 +227,16 @@ fn main_v4(m: &mut Mirror) -> &mut crate::fib::RouteTable {
 #[test]
 fn a_faithful_mirror_compares_equal() {
     let dump = kernel_dump();
-    let m = mirror_of(&dump);
+    let mut m = mirror_of(&dump);
     let r = diff(&dump, &m);
     assert!(r.is_empty(), "{r:#?}");
-    assert_eq!((r.kernel_routes, r.matched), (6, 6));
+    assert_eq!((r.kernel_routes, r.matched), (8, 8));
+    // The decoder kept them (the kernel side reads them from the bytes on its own).
+    let (net, sub) = key("10.31.0.0/16");
+    let e = main_v4(&mut m).get_entry_mut(&net, &sub).expect("route");
+    let hop = &e.attrs.nexthops[1];
+    assert_eq!(hop.realms, 3 << 16 | 4);
+    assert_eq!(hop.encap.as_ref().map(|e| e.kind), Some(2));
 }
 
 #[test]
@@ -304,6 +339,39 @@ fn a_stale_hop_differs() {
     });
     let r = diff(&dump, &m);
     assert_eq!(r.differing_count, 1, "{r:#?}");
+}
+
+/// A wrong realm or encapsulation, on a single-path route or one hop of a multipath
+/// route, differs; so does a lost one.
+#[test]
+fn a_wrong_encap_or_realm_differs() {
+    let dump = kernel_dump();
+    type Edit = fn(&mut crate::model::RouteAttrs);
+    let edits: [(&str, Edit); 5] = [
+        ("10.30.0.0/16", |a| a.nexthops[0].realms = 6),
+        ("10.30.0.0/16", |a| a.nexthops[0].encap = None),
+        ("10.30.0.0/16", |a| {
+            let e = a.nexthops[0].encap.as_mut().unwrap();
+            let mut d = e.data.to_vec();
+            *d.last_mut().unwrap() ^= 1; // another destination address byte
+            e.data = d.into();
+        }),
+        ("10.31.0.0/16", |a| a.nexthops[1].realms = 4),
+        ("10.31.0.0/16", |a| {
+            a.nexthops[1].encap.as_mut().unwrap().kind = 4
+        }),
+    ];
+    for (dst, f) in edits {
+        let mut m = mirror_of(&dump);
+        edit(&mut m, dst, f);
+        let r = diff(&dump, &m);
+        assert_eq!(
+            (r.differing_count, r.missing_count, r.extra_count),
+            (1, 0, 0),
+            "{dst}: {r:#?}"
+        );
+        assert_eq!(r.differing[0].0.prefix.to_string(), dst);
+    }
 }
 
 #[test]

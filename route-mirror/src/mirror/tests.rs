@@ -270,6 +270,7 @@ fn carrier_loss_is_state_for_routes_and_death_for_nexthop_objects() {
                 gateway: None,
                 ifindex,
                 flags: 0,
+                encap: None,
             },
         })
     };

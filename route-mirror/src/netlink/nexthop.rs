@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::msg::{attrs, u32_attr, DecodeCounters, DecodeError};
-use crate::model::{rtnh, Family, GroupMember, NexthopKind, NexthopObject};
+use crate::model::{rtnh, Encap, Family, GroupMember, NexthopKind, NexthopObject};
 
 const NHMSG_LEN: usize = 8;
 
@@ -38,6 +38,7 @@ pub fn decode(payload: &[u8], c: &mut DecodeCounters) -> Result<NexthopObject, D
     let nh_flags = u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]);
     let (mut id, mut oif, mut gateway) = (None, 0u32, None);
     let (mut blackhole, mut members, mut resilient) = (false, None, false);
+    let (mut encap_type, mut encap) = (None, None);
     for a in attrs(&payload[NHMSG_LEN..]) {
         let (ty, v) = a?;
         match ty {
@@ -78,11 +79,26 @@ pub fn decode(payload: &[u8], c: &mut DecodeCounters) -> Result<NexthopObject, D
             // Present but not part of the forwarding answer we give.
             NHA_RES_GROUP | NHA_OP_FLAGS | NHA_GROUP_STATS | NHA_HW_STATS_ENABLE
             | NHA_HW_STATS_USED => {}
-            NHA_ENCAP_TYPE | NHA_ENCAP | NHA_FDB => c.unknown_attrs += 1,
+            NHA_ENCAP_TYPE => {
+                let b = v
+                    .get(..2)
+                    .ok_or_else(|| DecodeError::malformed("NHA_ENCAP_TYPE", "short"))?;
+                encap_type = Some(u16::from_ne_bytes([b[0], b[1]]));
+            }
+            NHA_ENCAP => encap = Some(v),
+            NHA_FDB => c.unknown_attrs += 1,
             _ => c.unknown_attrs += 1,
         }
     }
     let id = id.ok_or_else(|| DecodeError::malformed("nexthop", "no NHA_ID"))?;
+    let encap = match (encap_type, encap) {
+        (Some(kind), Some(data)) => Some(Box::new(Encap {
+            kind,
+            data: data.into(),
+        })),
+        (None, Some(_)) => return Err(DecodeError::malformed("NHA_ENCAP", "without type")),
+        _ => None,
+    };
     let kind = if let Some(members) = members {
         NexthopKind::Group { members, resilient }
     } else if blackhole {
@@ -94,6 +110,7 @@ pub fn decode(payload: &[u8], c: &mut DecodeCounters) -> Result<NexthopObject, D
             // As reported: an object made while its link had no carrier stays `linkdown`
             // (the kernel never revisits it). Hardware offload bits are not kept.
             flags: (nh_flags as u8) & !(rtnh::OFFLOAD | rtnh::TRAP),
+            encap,
         }
     };
     Ok(NexthopObject {
@@ -142,7 +159,8 @@ mod tests {
             NexthopKind::Single {
                 gateway: Some("198.18.1.2".parse().unwrap()),
                 ifindex: 3,
-                flags: 0
+                flags: 0,
+                encap: None,
             }
         );
 

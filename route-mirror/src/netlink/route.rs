@@ -15,8 +15,8 @@ use smallvec::SmallVec;
 
 use super::msg::{self, attrs, u32_attr, DecodeCounters, DecodeError, RawMsg};
 use crate::model::{
-    rtax, rtm_f, rtn, rtnh, Change, Family, MetricValue, Metrics, NextHop, Route, RouteAttrs,
-    RouteKey, SubKey,
+    rtax, rtm_f, rtn, rtnh, Change, Encap, Family, MetricValue, Metrics, NextHop, Route,
+    RouteAttrs, RouteKey, SubKey,
 };
 
 const RTMSG_LEN: usize = 12;
@@ -30,11 +30,14 @@ const RTA_PRIORITY: u16 = 6;
 const RTA_PREFSRC: u16 = 7;
 const RTA_METRICS: u16 = 8;
 const RTA_MULTIPATH: u16 = 9;
+const RTA_FLOW: u16 = 11;
 const RTA_CACHEINFO: u16 = 12;
 const RTA_TABLE: u16 = 15;
 const RTA_MARK: u16 = 16;
 const RTA_VIA: u16 = 18;
 const RTA_PREF: u16 = 20;
+const RTA_ENCAP_TYPE: u16 = 21;
+const RTA_ENCAP: u16 = 22;
 const RTA_EXPIRES: u16 = 23;
 const RTA_PAD: u16 = 24;
 const RTA_UID: u16 = 25;
@@ -62,6 +65,10 @@ pub(crate) struct RawRoute {
     pub priority: u32,
     pub nh_id: Option<u32>,
     pub pref: Option<u8>,
+    /// `RTA_FLOW` (IPv4 realms) of a single-path route; 0 when absent.
+    pub flow: u32,
+    /// `RTA_ENCAP_TYPE` + `RTA_ENCAP` of a single-path route.
+    pub encap: Option<Box<Encap>>,
     /// `RTA_METRICS`, in message order.
     pub metrics: Vec<(u16, MetricValue)>,
     /// `RTA_MULTIPATH` hops with their raw `RTNH_F_*` flags.
@@ -90,6 +97,44 @@ fn via(v: &[u8]) -> Result<IpAddr, DecodeError> {
     addr(&v[2..], "RTA_VIA")
 }
 
+/// Collects `RTA_ENCAP_TYPE` and `RTA_ENCAP` (in either order) into one [`Encap`].
+#[derive(Default)]
+struct EncapParts<'a> {
+    kind: Option<u16>,
+    data: Option<&'a [u8]>,
+}
+
+impl<'a> EncapParts<'a> {
+    /// Takes `RTA_ENCAP_TYPE` or `RTA_ENCAP`.
+    fn take(&mut self, ty: u16, val: &'a [u8]) -> Result<(), DecodeError> {
+        if ty == RTA_ENCAP {
+            self.data = Some(val);
+            return Ok(());
+        }
+        let b = val
+            .get(..2)
+            .ok_or_else(|| DecodeError::malformed("RTA_ENCAP_TYPE", "short"))?;
+        self.kind = Some(u16::from_ne_bytes([b[0], b[1]]));
+        Ok(())
+    }
+
+    /// The encapsulation; an `RTA_ENCAP` without its type is malformed (the kernel
+    /// always sends both), a type without data is no encapsulation.
+    fn finish(self) -> Result<Option<Box<Encap>>, DecodeError> {
+        match (self.kind, self.data) {
+            (Some(kind), Some(data)) => Ok(Some(Box::new(Encap {
+                kind,
+                data: data.into(),
+            }))),
+            (None, Some(_)) => Err(DecodeError::malformed(
+                "RTA_ENCAP",
+                "without RTA_ENCAP_TYPE",
+            )),
+            _ => Ok(None),
+        }
+    }
+}
+
 fn multipath(v: &[u8], unknown: &mut u64) -> Result<SmallVec<[NextHop; 2]>, DecodeError> {
     let mut hops = SmallVec::new();
     let mut b = v;
@@ -106,15 +151,21 @@ fn multipath(v: &[u8], unknown: &mut u64) -> Result<SmallVec<[NextHop; 2]>, Deco
             ifindex: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
             weight: u16::from(b[3]) + 1,
             flags: b[2],
+            encap: None,
+            realms: 0,
         };
+        let mut encap = EncapParts::default();
         for a in attrs(&b[RTNH_LEN..len]) {
             let (ty, val) = a?;
             match ty {
                 RTA_GATEWAY => hop.gateway = Some(addr(val, "RTA_GATEWAY")?),
                 RTA_VIA => hop.gateway = Some(via(val)?),
+                RTA_FLOW => hop.realms = u32_attr(val, "RTA_FLOW")?,
+                RTA_ENCAP_TYPE | RTA_ENCAP => encap.take(ty, val)?,
                 _ => *unknown += 1,
             }
         }
+        hop.encap = encap.finish()?;
         hops.push(hop);
         let aligned = (len + 3) & !3;
         b = if aligned >= b.len() {
@@ -143,6 +194,7 @@ pub(crate) fn parse(payload: &[u8]) -> Result<RawRoute, DecodeError> {
         flags: u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
         ..Default::default()
     };
+    let mut encap = EncapParts::default();
     for a in attrs(&payload[RTMSG_LEN..]) {
         let (ty, v) = a?;
         match ty {
@@ -162,6 +214,8 @@ pub(crate) fn parse(payload: &[u8]) -> Result<RawRoute, DecodeError> {
                 )
             }
             RTA_MULTIPATH => r.multipath = Some(multipath(v, &mut r.unknown_attrs)?),
+            RTA_FLOW => r.flow = u32_attr(v, "RTA_FLOW")?,
+            RTA_ENCAP_TYPE | RTA_ENCAP => encap.take(ty, v)?,
             RTA_METRICS => {
                 for m in attrs(v) {
                     let (mty, mv) = m?;
@@ -179,6 +233,7 @@ pub(crate) fn parse(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             _ => r.unknown_attrs += 1,
         }
     }
+    r.encap = encap.finish()?;
     Ok(r)
 }
 
@@ -235,12 +290,15 @@ pub(crate) fn build(
         Some(mp) => mp,
         None => {
             let mut one = SmallVec::new();
-            if r.gateway.is_some() || r.oif != 0 {
+            // A reject route has no gateway or device, but keeps its realms.
+            if r.gateway.is_some() || r.oif != 0 || r.flow != 0 || r.encap.is_some() {
                 one.push(NextHop {
                     gateway: r.gateway,
                     ifindex: r.oif,
                     weight: 1,
                     flags: r.flags as u8,
+                    encap: r.encap,
+                    realms: r.flow,
                 });
             }
             one
@@ -323,6 +381,28 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             other => Err(DecodeError::malformed("via", format!("{other:?}"))),
         }
     }
+    /// The kernel always sends both halves; `RTA_ENCAP` re-emitted is its payload.
+    fn encap(
+        kind: Option<u16>,
+        data: Option<&Vec<netlink_packet_route::route::RouteLwTunnelEncap>>,
+    ) -> Result<Option<Box<Encap>>, DecodeError> {
+        use netlink_packet_core::Emitable;
+        match (kind, data) {
+            (Some(kind), Some(v)) => {
+                let mut b = vec![0u8; v.as_slice().buffer_len()];
+                v.as_slice().emit(&mut b);
+                Ok(Some(Box::new(Encap {
+                    kind,
+                    data: b.into(),
+                })))
+            }
+            (None, Some(_)) => Err(DecodeError::malformed("RTA_ENCAP", "without type")),
+            _ => Ok(None),
+        }
+    }
+    let flow = |f: &netlink_packet_route::route::RouteRealm| {
+        u32::from(f.source) << 16 | u32::from(f.destination)
+    };
     let rm = RouteMessage::parse(payload).map_err(|e| DecodeError::malformed("route", e))?;
     let h = &rm.header;
     let mut r = RawRoute {
@@ -337,8 +417,12 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
         flags: h.flags.bits(),
         ..Default::default()
     };
+    let (mut etype, mut edata) = (None, None);
     for a in &rm.attributes {
         match a {
+            RouteAttribute::Realm(f) => r.flow = flow(f),
+            RouteAttribute::EncapType(t) => etype = Some(u16::from(*t)),
+            RouteAttribute::Encap(v) => edata = Some(v),
             RouteAttribute::Destination(d) => r.dst = Some(ip(d)?),
             RouteAttribute::Source(s) => r.src = Some(ip(s)?),
             RouteAttribute::Gateway(g) => r.gateway = Some(ip(g)?),
@@ -387,11 +471,14 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             RouteAttribute::MultiPath(hops) => {
                 let mut out = SmallVec::new();
                 for hop in hops {
-                    let mut gw = None;
+                    let (mut gw, mut realms, mut etype, mut edata) = (None, 0, None, None);
                     for a in &hop.attributes {
                         match a {
                             RouteAttribute::Gateway(g) => gw = Some(ip(g)?),
                             RouteAttribute::Via(v) => gw = Some(ip_via(v)?),
+                            RouteAttribute::Realm(f) => realms = flow(f),
+                            RouteAttribute::EncapType(t) => etype = Some(u16::from(*t)),
+                            RouteAttribute::Encap(v) => edata = Some(v),
                             _ => r.unknown_attrs += 1,
                         }
                     }
@@ -400,6 +487,8 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
                         ifindex: hop.interface_index,
                         weight: u16::from(hop.hops) + 1,
                         flags: hop.flags.bits(),
+                        encap: encap(etype, edata)?,
+                        realms,
                     });
                 }
                 r.multipath = Some(out);
@@ -413,6 +502,7 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             _ => r.unknown_attrs += 1,
         }
     }
+    r.encap = encap(etype, edata)?;
     Ok(r)
 }
 
@@ -458,11 +548,21 @@ pub(crate) mod tests {
                 any::<bool>(),
                 any::<bool>(),
                 any::<bool>(),
+                any::<bool>(),
             ),
             any::<u32>(),
         )
             .prop_map(
-                |(v6, kind, table, priority, nh_id, hops, (gw, src, pref, mtu, junk), flags)| {
+                |(
+                    v6,
+                    kind,
+                    table,
+                    priority,
+                    nh_id,
+                    hops,
+                    (gw, src, pref, mtu, junk, tunnel),
+                    flags,
+                )| {
                     let dst_len = if v6 { 48 } else { 24 };
                     let mut b = vec![
                         if v6 { 10 } else { 2 },
@@ -517,6 +617,9 @@ pub(crate) mod tests {
                             if *with_gw {
                                 put(&mut nh, RTA_GATEWAY, &ip_bytes(v6, *seed));
                             }
+                            if tunnel && seed % 2 == 0 {
+                                tunnel_attrs(&mut nh, v6, *seed);
+                            }
                             let len = nh.len() as u16;
                             nh[0..2].copy_from_slice(&len.to_ne_bytes());
                             nh[2] = nhflags & 0x5f;
@@ -530,10 +633,31 @@ pub(crate) mod tests {
                             put(&mut b, RTA_GATEWAY, &ip_bytes(v6, *seed));
                         }
                         put(&mut b, RTA_OIF, &ifindex.to_ne_bytes());
+                        if tunnel {
+                            tunnel_attrs(&mut b, v6, *seed);
+                        }
                     }
                     b
                 },
             )
+    }
+
+    /// Realms (IPv4) and an `ip`/`ip6` encapsulation, as the kernel sends them: the
+    /// nested `RTA_ENCAP` before `RTA_ENCAP_TYPE`.
+    fn tunnel_attrs(b: &mut Vec<u8>, v6: bool, seed: u8) {
+        if !v6 {
+            put(b, RTA_FLOW, &(u32::from(seed) << 16 | 5).to_ne_bytes());
+        }
+        let mut e = Vec::new();
+        put(&mut e, 1, &u64::from(seed).to_be_bytes()); // LWTUNNEL_IP_ID
+        put(&mut e, 2, &ip_bytes(v6, seed)); // LWTUNNEL_IP_DST
+        put(&mut e, 4, &[seed]); // TTL / HOPLIMIT
+        put(b, RTA_ENCAP, &e);
+        put(
+            b,
+            RTA_ENCAP_TYPE,
+            &(if v6 { 4u16 } else { 2u16 }).to_ne_bytes(),
+        );
     }
 
     fn raw(ty: u16, payload: &[u8]) -> RawMsg<'_> {

@@ -18,7 +18,9 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::model::{Family, MetricValue, NexthopKind, NexthopObject, RouteAttrs, RouteKey};
+use crate::model::{
+    Family, MetricValue, NextHop, NexthopKind, NexthopObject, RouteAttrs, RouteKey,
+};
 use crate::netlink::msg;
 
 pub const NLM_F_ACK: u16 = 0x4;
@@ -184,6 +186,37 @@ fn gateway_attr(family: Family, gw: IpAddr) -> RouteAttribute {
     }
 }
 
+/// A hop's realms and encapsulation, as the bytes the mirror keeps.
+fn tunnel_attrs(n: &NextHop, v: &mut Vec<RouteAttribute>) {
+    if n.realms != 0 {
+        v.push(RouteAttribute::Other(DefaultNla::new(
+            RTA_FLOW,
+            n.realms.to_ne_bytes().to_vec(),
+        )));
+    }
+    if let Some(e) = &n.encap {
+        v.push(RouteAttribute::Other(DefaultNla::new(
+            RTA_ENCAP,
+            e.data.to_vec(),
+        )));
+        v.push(RouteAttribute::Other(DefaultNla::new(
+            RTA_ENCAP_TYPE,
+            e.kind.to_ne_bytes().to_vec(),
+        )));
+    }
+}
+
+/// [`tunnel_attrs`], byte by byte.
+fn put_tunnel(buf: &mut Vec<u8>, n: &NextHop) {
+    if n.realms != 0 {
+        put_u32(buf, RTA_FLOW, n.realms);
+    }
+    if let Some(e) = &n.encap {
+        put(buf, RTA_ENCAP, &e.data);
+        put(buf, RTA_ENCAP_TYPE, &e.kind.to_ne_bytes());
+    }
+}
+
 fn hop_attrs(family: Family, a: &RouteAttrs, h: &mut RouteHeader, v: &mut Vec<RouteAttribute>) {
     if let Some(id) = a.nh_id {
         v.push(RouteAttribute::NhId(id));
@@ -198,6 +231,7 @@ fn hop_attrs(family: Family, a: &RouteAttrs, h: &mut RouteHeader, v: &mut Vec<Ro
             if one.ifindex != 0 {
                 v.push(RouteAttribute::Oif(one.ifindex));
             }
+            tunnel_attrs(one, v);
             h.flags |= RouteFlags::from_bits_retain(u32::from(one.flags));
         }
         many => v.push(RouteAttribute::MultiPath(
@@ -211,6 +245,7 @@ fn hop_attrs(family: Family, a: &RouteAttrs, h: &mut RouteHeader, v: &mut Vec<Ro
                         .gateway
                         .map(|g| vec![gateway_attr(family, g)])
                         .unwrap_or_default();
+                    tunnel_attrs(n, &mut h.attributes);
                     h
                 })
                 .collect(),
@@ -285,6 +320,7 @@ pub fn route(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &Route
             if h.ifindex != 0 {
                 put_u32(buf, RTA_OIF, h.ifindex);
             }
+            put_tunnel(buf, h);
         } else if a.nexthops.len() > 1 {
             let at = begin_attr(buf, RTA_MULTIPATH);
             for h in &a.nexthops {
@@ -294,6 +330,7 @@ pub fn route(buf: &mut Vec<u8>, seq: u32, op: RouteOp, key: &RouteKey, a: &Route
                 if let Some(gw) = h.gateway {
                     put_gateway(buf, family, gw);
                 }
+                put_tunnel(buf, h);
                 let l = (buf.len() - hs) as u16;
                 buf[hs..hs + 2].copy_from_slice(&l.to_ne_bytes());
             }
@@ -338,6 +375,9 @@ const RTA_MULTIPATH: u16 = 9;
 const RTA_TABLE: u16 = 15;
 const RTA_VIA: u16 = 18;
 const RTA_PREF: u16 = 20;
+const RTA_FLOW: u16 = 11;
+const RTA_ENCAP_TYPE: u16 = 21;
+const RTA_ENCAP: u16 = 22;
 const RTA_NH_ID: u16 = 30;
 
 const NHA_ID: u16 = 1;
@@ -346,6 +386,8 @@ const NHA_GROUP_TYPE: u16 = 3;
 const NHA_BLACKHOLE: u16 = 4;
 const NHA_OIF: u16 = 5;
 const NHA_GATEWAY: u16 = 6;
+const NHA_ENCAP_TYPE: u16 = 7;
+const NHA_ENCAP: u16 = 8;
 const NEXTHOP_GRP_TYPE_RES: u16 = 1;
 
 /// What a nexthop-object request does.
@@ -383,13 +425,20 @@ pub fn nexthop(buf: &mut Vec<u8>, seq: u32, op: NexthopOp, nh: &NexthopObject) {
     if op == NexthopOp::Set {
         match &nh.kind {
             NexthopKind::Single {
-                gateway, ifindex, ..
+                gateway,
+                ifindex,
+                encap,
+                ..
             } => {
                 if *ifindex != 0 {
                     put_u32(buf, NHA_OIF, *ifindex);
                 }
                 if let Some(g) = gateway {
                     put_addr(buf, NHA_GATEWAY, *g);
+                }
+                if let Some(e) = encap {
+                    put(buf, NHA_ENCAP, &e.data);
+                    put(buf, NHA_ENCAP_TYPE, &e.kind.to_ne_bytes());
                 }
             }
             NexthopKind::Blackhole => put(buf, NHA_BLACKHOLE, &[]),
@@ -489,6 +538,17 @@ mod tests {
         }
     }
 
+    /// `encap ip id 7 dst 1.2.3.4` as the kernel reports it.
+    fn encap() -> Box<crate::model::Encap> {
+        let mut data = Vec::new();
+        put(&mut data, 1, &7u64.to_be_bytes());
+        put(&mut data, 2, &[1, 2, 3, 4]);
+        Box::new(crate::model::Encap {
+            kind: crate::model::lwt::IP,
+            data: data.into(),
+        })
+    }
+
     fn shapes() -> Vec<(RouteKey, RouteAttrs)> {
         let gw = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         let uni = RouteAttrs {
@@ -524,7 +584,24 @@ mod tests {
                             flags: crate::model::rtnh::ONLINK,
                             ..NextHop::new(gw("fe80::1"), 4)
                         },
+                        NextHop {
+                            realms: 3 << 16 | 4,
+                            encap: Some(encap()),
+                            ..NextHop::new(gw("198.18.1.3"), 3)
+                        },
                     ]
+                    .into(),
+                    ..uni.clone()
+                },
+            ),
+            (
+                key("10.3.0.0/16", 0),
+                RouteAttrs {
+                    nexthops: vec![NextHop {
+                        realms: 5,
+                        encap: Some(encap()),
+                        ..NextHop::new(None, 3)
+                    }]
                     .into(),
                     ..uni.clone()
                 },
@@ -613,6 +690,7 @@ mod tests {
                 gateway: Some("198.18.1.2".parse().unwrap()),
                 ifindex: 3,
                 flags: 0,
+                encap: None,
             },
         };
         let group = NexthopObject {

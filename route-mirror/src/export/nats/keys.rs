@@ -145,6 +145,7 @@ mod tests {
                 gateway: Some(gw.parse().unwrap()),
                 ifindex,
                 flags: 0,
+                encap: None,
             },
         })
     }
