@@ -127,7 +127,7 @@ fn hop_rec(h: &NextHop) -> HopRec {
 }
 
 /// A hop's realms and encapsulation.
-type Tunnel = (u32, Option<Encap>);
+pub(crate) type Tunnel = (u32, Option<Encap>);
 
 const RTA_MULTIPATH: u16 = 9;
 const RTA_FLOW: u16 = 11;
@@ -137,7 +137,7 @@ const RTA_ENCAP: u16 = 22;
 /// Realms and encapsulation read from a dumped route's bytes (`attrs`: the attributes
 /// after `struct rtmsg`): the route's own, then each `RTA_MULTIPATH` hop's. Read here,
 /// not by the daemon's decoder, so a decoder that loses them shows as a difference.
-fn tunnel_attrs(attrs: &[u8]) -> (Tunnel, Vec<Tunnel>) {
+pub(crate) fn tunnel_attrs(attrs: &[u8]) -> (Tunnel, Vec<Tunnel>) {
     fn of(b: &[u8]) -> Tunnel {
         let (mut realms, mut kind, mut data) = (0, None, None);
         for (t, v) in crate::lwt::nested(b) {

@@ -381,25 +381,22 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             other => Err(DecodeError::malformed("via", format!("{other:?}"))),
         }
     }
-    /// The kernel always sends both halves; `RTA_ENCAP` re-emitted is its payload.
+    /// The kernel always sends both halves. The bytes come from `diff`'s own reader of
+    /// the message (re-emitting the crate's parse panics on some corrupted inputs).
     fn encap(
         kind: Option<u16>,
         data: Option<&Vec<netlink_packet_route::route::RouteLwTunnelEncap>>,
+        raw: Option<Encap>,
     ) -> Result<Option<Box<Encap>>, DecodeError> {
-        use netlink_packet_core::Emitable;
-        match (kind, data) {
-            (Some(kind), Some(v)) => {
-                let mut b = vec![0u8; v.as_slice().buffer_len()];
-                v.as_slice().emit(&mut b);
-                Ok(Some(Box::new(Encap {
-                    kind,
-                    data: b.into(),
-                })))
-            }
-            (None, Some(_)) => Err(DecodeError::malformed("RTA_ENCAP", "without type")),
+        match (kind, data, raw) {
+            (Some(kind), Some(_), Some(raw)) => Ok(Some(Box::new(Encap { kind, ..raw }))),
+            (_, Some(_), _) => Err(DecodeError::malformed("RTA_ENCAP", "without type")),
             _ => Ok(None),
         }
     }
+    let (mut raw_top, mut raw_hops) =
+        crate::diff::canon::tunnel_attrs(payload.get(RTMSG_LEN..).unwrap_or_default());
+    raw_hops.reverse();
     let flow = |f: &netlink_packet_route::route::RouteRealm| {
         u32::from(f.source) << 16 | u32::from(f.destination)
     };
@@ -482,12 +479,13 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
                             _ => r.unknown_attrs += 1,
                         }
                     }
+                    let raw = raw_hops.pop().and_then(|(_, e)| e);
                     out.push(NextHop {
                         gateway: gw,
                         ifindex: hop.interface_index,
                         weight: u16::from(hop.hops) + 1,
                         flags: hop.flags.bits(),
-                        encap: encap(etype, edata)?,
+                        encap: encap(etype, edata, raw)?,
                         realms,
                     });
                 }
@@ -502,7 +500,7 @@ pub(crate) fn parse_reference(payload: &[u8]) -> Result<RawRoute, DecodeError> {
             _ => r.unknown_attrs += 1,
         }
     }
-    r.encap = encap(etype, edata)?;
+    r.encap = encap(etype, edata, raw_top.1.take())?;
     Ok(r)
 }
 
