@@ -667,6 +667,7 @@ fn locate(text: &str, e: &toml::de::Error) -> String {
 // prefsrc = true                # keep the source's preferred source address
 // owner = false                 # true: remove and replace every route of the target table
 // persist = true                # false: remove the copy's routes when the daemon exits
+// nexthop_objects = true        # IPv4 multipath routes through shared nexthop objects
 //
 // [[routes]]
 // to = "B/200"                  # default: main of the mirrored namespace
@@ -707,6 +708,10 @@ pub struct CopyConfig {
     pub owner: bool,
     #[serde(default = "yes")]
     pub persist: bool,
+    /// Multipath routes name shared nexthop objects the copy makes in the target
+    /// (`copy::nhpool`) instead of spelling their hops (IPv4).
+    #[serde(default = "yes")]
+    pub nexthop_objects: bool,
 }
 
 /// A `[[routes]]` section (or `--routes FILE`).
@@ -782,6 +787,7 @@ pub fn copy_flag(s: &str) -> Result<CopyConfig, String> {
         prefsrc: true,
         owner: false,
         persist: true,
+        nexthop_objects: true,
     })
 }
 

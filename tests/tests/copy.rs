@@ -1144,3 +1144,146 @@ nexthop = "via 198.18.1.2 dev veth1"
     assert_eq!(c["failing_by_reason"].get("exists"), None, "{c}");
     assert!(c["repaired_deletes"].as_u64().unwrap() >= 1, "{c}");
 }
+
+/// First id of the copy's nexthop objects (`copy::nhpool::ID_BASE`).
+const NH_BASE: u64 = 0x72f0_0000;
+
+/// The copy's nexthop objects in `ns`: id -> `ip -j nexthop` object.
+fn our_objects(ns: &Netns) -> std::collections::BTreeMap<u64, Value> {
+    let out = ns.ip(&["-j", "nexthop", "show"]);
+    let v: Vec<Value> = serde_json::from_str(out.trim()).unwrap_or_default();
+    v.into_iter()
+        .filter_map(|o| Some((o["id"].as_u64()?, o)))
+        .filter(|(id, _)| (NH_BASE..NH_BASE + (1 << 20)).contains(id))
+        .collect()
+}
+
+fn groups(objs: &std::collections::BTreeMap<u64, Value>) -> Vec<u64> {
+    objs.iter()
+        .filter(|(_, o)| o.get("group").is_some())
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// IPv4 multipath routes are copied through shared nexthop objects the copy makes in
+/// the target (one per distinct hop, one group per distinct weighted hop list), equal
+/// to the source by `diff --copy` (which resolves the objects) through a change of
+/// one hop, the deletion of a group's last user (the group is collected), a foreign
+/// delete of a group (written again, its routes reinstalled) and kill -9 + restart
+/// (objects adopted: nothing rewritten; a group unused meanwhile is collected).
+#[test]
+fn ecmp_goes_through_shared_nexthop_objects() {
+    let a = Netns::new();
+    let b = Netns::new();
+    let tmp = TempDir::new("copy-nh").unwrap();
+    let mut lines = Vec::new();
+    for i in 0..60 {
+        lines.push(format!(
+            "route add 100.80.{i}.0/24 nexthop via 198.18.1.2 dev veth1 nexthop via 198.18.2.2 dev veth2"
+        ));
+    }
+    for i in 0..20 {
+        lines.push(format!(
+            "route add 100.81.{i}.0/24 nexthop via 198.18.1.2 dev veth1 weight 3 nexthop via 198.18.2.2 dev veth2"
+        ));
+    }
+    lines.push(
+        "route add 100.82.0.0/24 nexthop via 198.18.2.2 dev veth2 nexthop via 198.18.1.3 dev veth1"
+            .into(),
+    );
+    a.load_batch(write_batch(tmp.path(), "ecmp.batch", &lines));
+    let name = format!("main={}/200", b.name());
+    let d = Daemon::start_synced(&a, &["--copy", &name]);
+    wait_copy_synced(&d, &name);
+    assert_exact(&d, &name, "after the initial sync");
+    let b4 = routes(&b, "-4", "200");
+    let via_obj = b4.iter().filter(|r| r["nhid"].as_u64().is_some()).count();
+    assert_eq!(via_obj, 81, "every multipath route names an object");
+    let objs = our_objects(&b);
+    assert_eq!(groups(&objs).len(), 3, "{objs:#?}");
+    assert_eq!(objs.len(), 6, "3 hops, 3 groups: {objs:#?}");
+    let c = copy(&d, &name);
+    assert_eq!(c["nexthop_objects"]["written"], 6, "{c}");
+
+    // One hop of a route changes: another group (the old one keeps its other users).
+    a.ip(&[
+        "route",
+        "replace",
+        "100.80.0.0/24",
+        "nexthop",
+        "via",
+        "198.18.1.2",
+        "dev",
+        "veth1",
+        "nexthop",
+        "via",
+        "198.18.1.3",
+        "dev",
+        "veth1",
+    ]);
+    assert_exact(&d, &name, "after one hop changed");
+    // The last user of 100.82's group goes: the group is collected (its hops are shared).
+    let before = our_objects(&b);
+    a.ip(&["route", "del", "100.82.0.0/24"]);
+    let g82 = route(&b, "100.80.0.0/24", "200").unwrap()["nhid"]
+        .as_u64()
+        .unwrap();
+    let gone = poll(Duration::from_secs(10), || {
+        let now = our_objects(&b);
+        (groups(&now).len() == groups(&before).len() - 1).then_some(now)
+    })
+    .expect("an unused group is deleted");
+    assert!(gone.contains_key(&g82), "the group still used stays");
+    assert_exact(&d, &name, "after a group's last user went");
+
+    // Someone deletes a group of ours: the kernel drops its routes with it; the group
+    // is made again (under a new id) and the routes come back through it.
+    let old = route(&b, "100.81.0.0/24", "200").unwrap()["nhid"]
+        .as_u64()
+        .unwrap();
+    b.ip(&["nexthop", "del", "id", &old.to_string()]);
+    let g = poll(Duration::from_secs(10), || {
+        let objs = our_objects(&b);
+        let w: Vec<Value> = routes(&b, "-4", "200")
+            .into_iter()
+            .filter(|r| r["dst"].as_str().is_some_and(|p| p.starts_with("100.81.")))
+            .collect();
+        let ids: std::collections::BTreeSet<u64> =
+            w.iter().filter_map(|r| r["nhid"].as_u64()).collect();
+        let id = *ids.iter().next()?;
+        (w.len() == 20 && ids.len() == 1 && objs.contains_key(&id)).then_some(id)
+    })
+    .expect("the deleted group's routes are back through a group");
+    assert_exact(&d, &name, "after a foreign delete of a group");
+    let c = copy(&d, &name);
+    assert!(
+        c["nexthop_objects"]["repaired"].as_u64().unwrap() >= 1,
+        "{c}"
+    );
+
+    // kill -9; the weighted routes go meanwhile; restart: objects adopted, the weighted
+    // group (now unused) collected, nothing else written.
+    d.kill9();
+    for i in 0..20 {
+        a.ip(&["route", "del", &format!("100.81.{i}.0/24")]);
+    }
+    let kept = our_objects(&b);
+    let d = Daemon::start_synced(&a, &["--copy", &name]);
+    wait_copy_synced(&d, &name);
+    assert_exact(&d, &name, "after kill -9 and a restart");
+    let c = copy(&d, &name);
+    assert_eq!(c["nexthop_objects"]["written"], 0, "{c}");
+    assert_eq!(
+        c["nexthop_objects"]["adopted"].as_u64(),
+        Some(kept.len() as u64),
+        "{c}"
+    );
+    assert_eq!(c["verdicts"]["installed"], 0, "{c}");
+    let after = poll(Duration::from_secs(10), || {
+        let now = our_objects(&b);
+        (!now.contains_key(&g)).then_some(now)
+    })
+    .expect("the unused weighted group is collected after the restart");
+    assert!(after.contains_key(&g82));
+    assert_exact(&d, &name, "after the collection");
+}

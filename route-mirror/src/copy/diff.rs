@@ -117,6 +117,29 @@ pub fn kernel_table(ns: Option<String>, table: u32) -> Result<Mirror> {
     })
 }
 
+/// A route through one of the copy's shared nexthop objects ([`super::nhpool`]) as the
+/// inline multipath route it stands for (the source's route spells its hops).
+fn inline(tgt: &Mirror, e: &Entry) -> Entry {
+    match e.attrs.nh_id {
+        Some(id) if super::nhpool::in_range(id) => {
+            let mut a = (*e.attrs).clone();
+            a.nexthops = tgt
+                .effective_hops(&e.attrs)
+                .into_iter()
+                .map(|mut h| {
+                    h.flags &= crate::model::rtnh::STABLE;
+                    h.weight = h.weight.max(1);
+                    h
+                })
+                .collect();
+            a.nh_id = None;
+            a.flags = 0;
+            Entry::new(e.sub(), std::sync::Arc::new(a), e.stamp)
+        }
+        _ => e.clone(),
+    }
+}
+
 /// Compares what `job` wants (from `src`, a mirror of its source) with `tgt` (a mirror
 /// of its target). `refused`: the copy's record of refusals, for the reasons.
 pub fn compare(
@@ -173,11 +196,15 @@ pub fn compare(
     let show = |dst: IpNet, e: &Entry| format_route(&route_view(tgt, job.to.table, dst, e), true);
     for dst in dsts {
         let wanted: Vec<Wanted> = job.wanted_at(&declared, dst, src, &links, protocol);
-        let current: &[Entry] = tgt
+        let current: Vec<Entry> = tgt
             .fib
             .table(Family::of_net(&dst), job.to.table)
             .and_then(|t| t.get(&dst))
-            .map_or(&[], |es| es.as_slice());
+            .map_or(&[][..], |es| es.as_slice())
+            .iter()
+            .map(|e| inline(tgt, e))
+            .collect();
+        let current = current.as_slice();
         let (pairs, matched) = super::sync::pair_ours(current, &wanted, ours);
         for (w, pair) in wanted.iter().zip(pairs.iter().copied()) {
             d.wanted += 1;

@@ -9,6 +9,7 @@ pub mod diff;
 pub mod filter;
 pub mod iproute;
 pub mod keylist;
+pub mod nhpool;
 pub mod runner;
 pub mod spec;
 pub mod status;

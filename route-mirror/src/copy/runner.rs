@@ -19,11 +19,12 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use super::nhpool::{self, NhPool};
 use super::spec::{Job, Producer};
 use super::status::{
     Bell, JobStatus, LagStats, Mirrored, Msg, Refused, Registry, ThreadCtl, REFUSED_LIST,
 };
-use super::sync::{Origin, Pass, Planned, TargetSync, Verdict};
+use super::sync::{Origin, Pass, Planned, TargetSync, Verdict, Wanted};
 use super::want::Want;
 use crate::export::change::DeltaOp;
 use crate::export::feed::{Feed, Update};
@@ -31,7 +32,7 @@ use crate::fib::Entry;
 use crate::mirror::Mirror;
 use crate::model::Family;
 use crate::view::{CopyEvent, WatchRecord};
-use crate::writer::{Outcome, RouteOp, Writer, DEFAULT_BATCH_BYTES};
+use crate::writer::{NexthopOp, Outcome, RouteOp, Writer, DEFAULT_BATCH_BYTES};
 
 /// Prefixes planned per job per round (a round is one commit: ~2,000-4,000 routes).
 const ROUND: usize = 4096;
@@ -46,6 +47,8 @@ const SETTLE_AFTER: Duration = Duration::from_secs(1);
 const LINKS_EVERY: Duration = Duration::from_millis(50);
 /// How often `installed` (routes of ours in the target) is counted.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
+/// How often an idle copy thread looks for nexthop objects no route uses.
+const GC_EVERY: Duration = Duration::from_secs(1);
 
 /// One job of a thread and its state.
 struct JobState {
@@ -113,6 +116,11 @@ struct Runner {
     last_count: Instant,
     last_publish: Instant,
     outcomes: Vec<(u32, Outcome)>,
+    /// Shared nexthop objects of the target namespace.
+    pool: NhPool,
+    /// The pool may hold objects no route uses (a route changed or went).
+    gc_due: bool,
+    last_gc: Instant,
 }
 
 /// Starts one copy thread per target namespace of `jobs`. `mirrors` are the daemon's
@@ -205,6 +213,9 @@ pub fn start(
                     last_count: Instant::now() - COUNT_EVERY,
                     last_publish: Instant::now(),
                     outcomes: Vec::new(),
+                    pool: NhPool::new(protocol),
+                    gc_due: true,
+                    last_gc: Instant::now(),
                 };
                 r.set_jobs(jobs);
                 r.run();
@@ -251,6 +262,41 @@ fn copy_event(job: &Job, netns: Option<&String>, p: &Planned, o: &Outcome) -> Op
             _ => None,
         },
     })
+}
+
+/// IPv4 multipath routes of `wanted` name a shared group of `pool` instead of their hops
+/// (where the pool has one: else they stay inline).
+///
+/// A route with a hop on a device that is down or has no carrier stays inline: the
+/// kernel refuses objects on a down device and deletes those (and the routes naming
+/// them) whose device goes down or loses its carrier, where an inline multipath route
+/// keeps forwarding through its other hops.
+fn through_objects(
+    pool: &mut NhPool,
+    wanted: &mut [Wanted],
+    now: Instant,
+    taken: &dyn Fn(u32) -> bool,
+    carrier: &dyn Fn(u32) -> bool,
+) {
+    for (key, attrs) in wanted.iter_mut().flatten() {
+        if key.family() != Family::V4 || attrs.nexthops.len() < 2 || attrs.nh_id.is_some() {
+            continue;
+        }
+        if !attrs.nexthops.iter().all(|h| carrier(h.ifindex)) {
+            continue;
+        }
+        if let Some(g) = pool.group_for(Family::V4, &attrs.nexthops, now, taken) {
+            attrs.nh_id = Some(g);
+            attrs.nexthops.clear();
+            attrs.flags = 0;
+        }
+    }
+}
+
+/// A device up with a carrier (the kernel keeps nexthop objects on it).
+fn carrier(flags: u32) -> bool {
+    let f = |x: i32| flags & x as u32 != 0;
+    f(libc::IFF_UP) && (f(libc::IFF_RUNNING) || f(libc::IFF_LOWER_UP))
 }
 
 fn now_ms() -> u64 {
@@ -305,6 +351,7 @@ impl Runner {
                     busy = true;
                     self.drain_feeds();
                 }
+                self.collect_objects();
                 if !self.barriers.is_empty() && self.idle() {
                     self.publish(true);
                     for b in self.barriers.drain(..) {
@@ -370,6 +417,14 @@ impl Runner {
             n.feed = Some(feed);
         }
         self.started = true;
+        {
+            // Objects of ours from before a restart: adopted, so the routes using them
+            // compare equal (no rewrite); those no route uses go once the copy is idle.
+            let t = self.ns(&self.target);
+            let m = self.nss[t].m.mirror.read().expect("mirror lock");
+            self.pool.adopt(&m.nexthops);
+            self.gc_due = true;
+        }
         self.check_links(true);
         for i in 0..self.jobs.len() {
             self.full_pass(i, Pass::Initial);
@@ -494,6 +549,16 @@ impl Runner {
                 match u {
                     Update::Changes(b) => {
                         let name = self.nss[n].name.clone();
+                        if b.nexthops_changed && name == self.target {
+                            let m = self.nss[n].m.mirror.read().expect("mirror lock");
+                            let broken = self.pool.check(&m.nexthops);
+                            drop(m);
+                            self.gc_due = true;
+                            if broken {
+                                info!("copies: nexthop objects of ours deleted or changed (by someone, or with a device): routes naming them checked again");
+                                self.pass_for(&name);
+                            }
+                        }
                         for job in &mut self.jobs {
                             let from = match &job.job.producer {
                                 Producer::Copy { from, filter, .. } if from.netns == name => {
@@ -628,6 +693,7 @@ impl Runner {
             for j in &mut self.jobs {
                 j.sync.links_changed(now);
             }
+            self.pool.links_changed();
         }
     }
 
@@ -700,9 +766,22 @@ impl Runner {
                     if why.foreign {
                         tracing::debug!(%dst, "copies: planning a repair");
                     }
-                    let wanted = j
+                    let mut wanted = j
                         .job
                         .wanted_at(&j.declared, dst, src, &links, self.protocol);
+                    if j.job.nexthop_objects && self.pool.enabled() {
+                        through_objects(
+                            &mut self.pool,
+                            &mut wanted,
+                            now,
+                            &|id| tm.nexthops.contains_key(&id),
+                            &|ifindex| {
+                                tm.links
+                                    .get(&ifindex)
+                                    .is_some_and(|l| carrier(l.value.flags))
+                            },
+                        );
+                    }
                     let current: &[Entry] = tm
                         .fib
                         .table(Family::of_net(&dst), j.job.to.table)
@@ -714,7 +793,12 @@ impl Runner {
                 }
             }
         }
-        if !plans.is_empty() {
+        // Objects first: the routes of the same batch name them.
+        let objects = self.pool.take_writes(now);
+        if !plans.is_empty() || !objects.is_empty() {
+            for o in &objects {
+                self.writer.nexthop(NexthopOp::Set, o);
+            }
             for (_, p) in &plans {
                 self.writer.route(p.op, &p.key, &p.attrs);
             }
@@ -722,6 +806,18 @@ impl Runner {
             self.writer.commit(&mut self.outcomes);
             let now = Instant::now();
             let ms = now_ms();
+            let (ob, routes) = self.outcomes.split_at(objects.len());
+            for (o, (_, out)) in objects.iter().zip(ob) {
+                if let Outcome::Failed(e) = out {
+                    warn!(id = o.id, error = %e, "copies: nexthop object refused");
+                }
+                self.pool.outcome(o.id, out, now);
+            }
+            if !plans.is_empty() {
+                self.gc_due = true;
+            }
+            let routes = routes.to_vec();
+            self.outcomes = routes;
             for ((i, p), (_, o)) in plans.iter().zip(self.outcomes.iter()) {
                 if let Outcome::Failed(e) = o {
                     tracing::debug!(copy = %self.jobs[*i].job.name, dst = %p.dst, op = ?p.op, error = %e, "write refused");
@@ -892,9 +988,51 @@ impl Runner {
                 max_ms: j.sync.lag.max_ms,
             };
             s.writer = self.writer.stats.clone();
+            s.nexthop_objects = self.pool.counters.clone();
             s.cpu_s = cpu;
             reg.insert(j.job.name.clone(), s.clone());
         }
+    }
+
+    /// Deletes the nexthop objects no route of the target namespace uses any more, at
+    /// most every [`GC_EVERY`], only while nothing is planned or unconfirmed (a write
+    /// in flight may be about to name one).
+    fn collect_objects(&mut self) {
+        if !self.gc_due || self.last_gc.elapsed() < GC_EVERY || !self.idle() {
+            return;
+        }
+        self.last_gc = Instant::now();
+        self.gc_due = false;
+        let dead = {
+            let t = self.ns(&self.target);
+            let m = self.nss[t].m.mirror.read().expect("mirror lock");
+            let mut used: FxHashSet<u32> = FxHashSet::default();
+            for (_, rt) in m.fib.tables() {
+                for (_, e) in rt.iter() {
+                    if let Some(id) = e.attrs.nh_id.filter(|&id| nhpool::in_range(id)) {
+                        used.insert(id);
+                    }
+                }
+            }
+            self.pool.collect(&used)
+        };
+        if dead.is_empty() {
+            return;
+        }
+        for o in &dead {
+            self.writer.nexthop(NexthopOp::Delete, o);
+        }
+        self.outcomes.clear();
+        self.writer.commit(&mut self.outcomes);
+        let failed = self
+            .outcomes
+            .iter()
+            .filter(|(_, o)| !matches!(o, Outcome::Done))
+            .count();
+        info!(
+            deleted = dead.len() - failed,
+            failed, "copies: nexthop objects no route uses deleted"
+        );
     }
 
     /// Exit: copies that do not persist remove their routes; the others leave them

@@ -83,6 +83,8 @@ pub struct Job {
     pub producer: Producer,
     pub owner: bool,
     pub persist: bool,
+    /// IPv4 multipath routes go through shared nexthop objects ([`super::nhpool`]).
+    pub nexthop_objects: bool,
 }
 
 impl Job {
@@ -288,6 +290,7 @@ pub fn resolve(
             },
             owner: c.owner,
             persist: c.persist,
+            nexthop_objects: c.nexthop_objects,
         });
     }
     for (i, r) in routes.iter().enumerate() {
@@ -358,6 +361,7 @@ pub fn resolve(
                 producer: Producer::Declared(wants),
                 owner: r.owner,
                 persist: r.persist,
+                nexthop_objects: false,
             });
         }
     }

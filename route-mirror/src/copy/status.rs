@@ -146,6 +146,9 @@ pub struct JobStatus {
     pub writer: WriterStats,
     /// CPU time of the copy thread (user + system), for CPU per installed route.
     pub cpu_s: f64,
+    /// The target namespace's shared nexthop objects (shared by its copies).
+    #[serde(default)]
+    pub nexthop_objects: super::nhpool::NhCounters,
 }
 
 /// Refused routes listed per job (all are counted).
@@ -183,6 +186,7 @@ impl JobStatus {
             initial_sync_ms: None,
             passes: 0,
             writer: WriterStats::default(),
+            nexthop_objects: Default::default(),
             cpu_s: 0.0,
         }
     }
