@@ -135,6 +135,7 @@ impl NhPool {
                     gateway,
                     ifindex,
                     flags,
+                    encap: None,
                 } => {
                     let Some(f) = nh.family else { continue };
                     self.hops
@@ -197,7 +198,11 @@ impl NhPool {
         now: Instant,
         taken: &dyn Fn(u32) -> bool,
     ) -> Option<u32> {
-        if !self.enabled || hops.len() < 2 {
+        // Realms have no place in an object; encapsulations stay with their routes.
+        if !self.enabled
+            || hops.len() < 2
+            || hops.iter().any(|h| h.encap.is_some() || h.realms != 0)
+        {
             return None;
         }
         let mut members = Vec::with_capacity(hops.len());
@@ -220,6 +225,7 @@ impl NhPool {
                                     gateway: h.gateway,
                                     ifindex: h.ifindex,
                                     flags: key.3,
+                                    encap: None,
                                 },
                             },
                             state: State::New,
@@ -431,13 +437,15 @@ fn same_object(k: &NexthopObject, ours: &NexthopObject) -> bool {
                 gateway: g1,
                 ifindex: i1,
                 flags: f1,
+                encap: e1,
             },
             NexthopKind::Single {
                 gateway: g2,
                 ifindex: i2,
                 flags: f2,
+                encap: e2,
             },
-        ) => g1 == g2 && i1 == i2 && (f1 & rtnh::STABLE) == (f2 & rtnh::STABLE),
+        ) => g1 == g2 && i1 == i2 && (f1 & rtnh::STABLE) == (f2 & rtnh::STABLE) && e1 == e2,
         (
             NexthopKind::Group {
                 members: m1,
