@@ -247,10 +247,11 @@ def fleet(args, clean):
             sh(BIN, "--socket", sock(n), "sync")
         cpu1, rss, hwm = proc_stat(daemon.pid)
         # Caught up: no change applied by the consumer for 2 s.
-        last = t0
-        while time.time() - last < 2:
+        while True:
             with lock:
                 last = max((v[1] for v in seqs.values()), default=t0)
+            if time.time() - last >= 2:
+                break
             time.sleep(0.2)
         with lock:
             got = applied_n[0] - n0
