@@ -369,6 +369,7 @@ impl Mirror {
     pub fn apply_stamped(&mut self, change: Change, gen: u32) -> Option<FollowUp> {
         // Links, addresses, nexthop objects and settings change what lookups render too.
         self.fib.touch();
+        tracing::trace!(?change, "event");
         match change {
             Change::NewRule(rule) => {
                 if self.rules.add(rule.clone(), gen) {
@@ -530,6 +531,9 @@ impl Mirror {
                     Some(_) => Verdict::Updated,
                 };
                 scan.object_verdicts.count(v);
+                if v != Verdict::Seen {
+                    debug!(?v, old = ?self.nexthops.get(&nh.id).map(|n| &n.value), new = ?nh, "scan corrected a nexthop object");
+                }
                 self.nexthops.insert(
                     nh.id,
                     Stamped {
@@ -713,7 +717,13 @@ impl Mirror {
         }
         if scan.dumped(DumpKind::Nexthops) {
             let before = self.nexthops.len();
-            self.nexthops.retain(|_, n| n.stamp == gen);
+            self.nexthops.retain(|id, n| {
+                let keep = n.stamp == gen;
+                if !keep {
+                    debug!(id, "scan pruned a nexthop object");
+                }
+                keep
+            });
             if self.nexthops.len() != before {
                 self.touch_nh_routes();
             }
