@@ -431,6 +431,9 @@ impl Mirror {
             }
             Change::NewNexthop(nh) => {
                 self.counters.nexthop_events += 1;
+                if self.nexthops.get(&nh.id).is_some_and(|n| n.value == nh) {
+                    self.window.nh_reflected(nh.id);
+                }
                 self.nexthops.insert(
                     nh.id,
                     Stamped {
@@ -533,6 +536,7 @@ impl Mirror {
                 scan.object_verdicts.count(v);
                 if v != Verdict::Seen {
                     debug!(?v, old = ?self.nexthops.get(&nh.id).map(|n| &n.value), new = ?nh, "scan corrected a nexthop object");
+                    self.window.nh_correction(nh.id, v);
                 }
                 self.nexthops.insert(
                     nh.id,
@@ -600,6 +604,12 @@ impl Mirror {
         self.fib.touch();
         self.flush_held(scan);
         // Corrections a later notification showed to be changes in flight, not misses.
+        let (updated, created) = self.window.finish_nh_scan();
+        let o = &mut scan.object_verdicts;
+        let (updated, created) = (updated.min(o.updated), created.min(o.created));
+        o.updated -= updated;
+        o.created -= created;
+        o.seen += updated + created;
         let (updated, created) = self.window.finish_scan();
         let v = &mut scan.verdicts;
         let (updated, created) = (updated.min(v.updated), created.min(v.created));

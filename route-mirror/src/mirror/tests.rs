@@ -640,3 +640,34 @@ fn a_nexthop_replace_renotification_moves_nothing() {
         .collect();
     assert_eq!(first, vec![None, Some(8)]);
 }
+
+/// A nexthop object created (or replaced) while a nexthop dump runs: the chunk shows it,
+/// its notification comes after the chunk and changes nothing. Not a correction (seen in
+/// the eBPF soak: `nexthop replace id 2 ...` during a confirming scan); one whose
+/// notification never comes stays a correction.
+#[test]
+fn a_nexthop_change_in_flight_is_notified_after_the_dump_that_shows_it() {
+    let obj = |id, ifindex| NexthopObject {
+        id,
+        family: Some(Family::V4),
+        protocol: 0,
+        kind: NexthopKind::Single {
+            gateway: None,
+            ifindex,
+            flags: 0,
+            encap: None,
+        },
+    };
+    let mut m = Mirror::new();
+    m.apply(Change::NewNexthop(obj(1, 2)));
+    let gen = m.begin_scan();
+    let mut s = ActiveScan::new(ScanReason::NexthopRemoved, ScanScope::full(), gen);
+    m.mark(Change::NewNexthop(obj(1, 3)), &mut s); // replaced in flight
+    m.mark(Change::NewNexthop(obj(2, 3)), &mut s); // created in flight
+    m.mark(Change::NewNexthop(obj(3, 3)), &mut s); // missed: no notification follows
+    m.apply(Change::NewNexthop(obj(1, 3)));
+    m.apply(Change::NewNexthop(obj(2, 3)));
+    m.prune(&mut s);
+    let v = s.object_verdicts;
+    assert_eq!((v.updated, v.created, v.seen), (0, 1, 2), "{v:?}");
+}

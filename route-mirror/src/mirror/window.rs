@@ -94,6 +94,12 @@ pub(super) struct DumpWindow {
     tentative: HashMap<RouteKey, Vec<Verdict>>,
     /// Tentative corrections withdrawn: (updated, created).
     pub(super) withdrawn: (u64, u64),
+    /// Nexthop objects a nexthop dump of this scan created or updated: tentative the same
+    /// way (a change's notification is queued after the dump chunk that already shows it;
+    /// seen in the eBPF soak: `nexthop replace` during a confirming scan).
+    nh_tentative: HashMap<u32, Verdict>,
+    /// Object corrections withdrawn: (updated, created).
+    nh_withdrawn: (u64, u64),
 }
 
 impl DumpWindow {
@@ -218,6 +224,28 @@ impl DumpWindow {
         self.stop();
         self.tentative.clear();
         std::mem::take(&mut self.withdrawn)
+    }
+
+    /// A nexthop dump corrected object `id` (`verdict`).
+    pub(super) fn nh_correction(&mut self, id: u32, verdict: Verdict) {
+        if verdict != Verdict::Seen && self.nh_tentative.len() < TENTATIVE_CAP {
+            self.nh_tentative.insert(id, verdict);
+        }
+    }
+
+    /// A notification about object `id` changed nothing: the dump had shown it already.
+    pub(super) fn nh_reflected(&mut self, id: u32) {
+        match self.nh_tentative.remove(&id) {
+            Some(Verdict::Updated) => self.nh_withdrawn.0 += 1,
+            Some(Verdict::Created) => self.nh_withdrawn.1 += 1,
+            _ => {}
+        }
+    }
+
+    /// The scan ends: the withdrawn object (updated, created) counts.
+    pub(super) fn finish_nh_scan(&mut self) -> (u64, u64) {
+        self.nh_tentative.clear();
+        std::mem::take(&mut self.nh_withdrawn)
     }
 }
 
