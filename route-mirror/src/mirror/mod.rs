@@ -409,6 +409,14 @@ impl Mirror {
             }
             Change::NewLink(link) => {
                 self.counters.link_events += 1;
+                if self
+                    .links
+                    .get(&link.ifindex)
+                    .is_some_and(|l| l.value == link)
+                {
+                    self.window
+                        .nh_reflected(window::ObjectId::Link(link.ifindex));
+                }
                 self.link_changed(link, gen)
             }
             Change::DelLink { ifindex } => {
@@ -432,7 +440,7 @@ impl Mirror {
             Change::NewNexthop(nh) => {
                 self.counters.nexthop_events += 1;
                 if self.nexthops.get(&nh.id).is_some_and(|n| n.value == nh) {
-                    self.window.nh_reflected(nh.id);
+                    self.window.nh_reflected(window::ObjectId::Nexthop(nh.id));
                 }
                 self.nexthops.insert(
                     nh.id,
@@ -497,6 +505,10 @@ impl Mirror {
                     Some(_) => Verdict::Updated,
                 };
                 scan.object_verdicts.count(v);
+                if v != Verdict::Seen {
+                    self.window
+                        .nh_correction(window::ObjectId::Link(link.ifindex), v);
+                }
                 if self
                     .live
                     .set_link(link.ifindex, link.flags)
@@ -536,7 +548,8 @@ impl Mirror {
                 scan.object_verdicts.count(v);
                 if v != Verdict::Seen {
                     debug!(?v, old = ?self.nexthops.get(&nh.id).map(|n| &n.value), new = ?nh, "scan corrected a nexthop object");
-                    self.window.nh_correction(nh.id, v);
+                    self.window
+                        .nh_correction(window::ObjectId::Nexthop(nh.id), v);
                 }
                 self.nexthops.insert(
                     nh.id,

@@ -641,7 +641,7 @@ fn a_nexthop_replace_renotification_moves_nothing() {
     assert_eq!(first, vec![None, Some(8)]);
 }
 
-/// A nexthop object created (or replaced) while a nexthop dump runs: the chunk shows it,
+/// A nexthop object (or a link) created or replaced while a dump runs: the chunk shows it,
 /// its notification comes after the chunk and changes nothing. Not a correction (seen in
 /// the eBPF soak: `nexthop replace id 2 ...` during a confirming scan); one whose
 /// notification never comes stays a correction.
@@ -665,9 +665,11 @@ fn a_nexthop_change_in_flight_is_notified_after_the_dump_that_shows_it() {
     m.mark(Change::NewNexthop(obj(1, 3)), &mut s); // replaced in flight
     m.mark(Change::NewNexthop(obj(2, 3)), &mut s); // created in flight
     m.mark(Change::NewNexthop(obj(3, 3)), &mut s); // missed: no notification follows
+    m.mark(Change::NewLink(veth1(UP)), &mut s); // a link created in flight, too
     m.apply(Change::NewNexthop(obj(1, 3)));
     m.apply(Change::NewNexthop(obj(2, 3)));
+    m.apply(Change::NewLink(veth1(UP)));
     m.prune(&mut s);
     let v = s.object_verdicts;
-    assert_eq!((v.updated, v.created, v.seen), (0, 1, 2), "{v:?}");
+    assert_eq!((v.updated, v.created, v.seen), (0, 1, 3), "{v:?}");
 }

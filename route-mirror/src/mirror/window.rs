@@ -67,6 +67,13 @@ impl RouteEvent {
     }
 }
 
+/// An object whose dump correction may be withdrawn (see `DumpWindow::nh_tentative`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum ObjectId {
+    Nexthop(u32),
+    Link(u32),
+}
+
 #[derive(Debug, Default)]
 pub(super) struct DumpWindow {
     /// The route dump in flight: family and table filter.
@@ -94,10 +101,11 @@ pub(super) struct DumpWindow {
     tentative: HashMap<RouteKey, Vec<Verdict>>,
     /// Tentative corrections withdrawn: (updated, created).
     pub(super) withdrawn: (u64, u64),
-    /// Nexthop objects a nexthop dump of this scan created or updated: tentative the same
-    /// way (a change's notification is queued after the dump chunk that already shows it;
-    /// seen in the eBPF soak: `nexthop replace` during a confirming scan).
-    nh_tentative: HashMap<u32, Verdict>,
+    /// Objects (nexthop objects, links) a dump of this scan created or updated:
+    /// tentative the same way (a change's notification is queued after the dump chunk
+    /// that already shows it; seen in the eBPF soak: `nexthop replace` during a confirming
+    /// scan).
+    nh_tentative: HashMap<ObjectId, Verdict>,
     /// Object corrections withdrawn: (updated, created).
     nh_withdrawn: (u64, u64),
 }
@@ -226,15 +234,15 @@ impl DumpWindow {
         std::mem::take(&mut self.withdrawn)
     }
 
-    /// A nexthop dump corrected object `id` (`verdict`).
-    pub(super) fn nh_correction(&mut self, id: u32, verdict: Verdict) {
+    /// A dump corrected object `id` (`verdict`).
+    pub(super) fn nh_correction(&mut self, id: ObjectId, verdict: Verdict) {
         if verdict != Verdict::Seen && self.nh_tentative.len() < TENTATIVE_CAP {
             self.nh_tentative.insert(id, verdict);
         }
     }
 
     /// A notification about object `id` changed nothing: the dump had shown it already.
-    pub(super) fn nh_reflected(&mut self, id: u32) {
+    pub(super) fn nh_reflected(&mut self, id: ObjectId) {
         match self.nh_tentative.remove(&id) {
             Some(Verdict::Updated) => self.nh_withdrawn.0 += 1,
             Some(Verdict::Created) => self.nh_withdrawn.1 += 1,
