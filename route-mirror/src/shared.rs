@@ -199,8 +199,13 @@ impl Shared {
         Ok(())
     }
 
-    /// Waits until the netlink socket is readable, a command arrives or `ms` pass.
-    pub(crate) fn wait(&self, sock: i32, ring: Option<i32>, ms: i32) -> std::io::Result<()> {
+    /// Waits until the netlink socket (`sock`, ignored when negative) or the ring is
+    /// readable, a command arrives or `ms` pass. Returns whether the socket may hold
+    /// something (readable, an error, or the poll did not say). A wakeup by a command is
+    /// consumed here, only when the eventfd said so: reading it on every loop turn was a
+    /// syscall per wakeup of the core (BENCHMARKS.md). Commands sent after that read
+    /// make the eventfd readable again, so none waits for the next timeout.
+    pub(crate) fn wait(&self, sock: i32, ring: Option<i32>, ms: i32) -> std::io::Result<bool> {
         let mut fds = [
             libc::pollfd {
                 fd: sock,
@@ -225,11 +230,15 @@ impl Shared {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(e);
             }
+            return Ok(true);
         }
-        Ok(())
+        if fds[1].revents != 0 {
+            self.clear_wake();
+        }
+        Ok(fds[0].revents != 0)
     }
 
-    pub(crate) fn clear_wake(&self) {
+    fn clear_wake(&self) {
         let mut v: u64 = 0;
         // SAFETY: reads at most 8 bytes into a live u64; the eventfd is non-blocking.
         unsafe {

@@ -48,6 +48,10 @@ const RING_BATCH: usize = 512;
 /// change still wakes it at once: only changes that follow others within this window
 /// wait for it (the lag under load stays within a few ms).
 const GATHER: Duration = Duration::from_millis(2);
+/// While changes stream, the socket's drop counter (a `getsockopt`) is read at most
+/// this often; always before the core sleeps with nothing flowing and before a barrier
+/// is answered (it was a syscall per wakeup, BENCHMARKS.md).
+const DROP_CHECK: Duration = Duration::from_millis(5);
 /// Longest the core waits for the dump reader's next batch before looking at commands.
 const READER_WAIT: Duration = Duration::from_millis(50);
 
@@ -134,6 +138,12 @@ pub struct Core {
     recv_started: u64,
     /// Reads dump replies ahead on its own thread (see [`super::reader`]).
     reader: Option<DumpReader>,
+    /// The socket may hold something: false after a `recv` found it empty, until a
+    /// `poll` says otherwise. With the eBPF source the socket carries only dump replies
+    /// and acks, so the core skips the `recv` that would fail after each wakeup.
+    sock_ready: bool,
+    /// When the socket's drop counter was last read (see [`DROP_CHECK`]).
+    drops_checked: Instant,
 }
 
 impl Core {
@@ -165,6 +175,8 @@ impl Core {
             pass_events: 0,
             recv_started: 0,
             reader: None,
+            sock_ready: true,
+            drops_checked: Instant::now(),
         }
     }
 
@@ -194,7 +206,10 @@ impl Core {
                 continue;
             }
             if idle && self.scans.idle() {
-                if self.check_silent_drops() {
+                let drops_due = !self.barriers.is_empty()
+                    || self.pass_events == 0
+                    || self.drops_checked.elapsed() >= DROP_CHECK;
+                if drops_due && self.check_silent_drops() {
                     continue; // not caught up after all: a resync is queued
                 }
                 if !self.barriers.is_empty() && self.check_ring_loss(true) {
@@ -229,29 +244,44 @@ impl Core {
 
     /// Waits for the socket, the ring or a command, at most until the periodic scan or
     /// the ring's loss check is due.
-    fn sleep(&self) {
+    fn sleep(&mut self) {
         let mut wait = self.scans.until_periodic();
         if let Some(t) = self.ring_clock.wake_by() {
             wait = wait.min(t.saturating_duration_since(Instant::now()));
         }
         let ms = wait.as_millis().clamp(1, 1000) as i32;
         let ring = self.ebpf.as_ref().map(|e| e.fd());
-        if let Err(e) = self.shared.wait(self.sock.fd(), ring, ms) {
-            error!(error = %e, "poll failed");
-            std::thread::sleep(Duration::from_millis(100));
+        match self.shared.wait(self.sock.fd(), ring, ms) {
+            Ok(ready) => self.sock_ready |= ready,
+            Err(e) => {
+                error!(error = %e, "poll failed");
+                self.sock_ready = true;
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 
     /// Changes are flowing: lets more of them queue for [`GATHER`] (a command wakes).
-    fn gather(&self) {
-        if let Err(e) = self.shared.wait(-1, None, GATHER.as_millis() as i32) {
-            error!(error = %e, "poll failed");
+    /// With the eBPF source a dump reply or ack on the socket wakes it too (the socket
+    /// carries nothing else); with the netlink source the socket carries the changes
+    /// that are meant to gather, so it is not watched (and counts as readable).
+    fn gather(&mut self) {
+        let sock = if self.ebpf.is_some() {
+            self.sock.fd()
+        } else {
+            -1
+        };
+        match self.shared.wait(sock, None, GATHER.as_millis() as i32) {
+            Ok(ready) => self.sock_ready |= ready || sock < 0,
+            Err(e) => {
+                error!(error = %e, "poll failed");
+                self.sock_ready = true;
+            }
         }
     }
 
     /// Returns false on shutdown.
     fn handle_commands(&mut self) -> bool {
-        self.shared.clear_wake();
         loop {
             match self.commands.try_recv() {
                 Ok(Command::Scan {
@@ -314,6 +344,7 @@ impl Core {
                 .write()
                 .expect("mirror lock")
                 .dump_started(kind);
+            self.sock_ready = true;
             match self.sock.request_dump(kind) {
                 Ok(seq) => {
                     scan.current = Some((kind, seq));
@@ -383,7 +414,16 @@ impl Core {
     fn drain(&mut self) -> bool {
         for _ in 0..BATCH {
             let from_reader = self.reader.as_ref().is_some_and(DumpReader::active);
-            let (mut rx, r) = if from_reader {
+            // eBPF: nothing but replies and acks arrive on the socket, and none is due.
+            let skip_recv = !from_reader
+                && self.ebpf.is_some()
+                && !self.sock_ready
+                && !self.drain_first
+                && !self.scans.dumping();
+            let (mut rx, r) = if skip_recv {
+                let would_block = io::Error::from(io::ErrorKind::WouldBlock);
+                (std::mem::take(&mut self.rx), Err(would_block))
+            } else if from_reader {
                 let reader = self.reader.as_mut().expect("checked above");
                 let Some(read) = reader.next(READER_WAIT) else {
                     return false; // the kernel is slow to build chunks: look at commands
@@ -406,6 +446,9 @@ impl Core {
                     false
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !from_reader {
+                        self.sock_ready = false;
+                    }
                     // The kernel queues a dump's next chunk inside the recvmsg that
                     // consumed the previous one, so an empty queue with a dump still
                     // outstanding means that chunk failed (ENOBUFS) and the dump is stuck.
@@ -579,6 +622,7 @@ impl Core {
     /// [`NlSocket::drops`]): any new drop means the mirror may be wrong, so resync.
     /// Returns true if it queued one.
     fn check_silent_drops(&mut self) -> bool {
+        self.drops_checked = Instant::now();
         let Ok(drops) = self.sock.drops() else {
             return false;
         };
@@ -612,6 +656,7 @@ impl Core {
         match fresh {
             Ok(s) => {
                 self.sock = s;
+                self.sock_ready = true;
                 self.drops_seen = 0;
             }
             Err(e) => {
