@@ -357,6 +357,28 @@ impl RouteTable {
             .next()
     }
 
+    /// Runs `f` on the whole list of `dst` (created empty if the prefix is new) with the
+    /// range of `entry`'s key in it, and `entry`: one hash probe where `key_routes` then `insert_at`
+    /// take two (the mark path of a full sync does this once per route). A list `f`
+    /// leaves empty is dropped.
+    pub fn with_key_list<R>(
+        &mut self,
+        dst: &IpNet,
+        entry: Entry,
+        f: impl FnOnce(&mut Entries, std::ops::Range<usize>, Entry) -> R,
+    ) -> Option<R> {
+        let entries = with_map!(&mut self.prefixes, dst, |t, n| t.entry(*n), return None);
+        let before = entries.len();
+        let r = key_range(entries, &entry);
+        let out = f(entries, r, entry);
+        let after = entries.len();
+        self.routes = self.routes + after - before;
+        if after == 0 {
+            with_map!(&mut self.prefixes, dst, |t, n| t.remove(n), None);
+        }
+        Some(out)
+    }
+
     /// Inserts `entry` at position `index` of its key's list (clamped to its end).
     pub fn insert_at(&mut self, dst: &IpNet, entry: Entry, index: usize) {
         let entries = with_map!(&mut self.prefixes, dst, |t, n| t.entry(*n), return);

@@ -334,48 +334,34 @@ impl Mirror {
             _ => 0,
         };
         scan.route_cursor = Some((key, idx + 1));
-        enum Act {
-            Move(usize),
-            Replace,
-            Insert,
-        }
         let t = self.fib.table_mut(key.family(), key.table);
-        let rs = t.key_routes(&key.dst, &key.sub);
-        let act = if idx < rs.len() {
-            match rs[idx..].iter().position(|e| {
+        let marked = t.with_key_list(&key.dst, entry, |es, r, entry| {
+            let at = r.start + idx.min(r.len());
+            let rs = &mut es[at..r.end];
+            match rs.iter().position(|e| {
                 Arc::ptr_eq(&e.attrs, &entry.attrs) || e.attrs.same_as_dumped(&entry.attrs)
             }) {
-                Some(j) => Act::Move(j),
-                None if rs[idx].stamp != gen => Act::Replace,
-                None => Act::Insert,
-            }
-        } else {
-            Act::Insert
-        };
-        let (verdict, noted) = match act {
-            Act::Move(j) => {
-                let rs = t
-                    .key_routes_mut(&key.dst, &key.sub)
-                    .expect("the key's routes were just listed");
-                rs[idx..=idx + j].rotate_right(1);
-                rs[idx].stamp = gen;
-                // Out of place: the mirror's order was wrong (or an earlier route is gone).
-                match j {
-                    0 => (Verdict::Seen, None),
-                    _ => (Verdict::Updated, Some(rs[idx].clone())),
+                Some(j) => {
+                    rs[..=j].rotate_right(1);
+                    rs[0].stamp = gen;
+                    // Out of place: the mirror's order was wrong (or an earlier route is gone).
+                    match j {
+                        0 => (Verdict::Seen, None),
+                        _ => (Verdict::Updated, Some(rs[0].clone())),
+                    }
+                }
+                None if !rs.is_empty() && rs[0].stamp != gen => {
+                    rs[0] = entry.clone();
+                    (Verdict::Updated, Some(entry))
+                }
+                None => {
+                    es.insert(at, entry.clone());
+                    (Verdict::Created, Some(entry))
                 }
             }
-            Act::Replace => {
-                let rs = t
-                    .key_routes_mut(&key.dst, &key.sub)
-                    .expect("the key's routes were just listed");
-                rs[idx] = entry.clone();
-                (Verdict::Updated, Some(entry))
-            }
-            Act::Insert => {
-                t.insert_at(&key.dst, entry.clone(), idx);
-                (Verdict::Created, Some(entry))
-            }
+        });
+        let Some((verdict, noted)) = marked else {
+            return;
         };
         scan.verdicts.count(verdict);
         if !scan.reason.expects_corrections() {
