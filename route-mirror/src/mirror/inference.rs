@@ -170,7 +170,7 @@ impl Mirror {
         let mut gone = 0;
         let mut dropped = Vec::new();
         let mut pend = Vec::new();
-        let listing = self.tracking() || self.window.active();
+        let listing = self.tracking() || self.window.active() || self.window.replaying();
         for ((family, table), t) in self.fib.tables_mut() {
             gone += t.retain(|dst, e| {
                 let keep = !e.attrs.nh_id.is_some_and(|id| removed.contains(&id));
@@ -243,7 +243,7 @@ impl Mirror {
         let mut gone = 0;
         let mut removed = Vec::new();
         let mut pend = Vec::new();
-        let listing = self.tracking() || self.window.active();
+        let listing = self.tracking() || self.window.active() || self.window.replaying();
         for t in tables {
             gone += self.fib.table_mut(Family::V4, t).retain(|dst, e| {
                 let doom = doomed
@@ -268,14 +268,23 @@ impl Mirror {
 }
 
 impl Mirror {
-    /// A route the kernel removes without a message: to the exports, and to the running
-    /// dump's window (a chunk may show it still there, see [`super::window`]).
+    /// A route the kernel removes without a message: to the exports, to the running
+    /// dump's window (a chunk may show it still there), and to the scan's corrections
+    /// (a chunk may show it gone already, its link event still to come; see
+    /// [`super::window`]).
     fn silently_removed(&mut self, table: u32, dst: ipnet::IpNet, e: &crate::fib::Entry) {
         let key = crate::model::RouteKey {
             table,
             dst,
             sub: e.sub(),
         };
+        if self.window.replaying() {
+            self.window
+                .replay_event(&super::window::RouteEvent::Del(crate::model::Route {
+                    key,
+                    attrs: e.attrs.clone(),
+                }));
+        }
         if self.window.covers(&key) {
             // The list before: this route was just taken out of it (its position is
             // lost; the comparison of a dumped list with it is then only pessimistic).

@@ -384,6 +384,12 @@ impl Mirror {
                 None
             }
             Change::NewRoute { route, flags } => {
+                if self.window.replaying() {
+                    self.window.replay_event(&window::RouteEvent::New {
+                        route: route.clone(),
+                        flags,
+                    });
+                }
                 if self.window.covers(&route.key) {
                     let base = || self.key_list(&route.key);
                     let base = base();
@@ -399,6 +405,10 @@ impl Mirror {
                 None
             }
             Change::DelRoute { route } => {
+                if self.window.replaying() {
+                    self.window
+                        .replay_event(&window::RouteEvent::Del(route.clone()));
+                }
                 if self.window.covers(&route.key) {
                     let base = self.key_list(&route.key);
                     self.window
@@ -595,6 +605,7 @@ impl Mirror {
     /// One chunk (datagram) of the running dump was marked.
     pub fn dump_chunk_done(&mut self, scan: &mut ActiveScan) {
         self.flush_held(scan);
+        self.settle_cursor(scan);
         self.keep_unlisted(scan);
         if self.window.take_overflow() {
             scan.interrupted += 1;
@@ -605,11 +616,20 @@ impl Mirror {
     /// The running dump ended (or failed).
     pub fn dump_ended(&mut self, scan: &mut ActiveScan) {
         self.flush_held(scan);
+        self.settle_cursor(scan);
         self.keep_unlisted(scan);
         if self.window.take_overflow() {
             scan.interrupted += 1;
         }
         self.window.stop();
+    }
+
+    /// Events from now on may explain the correction of the key the scan marked last
+    /// (see [`window`]).
+    fn settle_cursor(&mut self, scan: &ActiveScan) {
+        if let Some(cursor) = scan.route_cursor {
+            self.settle_marked(cursor);
+        }
     }
 
     /// Deletes what the scan's completed dumps did not mark.

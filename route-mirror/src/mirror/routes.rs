@@ -20,8 +20,8 @@ use smallvec::SmallVec;
 use tracing::debug;
 
 use super::{key_hash, Cause, DeltaOp, Mirror};
-use crate::fib::{Entry, Place};
-use crate::model::{nlm, rtprot, Family, Metrics, NextHop, Route, RouteAttrs};
+use crate::fib::{Entries, Entry, Place};
+use crate::model::{nlm, rtprot, Family, Metrics, NextHop, Route, RouteAttrs, RouteKey};
 use crate::reconcile::{ActiveScan, Verdict};
 
 /// Whether an IPv6 route may be (or become) part of a multipath route
@@ -329,18 +329,39 @@ impl Mirror {
                 self.counters.inferred_pending = self.inferred.len() as u64;
             }
         }
-        let idx = match &scan.route_cursor {
-            Some((k, n)) if *k == key => *n,
-            _ => 0,
+        let idx = match scan.route_cursor {
+            Some((k, n)) if k == key => n,
+            prev => {
+                if let Some(prev) = prev {
+                    self.settle_marked(prev);
+                }
+                0
+            }
         };
         scan.route_cursor = Some((key, idx + 1));
+        // A correction remembers the key's list before it (see `super::window`).
+        let tentative = !scan.reason.expects_corrections();
+        let want_base = tentative && self.window.wants_base(&key);
         let t = self.fib.table_mut(key.family(), key.table);
         let marked = t.with_key_list(&key.dst, entry, |es, r, entry| {
+            let base = |es: &Entries| {
+                want_base.then(|| {
+                    es[r.clone()]
+                        .iter()
+                        .map(|e| Route {
+                            key,
+                            attrs: e.attrs.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            };
             let at = r.start + idx.min(r.len());
-            let rs = &mut es[at..r.end];
-            match rs.iter().position(|e| {
+            let j = es[at..r.end].iter().position(|e| {
                 Arc::ptr_eq(&e.attrs, &entry.attrs) || e.attrs.same_as_dumped(&entry.attrs)
-            }) {
+            });
+            let before = if j == Some(0) { None } else { base(es) };
+            let rs = &mut es[at..r.end];
+            let (verdict, noted) = match j {
                 Some(j) => {
                     rs[..=j].rotate_right(1);
                     rs[0].stamp = gen;
@@ -358,14 +379,15 @@ impl Mirror {
                     es.insert(at, entry.clone());
                     (Verdict::Created, Some(entry))
                 }
-            }
+            };
+            (verdict, noted, before)
         });
-        let Some((verdict, noted)) = marked else {
+        let Some((verdict, noted, before)) = marked else {
             return;
         };
         scan.verdicts.count(verdict);
-        if !scan.reason.expects_corrections() {
-            self.window.correction(key, verdict);
+        if tentative {
+            self.window.correction(key, verdict, before);
         }
         if let Some(e) = &noted {
             debug!(?verdict, table = key.table, dst = %key.dst, attrs = ?e.attrs, "scan corrected a route");
@@ -376,6 +398,17 @@ impl Mirror {
                 _ => DeltaOp::Replace,
             };
             self.note(op, Cause::Scan, key.table, key.dst, &e);
+        }
+    }
+}
+
+impl Mirror {
+    /// The scan moved past `cursor`'s key, whose first `n` routes it marked.
+    pub(super) fn settle_marked(&mut self, (key, n): (RouteKey, usize)) {
+        if self.window.wants_settle(&key) {
+            let mut marked = self.key_list(&key);
+            marked.truncate(n);
+            self.window.settle(&key, marked);
         }
     }
 }

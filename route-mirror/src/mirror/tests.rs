@@ -575,6 +575,53 @@ fn a_list_the_key_never_went_through_is_corrected() {
     assert!(s.verdicts.corrections() > 0, "{:?}", s.verdicts);
 }
 
+/// Events older than a chunk can reach the mirror after it (eBPF: a dump's first chunk
+/// is built at the request, before the `recv` that orders ring records around it). The
+/// chunk's correction is withdrawn once those events bring the list the mirror had
+/// before it to the one the chunk showed; one they never bring there stays counted.
+#[test]
+fn a_correction_the_events_after_it_explain_is_withdrawn() {
+    let p = "10.9.0.0/24";
+    for (events, corrections) in [(vec![4, 5], 0), (vec![4], 1), (vec![], 1)] {
+        let mut m = Mirror::new();
+        m.apply(with(route(p, 0, 2), ADD));
+        let mut s = v4_scan(&mut m);
+        // The kernel replaced 2 by 4, then 4 by 5; the chunk shows 5.
+        v4_dump(&mut m, &mut s, &[route(p, 0, 5)]);
+        m.dump_ended(&mut s);
+        for &i in &events {
+            m.apply(with(route(p, 0, i), nlm::CREATE | nlm::REPLACE));
+        }
+        m.prune(&mut s);
+        assert_eq!(list(&m, p, 0), vec![*events.last().unwrap_or(&5)]);
+        assert_eq!(
+            s.verdicts.corrections(),
+            corrections,
+            "events {events:?}: {:?}",
+            s.verdicts
+        );
+    }
+}
+
+/// A chunk read after an admin down flushed a key's first route (no message), before
+/// the link event that lets the mirror infer it: the chunk's reorder is that flush.
+#[test]
+fn a_silent_flush_the_link_event_explains_after_the_chunk_is_no_correction() {
+    let p = "10.9.0.0/24";
+    let mut m = Mirror::new();
+    m.apply(Change::NewLink(veth1(UP)));
+    m.apply(Change::NewLink(link(4, UP)));
+    m.apply(with(route(p, 0, 3), ADD));
+    m.apply(with(route(p, 0, 4), APPEND));
+    let mut s = v4_scan(&mut m);
+    v4_dump(&mut m, &mut s, &[route(p, 0, 4)]);
+    m.dump_ended(&mut s);
+    m.apply(Change::NewLink(veth1(0)));
+    m.prune(&mut s);
+    assert_eq!(list(&m, p, 0), vec![4]);
+    assert_eq!(s.verdicts.corrections(), 0, "{:?}", s.verdicts);
+}
+
 /// A device's last IPv4 address going disables IPv4 on it (`fib_inetaddr_event`:
 /// `fib_disable_ip(dev, NETDEV_DOWN, true)`): its hops die, IPv4 routes left without a
 /// live hop go without a message, multipath routes keep the dead hop; an address coming

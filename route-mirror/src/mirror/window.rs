@@ -32,7 +32,24 @@
 //! add of a route the key already lists fails).
 //!
 //! The eBPF source orders ring records by time around chunks, which leaves the same
-//! in-flight cases; the window covers both sources.
+//! in-flight cases; the window covers both sources. It also applies events *older* than
+//! a chunk after it: records the filter saw after the `recv` that returned the chunk
+//! started wait for the next chunk, yet a dump's first chunk is built when it is
+//! requested, before that `recv`, and an IPv4 chunk read without RTNL shows an insert
+//! before its record is written. Those events reach the mirror after the chunk, outside
+//! any window (the dump may be over). Found by tests/tests/exact.rs with the eBPF
+//! source (trace of `route_mirror::mirror::window`): a confirming scan's one chunk
+//! showed `10.80.6.0/24 metric 10` as `[via 198.18.1.2]` while the mirror held `[via
+//! 198.18.2.2, via 198.18.1.2]`: veth2 had gone admin down, the kernel had flushed the
+//! route through it without a message, and the link event from which the mirror infers
+//! that flush came off the ring after the chunk. The chunk's reorder counted as an
+//! update; the notification-only rule above (*reflected*) cannot see it, and neither a
+//! key changed twice before the chunk (the first event then changes the list again).
+//! So a correction also keeps the key's list from before it, and every later route
+//! event of the key during the scan, inferred removals included, is applied to that
+//! list too: once it becomes the list the scan marked, the correction was those events
+//! seen early, and is withdrawn. A lost event never arrives, so its correction stays
+//! counted.
 
 use std::collections::{HashMap, HashSet};
 
@@ -74,6 +91,16 @@ pub(super) enum ObjectId {
     Link(u32),
 }
 
+/// A scan's correction of one key's list, until the scan ends.
+#[derive(Debug)]
+struct Tentative {
+    verdicts: Vec<Verdict>,
+    /// The mirror's list before the correction, with the key's events since applied.
+    replay: Vec<Route>,
+    /// The list the scan marked, once it moved past the key.
+    marked: Option<Vec<Route>>,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct DumpWindow {
     /// The route dump in flight: family and table filter.
@@ -96,9 +123,9 @@ pub(super) struct DumpWindow {
     /// A key whose list the chunk boundary split, with events between its parts: its
     /// remaining routes are marked as they come (the scan is redone).
     split: Option<RouteKey>,
-    /// Corrections made by chunks in this scan, per key, that a later notification may
-    /// show to have been a change in flight.
-    tentative: HashMap<RouteKey, Vec<Verdict>>,
+    /// Corrections made by chunks in this scan, per key, that later notifications may
+    /// show to have been changes in flight.
+    tentative: HashMap<RouteKey, Tentative>,
     /// Tentative corrections withdrawn: (updated, created).
     pub(super) withdrawn: (u64, u64),
     /// Objects (nexthop objects, links) a dump of this scan created or updated:
@@ -201,14 +228,84 @@ impl DumpWindow {
         out
     }
 
-    /// A chunk corrected `key`'s list (`verdict`).
+    /// Whether a correction of `key` would be remembered, and the key's list before
+    /// it is still needed (the key's first correction in this scan).
+    pub(super) fn wants_base(&self, key: &RouteKey) -> bool {
+        !self.tentative.contains_key(key) && self.tentative.len() < TENTATIVE_CAP
+    }
+
+    /// A chunk corrected `key`'s list (`verdict`); `base`: the mirror's list before the
+    /// correction (given when [`DumpWindow::wants_base`] said so).
     /// Past [`TENTATIVE_CAP`] keys, corrections are no longer remembered: they stay
     /// counted (the safe side), and memory stays bounded when a scan corrects much.
-    pub(super) fn correction(&mut self, key: RouteKey, verdict: Verdict) {
-        if verdict != Verdict::Seen
-            && (self.tentative.len() < TENTATIVE_CAP || self.tentative.contains_key(&key))
+    pub(super) fn correction(&mut self, key: RouteKey, verdict: Verdict, base: Option<Vec<Route>>) {
+        if verdict == Verdict::Seen {
+            return;
+        }
+        if let Some(t) = self.tentative.get_mut(&key) {
+            t.verdicts.push(verdict);
+            // Marked again after it was settled (its list went on in the next chunk).
+            t.marked = None;
+        } else if let Some(replay) = base {
+            self.tentative.insert(
+                key,
+                Tentative {
+                    verdicts: vec![verdict],
+                    replay,
+                    marked: None,
+                },
+            );
+        }
+    }
+
+    /// Whether the scan corrected `key` and has not settled it yet.
+    pub(super) fn wants_settle(&self, key: &RouteKey) -> bool {
+        self.tentative.get(key).is_some_and(|t| t.marked.is_none())
+    }
+
+    /// The scan moved past corrected `key`: `marked` is the list it marked.
+    pub(super) fn settle(&mut self, key: &RouteKey, marked: Vec<Route>) {
+        if let Some(t) = self.tentative.get_mut(key) {
+            tracing::trace!(?key, before = ?t.replay, ?marked, "tentative correction");
+            t.marked = Some(marked);
+        }
+    }
+
+    /// Whether corrections wait for events that may explain them.
+    pub(super) fn replaying(&self) -> bool {
+        !self.tentative.is_empty()
+    }
+
+    /// A route event arrives while the scan runs: if it brings the list a correction
+    /// started from to the one the scan marked, the correction was this change (and
+    /// those before it) seen early by the dump, and is withdrawn.
+    pub(super) fn replay_event(&mut self, event: &RouteEvent) {
+        let key = *event.key();
+        let Some(t) = self.tentative.get_mut(&key) else {
+            return;
+        };
+        let mut m = scratch(key, std::mem::take(&mut t.replay));
+        m.apply_event(event);
+        t.replay = m.key_list(&key);
+        let explained = t.marked.as_ref().is_some_and(|d| same_list(&t.replay, d));
+        tracing::trace!(?event, replay = ?t.replay, explained, "event after a correction");
+        if explained {
+            self.withdraw(&key);
+        }
+    }
+
+    fn withdraw(&mut self, key: &RouteKey) {
+        for v in self
+            .tentative
+            .remove(key)
+            .map(|t| t.verdicts)
+            .unwrap_or_default()
         {
-            self.tentative.entry(key).or_default().push(verdict);
+            match v {
+                Verdict::Updated => self.withdrawn.0 += 1,
+                Verdict::Created => self.withdrawn.1 += 1,
+                Verdict::Seen => {}
+            }
         }
     }
 
@@ -218,13 +315,7 @@ impl DumpWindow {
         if self.tentative.is_empty() {
             return;
         }
-        for v in self.tentative.remove(key).unwrap_or_default() {
-            match v {
-                Verdict::Updated => self.withdrawn.0 += 1,
-                Verdict::Created => self.withdrawn.1 += 1,
-                Verdict::Seen => {}
-            }
-        }
+        self.withdraw(key);
     }
 
     /// The scan ends: returns the withdrawn (updated, created) counts and forgets the rest.
