@@ -85,7 +85,7 @@ impl Mirror {
             self.nexthops_removed(&doomed, true);
         }
         // NETDEV_UNREGISTER: every IPv4 route with a hop through it, local ones included.
-        let gone = self.remove_v4_where(|a, _| {
+        let gone = self.remove_v4_where(true, |a, _| {
             a.nh_id.is_none() && a.nexthops.iter().any(|h| h.ifindex == ifindex)
         });
         self.counters.inferred_removals += gone as u64;
@@ -103,7 +103,7 @@ impl Mirror {
             .copied()
             .filter(|&i| live.v4_dead(i))
             .collect();
-        let gone = self.remove_v4_where(|a, _| {
+        let gone = self.remove_v4_where(true, |a, _| {
             a.nh_id.is_none()
                 && (force || a.scope != scope::HOST)
                 && a.nexthops.iter().any(|h| h.ifindex == ifindex)
@@ -135,7 +135,9 @@ impl Mirror {
             });
         }
         let addr = a.addr;
-        let gone = self.remove_v4_where(|attrs, t| t == table::MAIN && attrs.prefsrc == Some(addr));
+        let gone = self.remove_v4_where(false, |attrs, t| {
+            t == table::MAIN && attrs.prefsrc == Some(addr)
+        });
         self.counters.inferred_removals += gone as u64;
         Some(FollowUp {
             reason: ScanReason::AddrRemoved,
@@ -184,7 +186,7 @@ impl Mirror {
             });
         }
         for (t, dst, e) in dropped {
-            self.silently_removed(t, dst, &e);
+            self.silently_removed(t, dst, &e, false);
         }
         self.pend_inferred(pend);
         self.touch_nh_routes();
@@ -219,8 +221,13 @@ impl Mirror {
 
     /// Removes IPv4 routes (all tables, every metric) for which `pred(attrs, table)`
     /// holds; returns how many. Decided per distinct attribute set and table first: a
-    /// few thousand checks, not a million.
-    pub(super) fn remove_v4_where(&mut self, pred: impl Fn(&RouteAttrs, u32) -> bool) -> usize {
+    /// few thousand checks, not a million. `dead_first`: the kernel flagged them dead
+    /// (`fib_sync_down_dev`) before flushing them (see [`Mirror::silently_removed`]).
+    pub(super) fn remove_v4_where(
+        &mut self,
+        dead_first: bool,
+        pred: impl Fn(&RouteAttrs, u32) -> bool,
+    ) -> usize {
         let mut doomed: HashMap<(*const RouteAttrs, u32), bool> = HashMap::new();
         let tables: Vec<u32> = self
             .fib
@@ -260,7 +267,7 @@ impl Mirror {
             });
         }
         for (t, dst, e) in removed {
-            self.silently_removed(t, dst, &e);
+            self.silently_removed(t, dst, &e, dead_first);
         }
         self.pend_inferred(pend);
         gone
@@ -271,19 +278,37 @@ impl Mirror {
     /// A route the kernel removes without a message: to the exports, to the running
     /// dump's window (a chunk may show it still there), and to the scan's corrections
     /// (a chunk may show it gone already, its link event still to come; see
-    /// [`super::window`]).
-    fn silently_removed(&mut self, table: u32, dst: ipnet::IpNet, e: &crate::fib::Entry) {
+    /// [`super::window`]). `dead_first`: the kernel flagged the route's hops dead
+    /// before the flush, and an IPv4 multipath route's `fib_info` `LINKDOWN` with them,
+    /// which a chunk read between the two shows (seen in the eBPF soak: seven multipath
+    /// routes of table 1000 dumped with `LINKDOWN`, flushed when the link event came).
+    fn silently_removed(
+        &mut self,
+        table: u32,
+        dst: ipnet::IpNet,
+        e: &crate::fib::Entry,
+        dead_first: bool,
+    ) {
         let key = crate::model::RouteKey {
             table,
             dst,
             sub: e.sub(),
         };
         if self.window.replaying() {
-            self.window
-                .replay_event(&super::window::RouteEvent::Del(crate::model::Route {
-                    key,
-                    attrs: e.attrs.clone(),
-                }));
+            use super::window::RouteEvent;
+            let route = crate::model::Route {
+                key,
+                attrs: e.attrs.clone(),
+            };
+            if dead_first
+                && key.family() == Family::V4
+                && e.attrs.nh_id.is_none()
+                && e.attrs.nexthops.len() > 1
+            {
+                self.window
+                    .replay_event(&RouteEvent::Linkdown(route.clone()));
+            }
+            self.window.replay_event(&RouteEvent::Del(route));
         }
         if self.window.covers(&key) {
             // The list before: this route was just taken out of it (its position is

@@ -40,7 +40,7 @@ fn same_hop(a: &NextHop, b: &NextHop) -> bool {
 /// Attributes equal for matching a delete (`fib_table_delete` matches what the request
 /// names; the notification names everything): all but the IPv4 multipath route flag the
 /// mirror keeps itself, which may lag the message's.
-fn same_for_delete(mine: &RouteAttrs, del: &RouteAttrs) -> bool {
+pub(super) fn same_for_delete(mine: &RouteAttrs, del: &RouteAttrs) -> bool {
     let lk = u32::from(crate::model::rtnh::LINKDOWN);
     mine.kind == del.kind
         && mine.protocol == del.protocol

@@ -622,6 +622,28 @@ fn a_silent_flush_the_link_event_explains_after_the_chunk_is_no_correction() {
     assert_eq!(s.verdicts.corrections(), 0, "{:?}", s.verdicts);
 }
 
+/// Admin down of both hops' devices: `fib_sync_down_dev` flags the multipath route's
+/// `fib_info` `LINKDOWN`, then `fib_flush` removes it silently. A chunk read between the
+/// two shows the flag; the link events after it explain that.
+#[test]
+fn a_multipath_route_dumped_dead_before_its_flush_is_no_correction() {
+    let mut m = Mirror::new();
+    m.apply(Change::NewLink(veth1(UP)));
+    m.apply(Change::NewLink(link(4, UP)));
+    let mp = route_with("10.8.0.0/16", 0, attrs(&[(None, 3), (None, 4)]));
+    m.apply(with(mp.clone(), ADD));
+    let mut dumped = (*mp.attrs).clone();
+    dumped.flags |= u32::from(rtnh::LINKDOWN);
+    let mut s = v4_scan(&mut m);
+    v4_dump(&mut m, &mut s, &[route_with("10.8.0.0/16", 0, dumped)]);
+    m.dump_ended(&mut s);
+    m.apply(Change::NewLink(veth1(0)));
+    m.apply(Change::NewLink(link(4, 0)));
+    m.prune(&mut s);
+    assert!(m.fib.get(&mp.key).is_none());
+    assert_eq!(s.verdicts.corrections(), 0, "{:?}", s.verdicts);
+}
+
 /// A device's last IPv4 address going disables IPv4 on it (`fib_inetaddr_event`:
 /// `fib_disable_ip(dev, NETDEV_DOWN, true)`): its hops die, IPv4 routes left without a
 /// live hop go without a message, multipath routes keep the dead hop; an address coming

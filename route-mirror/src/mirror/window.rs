@@ -72,14 +72,23 @@ const TENTATIVE_CAP: usize = 64 * 1024;
 /// One route notification as applied.
 #[derive(Debug, Clone)]
 pub(super) enum RouteEvent {
-    New { route: Route, flags: u16 },
+    New {
+        route: Route,
+        flags: u16,
+    },
     Del(Route),
+    /// Not a notification: `fib_sync_down_dev` found every hop of this IPv4 multipath
+    /// route dead and flagged its `fib_info` `RTNH_F_LINKDOWN` (a dump shows it), just
+    /// before `fib_flush` removed it without a message. Replayed for corrections only.
+    Linkdown(Route),
 }
 
 impl RouteEvent {
     pub(super) fn key(&self) -> &RouteKey {
         match self {
-            RouteEvent::New { route, .. } | RouteEvent::Del(route) => &route.key,
+            RouteEvent::New { route, .. }
+            | RouteEvent::Del(route)
+            | RouteEvent::Linkdown(route) => &route.key,
         }
     }
 }
@@ -446,6 +455,20 @@ impl Mirror {
         match e {
             RouteEvent::New { route, flags } => self.apply_new_route(route.clone(), *flags, 0),
             RouteEvent::Del(route) => self.apply_del_route(route),
+            RouteEvent::Linkdown(route) => {
+                let k = &route.key;
+                let t = self.fib.table_mut(k.family(), k.table);
+                if let Some(rs) = t.key_routes_mut(&k.dst, &k.sub) {
+                    if let Some(e) = rs
+                        .iter_mut()
+                        .find(|e| super::routes::same_for_delete(&e.attrs, &route.attrs))
+                    {
+                        let mut a = (*e.attrs).clone();
+                        a.flags |= u32::from(crate::model::rtnh::LINKDOWN);
+                        e.attrs = std::sync::Arc::new(a);
+                    }
+                }
+            }
         }
     }
 }
