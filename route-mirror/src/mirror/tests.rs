@@ -26,6 +26,29 @@ fn veth1(flags: u32) -> Link {
     link(3, flags)
 }
 
+/// A mirror with links 3 (veth1) and 4 up.
+fn two_links() -> Mirror {
+    let mut m = Mirror::new();
+    m.apply(Change::NewLink(veth1(UP)));
+    m.apply(Change::NewLink(link(4, UP)));
+    m
+}
+
+/// An IPv4 nexthop object `id` through device `ifindex`.
+fn device_nh(id: u32, ifindex: u32) -> NexthopObject {
+    NexthopObject {
+        id,
+        family: Some(Family::V4),
+        protocol: 0,
+        kind: NexthopKind::Single {
+            gateway: None,
+            ifindex,
+            flags: 0,
+            encap: None,
+        },
+    }
+}
+
 fn attrs(hops: &[(Option<&str>, u32)]) -> RouteAttrs {
     RouteAttrs {
         protocol: 4,
@@ -230,9 +253,7 @@ fn ipv6_siblings_and_their_metrics() {
 
 #[test]
 fn admin_down_flushes_ipv4_routes_without_a_live_hop_in_all_tables() {
-    let mut m = Mirror::new();
-    m.apply(Change::NewLink(veth1(UP)));
-    m.apply(Change::NewLink(link(4, UP)));
+    let mut m = two_links();
     m.apply(new(route("10.0.0.0/8", 0, 3)));
     let mut r = route("10.0.0.0/8", 5, 3);
     r.key.table = 100;
@@ -258,22 +279,8 @@ fn admin_down_flushes_ipv4_routes_without_a_live_hop_in_all_tables() {
 /// routes using them, shrinks groups and drops groups left empty.
 #[test]
 fn carrier_loss_is_state_for_routes_and_death_for_nexthop_objects() {
-    let mut m = Mirror::new();
-    m.apply(Change::NewLink(veth1(UP)));
-    m.apply(Change::NewLink(link(4, UP)));
-    let single = |id, ifindex| {
-        Change::NewNexthop(NexthopObject {
-            id,
-            family: Some(Family::V4),
-            protocol: 0,
-            kind: NexthopKind::Single {
-                gateway: None,
-                ifindex,
-                flags: 0,
-                encap: None,
-            },
-        })
-    };
+    let mut m = two_links();
+    let single = |id, ifindex| Change::NewNexthop(device_nh(id, ifindex));
     let group = |id, members: &[u32]| {
         Change::NewNexthop(NexthopObject {
             id,
@@ -608,9 +615,7 @@ fn a_correction_the_events_after_it_explain_is_withdrawn() {
 #[test]
 fn a_silent_flush_the_link_event_explains_after_the_chunk_is_no_correction() {
     let p = "10.9.0.0/24";
-    let mut m = Mirror::new();
-    m.apply(Change::NewLink(veth1(UP)));
-    m.apply(Change::NewLink(link(4, UP)));
+    let mut m = two_links();
     m.apply(with(route(p, 0, 3), ADD));
     m.apply(with(route(p, 0, 4), APPEND));
     let mut s = v4_scan(&mut m);
@@ -627,9 +632,7 @@ fn a_silent_flush_the_link_event_explains_after_the_chunk_is_no_correction() {
 /// two shows the flag; the link events after it explain that.
 #[test]
 fn a_multipath_route_dumped_dead_before_its_flush_is_no_correction() {
-    let mut m = Mirror::new();
-    m.apply(Change::NewLink(veth1(UP)));
-    m.apply(Change::NewLink(link(4, UP)));
+    let mut m = two_links();
     let mp = route_with("10.8.0.0/16", 0, attrs(&[(None, 3), (None, 4)]));
     m.apply(with(mp.clone(), ADD));
     let mut dumped = (*mp.attrs).clone();
@@ -716,17 +719,7 @@ fn a_nexthop_replace_renotification_moves_nothing() {
 /// notification never comes stays a correction.
 #[test]
 fn a_nexthop_change_in_flight_is_notified_after_the_dump_that_shows_it() {
-    let obj = |id, ifindex| NexthopObject {
-        id,
-        family: Some(Family::V4),
-        protocol: 0,
-        kind: NexthopKind::Single {
-            gateway: None,
-            ifindex,
-            flags: 0,
-            encap: None,
-        },
-    };
+    let obj = device_nh;
     let mut m = Mirror::new();
     m.apply(Change::NewNexthop(obj(1, 2)));
     let gen = m.begin_scan();
