@@ -356,9 +356,16 @@ impl Mirror {
                 })
             };
             let at = r.start + idx.min(r.len());
-            let j = es[at..r.end].iter().position(|e| {
+            let same = |e: &Entry| {
                 Arc::ptr_eq(&e.attrs, &entry.attrs) || e.attrs.same_as_dumped(&entry.attrs)
-            });
+            };
+            // A route this scan already marked earlier in the key's list: the dump
+            // repeated it (an IPv6 dump resumed by position after the tree changed). A
+            // key never lists one route twice (the kernel refuses it with `EEXIST`).
+            if es[r.start..at].iter().any(|e| e.stamp == gen && same(e)) {
+                return None;
+            }
+            let j = es[at..r.end].iter().position(same);
             let before = if j == Some(0) { None } else { base(es) };
             let rs = &mut es[at..r.end];
             let (verdict, noted) = match j {
@@ -380,10 +387,16 @@ impl Mirror {
                     (Verdict::Created, Some(entry))
                 }
             };
-            (verdict, noted, before)
+            Some((verdict, noted, before))
         });
-        let Some((verdict, noted, before)) = marked else {
-            return;
+        let (verdict, noted, before) = match marked {
+            Some(Some(m)) => m,
+            Some(None) => {
+                // The repeat: the cursor stays where the list goes on.
+                scan.route_cursor = Some((key, idx));
+                return;
+            }
+            None => return,
         };
         scan.verdicts.count(verdict);
         if tentative {
