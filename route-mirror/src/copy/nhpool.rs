@@ -73,6 +73,10 @@ pub struct NhCounters {
     pub adopted: u64,
     /// Objects found deleted or changed by someone else, and written again.
     pub repaired: u64,
+    /// Objects a write found missing from the kernel though the pool held them written
+    /// (a route naming one, or a group naming a hop, was refused with "does not
+    /// exist"), written again before that write's retry.
+    pub vanished: u64,
     /// Unused objects deleted.
     pub collected: u64,
     /// Object writes the kernel refused.
@@ -297,10 +301,26 @@ impl NhPool {
                 self.counters.refused += 1;
                 self.enabled = false;
             }
-            Outcome::Failed(_) => {
+            Outcome::Failed(e) => {
                 self.counters.refused += 1;
-                if let Some(ob) = self.objs.get_mut(&id) {
-                    ob.state = State::Failed(now + RETRY);
+                let Some(ob) = self.objs.get_mut(&id) else {
+                    return self.recount();
+                };
+                ob.state = State::Failed(now + RETRY);
+                // A group refused for a member the kernel lacks, though the pool holds
+                // it written: the member went unseen. Members and group are written
+                // again at once (a member refused in the same batch keeps its retry,
+                // and so does the group).
+                if names_missing_object(e) {
+                    let mut again = false;
+                    for m in group_members(&ob.nh) {
+                        again |= self.vanished(m);
+                    }
+                    if again {
+                        if let Some(ob) = self.objs.get_mut(&id) {
+                            ob.state = State::New;
+                        }
+                    }
                 }
             }
             // Checked against the mirror like any other.
@@ -352,6 +372,34 @@ impl NhPool {
             self.recount();
         }
         before != self.counters.repaired
+    }
+
+    /// A write naming object `id` was refused because the kernel does not hold it,
+    /// though the pool believed it written or live (deleted unseen: with its device
+    /// between our write and its echo, or an outcome that was lost): `id` and, for a
+    /// group, its members are written again in the next batch, before the routes that
+    /// name them. Refused objects are left to their retry (their routes go inline).
+    /// Returns whether anything is written again.
+    pub fn vanished(&mut self, id: u32) -> bool {
+        let Some(ob) = self.objs.get_mut(&id) else {
+            return false;
+        };
+        let mut again = false;
+        if matches!(ob.state, State::Written | State::Live) {
+            ob.state = State::New;
+            self.counters.vanished += 1;
+            again = true;
+        }
+        for m in group_members(&self.objs[&id].nh) {
+            if let Some(o) = self.objs.get_mut(&m) {
+                if matches!(o.state, State::Written | State::Live) {
+                    o.state = State::New;
+                    self.counters.vanished += 1;
+                    again = true;
+                }
+            }
+        }
+        again
     }
 
     /// The target's links changed: refused objects are tried again now.
@@ -423,6 +471,26 @@ impl NhPool {
         self.counters.collected += out.len() as u64;
         self.recount();
         out
+    }
+}
+
+/// Whether the kernel refused a write for naming an object it does not hold: a route
+/// ("Nexthop id does not exist") or a group ("Invalid nexthop id"), both EINVAL. Without
+/// the kernel's message any EINVAL is taken for it (writing the objects again is
+/// harmless).
+pub fn names_missing_object(e: &KernelError) -> bool {
+    e.errno == libc::EINVAL
+        && e.msg.as_deref().is_none_or(|m| {
+            let m = m.to_ascii_lowercase();
+            m.contains("nexthop id does not exist") || m.contains("invalid nexthop id")
+        })
+}
+
+/// The ids a group names (none for a single hop).
+fn group_members(nh: &NexthopObject) -> Vec<u32> {
+    match &nh.kind {
+        NexthopKind::Group { members, .. } => members.iter().map(|m| m.id).collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -24,7 +24,7 @@ use super::spec::{Job, Producer};
 use super::status::{
     Bell, JobStatus, LagStats, Mirrored, Msg, Refused, Registry, ThreadCtl, REFUSED_LIST,
 };
-use super::sync::{Origin, Pass, Planned, TargetSync, Verdict, Wanted};
+use super::sync::{Origin, Pass, Planned, Reason, TargetSync, Verdict, Wanted};
 use super::want::Want;
 use crate::export::change::DeltaOp;
 use crate::export::feed::{Feed, Update};
@@ -291,6 +291,29 @@ fn through_objects(
             attrs.flags = 0;
         }
     }
+}
+
+/// Records the kernel's answer to a route write. A route refused for naming an object
+/// of the pool that the kernel lacks (deleted unseen: with its device between our write
+/// and its echo, or its outcome was lost) makes the pool write the object again, in the
+/// next batch, before the route's retry, which is due at once ([`TargetSync::outcome`]).
+fn route_outcome(
+    pool: &mut NhPool,
+    sync: &mut TargetSync,
+    p: &Planned,
+    o: &Outcome,
+    now: Instant,
+    now_ms: u64,
+) {
+    if let (Outcome::Failed(e), Some(id)) = (o, p.attrs.nh_id) {
+        if nhpool::in_range(id)
+            && Reason::of_route_error(e, &p.attrs) == Reason::NoObject
+            && pool.vanished(id)
+        {
+            warn!(id, dst = %p.dst, "copies: a nexthop object of ours vanished: written again");
+        }
+    }
+    sync.outcome(p, o, now, now_ms);
 }
 
 /// A device up with a carrier (the kernel keeps nexthop objects on it).
@@ -822,7 +845,7 @@ impl Runner {
                 if let Outcome::Failed(e) = o {
                     tracing::debug!(copy = %self.jobs[*i].job.name, dst = %p.dst, op = ?p.op, error = %e, "write refused");
                 }
-                self.jobs[*i].sync.outcome(p, o, now, ms);
+                route_outcome(&mut self.pool, &mut self.jobs[*i].sync, p, o, now, ms);
             }
             self.watch_events(&plans, ms);
         }
@@ -1055,5 +1078,266 @@ impl Runner {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && self.round() {}
         info!("copies without persist removed their routes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::mirror::Stamped;
+    use crate::model::{rtn, NextHop, NexthopKind, NexthopObject, RouteAttrs, RouteKey, SubKey};
+    use crate::writer::KernelError;
+
+    const PROTO: u8 = 240;
+
+    /// The kernel as the copy thread sees it: objects and one table's routes, refusing
+    /// as the kernel does what names an object it lacks.
+    #[derive(Default)]
+    struct Kernel {
+        objs: HashMap<u32, NexthopObject>,
+        routes: HashMap<IpNet, RouteAttrs>,
+        /// Object writes whose outcome is lost (and which the kernel does not apply).
+        lose: FxHashSet<u32>,
+    }
+
+    fn einval(msg: &str) -> Outcome {
+        Outcome::Failed(KernelError {
+            errno: libc::EINVAL,
+            msg: Some(msg.into()),
+        })
+    }
+
+    impl Kernel {
+        fn object(&mut self, o: &NexthopObject) -> Outcome {
+            if self.lose.remove(&o.id) {
+                return Outcome::Unknown;
+            }
+            if let NexthopKind::Group { members, .. } = &o.kind {
+                if members.iter().any(|m| !self.objs.contains_key(&m.id)) {
+                    return einval("Invalid nexthop id");
+                }
+            }
+            self.objs.insert(o.id, o.clone());
+            Outcome::Done
+        }
+
+        fn route(&mut self, p: &Planned) -> Outcome {
+            if p.op == RouteOp::Delete {
+                self.routes.remove(&p.dst);
+                return Outcome::Done;
+            }
+            if p.attrs.nh_id.is_some_and(|id| !self.objs.contains_key(&id)) {
+                return einval("Nexthop id does not exist");
+            }
+            self.routes.insert(p.dst, p.attrs.clone());
+            Outcome::Done
+        }
+
+        /// The device of `ifindex` flaps: its hops go, groups lose them (and go when
+        /// empty), and so do the routes naming what went, all without a message.
+        fn flap(&mut self, ifindex: u32) -> Vec<IpNet> {
+            self.objs.retain(
+                |_, o| !matches!(o.kind, NexthopKind::Single { ifindex: i, .. } if i == ifindex),
+            );
+            loop {
+                let ids: FxHashSet<u32> = self.objs.keys().copied().collect();
+                let mut emptied = false;
+                self.objs.retain(|_, o| match &mut o.kind {
+                    NexthopKind::Group { members, .. } => {
+                        members.retain(|m| ids.contains(&m.id));
+                        emptied |= members.is_empty();
+                        !members.is_empty()
+                    }
+                    _ => true,
+                });
+                if !emptied {
+                    break;
+                }
+            }
+            let gone: Vec<IpNet> = self
+                .routes
+                .iter()
+                .filter(|(_, a)| a.nh_id.is_some_and(|id| !self.objs.contains_key(&id)))
+                .map(|(d, _)| *d)
+                .collect();
+            for d in &gone {
+                self.routes.remove(d);
+            }
+            gone
+        }
+
+        fn mirror(&self) -> HashMap<u32, Stamped<NexthopObject>> {
+            self.objs
+                .iter()
+                .map(|(id, o)| {
+                    (
+                        *id,
+                        Stamped {
+                            value: o.clone(),
+                            stamp: 0,
+                        },
+                    )
+                })
+                .collect()
+        }
+
+        fn current(&self, dst: IpNet) -> Vec<Entry> {
+            self.routes
+                .get(&dst)
+                .map(|a| Entry::new(SubKey::metric(0), Arc::new(a.clone()), 0))
+                .into_iter()
+                .collect()
+        }
+    }
+
+    fn wanted(dst: IpNet, w: u16) -> Vec<Wanted> {
+        let hop = |gw: &str, ifindex: u32| NextHop {
+            weight: w,
+            ..NextHop::new(Some(gw.parse().unwrap()), ifindex)
+        };
+        vec![Ok((
+            RouteKey {
+                table: 200,
+                dst,
+                sub: SubKey::metric(0),
+            },
+            RouteAttrs {
+                protocol: PROTO,
+                kind: rtn::UNICAST,
+                nexthops: vec![hop("198.18.1.2", 3), hop("198.18.2.2", 5)].into(),
+                ..Default::default()
+            },
+        ))]
+    }
+
+    /// One turn of the copy thread against `k`: what the target's feed brought (echoes
+    /// of the last round's writes, then `foreign` deletes), the pool's check against
+    /// the objects now there, then one round: plan, objects first, routes, outcomes.
+    /// Returns the routes written.
+    fn turn(
+        k: &mut Kernel,
+        pool: &mut NhPool,
+        sync: &mut TargetSync,
+        echoes: &mut Vec<IpNet>,
+        foreign: &[IpNet],
+        weight: &dyn Fn(IpNet) -> u16,
+        now: Instant,
+    ) -> usize {
+        for d in echoes.drain(..) {
+            sync.target_changed(d, Origin::Ours, false);
+        }
+        for d in foreign {
+            sync.target_changed(*d, Origin::Foreign, true);
+        }
+        pool.check(&k.mirror());
+        let mut plans = Vec::new();
+        for (dst, why, at) in sync.ready(now, 100) {
+            let mut w = wanted(dst, weight(dst));
+            let held: FxHashSet<u32> = k.objs.keys().copied().collect();
+            through_objects(pool, &mut w, now, &|id| held.contains(&id), &|_| true);
+            plans.extend(sync.plan(dst, why, at, &w, &k.current(dst), now));
+        }
+        for o in pool.take_writes(now) {
+            let out = k.object(&o);
+            pool.outcome(o.id, &out, now);
+        }
+        for p in &plans {
+            let out = k.route(p);
+            if out == Outcome::Done {
+                echoes.push(p.dst);
+            }
+            route_outcome(pool, sync, p, &out, now, 0);
+        }
+        plans.len()
+    }
+
+    /// Issue 15, the soak's "10.68.23.0/24 [invalid: Nexthop id does not exist]": an
+    /// object of the pool vanishes before the pool saw it live (its device flapped
+    /// between our write and its echo; or its write's outcome was lost and the kernel
+    /// never made it). The pool cannot tell that from an echo still on its way, so it
+    /// keeps believing the object is there; the route naming it is refused. The route
+    /// must not be left missing: the pool writes the object again and the route is
+    /// retried at once (counted as `no_object`), and until then the copy is not idle
+    /// (a barrier, so the soak's checkpoint, waits for it).
+    #[test]
+    fn a_route_refused_for_a_vanished_object_gets_it_back_at_once() {
+        let d: IpNet = "10.68.23.0/24".parse().unwrap();
+        let e: IpNet = "10.68.24.0/24".parse().unwrap();
+        for lost in [false, true] {
+            let t0 = Instant::now();
+            let mut k = Kernel::default();
+            let mut pool = NhPool::new(PROTO);
+            let mut sync = TargetSync::new(200, PROTO, false);
+            let mut echoes = Vec::new();
+            let weight = |dst: IpNet| if dst == e { 2 } else { 3 };
+            sync.source_changed(d, 0);
+            if lost {
+                // The hop on veth2's write: outcome lost, not made.
+                k.lose.insert(nhpool::ID_BASE + 1);
+            }
+            turn(&mut k, &mut pool, &mut sync, &mut echoes, &[], &weight, t0);
+            let gone = if lost {
+                // The group was refused (its member was not there), so was the route;
+                // with the fix the member and group are written again at once.
+                assert!(!k.routes.contains_key(&d));
+                Vec::new()
+            } else {
+                assert!(k.routes[&d].nh_id.is_some(), "installed through a group");
+                // veth2 flaps before the echoes are read: its hop, the group (left
+                // with one member: still there) ... and with veth1's flap too, all.
+                k.flap(5);
+                k.flap(3)
+            };
+            // Another route needs a new group of the same hops (a refused group with
+            // a missing member, the hop written again with it).
+            sync.source_changed(e, 0);
+            let mut now = t0;
+            let mut turns = 0;
+            while !(k.routes.contains_key(&d) && k.routes.contains_key(&e)) {
+                turns += 1;
+                assert!(
+                    turns <= 4,
+                    "lost={lost}: still missing after {turns} turns: routes {:?}, objects {:?}, failures {:?}",
+                    k.routes.keys().collect::<Vec<_>>(),
+                    k.objs.keys().collect::<Vec<_>>(),
+                    sync.failures().map(|(k, f)| (k.0, f.reason, f.detail.clone())).collect::<Vec<_>>()
+                );
+                let foreign = if turns == 1 { gone.clone() } else { Vec::new() };
+                let wrote = turn(
+                    &mut k,
+                    &mut pool,
+                    &mut sync,
+                    &mut echoes,
+                    &foreign,
+                    &weight,
+                    now,
+                );
+                if k.routes.contains_key(&d) && k.routes.contains_key(&e) {
+                    break;
+                }
+                assert!(
+                    wrote > 0 || !sync.idle(),
+                    "lost={lost}: idle with a route missing (turn {turns})"
+                );
+                // Well within the first backoff.
+                now += Duration::from_millis(1);
+            }
+            for (dst, w) in [(d, 3), (e, 2)] {
+                let g = k.routes[&dst].nh_id.expect("through a group");
+                let NexthopKind::Group { members, .. } = &k.objs[&g].kind else {
+                    panic!("{g} is not a group");
+                };
+                assert_eq!(members.len(), 2, "lost={lost}: both hops");
+                assert!(members
+                    .iter()
+                    .all(|m| m.weight == w && k.objs.contains_key(&m.id)));
+            }
+            assert!(sync.counters.failed_by_reason["no_object"] >= 1, "counted");
+            assert!(pool.counters.vanished >= 1, "counted");
+            assert_eq!(sync.failures().count(), 0, "lost={lost}");
+        }
     }
 }

@@ -31,6 +31,10 @@ use crate::writer::{KernelError, Outcome, RouteOp};
 /// First retry of a refused route; doubles per failed attempt up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Retries in a row, without backoff, of a route refused because a nexthop object of
+/// the copy's pool had vanished (the pool writes it again first): enough for a device
+/// that flaps while we write, bounded for a kernel that keeps deleting it.
+pub const QUICK_RETRIES: u32 = 3;
 
 /// Why a prefix needs a look.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -126,9 +130,11 @@ pub enum Reason {
     Exists,
     /// EINVAL (the kernel's message says which part).
     Invalid,
-    /// ENOENT / ESRCH on a write that needed something the target lacks (a nexthop
-    /// object, a table...).
+    /// ENOENT / ESRCH on a write that needed something the target lacks (a table...).
     Missing,
+    /// EINVAL "Nexthop id does not exist": the route names a nexthop object the target
+    /// lacks (one of the copy's pool is written again and the route retried at once).
+    NoObject,
     Other,
 }
 
@@ -142,6 +148,7 @@ impl Reason {
             Reason::Exists => "exists",
             Reason::Invalid => "invalid",
             Reason::Missing => "missing",
+            Reason::NoObject => "no_object",
             Reason::Other => "other",
         }
     }
@@ -158,6 +165,14 @@ impl Reason {
         }
     }
 
+    /// The reason of a refused route write.
+    pub fn of_route_error(e: &KernelError, attrs: &RouteAttrs) -> Reason {
+        if attrs.nh_id.is_some() && super::nhpool::names_missing_object(e) {
+            return Reason::NoObject;
+        }
+        Reason::of_errno(e.errno)
+    }
+
     /// Refusals a change of the target's links or addresses may cure (retried at once
     /// on such a change, besides the backoff).
     pub fn link_related(self) -> bool {
@@ -168,6 +183,7 @@ impl Reason {
                 | Reason::DeviceDown
                 | Reason::NoSuchDevice
                 | Reason::Invalid
+                | Reason::NoObject
         )
     }
 }
@@ -180,6 +196,9 @@ pub struct Failure {
     /// The kernel's message, or the missing device.
     pub detail: Option<String>,
     pub attempts: u32,
+    /// Retries in a row without backoff ([`QUICK_RETRIES`]).
+    #[serde(skip)]
+    pub quick: u32,
     #[serde(skip)]
     pub next_try: Instant,
     /// What was attempted (a changed want is tried at once, not after the backoff).
@@ -843,9 +862,13 @@ impl TargetSync {
             errno,
             detail: None,
             attempts: 0,
+            quick: 0,
             next_try: now,
             attrs: None,
         });
+        if f.reason != reason {
+            f.quick = 0;
+        }
         f.reason = reason;
         f.errno = errno;
         f.detail = detail;
@@ -884,14 +907,31 @@ impl TargetSync {
             // Deleting what is already gone is done.
             Outcome::Failed(KernelError { errno, .. })
                 if p.op == RouteOp::Delete && matches!(*errno, libc::ESRCH | libc::ENOENT) => {}
-            Outcome::Failed(e) => self.refuse(
-                (p.dst, p.key.sub, which(&p.key, &p.attrs)),
-                Reason::of_errno(e.errno),
-                Some(e.errno),
-                e.msg.clone(),
-                (p.op != RouteOp::Delete).then(|| p.attrs.clone()),
-                now,
-            ),
+            Outcome::Failed(e) => {
+                let fkey = (p.dst, p.key.sub, which(&p.key, &p.attrs));
+                let reason = Reason::of_route_error(e, &p.attrs);
+                self.refuse(
+                    fkey,
+                    reason,
+                    Some(e.errno),
+                    e.msg.clone(),
+                    (p.op != RouteOp::Delete).then(|| p.attrs.clone()),
+                    now,
+                );
+                // An object of the copy's pool vanished unseen: the pool writes it
+                // again in the next batch (the caller tells it), so the retry is due
+                // now, and the prefix is pending work till then (a barrier waits).
+                let pooled = p.attrs.nh_id.is_some_and(super::nhpool::in_range);
+                if reason == Reason::NoObject && pooled {
+                    if let Some(f) = self.failures.get_mut(&fkey) {
+                        if f.quick < QUICK_RETRIES {
+                            f.quick += 1;
+                            f.next_try = now;
+                            self.mark(p.dst, Why::default(), None);
+                        }
+                    }
+                }
+            }
             Outcome::Unknown => {
                 self.counters.unknown += 1;
                 if let Some(b) = self.busy.get_mut(&p.dst) {
