@@ -1287,3 +1287,65 @@ fn ecmp_goes_through_shared_nexthop_objects() {
     assert!(after.contains_key(&g82));
     assert_exact(&d, &name, "after the collection");
 }
+
+/// Multipath routes change (new weights: new groups) while `veth2` loses and regains its
+/// carrier again and again, and the daemon's tiny receive buffer overruns (resyncs): the
+/// kernel deletes the copy's objects on `veth2` and shrinks the groups naming them,
+/// silently, some between our write and the mirror's sight of its echo, so the pool
+/// believed them as written: routes naming them were refused ("Nexthop id does not
+/// exist", seen in the soak) or forwarded through a shrunk group, for good. Every such
+/// route must come back: `diff --copy` is empty after each storm (its barrier waits for
+/// the objects to be confirmed), with nothing left refused.
+#[test]
+fn ecmp_churn_through_carrier_flaps_leaves_no_route_missing() {
+    const STORMS: usize = 8;
+    /// Route changes between two carrier changes.
+    const FLAP_EVERY: usize = 150;
+    let a = Netns::new();
+    let tmp = TempDir::new("copy-nh-flap").unwrap();
+    let name = "main=200";
+    let d = Daemon::start_synced(&a, &["--copy", name, "--rcvbuf", "16384"]);
+    wait_copy_synced(&d, name);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for storm in 0..STORMS {
+        let mut lines = Vec::new();
+        for n in 0..3000usize {
+            if n.is_multiple_of(FLAP_EVERY) {
+                let state = if (n / FLAP_EVERY).is_multiple_of(2) {
+                    "down"
+                } else {
+                    "up"
+                };
+                lines.push(format!("link set veth2p {state}"));
+            }
+            let i = next() % 1000;
+            lines.push(format!(
+                "route replace 100.90.{}.{}/32 nexthop via 198.18.1.2 dev veth1 weight {} nexthop via 198.18.2.2 dev veth2 weight {}",
+                i / 250,
+                i % 250,
+                1 + next() % 16,
+                1 + next() % 16
+            ));
+        }
+        lines.push("link set veth2p up".into());
+        a.load_batch(write_batch(tmp.path(), "storm.batch", &lines));
+        let out = d.cli_timeout(&["sync"], Duration::from_secs(120));
+        assert!(out.status.success(), "sync: {out:?}");
+        assert_exact(&d, name, &format!("after storm {storm}"));
+        let c = copy(&d, name);
+        assert_eq!(c["failing"], 0, "storm {storm}: {c:#}");
+        eprintln!(
+            "storm {storm}: refused routes by reason {}, objects vanished {}, repaired {}, refused {}",
+            c["failed_by_reason"],
+            c["nexthop_objects"]["vanished"],
+            c["nexthop_objects"]["repaired"],
+            c["nexthop_objects"]["refused"],
+        );
+    }
+}

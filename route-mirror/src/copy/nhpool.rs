@@ -35,6 +35,10 @@ pub const ID_SPAN: u32 = 1 << 20;
 /// An object the kernel refused is tried again after this long (its routes go inline
 /// meanwhile).
 const RETRY: Duration = Duration::from_secs(1);
+/// An object the kernel accepted and the target's mirror still shows otherwise (or not
+/// at all) after this long was changed or deleted unseen (the mirror overran and
+/// resynced past our echo, or the device went between our write and its echo).
+pub const UNSEEN_AFTER: Duration = Duration::from_secs(1);
 
 pub fn in_range(id: u32) -> bool {
     (ID_BASE..ID_BASE + ID_SPAN).contains(&id)
@@ -59,6 +63,9 @@ enum State {
 struct Obj {
     nh: NexthopObject,
     state: State,
+    /// When the kernel last accepted it (`None`: never yet). Routes in the kernel may
+    /// name it since then.
+    done: Option<Instant>,
 }
 
 /// Counters shown with the copies.
@@ -160,6 +167,7 @@ impl NhPool {
                 Obj {
                     nh,
                     state: State::Live,
+                    done: None,
                 },
             );
             self.counters.adopted += 1;
@@ -233,6 +241,7 @@ impl NhPool {
                                 },
                             },
                             state: State::New,
+                            done: None,
                         },
                     );
                     id
@@ -263,6 +272,7 @@ impl NhPool {
                             },
                         },
                         state: State::New,
+                        done: None,
                     },
                 );
                 self.groups.insert(members, id);
@@ -293,10 +303,17 @@ impl NhPool {
         out
     }
 
-    /// The kernel's answer to writing object `id`.
-    pub fn outcome(&mut self, id: u32, o: &Outcome, now: Instant) {
+    /// The kernel's answer to writing object `id`. Returns whether routes in the kernel
+    /// may name it though it is refused now (a rewrite refused: they must go inline).
+    pub fn outcome(&mut self, id: u32, o: &Outcome, now: Instant) -> bool {
+        let mut stranded = false;
         match o {
-            Outcome::Done => self.counters.written += 1,
+            Outcome::Done => {
+                self.counters.written += 1;
+                if let Some(ob) = self.objs.get_mut(&id) {
+                    ob.done = Some(now);
+                }
+            }
             Outcome::Failed(KernelError { errno, .. }) if *errno == libc::EOPNOTSUPP => {
                 self.counters.refused += 1;
                 self.enabled = false;
@@ -304,9 +321,11 @@ impl NhPool {
             Outcome::Failed(e) => {
                 self.counters.refused += 1;
                 let Some(ob) = self.objs.get_mut(&id) else {
-                    return self.recount();
+                    self.recount();
+                    return false;
                 };
                 ob.state = State::Failed(now + RETRY);
+                stranded = ob.done.is_some();
                 // A group refused for a member the kernel lacks, though the pool holds
                 // it written: the member went unseen. Members and group are written
                 // again at once (a member refused in the same batch keeps its retry,
@@ -323,10 +342,16 @@ impl NhPool {
                     }
                 }
             }
-            // Checked against the mirror like any other.
-            Outcome::Unknown => {}
+            // Checked against the mirror like any other: unseen after a while, it is
+            // written again.
+            Outcome::Unknown => {
+                if let Some(ob) = self.objs.get_mut(&id) {
+                    ob.done = Some(now);
+                }
+            }
         }
         self.recount();
+        stranded
     }
 
     /// Compares the pool with the target's objects: written ones seen become live.
@@ -336,12 +361,23 @@ impl NhPool {
     /// group the kernel still holds after losing a member is deleted once unused.
     /// Returns whether something broke: the routes naming broken objects must be
     /// checked again (a full pass).
-    pub fn check(&mut self, nexthops: &HashMap<u32, Stamped<NexthopObject>>) -> bool {
+    ///
+    /// A written object the mirror still shows otherwise, or not at all, [`UNSEEN_AFTER`]
+    /// after the kernel accepted it was changed or deleted unseen: it is written again
+    /// (same id), and routes naming it are checked again.
+    pub fn check(&mut self, nexthops: &HashMap<u32, Stamped<NexthopObject>>, now: Instant) -> bool {
         let mut gone: FxHashSet<u32> = FxHashSet::default();
         let before = self.counters.repaired;
         for (id, o) in self.objs.iter_mut() {
+            let unseen = o
+                .done
+                .is_some_and(|t| now.saturating_duration_since(t) >= UNSEEN_AFTER);
             match (o.state, nexthops.get(id)) {
                 (State::Written, Some(k)) if same_object(&k.value, &o.nh) => o.state = State::Live,
+                (State::Written, _) if unseen => {
+                    o.state = State::New;
+                    self.counters.repaired += 1;
+                }
                 (State::Live, Some(k)) if !same_object(&k.value, &o.nh) => {
                     o.state = State::New;
                     self.counters.repaired += 1;
@@ -409,6 +445,22 @@ impl NhPool {
                 o.state = State::New;
             }
         }
+    }
+
+    /// Whether an object the kernel accepted is still unseen by the mirror after
+    /// [`UNSEEN_AFTER`] (then [`NhPool::check`] is due without a change of objects).
+    pub fn unseen(&self, now: Instant) -> bool {
+        self.objs.values().any(|o| {
+            o.state == State::Written
+                && o.done
+                    .is_some_and(|t| now.saturating_duration_since(t) >= UNSEEN_AFTER)
+        })
+    }
+
+    /// Whether an object written is not yet seen by the target's mirror as written
+    /// (routes naming it may forward otherwise until it is, or is written again).
+    pub fn unconfirmed(&self) -> bool {
+        self.objs.values().any(|o| o.state == State::Written)
     }
 
     /// Whether there are objects to write.
@@ -578,7 +630,7 @@ mod tests {
             p.outcome(o.id, &Outcome::Done, now);
         }
         let live = mirror_of(&w);
-        assert!(!p.check(&live));
+        assert!(!p.check(&live, now));
         // Someone changes a group: written again.
         let mut changed = mirror_of(&w);
         changed.get_mut(&g).unwrap().value.kind = NexthopKind::Group {
@@ -588,12 +640,12 @@ mod tests {
             }],
             resilient: false,
         };
-        assert!(p.check(&changed));
+        assert!(p.check(&changed, now));
         assert_eq!(
             p.take_writes(now).iter().map(|o| o.id).collect::<Vec<_>>(),
             vec![g]
         );
-        assert!(!p.check(&live));
+        assert!(!p.check(&live, now));
         // Only g2 used: g goes; its hops stay (g2 uses them).
         let used: FxHashSet<u32> = [g2].into_iter().collect();
         let c = p.collect(&used);
@@ -611,12 +663,12 @@ mod tests {
         let ab = [hop("198.18.1.2", 3), hop("198.18.2.2", 5)];
         let g = p.group_for(Family::V4, &ab, now, &none).unwrap();
         let w = p.take_writes(now);
-        p.check(&mirror_of(&w));
+        p.check(&mirror_of(&w), now);
         // The kernel deletes hop b with its device; the group keeps hop a.
         let b_id = w[1].id;
         let mut k = mirror_of(&w);
         k.remove(&b_id);
-        assert!(p.check(&k));
+        assert!(p.check(&k, now));
         assert_eq!(p.counters.objects, 1, "hop a stays");
         let g2 = p
             .group_for(Family::V4, &ab, now, &|id| k.contains_key(&id))
@@ -684,5 +736,53 @@ mod tests {
         q.outcome(w[1].id, &no, now);
         assert_eq!(q.group_for(Family::V4, &ab, now, &taken), None);
         assert!(q.counters.disabled);
+    }
+
+    /// Objects the kernel accepted, then changed or deleted before the mirror showed
+    /// them (an overrun's resync, a device gone between our write and its echo): a
+    /// while later they are written again under the same ids, and a group refused for a
+    /// member the pool believed written takes the member along.
+    #[test]
+    fn objects_changed_or_deleted_unseen_are_written_again() {
+        let mut p = NhPool::new(240);
+        let t0 = Instant::now();
+        let none = |_: u32| false;
+        let ab = [hop("198.18.1.2", 3), hop("198.18.2.2", 5)];
+        let g = p.group_for(Family::V4, &ab, t0, &none).unwrap();
+        let w = p.take_writes(t0);
+        for o in &w {
+            p.outcome(o.id, &Outcome::Done, t0);
+        }
+        // The kernel lost hop b (and the group shrank) before the mirror saw either.
+        let b_id = w[1].id;
+        let mut k = mirror_of(&w);
+        k.remove(&b_id);
+        k.get_mut(&g).unwrap().value.kind = NexthopKind::Group {
+            members: vec![GroupMember {
+                id: w[0].id,
+                weight: 1,
+            }],
+            resilient: false,
+        };
+        assert!(!p.check(&k, t0), "an echo may be on its way");
+        assert!(p.unconfirmed() && !p.unseen(t0));
+        let later = t0 + UNSEEN_AFTER;
+        assert!(p.unseen(later));
+        assert!(p.check(&k, later), "routes naming them are checked again");
+        let again: Vec<u32> = p.take_writes(later).iter().map(|o| o.id).collect();
+        assert_eq!(again, vec![b_id, g], "same ids");
+        // The group is refused, for a member the kernel lacks (gone again unseen).
+        p.outcome(b_id, &Outcome::Done, later);
+        let missing = Outcome::Failed(KernelError {
+            errno: libc::EINVAL,
+            msg: Some("Invalid nexthop id".into()),
+        });
+        assert!(p.outcome(g, &missing, later), "routes name it: stranded");
+        let again: Vec<u32> = p.take_writes(later).iter().map(|o| o.id).collect();
+        assert_eq!(again, vec![w[0].id, b_id, g], "members and group at once");
+        assert_eq!(p.counters.vanished, 2);
+        // A route refused for the group: group and members written again.
+        assert!(p.vanished(g));
+        assert_eq!(p.take_writes(later).len(), 3);
     }
 }

@@ -367,6 +367,7 @@ impl Runner {
                 self.check_scans();
                 self.check_links(false);
                 self.check_settle();
+                self.check_unseen_objects();
                 for _ in 0..ROUNDS_PER_TURN {
                     if !self.round() {
                         break;
@@ -402,9 +403,12 @@ impl Runner {
         }
     }
 
-    /// Whether everything known has been written and confirmed.
+    /// Whether everything known has been written and confirmed (objects included: one
+    /// changed or deleted unseen is written again [`nhpool::UNSEEN_AFTER`] after it
+    /// was accepted, so a barrier may wait that long).
     fn idle(&self) -> bool {
         self.settling.is_none()
+            && !self.pool.unconfirmed()
             && self.jobs.iter().all(|j| j.sync.idle() && j.sync.synced)
             && self
                 .nss
@@ -574,7 +578,7 @@ impl Runner {
                         let name = self.nss[n].name.clone();
                         if b.nexthops_changed && name == self.target {
                             let m = self.nss[n].m.mirror.read().expect("mirror lock");
-                            let broken = self.pool.check(&m.nexthops);
+                            let broken = self.pool.check(&m.nexthops, Instant::now());
                             drop(m);
                             self.gc_due = true;
                             if broken {
@@ -720,6 +724,27 @@ impl Runner {
         }
     }
 
+    /// Objects the kernel accepted that the target's mirror still shows otherwise, or
+    /// not at all, a while later (changed or deleted unseen: an overrun's resync past
+    /// our echo, a device gone between our write and its echo) are written again, and
+    /// the routes naming them checked again. A change of objects checks them too
+    /// (`drain_feeds`); this catches them when no change follows.
+    fn check_unseen_objects(&mut self) {
+        let now = Instant::now();
+        if !self.pool.unseen(now) {
+            return;
+        }
+        let t = self.ns(&self.target);
+        let m = self.nss[t].m.mirror.read().expect("mirror lock");
+        let broken = self.pool.check(&m.nexthops, now);
+        drop(m);
+        if broken {
+            info!("copies: nexthop objects of ours changed or deleted unseen: written again, routes naming them checked again");
+            let name = self.target.clone();
+            self.pass_for(&name);
+        }
+    }
+
     /// Prefixes written long ago whose echo never came are settled through a barrier
     /// of the target's core (then the target's mirror has seen everything we wrote).
     fn check_settle(&mut self) {
@@ -830,17 +855,23 @@ impl Runner {
             let now = Instant::now();
             let ms = now_ms();
             let (ob, routes) = self.outcomes.split_at(objects.len());
+            let mut stranded = false;
             for (o, (_, out)) in objects.iter().zip(ob) {
                 if let Outcome::Failed(e) = out {
                     warn!(id = o.id, error = %e, "copies: nexthop object refused");
                 }
-                self.pool.outcome(o.id, out, now);
+                stranded |= self.pool.outcome(o.id, out, now);
             }
             if !plans.is_empty() {
                 self.gc_due = true;
             }
             let routes = routes.to_vec();
             self.outcomes = routes;
+            if stranded {
+                // Routes in the kernel name an object refused now: they go inline.
+                let t = self.target.clone();
+                self.pass_for(&t);
+            }
             for ((i, p), (_, o)) in plans.iter().zip(self.outcomes.iter()) {
                 if let Outcome::Failed(e) = o {
                     tracing::debug!(copy = %self.jobs[*i].job.name, dst = %p.dst, op = ?p.op, error = %e, "write refused");
@@ -1232,7 +1263,7 @@ mod tests {
         for d in foreign {
             sync.target_changed(*d, Origin::Foreign, true);
         }
-        pool.check(&k.mirror());
+        pool.check(&k.mirror(), now);
         let mut plans = Vec::new();
         for (dst, why, at) in sync.ready(now, 100) {
             let mut w = wanted(dst, weight(dst));
