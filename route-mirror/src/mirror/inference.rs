@@ -166,6 +166,9 @@ impl Mirror {
                 }
             }
         }
+        for &id in &removed {
+            self.window.nh_member_removed(id, &self.nexthops);
+        }
         if silent {
             self.counters.inferred_nexthop_removals += removed.len() as u64;
         }

@@ -517,7 +517,7 @@ impl Mirror {
                 scan.object_verdicts.count(v);
                 if v != Verdict::Seen {
                     self.window
-                        .nh_correction(window::ObjectId::Link(link.ifindex), v);
+                        .nh_correction(window::ObjectId::Link(link.ifindex), v, None);
                 }
                 if self
                     .live
@@ -558,8 +558,9 @@ impl Mirror {
                 scan.object_verdicts.count(v);
                 if v != Verdict::Seen {
                     debug!(?v, old = ?self.nexthops.get(&nh.id).map(|n| &n.value), new = ?nh, "scan corrected a nexthop object");
+                    let before = self.nexthops.get(&nh.id).map(|n| n.value.clone());
                     self.window
-                        .nh_correction(window::ObjectId::Nexthop(nh.id), v);
+                        .nh_correction(window::ObjectId::Nexthop(nh.id), v, before);
                 }
                 self.nexthops.insert(
                     nh.id,

@@ -753,3 +753,40 @@ fn a_nexthop_change_in_flight_is_notified_after_the_dump_that_shows_it() {
     let v = s.object_verdicts;
     assert_eq!((v.updated, v.created, v.seen), (0, 1, 3), "{v:?}");
 }
+
+/// A nexthop object whose device loses its carrier goes, and the kernel takes it out of
+/// its groups without a message for them. A dump read between that and the link event
+/// shows the groups shrunk: the link event explains it. Without that event the group's
+/// correction stays counted.
+#[test]
+fn a_group_dumped_without_a_member_whose_removal_comes_later_is_no_correction() {
+    for carrier_loss in [true, false] {
+        let mut m = two_links();
+        m.apply(Change::NewNexthop(device_nh(1, 3)));
+        m.apply(Change::NewNexthop(device_nh(2, 4)));
+        let group = |members: &[u32]| NexthopObject {
+            id: 10,
+            family: None,
+            protocol: 0,
+            kind: NexthopKind::Group {
+                members: members
+                    .iter()
+                    .map(|&id| GroupMember { id, weight: 1 })
+                    .collect(),
+                resilient: false,
+            },
+        };
+        m.apply(Change::NewNexthop(group(&[1, 2])));
+        let gen = m.begin_scan();
+        let mut s = ActiveScan::new(ScanReason::NexthopRemoved, ScanScope::full(), gen);
+        // Nexthop 1 is gone already when the dump reads the objects.
+        m.mark(Change::NewNexthop(device_nh(2, 4)), &mut s);
+        m.mark(Change::NewNexthop(group(&[2])), &mut s);
+        if carrier_loss {
+            m.apply(Change::NewLink(veth1(NO_CARRIER)));
+        }
+        m.prune(&mut s);
+        let v = s.object_verdicts;
+        assert_eq!(v.updated, u64::from(!carrier_loss), "{carrier_loss}: {v:?}");
+    }
+}

@@ -55,7 +55,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::Mirror;
 use crate::fib::Entry;
-use crate::model::{Family, Route, RouteKey};
+use crate::model::{Family, NexthopKind, NexthopObject, Route, RouteKey};
 use crate::reconcile::{ActiveScan, Verdict};
 
 /// Events kept per window generation; two generations are kept, so at least this many of
@@ -141,7 +141,9 @@ pub(super) struct DumpWindow {
     /// tentative the same way (a change's notification is queued after the dump chunk
     /// that already shows it; seen in the eBPF soak: `nexthop replace` during a confirming
     /// scan).
-    nh_tentative: HashMap<ObjectId, Verdict>,
+    /// With a nexthop object's value before the correction (see
+    /// [`DumpWindow::nh_member_removed`]).
+    nh_tentative: HashMap<ObjectId, (Verdict, Option<NexthopObject>)>,
     /// Object corrections withdrawn: (updated, created).
     nh_withdrawn: (u64, u64),
 }
@@ -335,15 +337,62 @@ impl DumpWindow {
     }
 
     /// A dump corrected object `id` (`verdict`).
-    pub(super) fn nh_correction(&mut self, id: ObjectId, verdict: Verdict) {
+    /// `before`: a nexthop object's value before the correction.
+    pub(super) fn nh_correction(
+        &mut self,
+        id: ObjectId,
+        verdict: Verdict,
+        before: Option<NexthopObject>,
+    ) {
         if verdict != Verdict::Seen && self.nh_tentative.len() < TENTATIVE_CAP {
-            self.nh_tentative.insert(id, verdict);
+            self.nh_tentative.insert(id, (verdict, before));
+        }
+    }
+
+    /// Nexthop object `member` went (notified, or inferred from its device), and the
+    /// kernel took it out of every group without a message for the groups. A group a
+    /// dump corrected is withdrawn if its value before the correction, without
+    /// `member`, is what the mirror holds now: the dump showed the group after the
+    /// removal, before the removal's event came (seen in the eBPF soak: groups shrunk by
+    /// a member whose device went down, dumped before the link event).
+    pub(super) fn nh_member_removed(
+        &mut self,
+        member: u32,
+        now: &HashMap<u32, super::Stamped<NexthopObject>>,
+    ) {
+        if self.nh_tentative.is_empty() {
+            return;
+        }
+        let mut explained = Vec::new();
+        for (id, (_, before)) in self.nh_tentative.iter_mut() {
+            let ObjectId::Nexthop(gid) = *id else {
+                continue;
+            };
+            let Some(NexthopObject {
+                kind: NexthopKind::Group { members, .. },
+                ..
+            }) = before
+            else {
+                continue;
+            };
+            members.retain(|m| m.id != member);
+            if before.as_ref() == now.get(&gid).map(|n| &n.value) {
+                explained.push(*id);
+            }
+        }
+        for id in explained {
+            tracing::trace!(
+                ?id,
+                member,
+                "group correction explained by a member's removal"
+            );
+            self.nh_reflected(id);
         }
     }
 
     /// A notification about object `id` changed nothing: the dump had shown it already.
     pub(super) fn nh_reflected(&mut self, id: ObjectId) {
-        match self.nh_tentative.remove(&id) {
+        match self.nh_tentative.remove(&id).map(|(v, _)| v) {
             Some(Verdict::Updated) => self.nh_withdrawn.0 += 1,
             Some(Verdict::Created) => self.nh_withdrawn.1 += 1,
             _ => {}
