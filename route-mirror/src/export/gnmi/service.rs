@@ -870,6 +870,39 @@ mod tests {
     use super::*;
     use crate::export::gnmi::snapshot::{tests as walk, MAX_RENDERED};
 
+    /// What a subscriber reads.
+    type Responses = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<SubscribeResponse, Status>> + Send>,
+    >;
+
+    /// A STREAM subscription to every path of `afts` (ON_CHANGE, PROTO), served the
+    /// way `subscribe` serves one: its counters, its response stream and its task.
+    fn subscribe_all(afts: &Arc<Afts>) -> (Arc<GnmiStats>, Responses, tokio::task::JoinHandle<()>) {
+        let stats = Arc::new(GnmiStats::default());
+        let ctx = Ctx {
+            stats: stats.clone(),
+            renderers: Arc::new(Semaphore::new(1)),
+        };
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let out = Out::new(tx, stats.clone());
+        let stream = Box::pin(responses(rx, out.unsent.clone()));
+        let call = StreamCall {
+            subs: Arc::new(vec![Sub {
+                sel: Selector::all(),
+                sample: None,
+                suppress_redundant: false,
+                heartbeat: None,
+            }]),
+            enc: Encoding::Proto,
+            updates_only: false,
+            barrier: Arc::new(Barrier::new(1)),
+            out,
+            ctx,
+        };
+        let task = tokio::spawn(stream_hub(afts.clone(), String::new(), call));
+        (stats, stream, task)
+    }
+
     /// A Get answers with at most `get_max` bytes, counted exactly as the response
     /// encodes: the whole table at exactly its size is served, a byte less is refused
     /// with RESOURCE_EXHAUSTED pointing to Subscribe ONCE; a small limit refuses a
@@ -954,28 +987,7 @@ mod tests {
                 aft.set(1001, walk::net(i), Some(&walk::best(1, i % 3)), out);
             }
         });
-        let stats = Arc::new(GnmiStats::default());
-        let ctx = Ctx {
-            stats: stats.clone(),
-            renderers: Arc::new(Semaphore::new(1)),
-        };
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let out = Out::new(tx, stats.clone());
-        let mut stream = Box::pin(responses(rx, out.unsent.clone()));
-        let call = StreamCall {
-            subs: Arc::new(vec![Sub {
-                sel: Selector::all(),
-                sample: None,
-                suppress_redundant: false,
-                heartbeat: None,
-            }]),
-            enc: Encoding::Proto,
-            updates_only: false,
-            barrier: Arc::new(Barrier::new(1)),
-            out,
-            ctx,
-        };
-        let task = tokio::spawn(stream_hub(afts.clone(), String::new(), call));
+        let (_stats, mut stream, task) = subscribe_all(&afts);
         let mut model = BTreeMap::new();
         // Reads until the stream is quiet; the sync_responses seen.
         async fn read(
@@ -1069,28 +1081,7 @@ mod tests {
     async fn a_slow_stream_subscriber_costs_a_slice_and_ends_exact() {
         const N: u32 = 50_000;
         let afts = walk::hub(N);
-        let stats = Arc::new(GnmiStats::default());
-        let ctx = Ctx {
-            stats: stats.clone(),
-            renderers: Arc::new(Semaphore::new(1)),
-        };
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
-        let out = Out::new(tx, stats.clone());
-        let mut stream = Box::pin(responses(rx, out.unsent.clone()));
-        let call = StreamCall {
-            subs: Arc::new(vec![Sub {
-                sel: Selector::all(),
-                sample: None,
-                suppress_redundant: false,
-                heartbeat: None,
-            }]),
-            enc: Encoding::Proto,
-            updates_only: false,
-            barrier: Arc::new(Barrier::new(1)),
-            out,
-            ctx,
-        };
-        let task = tokio::spawn(stream_hub(afts.clone(), String::new(), call));
+        let (stats, mut stream, task) = subscribe_all(&afts);
 
         // Churn on a thread of its own, as the pump does.
         let stop = Arc::new(AtomicBool::new(false));
