@@ -6,6 +6,8 @@
 //!   on drop.
 //! * [`Daemon`] — a `route-mirror run --netns NS` process with its own control
 //!   socket and log file in a private temp dir, killed on drop.
+//! * [`NatsServer`] — `nats-server -js` on loopback for the NATS export, killed on
+//!   drop, and daemons publishing to it.
 //!
 //! Everything kernel-related happens inside namespaces created here; the host's
 //! own routes, links and addresses are never touched. Tests need root and
@@ -23,6 +25,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+
+mod nats;
+pub use nats::NatsServer;
 
 /// Default timeout for one CLI call.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
@@ -389,6 +394,17 @@ impl Netns {
                 .arg(&self.name)
                 .args(args),
         )
+    }
+
+    /// Adds `prefix` (`extra`, e.g. a metric, after it) with one hop via each veth
+    /// peer, 198.18.1.2 and 198.18.2.2, at `weights`.
+    pub fn add_two_hop_route(&self, prefix: &str, weights: [u32; 2], extra: &[&str]) {
+        let [w1, w2] = weights.map(|w| w.to_string());
+        let mut args = vec!["route", "add", prefix];
+        args.extend_from_slice(extra);
+        args.extend(["nexthop", "via", "198.18.1.2", "weight", &w1]);
+        args.extend(["nexthop", "via", "198.18.2.2", "weight", &w2]);
+        self.ip(&args);
     }
 
     /// Load a route batch: `zcat FILE | ip -n NAME -batch -` (plain files are

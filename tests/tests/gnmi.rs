@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use route_mirror_tests::{
-    batch, daemon_bin, free_port, poll, test_python, workspace_root, Daemon, Netns, TempDir,
+    batch, daemon_bin, free_port, poll, test_python, workspace_root, Daemon, NatsServer, Netns,
+    TempDir,
 };
 use serde_json::Value;
 
@@ -272,23 +273,7 @@ fn now() -> f64 {
 #[test]
 fn pygnmi_reads_the_mirror() {
     let ns = Netns::new();
-    ns.ip(&[
-        "route",
-        "add",
-        "10.0.0.0/8",
-        "metric",
-        "7",
-        "nexthop",
-        "via",
-        "198.18.1.2",
-        "weight",
-        "1",
-        "nexthop",
-        "via",
-        "198.18.2.2",
-        "weight",
-        "3",
-    ]);
+    ns.add_two_hop_route("10.0.0.0/8", [1, 3], &["metric", "7"]);
     ns.ip(&[
         "-6",
         "route",
@@ -415,21 +400,7 @@ fn pygnmi_reads_the_mirror() {
 #[test]
 fn a_get_larger_than_the_client_receives_is_refused_clearly() {
     let ns = Netns::new();
-    ns.ip(&[
-        "route",
-        "add",
-        "10.0.0.0/8",
-        "nexthop",
-        "via",
-        "198.18.1.2",
-        "weight",
-        "2",
-        "nexthop",
-        "via",
-        "198.18.2.2",
-        "weight",
-        "5",
-    ]);
+    ns.add_two_hop_route("10.0.0.0/8", [2, 5], &[]);
     ns.load_batch(batch("v4-100k"));
     let Some((d, g)) = Gnmi::start(&ns, &[]) else {
         return;
@@ -628,23 +599,7 @@ fn said_by_gnmi(msgs: &[Value]) -> BTreeMap<(String, String), Said> {
 #[test]
 fn pygnmi_and_nats_read_the_same_fib() {
     let ns = Netns::new();
-    ns.ip(&[
-        "route",
-        "add",
-        "10.0.0.0/8",
-        "metric",
-        "7",
-        "nexthop",
-        "via",
-        "198.18.1.2",
-        "weight",
-        "1",
-        "nexthop",
-        "via",
-        "198.18.2.2",
-        "weight",
-        "3",
-    ]);
+    ns.add_two_hop_route("10.0.0.0/8", [1, 3], &["metric", "7"]);
     ns.ip(&["route", "add", "blackhole", "192.0.2.0/24", "table", "100"]);
     ns.ip(&[
         "-6",
@@ -658,17 +613,8 @@ fn pygnmi_and_nats_read_the_same_fib() {
     ]);
     ns.load_batch(batch("v4-10k"));
     let dir = TempDir::new("rm-gnmi-nats").unwrap();
-    let port = free_port();
-    let url = format!("nats://127.0.0.1:{port}");
-    let _nats = Running(
-        Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (cargo xtask test installs it)"),
-    );
+    let nats = NatsServer::start(dir.path(), free_port());
+    let url = nats.url.clone();
     let Some((d, g)) = Gnmi::start_with(&ns, &["--nats-url", &url, "--nats-host", "r1"], &[])
     else {
         return;

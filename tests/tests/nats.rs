@@ -3,49 +3,14 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use route_mirror_tests::{
-    batch, daemon_bin, free_port, poll, test_python, workspace_root, Daemon, Netns, TempDir,
+    batch, daemon_bin, free_port, poll, test_python, workspace_root, Daemon, NatsServer, Netns,
+    TempDir,
 };
 use serde_json::Value;
-
-/// `nats-server -js` on a free loopback port with its store in `dir`; killed on drop.
-struct NatsServer {
-    child: Child,
-    url: String,
-    port: u16,
-}
-
-impl NatsServer {
-    fn start(dir: &Path, port: u16) -> NatsServer {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (cargo xtask test installs it)");
-        let url = format!("nats://127.0.0.1:{port}");
-        poll(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        })
-        .expect("nats-server listening");
-        NatsServer { child, url, port }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Every message of the stream, read by nats-py.
 fn stream_messages(python: &Path, url: &str) -> Vec<Value> {
@@ -157,33 +122,8 @@ fn jetstream_carries_the_mirror() {
     let port = free_port();
     let mut server = NatsServer::start(dir.path(), port);
     let ns = Netns::new();
-    ns.ip(&[
-        "route",
-        "add",
-        "10.0.0.0/8",
-        "nexthop",
-        "via",
-        "198.18.1.2",
-        "weight",
-        "1",
-        "nexthop",
-        "via",
-        "198.18.2.2",
-        "weight",
-        "3",
-    ]);
-    let d = Daemon::start_synced(
-        &ns,
-        &[
-            "--nats-url",
-            &server.url,
-            "--nats-host",
-            "r1",
-            "--nats-snapshot-interval",
-            "0",
-        ],
-    );
-    let router = format!("r1/{}", ns.name());
+    ns.add_two_hop_route("10.0.0.0/8", [1, 3], &[]);
+    let (d, router) = server.daemon(&ns, &["--nats-snapshot-interval", "0"]);
     // The changes below must come after the first snapshot to be changes.
     poll(Duration::from_secs(10), || {
         (fleet_routes(&server.url, &router).0 == "current").then_some(())
@@ -322,18 +262,7 @@ fn a_late_consumer_rebuilds_from_a_periodic_snapshot() {
     let server = NatsServer::start(dir.path(), free_port());
     let ns = Netns::new();
     ns.ip(&["route", "add", "198.51.100.0/24", "via", "198.18.1.2"]);
-    let d = Daemon::start_synced(
-        &ns,
-        &[
-            "--nats-url",
-            &server.url,
-            "--nats-host",
-            "r1",
-            "--nats-snapshot-interval",
-            "2",
-        ],
-    );
-    let router = format!("r1/{}", ns.name());
+    let (d, router) = server.daemon(&ns, &["--nats-snapshot-interval", "2"]);
     consumer_matches_mirror(&server.url, &router, &d, "at start");
     ns.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.2.2"]);
     ns.ip(&["route", "del", "198.51.100.0/24"]);
@@ -444,20 +373,7 @@ fn a_resync_is_bracketed_on_the_stream() {
     let server = NatsServer::start(dir.path(), free_port());
     let ns = Netns::new();
     // ENOBUFS is the netlink source's loss path: a 4 KiB queue and a stopped daemon.
-    let d = Daemon::start_synced(
-        &ns,
-        &[
-            "--nats-url",
-            &server.url,
-            "--nats-host",
-            "r1",
-            "--rcvbuf",
-            "4096",
-            "--source",
-            "netlink",
-        ],
-    );
-    let router = format!("r1/{}", ns.name());
+    let (d, router) = server.daemon(&ns, &["--rcvbuf", "4096", "--source", "netlink"]);
     poll(Duration::from_secs(10), || {
         (fleet_routes(&server.url, &router).0 == "current").then_some(())
     })
@@ -518,8 +434,7 @@ fn nexthop_replace_and_link_rename_reach_the_consumer() {
     ]);
     ns.ip(&["route", "add", "192.0.2.0/24", "nhid", "10"]);
     ns.ip(&["route", "add", "198.51.100.0/24", "nhid", "10"]);
-    let d = Daemon::start_synced(&ns, &["--nats-url", &server.url, "--nats-host", "r1"]);
-    let router = format!("r1/{}", ns.name());
+    let (d, router) = server.daemon(&ns, &[]);
     consumer_matches_mirror(&server.url, &router, &d, "at start");
     ns.ip(&[
         "nexthop",
