@@ -3,7 +3,8 @@
 `flock /work/locks/heavy` on a shared machine:
 
   sudo bench/fleet.py fleet  [--routers 20] [--routes 2000] [--rounds 5] [--churn 400] [--steady 20]
-  sudo bench/fleet.py gnmi   [--v4 v4-1m] [--v6 v6-230k] [--churn 20000] [--steady 20]
+  sudo bench/fleet.py gnmi   [--v4 v4-1m] [--v6 v6-230k] [--churn 20000] [--steady 20] [--subscribers 0,1,10]
+  sudo bench/fleet.py nats   [--v4 v4-1m] [--v6 v6-230k] [--churn 20000] [--snapshot-interval 30]
 
 fleet: ROUTERS namespaces (each a veth pair and ROUTES IPv4 + ROUTES/4 IPv6 routes), one
   daemon mirroring all of them (--netns x ROUTERS) and publishing to one `nats-server -js`
@@ -14,7 +15,10 @@ fleet: ROUTERS namespaces (each a veth pair and ROUTES IPv4 + ROUTES/4 IPv6 rout
   route added in a random namespace at a time, timed until `route-mirror fleet follow`
   shows that router's copy moved (p50/p99 over LAG_SAMPLES). With --steady, before the
   lag: every router churning at once for that long, the changes/s the kernels took and
-  the consumer applied, the daemon's CPU, and when the consumer caught up.
+  the consumer applied, the daemon's CPU, and when the consumer caught up. Last, a late
+  consumer: a fresh `route-mirror fleet routers` replays the retained stream (the daemon
+  snapshots every SNAPSHOT_INTERVAL s, 0: only at start), timed until caught up, and a
+  fresh `fleet dump` is compared with every kernel (0 differences wanted).
 
 gnmi: one namespace with the v4 and v6 route sets, a daemon with --gnmi-listen: the time
   and bytes of a Subscribe ONCE snapshot of every entry (gNMI stub from pygnmi's package,
@@ -22,7 +26,14 @@ gnmi: one namespace with the v4 and v6 route sets, a daemon with --gnmi-listen: 
   attached: the daemon's CPU seconds, peak RSS and the changes/s the subscribers saw.
   With --steady, after each burst: sustained churn for that long (the steady update
   throughput to 0, 1, 10 subscribers, the daemon's CPU share); with 1 subscriber, the
-  lag kernel -> subscriber of LAG_SAMPLES single route adds (p50/p99).
+  lag kernel -> subscriber of LAG_SAMPLES single route adds (p50/p99). --subscribers
+  picks the passes (e.g. `1` with --steady 0: only the lag).
+
+nats: one namespace with the v4 and v6 route sets, a daemon with --nats-url publishing
+  to `nats-server -js` on loopback: the time until its first snapshot is in the stream,
+  then a late consumer (`fleet routers` from scratch: replays the retained stream) timed
+  until caught up and its `fleet dump` compared with the kernel; then CHURN route
+  changes and the next periodic snapshot, and the same late consumer again.
 
 Prints a markdown table. Needs nats-server and the test venv (`cargo xtask test` makes
 target/test-venv with pygnmi and nats-py). ROUTE_MIRROR_BIN picks the daemon binary
@@ -138,15 +149,52 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def start_nats(work, clean):
+    """`nats-server -js` on loopback, storing in WORK: its URL and monitoring port."""
+    port, mon = free_port(), free_port()
+    nats = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(mon),
+                             "-sd", work], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clean.procs.append(nats)
+    return f"nats://127.0.0.1:{port}", mon
+
+
+def stream_size(mon):
+    """Messages and bytes JetStream retains (the server's monitoring endpoint)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{mon}/jsz", timeout=5) as r:
+        v = json.load(r)
+    return v.get("messages", 0), v.get("bytes", 0)
+
+
+def late_consumer(url, mon, want):
+    """A consumer joining now: `fleet routers` from scratch (it replays the retained
+    stream) timed until caught up, then a fresh `fleet dump` compared with WANT, the
+    kernels' routes per router. Returns (seconds, messages, bytes, routes, differences,
+    routers not current)."""
+    msgs, size = stream_size(mon)
+    t = time.time()
+    routers = [json.loads(l) for l in sh(BIN, "fleet", "--nats-url", url, "routers").stdout.splitlines()]
+    took = time.time() - t
+    got = consumer_routes(url)
+    diffs = stale = 0
+    for r, routes in want.items():
+        state, have = got.get(r, ("missing", set()))
+        stale += state != "current"
+        diffs += len(have ^ routes)
+    return took, msgs, size, sum(r["routes"] for r in routers), diffs, stale
+
+
+def late_row(label, late):
+    took, msgs, size, routes, diffs, stale = late
+    return (f"late consumer: {label}", f"caught up in **{took:.2f} s** replaying {msgs:,} messages "
+            f"({size / 1e6:.1f} MB), {routes:,} routes", f"{diffs} differences, {stale} routers not current")
+
+
 def fleet(args, clean):
     rng = random.Random(16)
     work = tempfile.mkdtemp(prefix="rmfleet")
     clean.dirs.append(work)
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
-    nats = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", work],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    clean.procs.append(nats)
+    url, mon = start_nats(work, clean)
     names = [f"{PREFIX}-{i}" for i in range(args.routers)]
     installed = {}
     for n in names:
@@ -157,7 +205,7 @@ def fleet(args, clean):
               [f"route replace {p} via 2001:2:0:1::2" for p in v6])
         installed[n] = v4 | v6
     cmd = [BIN, "run", "--config", "/dev/null", "--source", "netlink", "--nats-url", url,
-           "--nats-host", "bench", "--nats-snapshot-interval", "0"]
+           "--nats-host", "bench", "--nats-snapshot-interval", str(args.snapshot_interval)]
     for n in names:
         cmd += ["--netns", n]
     log = open(os.path.join(work, "daemon.log"), "w")
@@ -272,6 +320,12 @@ def fleet(args, clean):
         if ok:
             lags.append(got - t)
     follow.terminate()
+    late = None
+    if args.late:
+        for n in names:
+            sh(BIN, "--socket", sock(n), "sync")
+        late = late_consumer(url, mon, {f"bench/{n}": kernel_routes(n) for n in names})
+        print(f"late: {late}", file=sys.stderr, flush=True)
     print("\n| round | changes (all routers) | kernel applied (s) | consumer = kernel after (s) | kernel routes | differences | stale routers |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -286,6 +340,8 @@ def fleet(args, clean):
     if lags:
         print(f"lag kernel -> consumer over {len(lags)} single changes: p50 {pct(lags, 50) * 1000:.1f} ms, "
               f"p99 {pct(lags, 99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms")
+    if late:
+        print(" | ".join(late_row(f"{len(names)} routers, snapshot interval {args.snapshot_interval:g} s", late)))
 
 
 def proc_stat(pid):
@@ -395,13 +451,13 @@ def lag_gnmi(args, n, seen):
             f"p99 {pct(lags, 99) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms", "", "")
 
 
-def gnmi(args, clean):
-    work = tempfile.mkdtemp(prefix="rmgnmi")
-    clean.dirs.append(work)
+def table_ns(args, clean, suffix):
+    """A namespace holding the shared v4 and v6 route sets (their next hops on veth1
+    and veth2): its name."""
     shared = os.environ.get("ROUTE_MIRROR_SHARED", os.path.join(REPO, "..", "shared"))
     if not os.path.isdir(os.path.join(shared, "routes")):
         shared = "/work/shared"
-    n = f"{PREFIX}-g"
+    n = f"{PREFIX}-{suffix}"
     make_ns(n, clean)
     sh("ip", "-n", n, "link", "add", "veth2", "type", "veth", "peer", "name", "veth2p")
     sh("ip", "-n", n, "link", "set", "veth2p", "up")
@@ -412,10 +468,17 @@ def gnmi(args, clean):
         if b:
             data = gzip.open(os.path.join(shared, "routes", f"{b}.batch.gz")).read()
             subprocess.run(["ip", "-n", n, "-batch", "-"], input=data, check=True, capture_output=True)
+    return n
+
+
+def gnmi(args, clean):
+    work = tempfile.mkdtemp(prefix="rmgnmi")
+    clean.dirs.append(work)
+    n = table_ns(args, clean, "g")
     client = os.path.join(work, "client.py")
     open(client, "w").write(GNMI_CLIENT)
     results = []
-    for subs in (0, 1, 10):
+    for subs in args.subscribers:
         port = free_port()
         addr = f"127.0.0.1:{port}"
         log = open(os.path.join(work, f"daemon{subs}.log"), "w")
@@ -425,7 +488,7 @@ def gnmi(args, clean):
         clean.procs.append(d)
         while sh(BIN, "--socket", os.path.join(work, "rm.sock"), "sync", check=False).returncode != 0:
             time.sleep(0.5)
-        if subs == 0:
+        if subs == args.subscribers[0]:
             # The snapshot of every entry over gNMI (ONCE, PROTO).
             t = time.time()
             _, rss0, _ = proc_stat(d.pid)
@@ -504,9 +567,63 @@ def gnmi(args, clean):
         print("| " + " | ".join(r) + " |")
 
 
+def nats(args, clean):
+    work = tempfile.mkdtemp(prefix="rmnats")
+    clean.dirs.append(work)
+    n = table_ns(args, clean, "n")
+    url, mon = start_nats(work, clean)
+    rm = lambda *a, **kw: sh(BIN, "--socket", os.path.join(work, "rm.sock"), *a, **kw)
+    log = open(os.path.join(work, "daemon.log"), "w")
+    t0 = time.time()
+    d = subprocess.Popen([BIN, "run", "--config", "/dev/null", "--netns", n, "--source", "netlink",
+                          "--socket", os.path.join(work, "rm.sock"), "--nats-url", url, "--nats-host", "bench",
+                          "--nats-snapshot-interval", str(args.snapshot_interval)], stdout=log, stderr=log)
+    clean.procs.append(d)
+    while rm("sync", check=False).returncode != 0:
+        time.sleep(0.5)
+    synced = time.time() - t0
+
+    def snapshots():
+        return (json.loads(rm("stats", "--json").stdout).get("nats") or {}).get("snapshots", 0)
+
+    def wait_snapshots(k, limit):
+        end = time.time() + limit
+        while snapshots() < k:
+            if time.time() > end:
+                sys.exit(f"no snapshot {k} within {limit} s")
+            time.sleep(0.2)
+        return time.time()
+
+    first = wait_snapshots(1, 600) - t0
+    cpu, rss, hwm = proc_stat(d.pid)
+    want = lambda: {f"bench/{n}": kernel_routes(n)}
+    rows = [("daemon start -> first snapshot in the stream", f"synced in {synced:.1f} s, snapshot "
+             f"published {first:.1f} s after start", f"daemon CPU {cpu:.1f} s, RSS {rss / 1024:.0f} MiB "
+             f"(peak {hwm / 1024:.0f} MiB)")]
+    print(rows[-1], file=sys.stderr, flush=True)
+    rows.append(late_row("1 snapshot", late_consumer(url, mon, want())))
+    print(rows[-1], file=sys.stderr, flush=True)
+    if args.churn and args.snapshot_interval:
+        rng = random.Random(7)
+        prefixes = sorted({rand_v4(rng) for _ in range(args.churn // 2)})
+        k = snapshots()
+        batch(n, [f"route replace {p} via 198.18.2.2" for p in prefixes])
+        batch(n, [f"route del {p}" for p in prefixes[: len(prefixes) // 2]])
+        rm("sync")
+        wait_snapshots(k + 1, 2 * args.snapshot_interval + 600)
+        rows.append(late_row(f"{k + 1} snapshots and {len(prefixes) + len(prefixes) // 2:,} changes "
+                             "between them", late_consumer(url, mon, want())))
+        print(rows[-1], file=sys.stderr, flush=True)
+    d.send_signal(signal.SIGTERM)
+    d.wait(10)
+    print("\n| measurement | | |\n|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["fleet", "gnmi"])
+    ap.add_argument("what", choices=["fleet", "gnmi", "nats"])
     ap.add_argument("--routers", type=int, default=20)
     ap.add_argument("--routes", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
@@ -516,12 +633,19 @@ def main():
     ap.add_argument("--v6", default="v6-230k")
     ap.add_argument("--steady", type=float, default=20.0,
                     help="seconds of sustained churn (0: none)")
+    ap.add_argument("--subscribers", default="0,1,10",
+                    type=lambda v: [int(x) for x in v.split(",")],
+                    help="gnmi: the STREAM subscriber counts to measure")
+    ap.add_argument("--snapshot-interval", type=float, default=0,
+                    help="the daemon's --nats-snapshot-interval (0: snapshots only at start)")
+    ap.add_argument("--late", type=int, default=1,
+                    help="fleet: measure a late consumer at the end (0: no)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root")
     clean = Cleanup()
     try:
-        {"fleet": fleet, "gnmi": gnmi}[args.what](args, clean)
+        {"fleet": fleet, "gnmi": gnmi, "nats": nats}[args.what](args, clean)
     finally:
         clean()
 
