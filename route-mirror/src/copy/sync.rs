@@ -615,57 +615,27 @@ impl TargetSync {
             } else {
                 Verdict::Installed
             };
+            // One write of this route-by-route plan.
+            let planned = |op, attrs: &RouteAttrs| Planned {
+                list: false,
+                dst,
+                op,
+                key: *key,
+                attrs: attrs.clone(),
+                verdict,
+                repair,
+            };
             match mine {
                 Some(i) if contested => {
-                    dels.push(Planned {
-                        list: false,
-                        dst,
-                        op: RouteOp::Delete,
-                        key: *key,
-                        attrs: (*current[i].attrs).clone(),
-                        verdict,
-                        repair,
-                    });
-                    writes.push(Planned {
-                        list: false,
-                        dst,
-                        op: RouteOp::Add,
-                        key: *key,
-                        attrs: attrs.clone(),
-                        verdict,
-                        repair,
-                    });
+                    dels.push(planned(RouteOp::Delete, &current[i].attrs));
+                    writes.push(planned(RouteOp::Add, attrs));
                 }
-                Some(_) => writes.push(Planned {
-                    list: false,
-                    dst,
-                    op: RouteOp::Replace,
-                    key: *key,
-                    attrs: attrs.clone(),
-                    verdict,
-                    repair,
-                }),
-                None if took_over => writes.push(Planned {
-                    list: false,
-                    dst,
-                    op: RouteOp::Replace,
-                    key: *key,
-                    attrs: attrs.clone(),
-                    verdict,
-                    repair,
-                }),
+                Some(_) => writes.push(planned(RouteOp::Replace, attrs)),
+                None if took_over => writes.push(planned(RouteOp::Replace, attrs)),
                 // An alien route at the key: not ours to replace, unless we own the
                 // table (then `mine` would have found it). The kernel's EEXIST is the
                 // answer, counted.
-                None => writes.push(Planned {
-                    list: false,
-                    dst,
-                    op: RouteOp::Add,
-                    key: *key,
-                    attrs: attrs.clone(),
-                    verdict,
-                    repair,
-                }),
+                None => writes.push(planned(RouteOp::Add, attrs)),
             }
         }
         for (i, e) in current.iter().enumerate() {
