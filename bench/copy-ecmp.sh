@@ -33,15 +33,6 @@ PY
 
 B=""
 trap 'rc=$?; stop_daemon; ns_delete "$B"; (exit $rc); cleanup' EXIT
-copy_field() { cli copies --json 2>/dev/null | python3 -c "import json,sys; c=json.load(sys.stdin)[0]; print($1)" 2>/dev/null; }
-until_copy() {
-    local deadline=$((SECONDS + BENCH_TIMEOUT))
-    until [ "$(copy_field "$1")" = True ]; do
-        kill -0 "$DAEMON_PID" 2>/dev/null || die "daemon exited"
-        [ "$SECONDS" -lt "$deadline" ] || die "copy: not ($1) within ${BENCH_TIMEOUT}s"
-        sleep 0.2
-    done
-}
 
 log "$(uptime)"
 A=$(ns_new_name); ns_create "$A"; NS=$A
@@ -56,7 +47,7 @@ for mode in true false; do
     "$BIN" --config "$CFG" run --netns "$A" --socket "$SOCK" >>"$WORK/daemon.log" 2>&1 &
     DAEMON_PID=$!
     wait_synced >/dev/null
-    until_copy 'c["state"] == "synced"'
+    until_copy 'c["state"] == "synced"' 0.2
     MS=$(copy_field 'c["initial_sync_ms"]')
     INST=$(copy_field 'c["verdicts"]["installed"]')
     CPU=$(copy_field 'c["cpu_s"]')

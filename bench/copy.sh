@@ -30,15 +30,6 @@ N=$(wc -l <"$ROUTES_TXT")
 sed -E 's/^route add (blackhole )?([^ ]+)/route add \1\2 table 300/' "$ROUTES_TXT" >"$WORK/ipbatch.txt"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# until_copy PYEXPR: polls `copies` until the expression holds (or BENCH_TIMEOUT).
-until_copy() {
-    local deadline=$((SECONDS + BENCH_TIMEOUT))
-    until [ "$(copy_field "$1")" = True ]; do
-        kill -0 "$DAEMON_PID" 2>/dev/null || die "daemon exited"
-        [ "$SECONDS" -lt "$deadline" ] || die "copy: not ($1) within ${BENCH_TIMEOUT}s"
-        sleep "${2:-0.1}"
-    done
-}
 B=""
 # lib.sh's cleanup (daemon, $NS, work directory) after the second namespace.
 trap 'rc=$?; stop_daemon; ns_delete "$B"; (exit $rc); cleanup' EXIT
@@ -57,9 +48,6 @@ flush_table() {
 }
 # Events lost by either mirror so far (each forces a resync): warnings in the daemon log.
 losses() { grep -c -E "events were lost|ring lost notifications|dump stalled" "$WORK/daemon.log" || true; }
-copy_field() { # copy_field PYEXPR (on the first copy as `c`)
-    copy_json | python3 -c "import json,sys; c=json.load(sys.stdin)[0]; print($1)" 2>/dev/null
-}
 
 for run in $(seq "$RUNS"); do
     log "run $run/$RUNS: $(uptime)"

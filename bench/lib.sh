@@ -120,6 +120,21 @@ routes_total() { cli stats --json 2>/dev/null | json_get routes_total; }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON_PID/status"; }
 
+# copy_field PYEXPR: the expression on the daemon's first copy (`copies --json`) as `c`.
+copy_field() {
+    cli copies --json 2>/dev/null | python3 -c "import json,sys; c=json.load(sys.stdin)[0]; print($1)" 2>/dev/null
+}
+
+# until_copy PYEXPR [SLEEP]: polls `copies` until the expression holds (or BENCH_TIMEOUT).
+until_copy() {
+    local deadline=$((SECONDS + BENCH_TIMEOUT))
+    until [ "$(copy_field "$1")" = True ]; do
+        kill -0 "$DAEMON_PID" 2>/dev/null || die "daemon exited"
+        [ "$SECONDS" -lt "$deadline" ] || die "copy: not ($1) within ${BENCH_TIMEOUT}s"
+        sleep "${2:-0.1}"
+    done
+}
+
 # build_bin  -> sets BIN (the release daemon, or $ROUTE_MIRROR_BIN)
 build_bin() {
     if [ -n "${ROUTE_MIRROR_BIN:-}" ]; then
