@@ -633,31 +633,63 @@ fn kill_9_then_source_changes_then_restart_adopts_without_a_flush() {
 fn sigterm_leaves_the_routes_unless_persist_is_off() {
     let a = Netns::new();
     let b = Netns::new();
+    let c = Netns::new();
     let tmp = TempDir::new("copy-persist").unwrap();
     add_via_veth1(&a, 10);
+    // Multipath: through nexthop objects in the targets.
+    for i in 0..5 {
+        a.ip(&[
+            "route",
+            "add",
+            &format!("100.65.{i}.0/24"),
+            "nexthop",
+            "via",
+            "198.18.1.2",
+            "dev",
+            "veth1",
+            "nexthop",
+            "via",
+            "198.18.2.2",
+            "dev",
+            "veth2",
+        ]);
+    }
     let d = start_with_config(
         &a,
         tmp.path(),
         format!(
             "[[copy]]\nname = \"kept\"\nfrom = \"main\"\nto = \"{b}/200\"\n\n\
-             [[copy]]\nname = \"dropped\"\nfrom = \"main\"\nto = \"{b}/201\"\npersist = false\n",
-            b = b.name()
+             [[copy]]\nname = \"dropped\"\nfrom = \"main\"\nto = \"{b}/201\"\npersist = false\n\n\
+             [[copy]]\nname = \"gone\"\nfrom = \"main\"\nto = \"{c}/200\"\npersist = false\n",
+            b = b.name(),
+            c = c.name()
         ),
     );
-    wait_copy_synced(&d, "kept");
-    wait_copy_synced(&d, "dropped");
+    for name in ["kept", "dropped", "gone"] {
+        wait_copy_synced(&d, name);
+    }
     assert!(route(&b, "100.64.5.0/24", "201").is_some());
+    assert_eq!(groups(&our_objects(&b)).len(), 1, "one group shared in b");
+    assert_eq!(our_objects(&c).len(), 3, "two hops and a group in c");
     let st = d.stop().expect("daemon exit status");
     assert!(st.success(), "{st:?}");
     let kept = routes(&b, "-4", "200");
     assert!(
-        kept.iter().filter(|r| r["protocol"] == PROTO).count() >= 10,
+        kept.iter().filter(|r| r["protocol"] == PROTO).count() >= 15,
         "{kept:?}"
     );
     assert!(
         routes(&b, "-4", "201").is_empty(),
         "persist = false removes its routes"
     );
+    assert!(routes(&c, "-4", "200").is_empty());
+    // The objects of c served only a copy that does not persist: deleted; b's serve
+    // the persisting copy's routes: kept.
+    assert!(our_objects(&c).is_empty(), "{:?}", our_objects(&c));
+    let objs = our_objects(&b);
+    assert_eq!(objs.len(), 3, "{objs:?}");
+    let g = groups(&objs)[0];
+    assert!(kept.iter().any(|r| r["nhid"].as_u64() == Some(g)));
 }
 
 #[test]

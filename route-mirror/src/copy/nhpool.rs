@@ -475,11 +475,26 @@ impl NhPool {
     /// Live objects no route in `used` names (directly or through a group) and no
     /// group keeps: removed from the pool and returned, groups first, for deletion.
     pub fn collect(&mut self, used: &FxHashSet<u32>) -> Vec<NexthopObject> {
+        self.collect_where(used, |o| o.state == State::Live)
+    }
+
+    /// Every object no route in `used` names and no kept group needs, whatever its
+    /// state: the exit of copies that do not persist (objects written but unconfirmed
+    /// go too; deleting one the kernel never made is refused, harmlessly).
+    pub fn release(&mut self, used: &FxHashSet<u32>) -> Vec<NexthopObject> {
+        self.collect_where(used, |_| true)
+    }
+
+    fn collect_where(
+        &mut self,
+        used: &FxHashSet<u32>,
+        ripe: impl Fn(&Obj) -> bool,
+    ) -> Vec<NexthopObject> {
         let dead_groups: Vec<u32> = self
             .groups
             .values()
             .copied()
-            .filter(|id| !used.contains(id) && self.objs[id].state == State::Live)
+            .filter(|id| !used.contains(id) && ripe(&self.objs[id]))
             .collect();
         let mut out = Vec::new();
         let protocol = self.protocol;
@@ -510,9 +525,7 @@ impl NhPool {
             .hops
             .values()
             .copied()
-            .filter(|id| {
-                !kept.contains(id) && !used.contains(id) && self.objs[id].state == State::Live
-            })
+            .filter(|id| !kept.contains(id) && !used.contains(id) && ripe(&self.objs[id]))
             .collect();
         for id in &dead_hops {
             if let Some(o) = self.objs.remove(id) {

@@ -1109,6 +1109,50 @@ impl Runner {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && self.round() {}
         info!("copies without persist removed their routes");
+        self.release_objects(&gone);
+    }
+
+    /// Deletes the nexthop objects of the pool that no route left in the target uses
+    /// once the copies `gone` removed theirs (persisting copies keep theirs, and any
+    /// route elsewhere naming one keeps it: deleting it would delete that route).
+    fn release_objects(&mut self, gone: &[usize]) {
+        let dropped: Vec<(Family, u32)> = gone
+            .iter()
+            .flat_map(|&i| Family::ALL.map(|f| (f, self.jobs[i].job.to.table)))
+            .collect();
+        let dead = {
+            let t = self.ns(&self.target);
+            let m = self.nss[t].m.mirror.read().expect("mirror lock");
+            let mut used: FxHashSet<u32> = FxHashSet::default();
+            for ((f, table), rt) in m.fib.tables() {
+                if dropped.contains(&(f, table)) {
+                    continue;
+                }
+                for (_, e) in rt.iter() {
+                    if let Some(id) = e.attrs.nh_id.filter(|&id| nhpool::in_range(id)) {
+                        used.insert(id);
+                    }
+                }
+            }
+            self.pool.release(&used)
+        };
+        if dead.is_empty() {
+            return;
+        }
+        for o in &dead {
+            self.writer.nexthop(NexthopOp::Delete, o);
+        }
+        self.outcomes.clear();
+        self.writer.commit(&mut self.outcomes);
+        let deleted = self
+            .outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Done))
+            .count();
+        info!(
+            deleted,
+            "copies without persist deleted their nexthop objects"
+        );
     }
 }
 
