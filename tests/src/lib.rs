@@ -27,7 +27,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 mod nats;
-pub use nats::NatsServer;
+pub use nats::{rebuild_from_stream, stream_messages, NatsServer};
 
 /// Default timeout for one CLI call.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);

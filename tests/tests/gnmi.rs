@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use route_mirror_tests::{
-    batch, daemon_bin, free_port, poll, test_python, workspace_root, Daemon, NatsServer, Netns,
-    TempDir,
+    batch, daemon_bin, free_port, poll, rebuild_from_stream, stream_messages, test_python,
+    workspace_root, Daemon, NatsServer, Netns, TempDir,
 };
 use serde_json::Value;
 
@@ -589,11 +589,12 @@ fn said_by_gnmi(msgs: &[Value]) -> BTreeMap<(String, String), Said> {
         .collect()
 }
 
-/// The same FIB three ways: the mirror (`route-mirror show`), pygnmi's Subscribe ONCE
-/// of every AFT, and `route-mirror fleet` rebuilt from the JetStream stream (Debian's
-/// nats-server on loopback), one daemon serving both, 10k routes plus multipath,
-/// blackhole, IPv6 and a second table. The consumer holds exactly the mirror's routes
-/// (metric, type, next hops and weights); every gNMI entry says what the mirror's
+/// The same FIB four ways: the mirror (`route-mirror show`), pygnmi's Subscribe ONCE
+/// of every AFT, `route-mirror fleet` rebuilt from the JetStream stream (Debian's
+/// nats-server on loopback), and nats-py's read of that stream rebuilt by the README's
+/// rules; one daemon serving both, 10k routes plus multipath, blackhole, IPv6 and a
+/// second table. Both NATS readers hold exactly the mirror's routes (metric, type,
+/// next hops and weights); every gNMI entry says what the mirror's
 /// route for that (table, prefix) says (its first: the one the kernel forwards with),
 /// and every prefix has its entry.
 #[test]
@@ -641,6 +642,13 @@ fn pygnmi_and_nats_read_the_same_fib() {
     assert!(
         consumer.is_some(),
         "the NATS consumer holds exactly the mirror's routes"
+    );
+    // nats-py, a client not written here: its messages rebuilt by the README's rules
+    // hold the same routes.
+    let by_nats_py = rebuild_from_stream(&stream_messages(&g.python, &url));
+    assert!(
+        by_nats_py.is_some_and(|r| said_by_routes(&r) == mirror),
+        "nats-py's messages rebuild exactly the mirror's routes"
     );
 
     let gnmi = said_by_gnmi(&g.run(&["once", "/network-instances"]));

@@ -2,33 +2,14 @@
 //! with nats-py (tests/clients/nats_client.py) and with `route-mirror fleet`.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use route_mirror_tests::{
-    batch, daemon_bin, free_port, poll, test_python, workspace_root, Daemon, NatsServer, Netns,
-    TempDir,
+    batch, daemon_bin, free_port, poll, stream_messages, test_python, workspace_root, Daemon,
+    NatsServer, Netns, TempDir,
 };
 use serde_json::Value;
-
-/// Every message of the stream, read by nats-py.
-fn stream_messages(python: &Path, url: &str) -> Vec<Value> {
-    let out = Command::new(python)
-        .arg(workspace_root().join("tests/clients/nats_client.py"))
-        .args([url, "route-mirror"])
-        .output()
-        .expect("running nats-py");
-    assert!(
-        out.status.success(),
-        "nats-py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
 
 fn fleet(url: &str, args: &[&str]) -> std::process::Output {
     Command::new(daemon_bin())
