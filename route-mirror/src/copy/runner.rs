@@ -30,7 +30,7 @@ use crate::export::change::DeltaOp;
 use crate::export::feed::{Feed, Update};
 use crate::fib::Entry;
 use crate::mirror::Mirror;
-use crate::model::Family;
+use crate::model::{Family, NexthopObject};
 use crate::view::{CopyEvent, WatchRecord};
 use crate::writer::{NexthopOp, Outcome, RouteOp, Writer, DEFAULT_BATCH_BYTES};
 
@@ -1057,32 +1057,12 @@ impl Runner {
         }
         self.last_gc = Instant::now();
         self.gc_due = false;
-        let dead = {
-            let t = self.ns(&self.target);
-            let m = self.nss[t].m.mirror.read().expect("mirror lock");
-            let mut used: FxHashSet<u32> = FxHashSet::default();
-            for (_, rt) in m.fib.tables() {
-                for (_, e) in rt.iter() {
-                    if let Some(id) = e.attrs.nh_id.filter(|&id| nhpool::in_range(id)) {
-                        used.insert(id);
-                    }
-                }
-            }
-            self.pool.collect(&used)
-        };
+        let used = self.used_objects(&[]);
+        let dead = self.pool.collect(&used);
         if dead.is_empty() {
             return;
         }
-        for o in &dead {
-            self.writer.nexthop(NexthopOp::Delete, o);
-        }
-        self.outcomes.clear();
-        self.writer.commit(&mut self.outcomes);
-        let failed = self
-            .outcomes
-            .iter()
-            .filter(|(_, o)| !matches!(o, Outcome::Done))
-            .count();
+        let failed = dead.len() - self.delete_objects(&dead);
         info!(
             deleted = dead.len() - failed,
             failed, "copies: nexthop objects no route uses deleted"
@@ -1120,39 +1100,47 @@ impl Runner {
             .iter()
             .flat_map(|&i| Family::ALL.map(|f| (f, self.jobs[i].job.to.table)))
             .collect();
-        let dead = {
-            let t = self.ns(&self.target);
-            let m = self.nss[t].m.mirror.read().expect("mirror lock");
-            let mut used: FxHashSet<u32> = FxHashSet::default();
-            for ((f, table), rt) in m.fib.tables() {
-                if dropped.contains(&(f, table)) {
-                    continue;
-                }
-                for (_, e) in rt.iter() {
-                    if let Some(id) = e.attrs.nh_id.filter(|&id| nhpool::in_range(id)) {
-                        used.insert(id);
-                    }
-                }
-            }
-            self.pool.release(&used)
-        };
+        let used = self.used_objects(&dropped);
+        let dead = self.pool.release(&used);
         if dead.is_empty() {
             return;
         }
-        for o in &dead {
-            self.writer.nexthop(NexthopOp::Delete, o);
-        }
-        self.outcomes.clear();
-        self.writer.commit(&mut self.outcomes);
-        let deleted = self
-            .outcomes
-            .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Done))
-            .count();
+        let deleted = self.delete_objects(&dead);
         info!(
             deleted,
             "copies without persist deleted their nexthop objects"
         );
+    }
+
+    /// The pool's objects that routes of the target's mirror name, tables `skip` aside.
+    fn used_objects(&self, skip: &[(Family, u32)]) -> FxHashSet<u32> {
+        let t = self.ns(&self.target);
+        let m = self.nss[t].m.mirror.read().expect("mirror lock");
+        let mut used: FxHashSet<u32> = FxHashSet::default();
+        for (k, rt) in m.fib.tables() {
+            if skip.contains(&k) {
+                continue;
+            }
+            for (_, e) in rt.iter() {
+                if let Some(id) = e.attrs.nh_id.filter(|&id| nhpool::in_range(id)) {
+                    used.insert(id);
+                }
+            }
+        }
+        used
+    }
+
+    /// Deletes `dead` in one batch; returns how many the kernel deleted.
+    fn delete_objects(&mut self, dead: &[NexthopObject]) -> usize {
+        for o in dead {
+            self.writer.nexthop(NexthopOp::Delete, o);
+        }
+        self.outcomes.clear();
+        self.writer.commit(&mut self.outcomes);
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Done))
+            .count()
     }
 }
 
