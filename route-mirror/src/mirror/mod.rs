@@ -516,6 +516,7 @@ impl Mirror {
                 };
                 scan.object_verdicts.count(v);
                 if v != Verdict::Seen {
+                    debug!(?v, old = ?self.links.get(&link.ifindex).map(|l| &l.value), new = ?link, "scan corrected a link");
                     self.window
                         .nh_correction(window::ObjectId::Link(link.ifindex), v, None);
                 }
@@ -544,6 +545,9 @@ impl Mirror {
                     Verdict::Created
                 };
                 scan.object_verdicts.count(v);
+                if v != Verdict::Seen {
+                    debug!(?a, "scan corrected an address");
+                }
                 if a.addr.is_ipv4() && self.live.set_v4_disabled(a.ifindex, false) {
                     self.touch_dev_routes(Some(a.ifindex));
                 }
@@ -582,6 +586,9 @@ impl Mirror {
                     Some(_) => Verdict::Updated,
                 };
                 scan.object_verdicts.count(v);
+                if v != Verdict::Seen {
+                    debug!(?v, ?n, "scan corrected a netconf setting");
+                }
                 if self.live.set_ignore(n.family, n.ifindex, on) {
                     self.touch_dev_routes(u32::try_from(n.ifindex).ok());
                 }
@@ -699,6 +706,7 @@ impl Mirror {
                 .map(|(&i, _)| i)
                 .collect();
             for i in &gone {
+                debug!(ifindex = i, "scan pruned a link");
                 self.links.remove(i);
                 self.live.remove_link(*i);
                 self.touch_link_name(*i);
@@ -729,6 +737,9 @@ impl Mirror {
                     }
                     keep
                 });
+                for a in &gone {
+                    debug!(?a, "scan pruned an address");
+                }
                 objects += before - self.addrs.len();
                 // A missed removal of a link's last IPv4 address disabled IPv4 on it.
                 for a in gone.iter().filter(|a| a.addr.is_ipv4()) {
