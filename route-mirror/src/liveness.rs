@@ -36,6 +36,18 @@ const IFF_UP: u32 = libc::IFF_UP as u32;
 const IFF_RUNNING: u32 = libc::IFF_RUNNING as u32;
 const IFF_LOWER_UP: u32 = 0x10000;
 
+/// Whether links `a` and `b` differ in their carrier (`IFF_LOWER_UP`, `IFF_RUNNING`,
+/// `IFF_DORMANT`) and nothing else.
+pub fn carrier_only(a: &crate::model::Link, b: &crate::model::Link) -> bool {
+    const CARRIER: u32 = IFF_LOWER_UP | IFF_RUNNING | 0x20000;
+    a != b
+        && (a.flags ^ b.flags) & !CARRIER == 0
+        && crate::model::Link {
+            flags: b.flags,
+            ..a.clone()
+        } == *b
+}
+
 /// Link flags and netconf settings: everything liveness is derived from. Cloned into
 /// the lock-free lookup snapshot ([`crate::mirror::Names`]), so it stays small (one entry
 /// per link).

@@ -426,6 +426,8 @@ impl Mirror {
                 {
                     self.window
                         .nh_reflected(window::ObjectId::Link(link.ifindex));
+                } else {
+                    self.window.carrier_notified(link.ifindex);
                 }
                 self.link_changed(link, gen)
             }
@@ -519,6 +521,13 @@ impl Mirror {
                     debug!(?v, old = ?self.links.get(&link.ifindex).map(|l| &l.value), new = ?link, "scan corrected a link");
                     self.window
                         .nh_correction(window::ObjectId::Link(link.ifindex), v, None);
+                    if self
+                        .links
+                        .get(&link.ifindex)
+                        .is_some_and(|l| crate::liveness::carrier_only(&l.value, &link))
+                    {
+                        self.window.carrier_correction(link.ifindex);
+                    }
                 }
                 if self
                     .live

@@ -790,3 +790,24 @@ fn a_group_dumped_without_a_member_whose_removal_comes_later_is_no_correction() 
         assert_eq!(v.updated, u64::from(!carrier_loss), "{carrier_loss}: {v:?}");
     }
 }
+
+/// A carrier flap shorter than linkwatch's delay: a dump in between shows the link
+/// without its carrier, and the one notification that follows reports the state at the
+/// time linkwatch ran (carrier back). That notification explains the dump's correction;
+/// without it the correction stays counted.
+#[test]
+fn a_carrier_change_linkwatch_reports_after_the_dump_is_no_correction() {
+    for notified in [true, false] {
+        let mut m = Mirror::new();
+        m.apply(Change::NewLink(link(6, UP)));
+        let gen = m.begin_scan();
+        let mut s = ActiveScan::new(ScanReason::LinkChange, ScanScope::full(), gen);
+        m.mark(Change::NewLink(link(6, NO_CARRIER)), &mut s);
+        if notified {
+            m.apply(Change::NewLink(link(6, UP)));
+        }
+        m.prune(&mut s);
+        let v = s.object_verdicts;
+        assert_eq!(v.updated, u64::from(!notified), "{notified}: {v:?}");
+    }
+}

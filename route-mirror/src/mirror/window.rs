@@ -146,6 +146,8 @@ pub(super) struct DumpWindow {
     nh_tentative: HashMap<ObjectId, (Verdict, Option<NexthopObject>)>,
     /// Object corrections withdrawn: (updated, created).
     nh_withdrawn: (u64, u64),
+    /// Links a dump corrected in their carrier only (see [`DumpWindow::carrier_notified`]).
+    carrier_tentative: HashSet<u32>,
 }
 
 impl DumpWindow {
@@ -399,8 +401,29 @@ impl DumpWindow {
         }
     }
 
+    /// A dump corrected link `ifindex` in its carrier bits only.
+    pub(super) fn carrier_correction(&mut self, ifindex: u32) {
+        if self.nh_tentative.contains_key(&ObjectId::Link(ifindex)) {
+            self.carrier_tentative.insert(ifindex);
+        }
+    }
+
+    /// A notification of link `ifindex` came after a dump corrected its carrier. The
+    /// kernel reports carrier changes from linkwatch, later (up to a second) and
+    /// coalesced: a dump in between shows a carrier state whose own notification may
+    /// never come (a flap shorter than linkwatch's delay is reported once, with the state
+    /// at that time; seen in the soak: `vethc` dumped without `IFF_LOWER_UP` during
+    /// carrier flaps 100 ms apart). The link's notification after the dump is the
+    /// kernel's report of that change: the correction was it, seen early.
+    pub(super) fn carrier_notified(&mut self, ifindex: u32) {
+        if self.carrier_tentative.remove(&ifindex) {
+            self.nh_reflected(ObjectId::Link(ifindex));
+        }
+    }
+
     /// The scan ends: the withdrawn object (updated, created) counts.
     pub(super) fn finish_nh_scan(&mut self) -> (u64, u64) {
+        self.carrier_tentative.clear();
         self.nh_tentative.clear();
         std::mem::take(&mut self.nh_withdrawn)
     }
